@@ -1,0 +1,164 @@
+"""Runtime events: what happened to an agent, and where those records go.
+
+An :class:`AgentEvent` is one immutable record (a turn finished, a tool was
+denied, a breaker opened). Anything that implements :class:`EventSink` can
+receive them; :class:`RingBufferSink` is the bounded in-memory default, so a
+long-running agent never grows memory without limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Final, Protocol, runtime_checkable
+
+from techrevati.runtime._clock import utc_now
+from techrevati.runtime.errors import InvalidValueError
+
+__all__ = [
+    "DEFAULT_RING_CAPACITY",
+    "AgentEvent",
+    "AgentFailureClass",
+    "EventSink",
+    "RingBufferSink",
+]
+
+DEFAULT_RING_CAPACITY: Final = 1000
+"""Events a :class:`RingBufferSink` keeps before dropping the oldest."""
+
+
+class AgentFailureClass(StrEnum):
+    """Why an agent, turn or tool call failed, in words a dashboard can group by."""
+
+    LLM_TIMEOUT = "llm_timeout"
+    RATE_LIMIT = "rate_limit"
+    CONTEXT_OVERFLOW = "context_overflow"
+    PROVIDER_FAILURE = "provider_failure"
+    AUTH_FAILURE = "auth_failure"
+    BAD_REQUEST = "bad_request"
+    CONTENT_POLICY = "content_policy"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    TOOL_ERROR = "tool_error"
+    DEPENDENCY_FAILED = "dependency_failed"
+    MEMORY_CORRUPTION = "memory_corruption"
+    VALIDATION_ERROR = "validation_error"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    PERMISSION_DENIED = "permission_denied"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One thing that happened to an agent.
+
+    ``status`` is the worker's status when the event was made (a string, so
+    this module needs no other); ``data`` holds small JSON-serialisable facts.
+    """
+
+    name: str
+    role: str = ""
+    phase: str = ""
+    status: str | None = None
+    failure_class: AgentFailureClass | None = None
+    detail: str | None = None
+    data: Mapping[str, object] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidValueError(f"name must be a non-empty str, got {self.name!r}")
+        if self.timestamp.tzinfo is None:
+            raise InvalidValueError(
+                f"timestamp must be timezone-aware, got naive {self.timestamp!r}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict (timestamp as an ISO 8601 string)."""
+        return {
+            "name": self.name,
+            "role": self.role,
+            "phase": self.phase,
+            "status": self.status,
+            "failure_class": None if self.failure_class is None else self.failure_class.value,
+            "detail": self.detail,
+            "data": dict(self.data),
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Receives every :class:`AgentEvent` a session emits.
+
+    Implementations should be quick and thread-safe; a sink that raises is
+    logged and counted by the caller and never loses the record for the
+    other sinks.
+    """
+
+    def write_event(self, event: AgentEvent) -> None:
+        """Store or forward one event."""
+
+
+class RingBufferSink:
+    """Keep the last ``capacity`` events in memory; older ones are dropped and counted.
+
+    Safe to share between threads. ``capacity`` defaults to
+    :data:`DEFAULT_RING_CAPACITY` (1000).
+    """
+
+    __slots__ = ("_buffer", "_capacity", "_dropped", "_lock", "_total")
+
+    def __init__(self, capacity: int = DEFAULT_RING_CAPACITY) -> None:
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise InvalidValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        self._capacity = capacity
+        self._buffer: deque[AgentEvent] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._total = 0
+        self._dropped = 0
+
+    @property
+    def capacity(self) -> int:
+        """How many events are kept."""
+        return self._capacity
+
+    @property
+    def total(self) -> int:
+        """How many events were ever written, kept or dropped."""
+        return self._total
+
+    @property
+    def dropped(self) -> int:
+        """How many events were pushed out by newer ones."""
+        return self._dropped
+
+    def write_event(self, event: AgentEvent) -> None:
+        """Append ``event``, dropping the oldest when full. O(1)."""
+        with self._lock:
+            if len(self._buffer) == self._capacity:
+                self._dropped += 1
+            self._buffer.append(event)
+            self._total += 1
+
+    def events(self, last: int | None = None) -> list[AgentEvent]:
+        """Return the kept events, oldest first (only the ``last`` N if given)."""
+        with self._lock:
+            items = list(self._buffer)
+        if last is not None:
+            if last < 0:
+                raise InvalidValueError(f"last must be >= 0, got {last!r}")
+            return items[len(items) - last :] if last else []
+        return items
+
+    def clear(self) -> None:
+        """Forget the kept events (the counters stay)."""
+        with self._lock:
+            self._buffer.clear()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
