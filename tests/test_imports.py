@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import techrevati.runtime as runtime
+from techrevati import runtime
 
 _CHECK = """
 import sys
