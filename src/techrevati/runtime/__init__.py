@@ -8,8 +8,11 @@ from techrevati.runtime.events import (
     DEFAULT_RING_CAPACITY,
     AgentEvent,
     AgentFailureClass,
+    EventName,
     EventSink,
     RingBufferSink,
+    UsageRecord,
+    UsageSink,
 )
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
 
@@ -17,6 +20,7 @@ __all__ = [
     "DEFAULT_RING_CAPACITY",
     "AgentEvent",
     "AgentFailureClass",
+    "EventName",
     "EventSink",
     "InvalidValueError",
     "QualityGate",
@@ -24,4 +28,6 @@ __all__ = [
     "QualityLevel",
     "RingBufferSink",
     "TechrevatiError",
+    "UsageRecord",
+    "UsageSink",
 ]

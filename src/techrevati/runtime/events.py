@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
 
@@ -23,8 +24,11 @@ __all__ = [
     "DEFAULT_RING_CAPACITY",
     "AgentEvent",
     "AgentFailureClass",
+    "EventName",
     "EventSink",
     "RingBufferSink",
+    "UsageRecord",
+    "UsageSink",
 ]
 
 DEFAULT_RING_CAPACITY: Final = 1000
@@ -52,6 +56,39 @@ class AgentFailureClass(StrEnum):
     UNKNOWN = "unknown"
 
 
+class EventName(StrEnum):
+    """The stable names of the events the runtime emits (also its log event names).
+
+    ``data`` keys used with them: ``model``, ``duration_seconds``, ``attempt``,
+    ``tool``, ``error_type``, ``cost_usd`` (a decimal string), ``input_tokens``,
+    ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
+    ``reasoning_tokens``, ``breaker``, ``from_state``, ``to_state``, ``reason``.
+    """
+
+    SESSION_STARTED = "session.started"
+    SESSION_COMPLETED = "session.completed"
+    SESSION_FAILED = "session.failed"
+    SESSION_CANCELLED = "session.cancelled"
+    STATUS_CHANGED = "worker.status_changed"
+    TURN_COMPLETED = "turn.completed"
+    TURN_FAILED = "turn.failed"
+    TURN_RETRIED = "turn.retried"
+    MODEL_SWITCHED = "turn.model_switched"
+    TOOL_COMPLETED = "tool.completed"
+    TOOL_FAILED = "tool.failed"
+    TOOL_DENIED = "tool.denied"
+    HOOK_VETOED = "hook.vetoed"
+    BUDGET_EXCEEDED = "budget.exceeded"
+    BREAKER_STATE_CHANGED = "breaker.state_changed"
+    BREAKER_REJECTED = "breaker.rejected"
+    POLICY_EVALUATED = "policy.evaluated"
+    GATE_EVALUATED = "gate.evaluated"
+    INPUT_REQUESTED = "input.requested"
+    INPUT_PROVIDED = "input.provided"
+    HANDOFF = "handoff"
+    SINK_FAILED = "sink.failed"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentEvent:
     """One thing that happened to an agent.
@@ -68,6 +105,9 @@ class AgentEvent:
     detail: str | None = None
     data: Mapping[str, object] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=utc_now)
+    session_id: str = ""
+    worker_id: str = ""
+    project_id: str | int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -80,13 +120,84 @@ class AgentEvent:
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-serialisable dict (timestamp as an ISO 8601 string)."""
         return {
-            "name": self.name,
+            "name": str(self.name),
             "role": self.role,
             "phase": self.phase,
             "status": self.status,
             "failure_class": None if self.failure_class is None else self.failure_class.value,
             "detail": self.detail,
             "data": dict(self.data),
+            "timestamp": self.timestamp.isoformat(),
+            "session_id": self.session_id,
+            "worker_id": self.worker_id,
+            "project_id": self.project_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """The tokens and exact cost of one model turn, as durable sinks store it.
+
+    Token fields follow ``usage.UsageSnapshot``'s meaning: ``input_tokens``
+    includes cache reads and writes; ``output_tokens`` includes reasoning.
+    """
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    priced: bool = True
+    duration_seconds: float | None = None
+    role: str = ""
+    phase: str = ""
+    session_id: str = ""
+    worker_id: str = ""
+    project_id: str | int | None = None
+    timestamp: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.cost_usd, Decimal) or not self.cost_usd.is_finite():
+            raise InvalidValueError(f"cost_usd must be a finite Decimal, got {self.cost_usd!r}")
+        if self.timestamp.tzinfo is None:
+            raise InvalidValueError(
+                f"timestamp must be timezone-aware, got naive {self.timestamp!r}"
+            )
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict (cost as an exact decimal string)."""
+        return {
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": str(self.cost_usd),
+            "priced": self.priced,
+            "duration_seconds": self.duration_seconds,
+            "role": self.role,
+            "phase": self.phase,
+            "session_id": self.session_id,
+            "worker_id": self.worker_id,
+            "project_id": self.project_id,
             "timestamp": self.timestamp.isoformat(),
         }
 
@@ -102,6 +213,14 @@ class EventSink(Protocol):
 
     def write_event(self, event: AgentEvent) -> None:
         """Store or forward one event."""
+
+
+@runtime_checkable
+class UsageSink(Protocol):
+    """Receives one :class:`UsageRecord` per model turn; same rules as :class:`EventSink`."""
+
+    def write_usage(self, record: UsageRecord) -> None:
+        """Store or forward one usage record."""
 
 
 class RingBufferSink:
