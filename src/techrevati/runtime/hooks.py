@@ -1,0 +1,121 @@
+"""Hooks: code that runs before and after every model and tool call of a session.
+
+A hook may inspect a call, change it (return a replacement), or veto it by
+raising :class:`GuardrailViolatedError` with a reason. Guardrails are hooks
+that veto. Any other exception from a hook is also treated as a veto, never as
+a crash of the runtime: the guarded call is not made, and the session reports
+a :class:`GuardrailViolatedError` naming the hook and chaining the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol, runtime_checkable
+
+from techrevati.runtime.errors import TechrevatiError
+
+__all__ = [
+    "HOOK_POINTS",
+    "BaseHook",
+    "GuardrailViolatedError",
+    "Hook",
+    "HookPoint",
+    "ModelCall",
+    "ToolCall",
+]
+
+HookPoint = Literal["before_model", "after_model", "before_tool", "after_tool"]
+
+HOOK_POINTS: Final[tuple[HookPoint, ...]] = (
+    "before_model",
+    "after_model",
+    "before_tool",
+    "after_tool",
+)
+
+
+class GuardrailViolatedError(TechrevatiError):
+    """A hook vetoed a model or tool call.
+
+    ``reason`` says why, ``hook`` names the hook's class and ``point`` says
+    where it ran (``"before_model"``, ``"after_tool"``, ...).
+    """
+
+    def __init__(self, reason: str, *, hook: str = "", point: str = "") -> None:
+        self.reason = reason
+        self.hook = hook
+        self.point = point
+        where = f" ({hook} at {point})" if hook else ""
+        super().__init__(f"guardrail violated{where}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """What a model hook sees: the model about to be called and where in the session."""
+
+    model: str
+    turn: int
+    attempt: int
+    role: str
+    phase: str
+    session_id: str
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """What a tool hook sees: the tool name and the arguments it will get."""
+
+    name: str
+    args: tuple[object, ...]
+    kwargs: Mapping[str, object]
+    role: str
+    phase: str
+    session_id: str
+
+
+@runtime_checkable
+class Hook(Protocol):
+    """The four points a hook can act at; subclass :class:`BaseHook` to override a few.
+
+    ``before_*`` return a replacement call (or ``None`` to keep it); ``after_*``
+    return a replacement result (or ``None`` to keep it). Raise
+    :class:`GuardrailViolatedError` to veto.
+    """
+
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        """Inspect, replace (e.g. pick another model) or veto a model call."""
+
+    def after_model(self, call: ModelCall, result: object) -> object | None:
+        """Inspect, replace or veto a model result (its usage is already recorded)."""
+
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        """Inspect, replace (e.g. sanitise arguments) or veto a tool call."""
+
+    def after_tool(self, call: ToolCall, result: object) -> object | None:
+        """Inspect, replace or veto a tool result."""
+
+
+class BaseHook:
+    """A hook that does nothing; override only the points you need.
+
+    The session skips points a hook does not override, so unused points cost
+    nothing per call.
+    """
+
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        """Keep the call."""
+        return None
+
+    def after_model(self, call: ModelCall, result: object) -> object | None:
+        """Keep the result."""
+        return None
+
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        """Keep the call."""
+        return None
+
+    def after_tool(self, call: ToolCall, result: object) -> object | None:
+        """Keep the result."""
+        return None
