@@ -1,0 +1,574 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+
+from techrevati.runtime import (
+    AgentEvent,
+    AgentFailureClass,
+    AgentRegistry,
+    AgentStatus,
+    BaseHook,
+    Budget,
+    BudgetExceededError,
+    CircuitBreaker,
+    CircuitOpenError,
+    EventName,
+    GuardrailViolatedError,
+    MaxIterationsExceededError,
+    ModelCall,
+    ModelPricing,
+    Orchestrator,
+    PermissionDeniedError,
+    PermissionMode,
+    PermissionPolicy,
+    PhaseCompleted,
+    PolicyAction,
+    PolicyActionData,
+    PolicyEngine,
+    PolicyRule,
+    QualityGate,
+    QualityLevel,
+    RetryPolicy,
+    RolePermissionConfig,
+    SessionStateError,
+    ToolCall,
+    TurnTimeoutError,
+    UsageRecord,
+    UsageSnapshot,
+    clear_pricing,
+    register_pricing,
+)
+from techrevati.runtime._runner import DeadlineRunner
+
+USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
+
+
+@pytest.fixture(autouse=True)
+def _pricing() -> Iterator[None]:
+    clear_pricing()
+    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
+    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
+    yield
+    clear_pricing()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Status(Exception):
+    def __init__(self, status_code: int, message: str = "", headers: dict[str, str] | None = None):
+        super().__init__(message or f"status {status_code}")
+        self.status_code = status_code
+        if headers is not None:
+            self.response = type("R", (), {"status_code": status_code, "headers": headers})()
+
+
+def _orch(**kwargs: object) -> Orchestrator:
+    return Orchestrator("writer", "draft", **kwargs)  # type: ignore[arg-type]
+
+
+# -- lifecycle ------------------------------------------------------------------
+
+
+def test_clean_exit_completes_and_summary_is_json() -> None:
+    with _orch(project_id=7).session() as session:
+        assert session.status is AgentStatus.RUNNING
+        result, usage = session.run_turn(lambda: "hi", model="m", usage=USAGE)
+    assert (result, usage) == ("hi", USAGE)
+    assert session.status is AgentStatus.COMPLETED
+    summary = session.summary()
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["outcome"] == "completed"
+    assert summary["turns"] == 1
+    assert summary["cost_usd"] == "0.0045"
+    assert summary["project_id"] == 7
+
+
+def test_exception_fails_worker_with_class_and_reraises_same_object() -> None:
+    error = Status(429, "slow down")
+    with pytest.raises(Status) as caught, _orch().session() as session:
+        session.run_turn(lambda: (_ for _ in ()).throw(error))
+    assert caught.value is error
+    assert session.status is AgentStatus.FAILED
+    summary = session.summary()
+    assert summary["failure_class"] == AgentFailureClass.RATE_LIMIT.value
+    assert summary["failures"] == {"rate_limit": 1}
+
+
+def test_keyboard_interrupt_cancels() -> None:
+    with pytest.raises(KeyboardInterrupt), _orch().session() as session:
+        raise KeyboardInterrupt
+    assert session.status is AgentStatus.CANCELLED
+    assert session.summary()["outcome"] == "cancelled"
+
+
+def test_async_cancellation_cancels() -> None:
+    async def main() -> AgentStatus | None:
+        orch = _orch()
+        session = orch.asession()
+
+        async def body() -> None:
+            async with session:
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(body())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return session.status
+
+    assert asyncio.run(main()) is AgentStatus.CANCELLED
+
+
+def test_turn_outside_the_block_is_refused() -> None:
+    session = _orch().session()
+    with pytest.raises(SessionStateError, match="not started"):
+        session.run_turn(lambda: 1)
+    with session:
+        pass
+    with pytest.raises(SessionStateError, match="completed"):
+        session.run_turn(lambda: 1)
+
+
+def test_pause_and_provide_input() -> None:
+    with _orch().session() as session:
+        session.pause_for_input("which tone?")
+        assert session.status is AgentStatus.WAITING_FOR_INPUT
+        with pytest.raises(SessionStateError, match="waiting_for_input"):
+            session.run_turn(lambda: 1)
+        session.provide_input("formal")
+        assert session.run_turn(lambda: 2)[0] == 2
+    names = [e.name for e in session.events()]
+    assert EventName.INPUT_REQUESTED in names
+    assert EventName.INPUT_PROVIDED in names
+
+
+def test_own_registry_forgets_finished_workers_but_a_given_one_keeps_them() -> None:
+    orch = _orch()
+    with orch.session():
+        assert len(orch.registry) == 1
+    assert len(orch.registry) == 0
+    registry = AgentRegistry()
+    with _orch(registry=registry).session() as session:
+        pass
+    assert session.worker is not None
+    assert registry.get(session.worker.id).status is AgentStatus.COMPLETED
+
+
+# -- usage ------------------------------------------------------------------------
+
+
+def test_usage_is_read_from_the_response_when_not_given() -> None:
+    response = {"usage": {"prompt_tokens": 2000, "completion_tokens": 10}}
+    with _orch().session() as session:
+        _, usage = session.run_turn(lambda: response, model="m")
+    assert usage.input_tokens == 2000
+    assert usage.output_tokens == 10
+    assert session.summary()["turns_without_usage"] == 0
+
+
+def test_missing_usage_counts_zero_and_is_flagged() -> None:
+    with _orch().session() as session:
+        _, usage = session.run_turn(lambda: "plain text", model="m")
+    assert usage == UsageSnapshot()
+    assert session.summary()["turns_without_usage"] == 1
+    turn = [e for e in session.events() if e.name == EventName.TURN_COMPLETED][0]
+    assert turn.data["usage_unknown"] is True
+
+
+# -- budget -----------------------------------------------------------------------
+
+
+def test_session_budget_refuses_before_calling_when_estimate_exceeds() -> None:
+    called: list[int] = []
+    big = UsageSnapshot(input_tokens=1_000_000, output_tokens=0)  # $3
+    with pytest.raises(BudgetExceededError), _orch(budget_usd=1).session() as session:
+        session.run_turn(lambda: called.append(1), model="m", estimate=big)
+    assert called == []
+    assert session.summary()["failure_class"] == AgentFailureClass.BUDGET_EXCEEDED.value
+
+
+def test_spent_budget_refuses_the_next_turn() -> None:
+    spend = UsageSnapshot(input_tokens=400_000, output_tokens=0)  # $1.20
+    called: list[int] = []
+    with _orch(budget_usd="1").session() as session:
+        session.run_turn(lambda: None, model="m", usage=spend)
+        with pytest.raises(BudgetExceededError):
+            session.run_turn(lambda: called.append(1), model="m", usage=spend)
+    assert called == []
+
+
+def test_unenforced_budget_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    spend = UsageSnapshot(input_tokens=400_000, output_tokens=0)
+    with _orch(budget_usd="1", enforce_budget=False).session() as session:
+        session.run_turn(lambda: None, model="m", usage=spend)
+        session.run_turn(lambda: None, model="m", usage=spend)
+    summary = session.summary()
+    assert summary["turns"] == 2
+    assert summary["budget_warnings"] == 1
+    assert "budget exceeded" in caplog.text
+
+
+def test_shared_budget_caps_concurrent_sessions_exactly() -> None:
+    budget = Budget(max_usd="0.03")  # 10 turns of $0.003
+    orch = _orch(budget=budget)
+    one = UsageSnapshot(input_tokens=1000, output_tokens=0)
+    done = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with orch.session() as session:
+            for _ in range(10):
+                try:
+                    session.run_turn(lambda: None, model="m", usage=one, estimate=one)
+                except BudgetExceededError:
+                    break
+                with lock:
+                    done.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 10
+    assert budget.spent_usd == Decimal("0.03")
+
+
+# -- breaker and retries ------------------------------------------------------------
+
+
+def test_circuit_open_error_is_not_a_failure_of_fn() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=2, recovery_timeout_seconds=10, clock=clock)
+    with pytest.raises(CircuitOpenError), _orch(circuit_breaker=breaker).session() as session:
+        for _ in range(2):
+            with pytest.raises(Status):
+                session.run_turn(lambda: (_ for _ in ()).throw(Status(503)))
+        session.run_turn(lambda: "never")
+    names = [e.name for e in session.events()]
+    assert names.count(EventName.TURN_FAILED) == 2
+    assert names.count(EventName.BREAKER_REJECTED) == 1
+    assert breaker.metrics().failures == 2
+
+
+def test_retry_honours_wait_hint_then_succeeds() -> None:
+    clock = FakeClock()
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise Status(429, "rate limited", headers={"retry-after": "7"})
+        return "ok"
+
+    orch = _orch(retry=RetryPolicy(max_attempts=3), clock=clock, sleep=clock.sleep)
+    with orch.session() as session:
+        assert session.run_turn(flaky, model="m", usage=USAGE)[0] == "ok"
+    assert clock.slept == [7.0]
+    assert session.summary()["recovery"] == {"retries": 1, "retries_exhausted": False}
+
+
+def test_fallback_models_are_passed_to_fn_that_accepts_model() -> None:
+    clock = FakeClock()
+    seen: list[str] = []
+
+    def complete(model: str) -> str:
+        seen.append(model)
+        if model == "m":
+            raise Status(503, "overloaded")
+        return model
+
+    orch = _orch(retry=RetryPolicy(max_attempts=4), clock=clock, sleep=clock.sleep)
+    with orch.session() as session:
+        result, _ = session.run_turn(complete, model="m", fallback_models=["backup"], usage=USAGE)
+    assert result == "backup"
+    assert seen[0] == "m"
+    assert seen[-1] == "backup"
+    assert session.tracker.per_model_summary()["backup"]["turns"] == 1
+
+
+def test_non_retryable_error_is_raised_at_once_unchanged() -> None:
+    clock = FakeClock()
+    error = Status(401, "bad key")
+    calls: list[int] = []
+
+    def fn() -> None:
+        calls.append(1)
+        raise error
+
+    orch = _orch(retry=RetryPolicy(max_attempts=5), clock=clock, sleep=clock.sleep)
+    with pytest.raises(Status) as caught, orch.session() as session:
+        session.run_turn(fn)
+    assert caught.value is error
+    assert calls == [1]
+    assert clock.slept == []
+
+
+def test_retries_exhausted_raise_the_last_exception() -> None:
+    clock = FakeClock()
+    errors = [Status(503, f"down {i}") for i in range(3)]
+    it = iter(errors)
+
+    def fn() -> None:
+        raise next(it)
+
+    orch = _orch(retry=RetryPolicy(max_attempts=3), clock=clock, sleep=clock.sleep)
+    with pytest.raises(Status) as caught, orch.session() as session:
+        session.run_turn(fn)
+    assert caught.value is errors[-1]
+    assert session.summary()["recovery"]["retries_exhausted"] is True  # type: ignore[index]
+    assert len(clock.slept) == 2
+
+
+# -- timeouts ---------------------------------------------------------------------
+
+
+def test_sync_timeout_returns_at_the_deadline_while_fn_blocks() -> None:
+    release = threading.Event()
+    runner = DeadlineRunner()
+    with _orch(runner=runner).session() as session:
+        with pytest.raises(TurnTimeoutError) as caught:
+            session.run_turn(release.wait, model="m", timeout=0.05)
+        assert isinstance(caught.value, TimeoutError)
+        release.set()
+        assert session.run_turn(lambda: 5, timeout=5.0)[0] == 5
+    assert session.summary()["failures"] == {"llm_timeout": 1}
+
+
+def test_sync_timeout_reuses_worker_threads() -> None:
+    runner = DeadlineRunner()
+    with _orch(runner=runner).session() as session:
+        for i in range(20):
+            assert session.run_turn(lambda i=i: i, timeout=5.0)[0] == i
+    assert runner.threads_started <= 2
+
+
+def test_async_timeout_cancels_the_coroutine() -> None:
+    cancelled: list[bool] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main() -> None:
+        async with _orch().asession() as session:
+            with pytest.raises(TurnTimeoutError):
+                await session.arun_turn(slow, timeout=0.01)
+
+    asyncio.run(main())
+    assert cancelled == [True]
+
+
+def test_async_turn_and_tool() -> None:
+    async def answer(model: str) -> str:
+        return f"a:{model}"
+
+    async def tool(x: int) -> int:
+        return x * 2
+
+    async def main() -> tuple[str, int]:
+        async with _orch().asession() as session:
+            text, _ = await session.arun_turn(answer, model="m", usage=USAGE)
+            doubled = await session.arun_tool("calc", tool, 21)
+        return text, doubled
+
+    assert asyncio.run(main()) == ("a:m", 42)
+
+
+# -- limits, tools, hooks -----------------------------------------------------------
+
+
+def test_max_iterations_is_checked_before_the_call() -> None:
+    calls: list[int] = []
+    with pytest.raises(MaxIterationsExceededError), _orch(max_iterations=2).session() as session:
+        for _ in range(3):
+            session.run_turn(lambda: calls.append(1))
+    assert calls == [1, 1]
+
+
+def _enforced(**kwargs: object) -> Orchestrator:
+    policy = PermissionPolicy(
+        role_configs={
+            "writer": RolePermissionConfig(
+                role="writer", mode=PermissionMode.WORKSPACE_WRITE, denied_tools=["shell"]
+            )
+        },
+        tool_requirements={"deploy": PermissionMode.FULL_ACCESS},
+    )
+    return _orch(permissions=policy, **kwargs)
+
+
+def test_denied_tool_raises_with_outcome_and_is_not_called() -> None:
+    called: list[int] = []
+    with _enforced().session() as session:
+        for name in ("shell", " SHELL ", "deploy"):
+            with pytest.raises(PermissionDeniedError) as caught:
+                session.run_tool(name, lambda: called.append(1))
+            assert not caught.value.outcome.allowed
+        assert session.run_tool("read", lambda: "fine") == "fine"
+    assert called == []
+    assert session.summary()["failures"] == {"permission_denied": 3}
+
+
+def test_tool_error_passes_through_and_is_classified() -> None:
+    error = ValueError("bad input")
+    with pytest.raises(ValueError) as caught, _orch().session() as session:
+        session.run_tool("parse", lambda: (_ for _ in ()).throw(error))
+    assert caught.value is error
+    assert session.summary()["failures"]["tool_error"] == 1  # type: ignore[index]
+
+
+class SwitchModel(BaseHook):
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        return ModelCall(
+            model="backup",
+            turn=call.turn,
+            attempt=call.attempt,
+            role=call.role,
+            phase=call.phase,
+            session_id=call.session_id,
+        )
+
+    def after_model(self, call: ModelCall, result: object) -> object | None:
+        return f"{result}!"
+
+
+class Explodes(BaseHook):
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        raise KeyError("boom")
+
+
+def test_hooks_modify_the_call_and_the_result() -> None:
+    with _orch(hooks=[SwitchModel()]).session() as session:
+        result, _ = session.run_turn(lambda model: model, model="m", usage=USAGE)
+    assert result == "backup!"
+    assert list(session.tracker.per_model_summary()) == ["backup"]
+
+
+def test_a_raising_hook_is_a_veto_not_a_crash() -> None:
+    called: list[int] = []
+    with _orch(hooks=[Explodes()]).session() as session:
+        with pytest.raises(GuardrailViolatedError) as caught:
+            session.run_tool("t", lambda: called.append(1))
+        assert caught.value.hook == "Explodes"
+        assert isinstance(caught.value.__cause__, KeyError)
+        assert session.status is AgentStatus.RUNNING
+    assert called == []
+    assert session.summary()["event_counts"][EventName.HOOK_VETOED.value] == 1  # type: ignore[index]
+
+
+def test_handoff_completes_this_worker_and_registers_the_next() -> None:
+    registry = AgentRegistry()
+    with _orch(registry=registry).session() as session:
+        handoff = session.handoff_to("reviewer", "draft ready", {"doc": "a.md"})
+        with pytest.raises(SessionStateError):
+            session.run_turn(lambda: 1)
+    assert session.status is AgentStatus.COMPLETED
+    target = registry.get(handoff.to_worker_id)
+    assert target.role == "reviewer"
+    assert handoff.context == {"doc": "a.md"}
+    assert session.summary()["handoff"]["to_role"] == "reviewer"  # type: ignore[index]
+
+
+def test_policy_and_gate_use_session_facts() -> None:
+    engine = PolicyEngine(
+        [
+            PolicyRule(
+                name="advance",
+                condition=PhaseCompleted(),
+                actions=[PolicyActionData(PolicyAction.ADVANCE_PHASE)],
+            )
+        ]
+    )
+    orch = _orch(policy_engine=engine, quality_gate=QualityGate(QualityLevel.STRICT))
+    with orch.session() as session:
+        session.run_turn(lambda: None, model="m", usage=USAGE)
+        ctx = session.policy_context()
+        assert ctx.cost_usd == Decimal("0.0045")
+        assert session.evaluate_policy() == []
+        assert [a.action for a in session.evaluate_policy(phase_completed=True)] == [
+            PolicyAction.ADVANCE_PHASE
+        ]
+        assert not session.evaluate_gate("standard").satisfied
+
+
+# -- sinks, memory, concurrency ---------------------------------------------------
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[AgentEvent] = []
+        self.usage: list[UsageRecord] = []
+
+    def write_event(self, event: AgentEvent) -> None:
+        self.events.append(event)
+
+    def write_usage(self, record: UsageRecord) -> None:
+        self.usage.append(record)
+
+
+class Broken:
+    def write_event(self, event: AgentEvent) -> None:
+        raise OSError("disk full")
+
+
+def test_sinks_get_records_and_a_broken_sink_loses_nothing_for_the_others() -> None:
+    good = Collect()
+    with _orch(sinks=[Broken(), good]).session() as session:
+        session.run_turn(lambda: None, model="m", usage=USAGE)
+    assert [e.name for e in good.events][0] == EventName.SESSION_STARTED
+    assert good.events[-1].name == EventName.SESSION_COMPLETED
+    assert len(good.usage) == 1
+    assert good.usage[0].cost_usd == Decimal("0.0045")
+    assert good.usage[0].session_id == session.id
+    assert session.summary()["sink_failures"] == len(good.events)
+
+
+def test_memory_is_bounded_and_counts_are_exact() -> None:
+    with _orch(event_capacity=50).session() as session:
+        for _ in range(2_000):
+            session.run_turn(lambda: None, model="m", usage=USAGE)
+    summary = session.summary(last_events=5)
+    assert len(session.events()) == 50
+    assert summary["event_counts"][EventName.TURN_COMPLETED.value] == 2_000  # type: ignore[index]
+    assert len(summary["last_events"]) == 5  # type: ignore[arg-type]
+    assert summary["cost_usd"] == str(Decimal("0.0045") * 2_000)
+
+
+def test_threads_hammering_one_session_give_exact_totals() -> None:
+    with _orch().session() as session:
+
+        def work() -> None:
+            for _ in range(500):
+                session.run_turn(lambda: None, model="m", usage=USAGE)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    summary = session.summary()
+    assert summary["turns"] == 4_000
+    assert session.tracker.total_cost() == Decimal("0.0045") * 4_000
+    assert summary["event_counts"][EventName.TURN_COMPLETED.value] == 4_000  # type: ignore[index]
