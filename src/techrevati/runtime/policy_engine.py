@@ -315,23 +315,23 @@ class BaseCondition(ABC):
     def check(self, ctx: PhaseContext) -> Verdict:
         """Say whether ``ctx`` matches, and why."""
 
-    def __and__(self, other: object) -> And:
-        if not isinstance(other, Condition):
+    def __and__(self, other: Condition) -> And:
+        if not _is_condition(other):
             return NotImplemented
         return And((self, other))
 
-    def __rand__(self, other: object) -> And:
-        if not isinstance(other, Condition):
+    def __rand__(self, other: Condition) -> And:
+        if not _is_condition(other):
             return NotImplemented
         return And((other, self))
 
-    def __or__(self, other: object) -> Or:
-        if not isinstance(other, Condition):
+    def __or__(self, other: Condition) -> Or:
+        if not _is_condition(other):
             return NotImplemented
         return Or((self, other))
 
-    def __ror__(self, other: object) -> Or:
-        if not isinstance(other, Condition):
+    def __ror__(self, other: Condition) -> Or:
+        if not _is_condition(other):
             return NotImplemented
         return Or((other, self))
 
@@ -834,6 +834,11 @@ def _role_failed(ctx: PhaseContext, role: str, cls: AgentFailureClass | None) ->
         return Verdict(True, f"role {role!r} failed with {cls.value}")
     got = "no recorded class" if recorded is None else recorded.value
     return Verdict(False, f"role {role!r} failed with {got}, not {cls.value}")
+
+
+def _is_condition(value: object) -> bool:
+    """Whether ``value`` has a ``check`` method (no narrowing: for typed operands)."""
+    return isinstance(value, Condition)
 
 
 def _label(cond: object) -> str:
