@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -315,6 +315,11 @@ class BaseCondition(ABC):
     def check(self, ctx: PhaseContext) -> Verdict:
         """Say whether ``ctx`` matches, and why."""
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        # The engine's fast path: just the answer, no reason. Built-ins override
+        # it with the same test their check() makes; the default asks check().
+        return _verdict_of(self, ctx).matched
+
     def __and__(self, other: Condition) -> And:
         if not _is_condition(other):
             return NotImplemented
@@ -348,22 +353,31 @@ class And(BaseCondition):
     """
 
     conditions: tuple[Condition, ...]
-    _labels: tuple[str, ...] = field(compare=False)
+    _labels: tuple[str, ...] = field(init=False, compare=False)
+    _fast: tuple[BaseCondition, ...] = field(init=False, compare=False)
 
     def __init__(self, conditions: Iterable[Condition]) -> None:
         flat = _flatten(conditions, And, "And")
         object.__setattr__(self, "conditions", flat)
         object.__setattr__(self, "_labels", tuple(_label(c) for c in flat))
+        object.__setattr__(self, "_fast", tuple(_fast(c) for c in flat))
 
     def check(self, ctx: PhaseContext) -> Verdict:
         """Match when all sub-conditions match (like :func:`all`, short-circuiting)."""
         reasons = []
         for cond, label in zip(self.conditions, self._labels, strict=True):
-            verdict = _verdict_of(cond, label, ctx)
+            verdict = _verdict_of(cond, ctx)
             if not verdict.matched:
                 return Verdict(False, f"{label} did not match: {verdict.reason}")
             reasons.append(verdict.reason)
         return Verdict(True, "all matched: " + "; ".join(reasons))
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        # A plain loop: all() over a generator costs an allocation per call.
+        for cond in self._fast:  # noqa: SIM110
+            if not cond._matches(ctx):
+                return False
+        return True
 
     def __repr__(self) -> str:
         return f"And({', '.join(self._labels)})"
@@ -378,22 +392,30 @@ class Or(BaseCondition):
     """
 
     conditions: tuple[Condition, ...]
-    _labels: tuple[str, ...] = field(compare=False)
+    _labels: tuple[str, ...] = field(init=False, compare=False)
+    _fast: tuple[BaseCondition, ...] = field(init=False, compare=False)
 
     def __init__(self, conditions: Iterable[Condition]) -> None:
         flat = _flatten(conditions, Or, "Or")
         object.__setattr__(self, "conditions", flat)
         object.__setattr__(self, "_labels", tuple(_label(c) for c in flat))
+        object.__setattr__(self, "_fast", tuple(_fast(c) for c in flat))
 
     def check(self, ctx: PhaseContext) -> Verdict:
         """Match when any sub-condition matches (like :func:`any`, short-circuiting)."""
         misses = []
         for cond, label in zip(self.conditions, self._labels, strict=True):
-            verdict = _verdict_of(cond, label, ctx)
+            verdict = _verdict_of(cond, ctx)
             if verdict.matched:
                 return Verdict(True, f"{label} matched: {verdict.reason}")
             misses.append(f"{label}: {verdict.reason}")
         return Verdict(False, "none matched: " + "; ".join(misses))
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        for cond in self._fast:  # noqa: SIM110 (see And._matches)
+            if cond._matches(ctx):
+                return True
+        return False
 
     def __repr__(self) -> str:
         return f"Or({', '.join(self._labels)})"
@@ -407,7 +429,8 @@ class Not(BaseCondition):
     """
 
     condition: Condition
-    _name: str = field(compare=False)
+    _name: str = field(init=False, compare=False)
+    _fast: BaseCondition = field(init=False, compare=False)
 
     def __init__(self, condition: Condition) -> None:
         if not isinstance(condition, Condition):
@@ -416,11 +439,15 @@ class Not(BaseCondition):
             )
         object.__setattr__(self, "condition", condition)
         object.__setattr__(self, "_name", _label(condition))
+        object.__setattr__(self, "_fast", _fast(condition))
 
     def check(self, ctx: PhaseContext) -> Verdict:
         """Invert the inner verdict, keeping its reason."""
-        verdict = _verdict_of(self.condition, self._name, ctx)
+        verdict = _verdict_of(self.condition, ctx)
         return Verdict(not verdict.matched, verdict.reason)
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return not self._fast._matches(ctx)
 
     def __invert__(self) -> BaseCondition:
         inner = self.condition
@@ -439,6 +466,9 @@ class PhaseCompleted(BaseCondition):
         if ctx.phase_completed:
             return Verdict(True, f"phase {ctx.phase!r} is completed")
         return Verdict(False, f"phase {ctx.phase!r} is not completed")
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return ctx.phase_completed
 
     def __repr__(self) -> str:
         return "PhaseCompleted()"
@@ -459,6 +489,9 @@ class QualityAt(BaseCondition):
         if observed >= self.level:
             return Verdict(True, f"quality {observed.name} is at or above {self.level.name}")
         return Verdict(False, f"quality {observed.name} is below {self.level.name}")
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return ctx.quality_level >= self.level
 
     def __repr__(self) -> str:
         return f"QualityAt({self.level.name})"
@@ -486,6 +519,10 @@ class GateBelow(BaseCondition):
         if observed < required:
             return Verdict(True, f"quality {observed.name} is below the gate {required.name}")
         return Verdict(False, f"quality {observed.name} meets the gate {required.name}")
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        required = self.level if self.level is not None else ctx.gate_required
+        return required is not None and ctx.quality_level < required
 
     def __repr__(self) -> str:
         return "GateBelow()" if self.level is None else f"GateBelow({self.level.name})"
@@ -538,6 +575,15 @@ class AgentFailed(BaseCondition):
             return Verdict(True, f"role(s) {', '.join(sorted(ctx.failed_roles))} failed")
         return Verdict(False, "no agent failed")
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        cls, role = self.failure_class, self.role
+        failed = ctx.failed_roles
+        if role is not None:
+            return role in failed and (cls is None or failed[role] is cls)
+        if cls is not None:
+            return ctx.failures.get(cls, 0) > 0 or cls in failed.values()
+        return bool(failed) or any(count > 0 for count in ctx.failures.values())
+
     def __repr__(self) -> str:
         parts = []
         if self.failure_class is not None:
@@ -557,6 +603,9 @@ class RetryExhausted(BaseCondition):
             return Verdict(True, "retries are exhausted")
         return Verdict(False, "retries are not exhausted")
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return ctx.retries_exhausted
+
     def __repr__(self) -> str:
         return "RetryExhausted()"
 
@@ -570,6 +619,9 @@ class TimedOut(BaseCondition):
         if ctx.timed_out:
             return Verdict(True, f"phase {ctx.phase!r} timed out")
         return Verdict(False, f"phase {ctx.phase!r} did not time out")
+
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return ctx.timed_out
 
     def __repr__(self) -> str:
         return "TimedOut()"
@@ -593,6 +645,9 @@ class AllAgentsComplete(BaseCondition):
             return Verdict(False, f"waiting on role(s): {', '.join(sorted(pending))}")
         return Verdict(True, f"all {len(expected)} role(s) completed")
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return bool(ctx.all_roles) and ctx.all_roles <= ctx.completed_roles
+
     def __repr__(self) -> str:
         return "AllAgentsComplete()"
 
@@ -615,6 +670,9 @@ class CostExceeded(BaseCondition):
             return Verdict(True, f"cost {ctx.cost_usd} USD exceeds {self.usd} USD")
         return Verdict(False, f"cost {ctx.cost_usd} USD is within {self.usd} USD")
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return ctx.cost_usd > self.usd
+
     def __repr__(self) -> str:
         return f"CostExceeded({self.usd})"
 
@@ -631,6 +689,9 @@ class Always(BaseCondition):
         """Match."""
         return _ALWAYS
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return True
+
     def __repr__(self) -> str:
         return "Always()"
 
@@ -643,8 +704,23 @@ class Never(BaseCondition):
         """Do not match."""
         return _NEVER
 
+    def _matches(self, ctx: PhaseContext) -> bool:
+        return False
+
     def __repr__(self) -> str:
         return "Never()"
+
+
+class _ViaCheck(BaseCondition):
+    """Adapts a condition that does not inherit :class:`BaseCondition` to the fast path."""
+
+    __slots__ = ("condition",)
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+
+    def check(self, ctx: PhaseContext) -> Verdict:
+        return _verdict_of(self.condition, ctx)
 
 
 # -- rules and the engine ----------------------------------------------------------
@@ -729,7 +805,7 @@ class PolicyEngine:
     with no I/O, so there is no async twin: call it from async code directly.
     """
 
-    __slots__ = ("_rules",)
+    __slots__ = ("_plan", "_rules")
 
     def __init__(self, rules: Iterable[PolicyRule]) -> None:
         if isinstance(rules, PolicyRule) or not isinstance(rules, Iterable):
@@ -744,6 +820,11 @@ class PolicyEngine:
             seen.add(rule.name)
         given.sort(key=_priority)
         self._rules: tuple[PolicyRule, ...] = tuple(given)
+        # Each rule with the bound fast test of its condition: evaluate() needs
+        # only the answers; reasons are built by explain() (and for DEBUG logs).
+        self._plan: tuple[tuple[PolicyRule, Callable[[PhaseContext], bool]], ...] = tuple(
+            (rule, _fast(rule.condition)._matches) for rule in given
+        )
 
     @property
     def rules(self) -> tuple[PolicyRule, ...]:
@@ -753,21 +834,26 @@ class PolicyEngine:
     def evaluate(self, ctx: PhaseContext) -> list[PolicyActionData]:
         """Return the actions of every matching rule, in firing order.
 
-        Logs each matching rule by name at DEBUG. A condition that raises
-        surfaces as :class:`PolicyEvaluationError` naming the rule.
+        Built-in conditions answer without building reasons; with DEBUG
+        logging on, each matching rule is logged by name with its reason. A
+        condition that raises surfaces as :class:`PolicyEvaluationError`
+        naming the rule.
         """
         _require_context(ctx)
         debug = _LOG.isEnabledFor(logging.DEBUG)
         actions: list[PolicyActionData] = []
-        for rule in self._rules:
-            verdict = _check_rule(rule, ctx)
-            if verdict.matched:
+        for rule, matches in self._plan:
+            try:
+                matched = matches(ctx)
+            except Exception as exc:
+                raise _evaluation_error(rule, exc) from exc
+            if matched:
                 if debug:
                     _LOG.debug(
                         "policy rule %s matched in phase %s: %s",
                         rule.name,
                         ctx.phase,
-                        verdict.reason,
+                        _check_rule(rule, ctx).reason,
                     )
                 actions.extend(rule.actions)
         return actions
@@ -784,7 +870,15 @@ class PolicyEngine:
     def matching_rules(self, ctx: PhaseContext) -> list[PolicyRule]:
         """Return the rules that match ``ctx``, in firing order."""
         _require_context(ctx)
-        return [rule for rule in self._rules if _check_rule(rule, ctx).matched]
+        matching = []
+        for rule, matches in self._plan:
+            try:
+                matched = matches(ctx)
+            except Exception as exc:
+                raise _evaluation_error(rule, exc) from exc
+            if matched:
+                matching.append(rule)
+        return matching
 
     def __repr__(self) -> str:
         names = ", ".join(rule.name for rule in self._rules)
@@ -806,22 +900,25 @@ def _require_context(ctx: object) -> None:
 def _check_rule(rule: PolicyRule, ctx: PhaseContext) -> Verdict:
     """Run one rule's condition, naming the rule if it raises or answers wrongly."""
     try:
-        verdict = rule.condition.check(ctx)
+        return _verdict_of(rule.condition, ctx)
     except Exception as exc:
-        raise PolicyEvaluationError(rule.name, f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(verdict, Verdict):
-        raise PolicyEvaluationError(
-            rule.name,
-            f"{_label(rule.condition)}.check returned {verdict!r}, expected a Verdict",
-        )
-    return verdict
+        raise _evaluation_error(rule, exc) from exc
 
 
-def _verdict_of(cond: Condition, label: str, ctx: PhaseContext) -> Verdict:
+def _evaluation_error(rule: PolicyRule, exc: Exception) -> PolicyEvaluationError:
+    return PolicyEvaluationError(rule.name, f"{type(exc).__name__}: {exc}")
+
+
+def _verdict_of(cond: Condition, ctx: PhaseContext) -> Verdict:
     verdict = cond.check(ctx)
     if not isinstance(verdict, Verdict):
-        raise TypeError(f"{label}.check returned {verdict!r}, expected a Verdict")
+        raise TypeError(f"{_label(cond)}.check returned {verdict!r}, expected a Verdict")
     return verdict
+
+
+def _fast(cond: Condition) -> BaseCondition:
+    """Return the object whose ``_matches`` answers for ``cond`` on the engine's fast path."""
+    return cond if isinstance(cond, BaseCondition) else _ViaCheck(cond)
 
 
 def _role_failed(ctx: PhaseContext, role: str, cls: AgentFailureClass | None) -> Verdict:
