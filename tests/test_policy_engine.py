@@ -446,7 +446,7 @@ def test_builtin_condition_matches_and_says_why(
     # The engine's fast path (no reasons) gives the same answer.
     engine = PolicyEngine([rule("r", condition)])
     assert bool(engine.evaluate(ctx)) is matched
-    assert bool(PolicyEngine([rule("r", ~condition)]).evaluate(ctx)) is not matched
+    assert bool(PolicyEngine([rule("r", Not(condition))]).evaluate(ctx)) is not matched
 
 
 def test_conditions_validate_their_arguments() -> None:
