@@ -305,8 +305,8 @@ class BaseCondition(ABC):
 
     ``a & b``, ``a | b`` and ``~a`` build :class:`And`, :class:`Or` and
     :class:`Not`. Subclass it for a custom condition and implement :meth:`check`; a
-    condition that does not subclass it still works in ``And([...])`` and on
-    the right of ``&``/``|`` with a built-in.
+    condition that does not subclass it still works in ``And([...])``,
+    ``Or([...])``, ``Not(...)`` and on either side of ``&``/``|`` with a built-in.
     """
 
     __slots__ = ()
@@ -425,7 +425,7 @@ class Or(BaseCondition):
 class Not(BaseCondition):
     """Matches when ``condition`` does not; the reason is the inner one (it says why).
 
-    ``~Not(c)`` gives back ``c`` itself.
+    ``~Not(c)`` gives back ``c`` itself when ``c`` inherits :class:`BaseCondition`.
     """
 
     condition: Condition
