@@ -3,7 +3,10 @@
 Every public name is re-exported here; see the module of each for details.
 """
 
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    TechrevatiError,
+)
 from techrevati.runtime.events import (
     DEFAULT_RING_CAPACITY,
     AgentEvent,
@@ -13,6 +16,18 @@ from techrevati.runtime.events import (
     RingBufferSink,
     UsageRecord,
     UsageSink,
+)
+from techrevati.runtime.lifecycle import (
+    DEFAULT_MAX_EVENTS,
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    AgentRegistry,
+    AgentStatus,
+    AgentWorker,
+    InvalidTransitionError,
+    StatusEvent,
+    StatusListener,
+    UnknownWorkerError,
 )
 from techrevati.runtime.policy_engine import (
     DEFAULT_RULE_PRIORITY,
@@ -41,24 +56,33 @@ from techrevati.runtime.policy_engine import (
     TimedOut,
     Verdict,
 )
-from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
+from techrevati.runtime.quality_gate import (
+    QualityGate,
+    QualityGateOutcome,
+    QualityLevel,
+)
 
 __all__ = [
     "AgentEvent",
     "AgentFailed",
     "AgentFailureClass",
+    "AgentRegistry",
+    "AgentStatus",
+    "AgentWorker",
     "AllAgentsComplete",
     "Always",
     "And",
     "BaseCondition",
     "Condition",
     "CostExceeded",
+    "DEFAULT_MAX_EVENTS",
     "DEFAULT_RING_CAPACITY",
     "DEFAULT_RULE_PRIORITY",
     "DuplicateRuleError",
     "EventName",
     "EventSink",
     "GateBelow",
+    "InvalidTransitionError",
     "InvalidValueError",
     "Never",
     "Not",
@@ -77,8 +101,13 @@ __all__ = [
     "RetryExhausted",
     "RingBufferSink",
     "RuleExplanation",
+    "StatusEvent",
+    "StatusListener",
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
     "TechrevatiError",
     "TimedOut",
+    "UnknownWorkerError",
     "UsageRecord",
     "UsageSink",
     "Verdict",
