@@ -152,6 +152,11 @@ class InvalidTransitionError(TechrevatiError, ValueError):
             f"{to_status.value} ({after})"
         )
 
+    def __reduce__(
+        self,
+    ) -> tuple[type[InvalidTransitionError], tuple[str, AgentStatus, AgentStatus]]:
+        return (type(self), (self.worker_id, self.from_status, self.to_status))
+
 
 class UnknownWorkerError(TechrevatiError, KeyError):
     """No worker with this id is in the registry; ``worker_id`` is the id asked for."""
@@ -163,6 +168,9 @@ class UnknownWorkerError(TechrevatiError, KeyError):
     def __str__(self) -> str:
         # KeyError would show the message quoted like a key.
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type[UnknownWorkerError], tuple[object]]:
+        return (type(self), (self.worker_id,))
 
 
 @dataclass(frozen=True, slots=True)
