@@ -86,6 +86,10 @@ class PermissionMode(IntEnum):
         raise InvalidValueError(f"unknown permission mode {value!r}; expected one of {names}")
 
 
+_MODE_NAMES: Final[tuple[str, ...]] = ("", *(mode.name for mode in PermissionMode))
+"""Mode names indexed by level (``_MODE_NAMES[PermissionMode.READ_ONLY] == "READ_ONLY"``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RolePermissionConfig:
     """What one role may do.
@@ -132,7 +136,7 @@ class PermissionOutcome:
     tool: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.allowed, bool):
+        if type(self.allowed) is not bool:
             raise InvalidValueError(f"allowed must be a bool, got {self.allowed!r}")
         if not isinstance(self.reason, str) or not self.reason:
             raise InvalidValueError(f"reason must be a non-empty str, got {self.reason!r}")
@@ -376,19 +380,22 @@ class PermissionPolicy:
             )
         have = rules.mode
         need = self._requirement(tool_name)
+        # Enum .name is a slow property; the names are looked up by level instead.
+        have_name = _MODE_NAMES[have]
+        need_name = _MODE_NAMES[need]
         if have >= need:
             return PermissionOutcome(
                 True,
-                f"tool {_show(tool)} is allowed to role {_show(role)}: it needs {need.name} "
-                f"and the role has {have.name}",
-                f"mode:{have.name}>={need.name}",
+                f"tool {_show(tool)} is allowed to role {_show(role)}: it needs {need_name} "
+                f"and the role has {have_name}",
+                f"mode:{have_name}>={need_name}",
                 role,
                 tool,
             )
         return _deny(
-            f"mode:{have.name}<{need.name}",
-            f"tool {_show(tool)} is denied to role {_show(role)}: it needs {need.name} "
-            f"and the role has only {have.name}",
+            f"mode:{have_name}<{need_name}",
+            f"tool {_show(tool)} is denied to role {_show(role)}: it needs {need_name} "
+            f"and the role has only {have_name}",
             role,
             tool,
         )
