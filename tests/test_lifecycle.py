@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import pickle
 import sys
 import threading
 from collections.abc import Iterator
@@ -236,6 +237,16 @@ def test_illegal_transition_raises_with_fields_and_changes_nothing() -> None:
     assert isinstance(error, ValueError)
     assert isinstance(error, TechrevatiError)
     assert (worker.status, worker.events, worker.changed_at) == before
+
+
+def test_lifecycle_errors_pickle_with_their_fields() -> None:
+    error = InvalidTransitionError("w-1", S.IDLE, S.RUNNING)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.worker_id, copy.from_status, copy.to_status) == ("w-1", S.IDLE, S.RUNNING)
+    assert str(copy) == str(error)
+    missing = pickle.loads(pickle.dumps(UnknownWorkerError("gone")))
+    assert missing.worker_id == "gone"
+    assert str(missing) == "no worker with id 'gone' in this registry"
 
 
 def test_illegal_transition_message_lists_allowed_targets() -> None:
