@@ -389,6 +389,25 @@ def test_malformed_names_are_denied_never_raised(role: object, tool: object, rul
     assert "denied" in outcome.reason
 
 
+def test_odd_objects_are_denied_without_running_their_code() -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr ran")
+
+        def __str__(self) -> str:
+            raise RuntimeError("str ran")
+
+    enforcer = PermissionEnforcer(seed_policy())
+    role = enforcer.check(Hostile(), "x")  # type: ignore[arg-type]
+    assert (role.rule, role.reason, role.tool) == (
+        "invalid_role",
+        "role must be a str, got Hostile; denied",
+        "x",
+    )
+    tool = enforcer.check("writer", Hostile())  # type: ignore[arg-type]
+    assert (tool.rule, tool.role) == ("invalid_tool", "writer")
+
+
 def test_str_subclasses_are_judged_by_their_text() -> None:
     class Sneaky(str):
         __slots__ = ()

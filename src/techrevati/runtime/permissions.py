@@ -325,7 +325,12 @@ class PermissionPolicy:
         ``allowed_tools``, then the mode requirement.
         """
         if not isinstance(role, str):
-            return _deny("invalid_role", f"role must be a str, got {_show(role)}; denied", "", "")
+            return _deny(
+                "invalid_role",
+                f"role must be a str, got {_show(role)}; denied",
+                "",
+                str.__str__(tool) if isinstance(tool, str) else "",
+            )
         if not isinstance(tool, str):
             return _deny("invalid_tool", f"tool must be a str, got {_show(tool)}; denied", role, "")
         # A str subclass could override the methods normalisation calls.
@@ -588,13 +593,16 @@ def _deny(rule: str, reason: str, role: str, tool: str) -> PermissionOutcome:
 
 
 def _show(value: object) -> str:
-    """Render a caller's name for a reason: repr (control chars escaped), bounded."""
-    if isinstance(value, str) and len(value) > _MAX_SHOWN_CHARS:
+    """Render a caller's name for a reason: repr (control chars escaped), bounded.
+
+    Anything but a str is shown by its type name only, so no caller code runs.
+    """
+    if not isinstance(value, str):
+        return type(value).__name__
+    value = str.__str__(value)
+    if len(value) > _MAX_SHOWN_CHARS:
         return f"{value[:_MAX_SHOWN_CHARS]!r}... ({len(value)} chars)"
-    text = repr(value)
-    if len(text) > _MAX_SHOWN_CHARS:
-        return f"{text[:_MAX_SHOWN_CHARS]}..."
-    return text
+    return repr(value)
 
 
 def _is_glob(name: str) -> bool:
