@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 from techrevati.runtime.permissions import (
-    DEFAULT_CACHE_SIZE,
+    DEFAULT_PERMISSION_CACHE_SIZE,
     PermissionDeniedError,
     PermissionEnforcer,
     PermissionMode,
     PermissionOutcome,
     PermissionPolicy,
     RolePermissionConfig,
-    normalize_name,
+    normalize_permission_name,
 )
 
 M = PermissionMode
@@ -510,12 +510,12 @@ def test_filter_tools_keeps_order_and_the_callers_strings() -> None:
         enforcer.filter_tools("writer", "abc")
 
 
-def test_normalize_name_is_idempotent_on_examples() -> None:
+def test_normalize_permission_name_is_idempotent_on_examples() -> None:
     for name in [*BYPASS_ATTEMPTS, "Stra\u00dfe", "\u1e9e", "\ufb00", "\u01f0", "\u0390", "x"]:
-        once = normalize_name(name)
-        assert normalize_name(once) == once
+        once = normalize_permission_name(name)
+        assert normalize_permission_name(once) == once
         assert unicodedata.is_normalized("NFKC", once)
-    assert normalize_name(" Stra\u00dfe ") == "strasse"
+    assert normalize_permission_name(" Stra\u00dfe ") == "strasse"
 
 
 # -- the cache ---------------------------------------------------------------------
@@ -525,7 +525,7 @@ def test_cache_returns_the_same_outcome_object() -> None:
     enforcer = PermissionEnforcer(seed_policy())
     first = enforcer.check("writer", "dangerous_tool")
     assert enforcer.check("writer", "dangerous_tool") is first
-    assert enforcer.cache_size == DEFAULT_CACHE_SIZE
+    assert enforcer.cache_size == DEFAULT_PERMISSION_CACHE_SIZE
     enforcer.clear_cache()
     again = enforcer.check("writer", "dangerous_tool")
     assert again is not first
@@ -647,13 +647,13 @@ def test_cached_answers_equal_uncached_ones_and_never_raise(role: str, tool: str
     first = enforcer.check(role, tool)
     assert first == enforcer.check(role, tool) == policy.check(role, tool)
     if first.allowed:
-        assert normalize_name(role) == "writer" or normalize_name(role) == "reader"
+        assert normalize_permission_name(role) in {"writer", "reader"}
 
 
 @HYPOTHESIS
 @given(name=st.text(max_size=20))
-def test_normalize_name_is_idempotent(name: str) -> None:
-    once = normalize_name(name)
-    assert normalize_name(once) == once
+def test_normalize_permission_name_is_idempotent(name: str) -> None:
+    once = normalize_permission_name(name)
+    assert normalize_permission_name(once) == once
     assert once == once.strip()
     assert unicodedata.is_normalized("NFKC", once)

@@ -29,17 +29,17 @@ from typing import Final
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
 __all__ = [
-    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_PERMISSION_CACHE_SIZE",
     "PermissionDeniedError",
     "PermissionEnforcer",
     "PermissionMode",
     "PermissionOutcome",
     "PermissionPolicy",
     "RolePermissionConfig",
-    "normalize_name",
+    "normalize_permission_name",
 ]
 
-DEFAULT_CACHE_SIZE: Final = 4096
+DEFAULT_PERMISSION_CACHE_SIZE: Final = 4096
 """Decisions a :class:`PermissionEnforcer` caches before starting its cache afresh."""
 
 _MAX_CACHED_NAME_CHARS: Final = 256
@@ -108,7 +108,7 @@ class RolePermissionConfig:
     denied_tools: Collection[str] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.role, str) or not normalize_name(self.role):
+        if not isinstance(self.role, str) or not normalize_permission_name(self.role):
             raise InvalidValueError(f"role must be a non-empty str, got {self.role!r}")
         object.__setattr__(self, "mode", PermissionMode.parse(self.mode))
         if self.allowed_tools is not None:
@@ -218,10 +218,10 @@ class PermissionPolicy:
                 raise InvalidValueError(
                     f"role_configs[{key!r}] must be a RolePermissionConfig, got {config!r}"
                 )
-            name = normalize_name(key) if isinstance(key, str) else ""
+            name = normalize_permission_name(key) if isinstance(key, str) else ""
             if not name:
                 raise InvalidValueError(f"role_configs keys must be non-empty str, got {key!r}")
-            if name != normalize_name(config.role):
+            if name != normalize_permission_name(config.role):
                 raise InvalidValueError(
                     f"role_configs key {key!r} does not match its config's role {config.role!r}"
                 )
@@ -249,7 +249,7 @@ class PermissionPolicy:
         globs: dict[PermissionMode, list[str]] = {}
         first_tool: dict[str, str] = {}
         for key, value in tool_requirements.items():
-            name = normalize_name(key) if isinstance(key, str) else ""
+            name = normalize_permission_name(key) if isinstance(key, str) else ""
             if not name:
                 raise InvalidValueError(
                     f"tool_requirements keys must be non-empty str, got {key!r}"
@@ -309,14 +309,14 @@ class PermissionPolicy:
         """Return the config for ``role`` (compared normalised), or ``None``."""
         if not isinstance(role, str):
             raise InvalidValueError(f"role must be a str, got {role!r}")
-        rules = self._roles.get(normalize_name(str.__str__(role)))
+        rules = self._roles.get(normalize_permission_name(str.__str__(role)))
         return None if rules is None else rules.config
 
     def requirement_for(self, tool: str) -> PermissionMode:
         """Return the mode ``tool`` needs: the strictest matching entry, else the default."""
         if not isinstance(tool, str):
             raise InvalidValueError(f"tool must be a str, got {tool!r}")
-        return self._requirement(normalize_name(str.__str__(tool)))
+        return self._requirement(normalize_permission_name(str.__str__(tool)))
 
     def check(self, role: object, tool: object) -> PermissionOutcome:
         """Decide whether ``role`` may use ``tool``, without a cache. Never raises.
@@ -336,8 +336,8 @@ class PermissionPolicy:
         # A str subclass could override the methods normalisation calls.
         role = str.__str__(role)
         tool = str.__str__(tool)
-        role_name = normalize_name(role)
-        tool_name = normalize_name(tool)
+        role_name = normalize_permission_name(role)
+        tool_name = normalize_permission_name(tool)
         if not role_name:
             return _deny("invalid_role", f"role {_show(role)} is empty; denied", role, tool)
         if not tool_name:
@@ -440,7 +440,9 @@ class PermissionEnforcer:
 
     __slots__ = ("_cache", "_cache_size", "_cached", "_lock", "_policy")
 
-    def __init__(self, policy: PermissionPolicy, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self, policy: PermissionPolicy, *, cache_size: int = DEFAULT_PERMISSION_CACHE_SIZE
+    ) -> None:
         if not isinstance(policy, PermissionPolicy):
             raise InvalidValueError(f"policy must be a PermissionPolicy, got {policy!r}")
         if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
@@ -535,7 +537,7 @@ class _NameSet:
         exact: set[str] = set()
         globs: list[str] = []
         for raw in names:
-            name = normalize_name(raw)
+            name = normalize_permission_name(raw)
             if _is_glob(name):
                 if name not in globs:
                     globs.append(name)
@@ -571,7 +573,7 @@ class _RoleRules:
 # -- functions ------------------------------------------------------------------
 
 
-def normalize_name(name: str) -> str:
+def normalize_permission_name(name: str) -> str:
     """Return the form role and tool names are compared in.
 
     Unicode NFKC (full-width and other compatibility forms become plain
@@ -627,6 +629,6 @@ def _tool_names(value: object, field: str) -> tuple[str, ...]:
         raise InvalidValueError(f"{field} must be a collection of tool names, got {value!r}")
     names = tuple(value)
     for name in names:
-        if not isinstance(name, str) or not normalize_name(name):
+        if not isinstance(name, str) or not normalize_permission_name(name):
             raise InvalidValueError(f"{field} entries must be non-empty str, got {name!r}")
     return names
