@@ -123,17 +123,17 @@ def test_failure_classes_are_lowercase_and_unique() -> None:
     )
 
 
-# Known gaps in events.py, reported rather than fixed here (the module is the
-# lead's). xfail(strict) turns green-to-red once fixed, so the marker goes.
-
-
-@pytest.mark.xfail(reason="AgentEvent does not validate failure_class; to_dict then fails")
 def test_event_rejects_a_failure_class_that_is_not_the_enum() -> None:
     with pytest.raises(InvalidValueError, match="failure_class"):
-        AgentEvent(name="x", failure_class="rate_limit")  # type: ignore[arg-type]
+        AgentEvent(name="x", failure_class="no_such_class")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(reason="a non-datetime timestamp raises AttributeError, not a typed error")
+def test_event_accepts_a_failure_class_value_and_stores_the_enum() -> None:
+    event = AgentEvent(name="x", failure_class="rate_limit")  # type: ignore[arg-type]
+    assert event.failure_class is AgentFailureClass.RATE_LIMIT
+    assert event.to_dict()["failure_class"] == "rate_limit"
+
+
 def test_event_rejects_a_timestamp_that_is_not_a_datetime() -> None:
     with pytest.raises(InvalidValueError, match="timestamp"):
         AgentEvent(name="x", timestamp="2025-01-01T00:00:00+00:00")  # type: ignore[arg-type]
@@ -222,7 +222,6 @@ def test_ring_buffer_last_returns_the_newest_n() -> None:
         sink.events(-1)
 
 
-@pytest.mark.xfail(reason="events(last) with len < last < 2*len returns too few events")
 def test_ring_buffer_last_larger_than_the_buffer_returns_everything() -> None:
     sink = RingBufferSink(10)
     for n in range(3):

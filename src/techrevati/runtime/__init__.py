@@ -29,6 +29,16 @@ from techrevati.runtime.lifecycle import (
     StatusListener,
     UnknownWorkerError,
 )
+from techrevati.runtime.permissions import (
+    DEFAULT_PERMISSION_CACHE_SIZE,
+    PermissionDeniedError,
+    PermissionEnforcer,
+    PermissionMode,
+    PermissionOutcome,
+    PermissionPolicy,
+    RolePermissionConfig,
+    normalize_permission_name,
+)
 from techrevati.runtime.policy_engine import (
     DEFAULT_RULE_PRIORITY,
     AgentFailed,
@@ -76,6 +86,7 @@ __all__ = [
     "Condition",
     "CostExceeded",
     "DEFAULT_MAX_EVENTS",
+    "DEFAULT_PERMISSION_CACHE_SIZE",
     "DEFAULT_RING_CAPACITY",
     "DEFAULT_RULE_PRIORITY",
     "DuplicateRuleError",
@@ -87,6 +98,11 @@ __all__ = [
     "Never",
     "Not",
     "Or",
+    "PermissionDeniedError",
+    "PermissionEnforcer",
+    "PermissionMode",
+    "PermissionOutcome",
+    "PermissionPolicy",
     "PhaseCompleted",
     "PhaseContext",
     "PolicyAction",
@@ -100,6 +116,7 @@ __all__ = [
     "QualityLevel",
     "RetryExhausted",
     "RingBufferSink",
+    "RolePermissionConfig",
     "RuleExplanation",
     "StatusEvent",
     "StatusListener",
@@ -111,4 +128,5 @@ __all__ = [
     "UsageRecord",
     "UsageSink",
     "Verdict",
+    "normalize_permission_name",
 ]

@@ -112,10 +112,14 @@ class AgentEvent:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidValueError(f"name must be a non-empty str, got {self.name!r}")
-        if self.timestamp.tzinfo is None:
-            raise InvalidValueError(
-                f"timestamp must be timezone-aware, got naive {self.timestamp!r}"
-            )
+        if self.failure_class is not None and not isinstance(self.failure_class, AgentFailureClass):
+            try:
+                object.__setattr__(self, "failure_class", AgentFailureClass(self.failure_class))
+            except ValueError:
+                raise InvalidValueError(
+                    f"failure_class must be an AgentFailureClass, got {self.failure_class!r}"
+                ) from None
+        _check_timestamp(self.timestamp)
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-serialisable dict (timestamp as an ISO 8601 string)."""
@@ -171,10 +175,7 @@ class UsageRecord:
                 raise InvalidValueError(f"{name} must be an int >= 0, got {value!r}")
         if not isinstance(self.cost_usd, Decimal) or not self.cost_usd.is_finite():
             raise InvalidValueError(f"cost_usd must be a finite Decimal, got {self.cost_usd!r}")
-        if self.timestamp.tzinfo is None:
-            raise InvalidValueError(
-                f"timestamp must be timezone-aware, got naive {self.timestamp!r}"
-            )
+        _check_timestamp(self.timestamp)
 
     @property
     def total_tokens(self) -> int:
@@ -269,9 +270,9 @@ class RingBufferSink:
         with self._lock:
             items = list(self._buffer)
         if last is not None:
-            if last < 0:
-                raise InvalidValueError(f"last must be >= 0, got {last!r}")
-            return items[len(items) - last :] if last else []
+            if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+                raise InvalidValueError(f"last must be an int >= 0, got {last!r}")
+            return items[max(0, len(items) - last) :] if last else []
         return items
 
     def clear(self) -> None:
@@ -281,3 +282,8 @@ class RingBufferSink:
 
     def __len__(self) -> int:
         return len(self._buffer)
+
+
+def _check_timestamp(timestamp: object) -> None:
+    if not isinstance(timestamp, datetime) or timestamp.tzinfo is None:
+        raise InvalidValueError(f"timestamp must be an aware datetime, got {timestamp!r}")
