@@ -112,12 +112,13 @@ class AgentEvent:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidValueError(f"name must be a non-empty str, got {self.name!r}")
-        if self.failure_class is not None and not isinstance(self.failure_class, AgentFailureClass):
+        failure: object = self.failure_class
+        if failure is not None and not isinstance(failure, AgentFailureClass):
             try:
-                object.__setattr__(self, "failure_class", AgentFailureClass(self.failure_class))
+                object.__setattr__(self, "failure_class", AgentFailureClass(str(failure)))
             except ValueError:
                 raise InvalidValueError(
-                    f"failure_class must be an AgentFailureClass, got {self.failure_class!r}"
+                    f"failure_class must be an AgentFailureClass, got {failure!r}"
                 ) from None
         _check_timestamp(self.timestamp)
 
@@ -286,4 +287,4 @@ class RingBufferSink:
 
 def _check_timestamp(timestamp: object) -> None:
     if not isinstance(timestamp, datetime) or timestamp.tzinfo is None:
-        raise InvalidValueError(f"timestamp must be an aware datetime, got {timestamp!r}")
+        raise InvalidValueError(f"timestamp must be a timezone-aware datetime, got {timestamp!r}")
