@@ -1,0 +1,807 @@
+"""Read why an exception happened, without importing any SDK (private to ``retry_policy``).
+
+The classifier looks only at class names along the MRO and at attributes the
+provider SDKs are known to set (``status_code``, ``code``, ``type``, ``body``,
+``response``, ``details``...), so it works on openai, anthropic, google,
+botocore, httpx/httpx2, requests and litellm errors alike, and on look-alike
+classes of your own. Every attribute read is guarded: a property that raises
+never breaks classification. Use the public names through
+:mod:`techrevati.runtime.retry_policy`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final, Literal
+
+from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime.events import AgentFailureClass
+
+__all__ = [
+    "FAILURE_CLASS_BY_SCENARIO",
+    "MAX_CHAIN_DEPTH",
+    "MAX_CHAIN_NODES",
+    "RETRYABLE_SCENARIOS",
+    "FailureInfo",
+    "FailureScenario",
+    "Origin",
+    "classify_exception",
+    "failure_class_for",
+    "inspect_exception",
+]
+
+MAX_CHAIN_DEPTH: Final = 8
+"""How deep :func:`classify_exception` follows causes, contexts and wrappers."""
+
+MAX_CHAIN_NODES: Final = 32
+"""How many exceptions of one chain (groups included) are looked at, at most."""
+
+_MAX_TEXT: Final = 4096
+"""Message characters searched for phrases (error payloads can be large)."""
+
+Origin = Literal["model", "tool"]
+"""Where the failure happened: a model call (default) or a tool call."""
+
+
+class FailureScenario(StrEnum):
+    """Why a call failed, in terms of what to do about it."""
+
+    LLM_TIMEOUT = "llm_timeout"
+    """The model did not answer in time (timeouts, 408, 504)."""
+    RATE_LIMIT = "rate_limit"
+    """The provider asks to slow down (429, throttling); wait and retry."""
+    CONTEXT_OVERFLOW = "context_overflow"
+    """The prompt does not fit the model's context window (or 413)."""
+    PROVIDER_FAILURE = "provider_failure"
+    """The provider or the network failed (5xx, overloaded, connection errors)."""
+    AUTH_FAILURE = "auth_failure"
+    """Credentials are missing, wrong or lack permission (401, 403)."""
+    BAD_REQUEST = "bad_request"
+    """The request is wrong (400, 404, 422) and not a context or policy problem."""
+    CONTENT_POLICY = "content_policy"
+    """The provider refused the content (content filter, policy violation)."""
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    """Credit or quota is used up (insufficient_quota, ServiceQuotaExceeded, 402)."""
+    TOOL_EXECUTION_ERROR = "tool_execution_error"
+    """A tool call failed (``origin="tool"`` with no more specific signal)."""
+    DEPENDENCY_TIMEOUT = "dependency_timeout"
+    """A tool's dependency timed out (a timeout with ``origin="tool"``)."""
+    MEMORY_CORRUPTION = "memory_corruption"
+    """The agent's state can no longer be trusted (MemoryError, unreadable checkpoint)."""
+    LLM_ERROR = "llm_error"
+    """A model-call failure nothing more specific fits (the default)."""
+
+
+FailureScenario.__module__ = "techrevati.runtime.retry_policy"
+
+FAILURE_CLASS_BY_SCENARIO: Final[Mapping[FailureScenario, AgentFailureClass]] = MappingProxyType(
+    {
+        FailureScenario.LLM_TIMEOUT: AgentFailureClass.LLM_TIMEOUT,
+        FailureScenario.RATE_LIMIT: AgentFailureClass.RATE_LIMIT,
+        FailureScenario.CONTEXT_OVERFLOW: AgentFailureClass.CONTEXT_OVERFLOW,
+        FailureScenario.PROVIDER_FAILURE: AgentFailureClass.PROVIDER_FAILURE,
+        FailureScenario.AUTH_FAILURE: AgentFailureClass.AUTH_FAILURE,
+        FailureScenario.BAD_REQUEST: AgentFailureClass.BAD_REQUEST,
+        FailureScenario.CONTENT_POLICY: AgentFailureClass.CONTENT_POLICY,
+        FailureScenario.QUOTA_EXHAUSTED: AgentFailureClass.QUOTA_EXHAUSTED,
+        FailureScenario.TOOL_EXECUTION_ERROR: AgentFailureClass.TOOL_ERROR,
+        FailureScenario.DEPENDENCY_TIMEOUT: AgentFailureClass.DEPENDENCY_FAILED,
+        FailureScenario.MEMORY_CORRUPTION: AgentFailureClass.MEMORY_CORRUPTION,
+        FailureScenario.LLM_ERROR: AgentFailureClass.UNKNOWN,
+    }
+)
+"""The one table from scenario to the dashboard-level :class:`AgentFailureClass`."""
+
+RETRYABLE_SCENARIOS: Final[frozenset[FailureScenario]] = frozenset(
+    {
+        FailureScenario.LLM_TIMEOUT,
+        FailureScenario.RATE_LIMIT,
+        FailureScenario.PROVIDER_FAILURE,
+        FailureScenario.TOOL_EXECUTION_ERROR,
+        FailureScenario.DEPENDENCY_TIMEOUT,
+        FailureScenario.LLM_ERROR,
+    }
+)
+"""Scenarios where sending the same request again may succeed (before ``x-should-retry``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """What :func:`inspect_exception` learned about one failure.
+
+    ``retryable`` says whether the *same* request may succeed later (the
+    scenario's rule, overridden by an ``x-should-retry`` header).
+    ``retry_after`` is the server's wait hint in seconds, if it sent one.
+    ``status_code`` and ``provider_code`` (e.g. ``"insufficient_quota"``,
+    ``"ThrottlingException"``) come from the exception that decided the
+    scenario, and ``exception_type`` is that exception's class name.
+    """
+
+    scenario: FailureScenario
+    retryable: bool
+    retry_after: float | None = None
+    status_code: int | None = None
+    provider_code: str | None = None
+    exception_type: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scenario, FailureScenario):
+            raise InvalidValueError(f"scenario must be a FailureScenario, got {self.scenario!r}")
+        ra = self.retry_after
+        if ra is not None and (not isinstance(ra, int | float) or not math.isfinite(ra) or ra < 0):
+            raise InvalidValueError(f"retry_after must be a finite float >= 0, got {ra!r}")
+
+    @property
+    def failure_class(self) -> AgentFailureClass:
+        """The :class:`AgentFailureClass` of :attr:`scenario`."""
+        return FAILURE_CLASS_BY_SCENARIO[self.scenario]
+
+
+FailureInfo.__module__ = "techrevati.runtime.retry_policy"
+
+_S = FailureScenario
+
+# Error codes and types the SDKs put in .code, .type, .error_code, the body,
+# botocore's Error.Code (case-insensitive) and google's status strings.
+_CODES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
+    {
+        # quota / billing
+        "insufficient_quota": _S.QUOTA_EXHAUSTED,
+        "billing_error": _S.QUOTA_EXHAUSTED,
+        "billing_hard_limit_reached": _S.QUOTA_EXHAUSTED,
+        "servicequotaexceededexception": _S.QUOTA_EXHAUSTED,
+        # context window
+        "context_length_exceeded": _S.CONTEXT_OVERFLOW,
+        "model_context_window_exceeded": _S.CONTEXT_OVERFLOW,
+        "request_too_large": _S.CONTEXT_OVERFLOW,
+        # content policy
+        "content_policy_violation": _S.CONTENT_POLICY,
+        "content_filter": _S.CONTENT_POLICY,
+        "responsibleaipolicyviolation": _S.CONTENT_POLICY,
+        # agent memory (anthropic's memory tool)
+        "memory_precondition_failed_error": _S.MEMORY_CORRUPTION,
+        "memory_path_conflict_error": _S.MEMORY_CORRUPTION,
+        # auth
+        "authentication_error": _S.AUTH_FAILURE,
+        "permission_error": _S.AUTH_FAILURE,
+        "invalid_api_key": _S.AUTH_FAILURE,
+        "unauthenticated": _S.AUTH_FAILURE,
+        "permission_denied": _S.AUTH_FAILURE,
+        "accessdeniedexception": _S.AUTH_FAILURE,
+        "unrecognizedclientexception": _S.AUTH_FAILURE,
+        "expiredtokenexception": _S.AUTH_FAILURE,
+        "invalidsignatureexception": _S.AUTH_FAILURE,
+        "missingauthenticationtokenexception": _S.AUTH_FAILURE,
+        # rate limits
+        "rate_limit_exceeded": _S.RATE_LIMIT,
+        "rate_limit_error": _S.RATE_LIMIT,
+        "resource_exhausted": _S.RATE_LIMIT,
+        "too_many_requests": _S.RATE_LIMIT,
+        "throttlingexception": _S.RATE_LIMIT,
+        "throttling": _S.RATE_LIMIT,
+        "toomanyrequestsexception": _S.RATE_LIMIT,
+        "requestlimitexceeded": _S.RATE_LIMIT,
+        "provisionedthroughputexceededexception": _S.RATE_LIMIT,
+        "modelnotreadyexception": _S.RATE_LIMIT,
+        "slowdown": _S.RATE_LIMIT,
+        # timeouts
+        "timeout_error": _S.LLM_TIMEOUT,
+        "deadline_exceeded": _S.LLM_TIMEOUT,
+        "modeltimeoutexception": _S.LLM_TIMEOUT,
+        "requesttimeout": _S.LLM_TIMEOUT,
+        "requesttimeoutexception": _S.LLM_TIMEOUT,
+        # provider side
+        "overloaded_error": _S.PROVIDER_FAILURE,
+        "api_error": _S.PROVIDER_FAILURE,
+        "server_error": _S.PROVIDER_FAILURE,
+        "conflict_error": _S.PROVIDER_FAILURE,
+        "unavailable": _S.PROVIDER_FAILURE,
+        "internal": _S.PROVIDER_FAILURE,
+        "aborted": _S.PROVIDER_FAILURE,
+        "internalserverexception": _S.PROVIDER_FAILURE,
+        "internalfailure": _S.PROVIDER_FAILURE,
+        "serviceunavailableexception": _S.PROVIDER_FAILURE,
+        "serviceunavailable": _S.PROVIDER_FAILURE,
+        "modelerrorexception": _S.PROVIDER_FAILURE,
+        "modelstreamerrorexception": _S.PROVIDER_FAILURE,
+        "priorrequestnotcomplete": _S.PROVIDER_FAILURE,
+        # generic bad request (the message may still say context or policy)
+        "invalid_request_error": _S.BAD_REQUEST,
+        "not_found_error": _S.BAD_REQUEST,
+        "model_not_found": _S.BAD_REQUEST,
+        "invalid_argument": _S.BAD_REQUEST,
+        "failed_precondition": _S.BAD_REQUEST,
+        "not_found": _S.BAD_REQUEST,
+        "validationexception": _S.BAD_REQUEST,
+        "resourcenotfoundexception": _S.BAD_REQUEST,
+    }
+)
+
+# When several codes of one error disagree, the most specific wins.
+_RANK: Final[Mapping[FailureScenario, int]] = MappingProxyType(
+    {
+        _S.QUOTA_EXHAUSTED: 0,
+        _S.CONTEXT_OVERFLOW: 1,
+        _S.CONTENT_POLICY: 2,
+        _S.MEMORY_CORRUPTION: 3,
+        _S.AUTH_FAILURE: 4,
+        _S.RATE_LIMIT: 5,
+        _S.LLM_TIMEOUT: 6,
+        _S.PROVIDER_FAILURE: 7,
+        _S.BAD_REQUEST: 8,
+    }
+)
+
+# Class names that say more than the status an error may carry (checked before it).
+_STRONG_NAMES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
+    {
+        "ContextWindowExceededError": _S.CONTEXT_OVERFLOW,
+        "LengthFinishReasonError": _S.CONTEXT_OVERFLOW,
+        "ContentPolicyViolationError": _S.CONTENT_POLICY,
+        "ContentFilterFinishReasonError": _S.CONTENT_POLICY,
+        "BudgetExceededError": _S.QUOTA_EXHAUSTED,
+        "ServiceQuotaExceededException": _S.QUOTA_EXHAUSTED,
+    }
+)
+
+# Class names used when there is no status (checked after it), first along the MRO.
+_NAMES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
+    {
+        # timeouts (builtin TimeoutError is asyncio.TimeoutError and socket.timeout)
+        "TimeoutError": _S.LLM_TIMEOUT,
+        "APITimeoutError": _S.LLM_TIMEOUT,
+        "TimeoutException": _S.LLM_TIMEOUT,
+        "Timeout": _S.LLM_TIMEOUT,
+        "ReadTimeout": _S.LLM_TIMEOUT,
+        "ConnectTimeout": _S.LLM_TIMEOUT,
+        "WriteTimeout": _S.LLM_TIMEOUT,
+        "PoolTimeout": _S.LLM_TIMEOUT,
+        "ReadTimeoutError": _S.LLM_TIMEOUT,
+        "ConnectTimeoutError": _S.LLM_TIMEOUT,
+        "DeadlineExceeded": _S.LLM_TIMEOUT,
+        "RequestTimeoutError": _S.LLM_TIMEOUT,
+        # the network and the provider
+        "ConnectionError": _S.PROVIDER_FAILURE,
+        "APIConnectionError": _S.PROVIDER_FAILURE,
+        "ConnectError": _S.PROVIDER_FAILURE,
+        "RemoteProtocolError": _S.PROVIDER_FAILURE,
+        "NetworkError": _S.PROVIDER_FAILURE,
+        "ChunkedEncodingError": _S.PROVIDER_FAILURE,
+        "EndpointConnectionError": _S.PROVIDER_FAILURE,
+        "ConnectionClosedError": _S.PROVIDER_FAILURE,
+        "InternalServerError": _S.PROVIDER_FAILURE,
+        "ServiceUnavailable": _S.PROVIDER_FAILURE,
+        "ServiceUnavailableError": _S.PROVIDER_FAILURE,
+        "OverloadedError": _S.PROVIDER_FAILURE,
+        "RetryableError": _S.PROVIDER_FAILURE,
+        # rate limits and quota
+        "RateLimitError": _S.RATE_LIMIT,
+        "TooManyRequests": _S.RATE_LIMIT,
+        "ResourceExhausted": _S.RATE_LIMIT,
+        "ThrottlingException": _S.RATE_LIMIT,
+        # auth
+        "AuthenticationError": _S.AUTH_FAILURE,
+        "PermissionDeniedError": _S.AUTH_FAILURE,
+        "Unauthenticated": _S.AUTH_FAILURE,
+        "Unauthorized": _S.AUTH_FAILURE,
+        "Forbidden": _S.AUTH_FAILURE,
+        "CredentialsError": _S.AUTH_FAILURE,
+        "NoCredentialsError": _S.AUTH_FAILURE,
+        "DefaultCredentialsError": _S.AUTH_FAILURE,
+        # bad requests
+        "BadRequestError": _S.BAD_REQUEST,
+        "BadRequest": _S.BAD_REQUEST,
+        "InvalidArgument": _S.BAD_REQUEST,
+        "NotFoundError": _S.BAD_REQUEST,
+        "UnprocessableEntityError": _S.BAD_REQUEST,
+        # tools and agent state
+        "ToolException": _S.TOOL_EXECUTION_ERROR,
+        "ToolError": _S.TOOL_EXECUTION_ERROR,
+        "ToolExecutionError": _S.TOOL_EXECUTION_ERROR,
+        "MemoryError": _S.MEMORY_CORRUPTION,
+        "UnpicklingError": _S.MEMORY_CORRUPTION,
+    }
+)
+
+_STATUS: Final[Mapping[int, FailureScenario]] = MappingProxyType(
+    {
+        400: _S.BAD_REQUEST,
+        401: _S.AUTH_FAILURE,
+        402: _S.QUOTA_EXHAUSTED,
+        403: _S.AUTH_FAILURE,
+        404: _S.BAD_REQUEST,
+        408: _S.LLM_TIMEOUT,
+        409: _S.PROVIDER_FAILURE,
+        413: _S.CONTEXT_OVERFLOW,
+        422: _S.BAD_REQUEST,
+        429: _S.RATE_LIMIT,
+        504: _S.LLM_TIMEOUT,
+    }
+)
+
+
+def _phrases(*patterns: str) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+
+# Whole phrases only; a bare number in a message ("processed 4290 rows") is never a status.
+_QUOTA_TEXT: Final = _phrases(
+    r"\binsufficient_quota\b",
+    r"exceeded your current quota",
+    r"credit balance is too low",
+    r"billing hard limit",
+)
+_CONTEXT_TEXT: Final = _phrases(
+    r"maximum context length",
+    r"\bcontext[ _]length[ _]exceeded\b",
+    r"\bcontext[ _]window[ _]exceeded\b",
+    r"exceeds? (?:the |this |your )?(?:model'?s? )?(?:maximum )?context (?:window|length|limit)",
+    r"prompt is too long",
+    r"input is too long",
+    r"exceeds the maximum number of tokens",
+    r"input token count\b[^\n]{0,120}?\bexceeds\b",
+    r"reduce the length of the (?:messages|prompt|input)",
+)
+_CONTENT_TEXT: Final = _phrases(
+    r"\bcontent[ _]policy[ _]violation\b",
+    r"content management policy",
+    r"\bresponsibleaipolicyviolation\b",
+    r"violat\w* (?:our|the) (?:usage|content) polic",
+)
+_RATE_TEXT: Final = _phrases(
+    r"\brate limit(?:ed| exceeded| reached)\b", r"\btoo many requests\b", r"\bthrottled\b"
+)
+_TIMEOUT_TEXT: Final = _phrases(r"\btimed out\b", r"\bdeadline exceeded\b")
+_PROVIDER_TEXT: Final = _phrases(
+    r"\boverloaded\b", r"\bservice unavailable\b", r"\bbad gateway\b", r"\binternal server error\b"
+)
+# Programming errors: their message is a key or a name, not a provider's words.
+_MUTE: Final = (LookupError, TypeError, AttributeError, NameError, AssertionError)
+
+# Which phrase groups may refine which structured verdict (None: no structured signal).
+_Refinements = tuple[tuple[re.Pattern[str], FailureScenario], ...]
+_REFINE: Final[Mapping[FailureScenario | None, _Refinements]] = MappingProxyType(
+    {
+        _S.BAD_REQUEST: (
+            (_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),
+            (_CONTEXT_TEXT, _S.CONTEXT_OVERFLOW),
+            (_CONTENT_TEXT, _S.CONTENT_POLICY),
+        ),
+        _S.RATE_LIMIT: ((_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),),
+        None: (
+            (_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),
+            (_CONTEXT_TEXT, _S.CONTEXT_OVERFLOW),
+            (_CONTENT_TEXT, _S.CONTENT_POLICY),
+            (_RATE_TEXT, _S.RATE_LIMIT),
+            (_TIMEOUT_TEXT, _S.LLM_TIMEOUT),
+            (_PROVIDER_TEXT, _S.PROVIDER_FAILURE),
+        ),
+    }
+)
+
+_RETRY_DELAY: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
+_RETRY_INFO_TYPE: Final = "google.rpc.RetryInfo"
+# Header containers whose .get is already case-insensitive (no key scan needed).
+_CI_HEADER_TYPES: Final = frozenset(
+    {"Headers", "CaseInsensitiveDict", "HTTPMessage", "Message", "CIMultiDict", "CIMultiDictProxy"}
+)
+_ORIGINS: Final = frozenset({"model", "tool"})
+_NAME_CACHE_SIZE: Final = 1024
+_NAME_CACHE: dict[type[BaseException], tuple[FailureScenario | None, FailureScenario | None]] = {}
+_SPECIFIC_BAD_REQUEST: Final = frozenset(
+    {_S.CONTEXT_OVERFLOW, _S.CONTENT_POLICY, _S.QUOTA_EXHAUSTED}
+)
+
+
+class _Reading:
+    """The raw signals read off one exception (internal; built once per exception)."""
+
+    __slots__ = ("codes", "details", "exc", "headers", "status", "texts")
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.status: int | None = None
+        self.codes: list[str] = []
+        self.texts: list[str] = []
+        self.headers: object = None
+        self.details: object = None
+        self._read()
+
+    def _read(self) -> None:
+        exc = self.exc
+        codes = self.codes
+        self._take_status(_attr(exc, "status_code"))
+        for name in ("status", "code"):
+            value = _attr(exc, name)
+            if isinstance(value, str):
+                if len(value) == 3 and value.isdigit():
+                    self._take_status(int(value))
+                elif value:
+                    codes.append(value)
+            else:
+                self._take_status(value)
+        for name in ("type", "error_code"):
+            value = _attr(exc, name)
+            if isinstance(value, str) and value:
+                codes.append(value)
+        body = _attr(exc, "body")
+        if isinstance(body, Mapping):
+            inner = _get(body, "error")
+            self._take_mapping(inner if isinstance(inner, Mapping) else body)
+        response = _attr(exc, "response")
+        if isinstance(response, Mapping):  # botocore: a plain dict
+            error = _get(response, "Error")
+            if isinstance(error, Mapping):
+                self._take_mapping(error)
+            meta = _get(response, "ResponseMetadata")
+            if isinstance(meta, Mapping):
+                self._take_status(_get(meta, "HTTPStatusCode"))
+                self.headers = _get(meta, "HTTPHeaders")
+        elif response is not None:
+            self._take_status(_attr(response, "status_code"))
+            self.headers = _attr(response, "headers")
+        if self.headers is None:
+            self.headers = _attr(exc, "headers")
+        message = _attr(exc, "message")
+        if isinstance(message, str) and message:
+            self.texts.append(message)
+        self.details = _attr(exc, "details")
+
+    def _take_status(self, value: object) -> None:
+        if (
+            self.status is None
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and 100 <= value <= 599
+        ):
+            self.status = int(value)  # api-core's codes are http.HTTPStatus members
+
+    def _take_mapping(self, data: Mapping[object, object]) -> None:
+        for key in ("code", "Code", "type", "status"):
+            value = _get(data, key)
+            if isinstance(value, int):
+                self._take_status(value)
+            elif isinstance(value, str) and value:
+                if len(value) == 3 and value.isdigit():
+                    self._take_status(int(value))
+                else:
+                    self.codes.append(value)
+        for key in ("message", "Message"):
+            value = _get(data, key)
+            if isinstance(value, str) and value:
+                self.texts.append(value)
+
+    def decide(self) -> tuple[FailureScenario | None, str | None]:
+        """Return the scenario the structured signals and phrases support, and the code used."""
+        scenario: FailureScenario | None = None
+        used: str | None = None
+        rank = 99
+        for code in self.codes:
+            hit = _CODES.get(code.lower())
+            if hit is not None and _RANK[hit] < rank:
+                scenario, used, rank = hit, code, _RANK[hit]
+        strong, weak = _names_of(type(self.exc))
+        if strong is not None and _RANK[strong] < rank:
+            scenario, used = strong, None
+        if scenario is None:
+            status = self.status
+            if status is not None and status >= 400:
+                scenario = _STATUS.get(status)
+                if scenario is None:
+                    scenario = _S.PROVIDER_FAILURE if status >= 500 else _S.BAD_REQUEST
+            else:
+                scenario = weak
+        refinements = _REFINE.get(scenario)
+        if refinements is not None and not (scenario is None and isinstance(self.exc, _MUTE)):
+            text = self._text()
+            for pattern, refined in refinements:
+                if pattern.search(text) is None:
+                    continue
+                if refined is _S.QUOTA_EXHAUSTED and scenario is _S.RATE_LIMIT and self._hinted():
+                    break  # "retry in 13s" means a rate limit, whatever the text says
+                return refined, used
+        return scenario, used
+
+    def _text(self) -> str:
+        parts = list(self.texts)
+        try:
+            parts.append(str(self.exc))
+        except Exception:  # a broken __str__ must not break classification
+            parts.append("")
+        return "\n".join(parts)[:_MAX_TEXT]
+
+    def _hinted(self) -> bool:
+        headers = self.headers
+        if headers is not None and (
+            _header(headers, "retry-after-ms") is not None
+            or _header(headers, "retry-after") is not None
+        ):
+            return True
+        return _retry_info(self.details) is not None
+
+    def info(
+        self, scenario: FailureScenario, code: str | None, clock: Callable[[], float]
+    ) -> FailureInfo:
+        """Build the :class:`FailureInfo` of this exception for ``scenario``."""
+        retryable = scenario in RETRYABLE_SCENARIOS
+        retry_after: float | None = None
+        headers = self.headers
+        if headers is not None:
+            should = _header(headers, "x-should-retry")
+            if should is not None:
+                flag = should.strip().lower()
+                if flag == "true":
+                    retryable = True
+                elif flag == "false":
+                    retryable = False
+            retry_after = _header_wait(headers, clock)
+        if retry_after is None:
+            retry_after = _retry_info(self.details)
+        if code is None and self.codes:
+            code = self.codes[0]
+        return FailureInfo(
+            scenario=scenario,
+            retryable=retryable,
+            retry_after=retry_after,
+            status_code=self.status,
+            provider_code=code,
+            exception_type=type(self.exc).__name__,
+        )
+
+
+_Verdict = tuple[FailureScenario, _Reading, str | None]
+
+
+def failure_class_for(scenario: FailureScenario) -> AgentFailureClass:
+    """Return the :class:`AgentFailureClass` a dashboard groups ``scenario`` under."""
+    try:
+        return FAILURE_CLASS_BY_SCENARIO[scenario]
+    except (KeyError, TypeError):
+        raise InvalidValueError(f"scenario must be a FailureScenario, got {scenario!r}") from None
+
+
+def classify_exception(exc: BaseException, *, origin: Origin = "model") -> FailureScenario:
+    """Return the :class:`FailureScenario` of ``exc``, following causes and wrappers.
+
+    ``origin="tool"`` turns timeouts into ``dependency_timeout`` and the
+    default into ``tool_execution_error``. Never raises for an
+    :class:`Exception`; ``KeyboardInterrupt``, ``SystemExit`` and
+    ``asyncio.CancelledError`` are not failures and raise
+    :class:`~techrevati.runtime.errors.InvalidValueError`.
+    """
+    return _classify(exc, origin)[0]
+
+
+def inspect_exception(
+    exc: BaseException,
+    *,
+    clock: Callable[[], float] = time.time,
+    origin: Origin = "model",
+) -> FailureInfo:
+    """Classify ``exc`` and read its wait hints into a :class:`FailureInfo`.
+
+    ``clock`` is the wall clock (``time.time``) that an HTTP-date
+    ``retry-after`` is measured against.
+    """
+    scenario, reading, code = _classify(exc, origin)
+    return reading.info(scenario, code, clock)
+
+
+def _classify(exc: BaseException, origin: str) -> _Verdict:
+    if not isinstance(exc, Exception):
+        raise InvalidValueError(
+            f"exc must be an Exception to classify, got {type(exc).__name__}; "
+            "KeyboardInterrupt, SystemExit and CancelledError are not failures: let them propagate"
+        )
+    if origin not in _ORIGINS:
+        raise InvalidValueError(f"origin must be 'model' or 'tool', got {origin!r}")
+    first = _Reading(exc)
+    scenario, code = first.decide()
+    if scenario is not None and (scenario is not _S.BAD_REQUEST or not _links(exc)):
+        return _for_origin(scenario, origin), first, code
+    # Walk causes, contexts, group members and wrappers, nearest first: the first
+    # signal wins, except that a generic bad request yields to a more specific cause.
+    best: _Verdict | None = None if scenario is None else (scenario, first, code)
+    seen = {id(exc)}
+    stack = [(link, 1) for link in reversed(_links(exc))]
+    while stack and len(seen) < MAX_CHAIN_NODES:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Exception):
+            reading = _Reading(node)
+            scenario, code = reading.decide()
+            if scenario is not None:
+                if best is None and scenario is not _S.BAD_REQUEST:
+                    return _for_origin(scenario, origin), reading, code
+                if best is None:
+                    best = (scenario, reading, code)
+                elif scenario in _SPECIFIC_BAD_REQUEST:
+                    return scenario, reading, code
+        if depth < MAX_CHAIN_DEPTH:
+            stack.extend((link, depth + 1) for link in reversed(_links(node)))
+    if best is not None:
+        return best
+    default = _S.TOOL_EXECUTION_ERROR if origin == "tool" else _S.LLM_ERROR
+    return default, first, None
+
+
+def _for_origin(scenario: FailureScenario, origin: str) -> FailureScenario:
+    if origin == "tool" and scenario is _S.LLM_TIMEOUT:
+        return _S.DEPENDENCY_TIMEOUT
+    return scenario
+
+
+def _links(exc: BaseException) -> list[BaseException]:
+    """Return the exceptions ``exc`` wraps, nearest first."""
+    found: list[BaseException] = []
+    cause = exc.__cause__
+    if cause is not None:
+        found.append(cause)
+    context = exc.__context__
+    if context is not None and not exc.__suppress_context__ and context is not cause:
+        found.append(context)
+    if isinstance(exc, BaseExceptionGroup):
+        found.extend(exc.exceptions)
+    attempt = _attr(exc, "last_attempt")  # tenacity.RetryError: a finished Future
+    if attempt is not None:
+        if isinstance(attempt, BaseException):
+            found.append(attempt)
+        else:
+            inner = _future_exception(attempt)
+            if inner is not None:
+                found.append(inner)
+    wrapped = _attr(exc, "cause")  # google.api_core RetryError
+    if isinstance(wrapped, BaseException):
+        found.append(wrapped)
+    return found
+
+
+def _future_exception(future: object) -> BaseException | None:
+    try:
+        done = getattr(future, "done", None)
+        if callable(done) and not done():
+            return None  # never block on a pending future
+        get = getattr(future, "exception", None)
+        value = get() if callable(get) else None
+    except Exception:
+        return None
+    return value if isinstance(value, BaseException) else None
+
+
+def _names_of(cls: type[BaseException]) -> tuple[FailureScenario | None, FailureScenario | None]:
+    """Return the strong and the ordinary name verdicts along ``cls``'s MRO (cached)."""
+    cached = _NAME_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    strong: FailureScenario | None = None
+    weak: FailureScenario | None = None
+    for klass in cls.__mro__:
+        name = klass.__name__
+        if strong is None:
+            strong = _STRONG_NAMES.get(name)
+        if weak is None:
+            weak = _NAMES.get(name)
+    if len(_NAME_CACHE) >= _NAME_CACHE_SIZE:
+        _NAME_CACHE.clear()  # classes made on the fly must not grow memory without limit
+    _NAME_CACHE[cls] = (strong, weak)
+    return strong, weak
+
+
+def _attr(obj: object, name: str) -> object:
+    """``getattr(obj, name, None)`` that survives properties raising anything."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # e.g. httpx's .request raises RuntimeError when unset
+        return None
+
+
+def _get(data: Mapping[object, object], key: str) -> object:
+    try:
+        return data.get(key)
+    except Exception:
+        return None
+
+
+def _header(headers: object, name: str) -> str | None:
+    """Look ``name`` (lowercase) up case-insensitively in any header mapping."""
+    get = _attr(headers, "get")
+    if not callable(get):
+        return None
+    try:
+        value = get(name)
+        if value is None and type(headers).__name__ not in _CI_HEADER_TYPES:
+            items = _attr(headers, "items")
+            if callable(items):
+                for key, candidate in items():
+                    if isinstance(key, str) and key.lower() == name:
+                        value = candidate
+                        break
+    except Exception:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+def _header_wait(headers: object, clock: Callable[[], float]) -> float | None:
+    """Seconds from ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
+    raw = _header(headers, "retry-after-ms")
+    if raw is not None:
+        millis = _number(raw)
+        if millis is not None:
+            return millis / 1000.0
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    seconds = _number(raw)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        delta = when.timestamp() - float(clock())
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return max(0.0, delta) if math.isfinite(delta) else None
+
+
+def _number(raw: str) -> float | None:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _retry_info(details: object) -> float | None:
+    """Google's ``RetryInfo.retryDelay`` in api-core ``.details`` or genai's response JSON."""
+    if details is None:
+        return None
+    if isinstance(details, Mapping):
+        error = _get(details, "error")
+        details = _get(error if isinstance(error, Mapping) else details, "details")
+    if not isinstance(details, list | tuple):
+        return None
+    for item in details[:16]:
+        if isinstance(item, Mapping):
+            kind = _get(item, "@type")
+            if isinstance(kind, str) and kind.endswith(_RETRY_INFO_TYPE):
+                delay = _get(item, "retryDelay")
+                if isinstance(delay, str):
+                    match = _RETRY_DELAY.match(delay)
+                    if match is not None:
+                        return float(match.group(1))
+                elif isinstance(delay, int | float) and not isinstance(delay, bool):
+                    return float(delay) if math.isfinite(delay) and delay >= 0 else None
+        elif type(item).__name__ == "RetryInfo":
+            seconds = _duration(_attr(item, "retry_delay"))
+            if seconds is not None:
+                return seconds
+    return None
+
+
+def _duration(value: object) -> float | None:
+    """Seconds of a ``timedelta`` or a protobuf ``Duration`` (``seconds`` + ``nanos``)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    else:
+        whole = _attr(value, "seconds")
+        nanos = _attr(value, "nanos")
+        if type(whole) is not int:
+            return None
+        seconds = whole + (nanos / 1e9 if type(nanos) is int else 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -1,0 +1,1192 @@
+"""Classify a failed model or tool call, pick its recovery recipe, and retry it well.
+
+Reach for it around every provider call: :func:`classify_exception` (or
+:func:`inspect_exception`, which also reads wait hints) turns any SDK's
+exception into a :class:`FailureScenario` without importing the SDK;
+:func:`attempt_recovery` looks up the scenario's :class:`RecoveryRecipe` and
+charges the attempt to a per-task :class:`RecoveryContext`; and
+:func:`retry_call`, :func:`aretry_call` and :func:`retrying` run the whole
+loop (classify, recipe, wait with jittered backoff or the server's
+``retry-after``, give up) under a frozen :class:`RetryPolicy`. A non-retryable
+error is re-raised unchanged at once; running out of attempts raises
+:class:`RetriesExhaustedError` chained from the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final, Literal, NoReturn, ParamSpec, TypeVar, cast
+
+from techrevati.runtime._classify import (
+    FAILURE_CLASS_BY_SCENARIO,
+    MAX_CHAIN_DEPTH,
+    MAX_CHAIN_NODES,
+    RETRYABLE_SCENARIOS,
+    FailureInfo,
+    FailureScenario,
+    Origin,
+    classify_exception,
+    failure_class_for,
+    inspect_exception,
+)
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+
+__all__ = [
+    "AUTOMATIC_STEPS",
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "DEFAULT_POLICY",
+    "DEFAULT_RECIPES",
+    "FAILURE_CLASS_BY_SCENARIO",
+    "MAX_CHAIN_DEPTH",
+    "MAX_CHAIN_NODES",
+    "RETRYABLE_SCENARIOS",
+    "WAITING_STEPS",
+    "EscalationPolicy",
+    "FailureInfo",
+    "FailureScenario",
+    "Jitter",
+    "Origin",
+    "RecoveryContext",
+    "RecoveryOutcome",
+    "RecoveryRecipe",
+    "RecoveryRecord",
+    "RecoveryResult",
+    "RecoveryStep",
+    "RetriesExhaustedError",
+    "RetryAfterTooLongError",
+    "RetryAttempt",
+    "RetryPolicy",
+    "RetryStats",
+    "aattempt_recovery",
+    "accepts_retry_after",
+    "aretry_call",
+    "attempt_recovery",
+    "backoff_delay",
+    "classify_exception",
+    "failure_class_for",
+    "inspect_exception",
+    "is_testing",
+    "recipe_for",
+    "reset_recipes",
+    "retry_call",
+    "retrying",
+    "set_recipe",
+    "set_testing",
+    "testing",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+"""How :func:`backoff_delay` randomises the exponential delay."""
+
+DEFAULT_MAX_RETRY_AFTER: Final = 60.0
+"""Longest server wait hint (seconds) accepted before escalating instead of sleeping."""
+
+DEFAULT_HISTORY_SIZE: Final = 100
+"""Recovery records a :class:`RecoveryContext` keeps (oldest dropped first)."""
+
+_JITTERS: Final = frozenset({"full", "equal", "decorrelated", "none"})
+_MAX_EXPONENT: Final = 64
+_LOG: Final = logging.getLogger(__name__)
+
+
+class RecoveryStep(StrEnum):
+    """One thing to do before the next attempt."""
+
+    RETRY_WITH_BACKOFF = "retry_with_backoff"
+    """Wait an exponential, jittered delay (a server hint takes precedence), then retry."""
+    WAIT_FOR_RETRY_AFTER = "wait_for_retry_after"
+    """Wait the server's ``retry-after`` hint (backoff if it sent none), then retry."""
+    SWITCH_PROVIDER = "switch_provider"
+    """Retry on the next fallback model or provider, if the caller has one."""
+    RETRY_TOOL = "retry_tool"
+    """Run the tool call again at once."""
+    REDUCE_CONTEXT = "reduce_context"
+    """Shrink the prompt (summarise, drop old turns) before retrying; the caller's job."""
+    REFRESH_CREDENTIALS = "refresh_credentials"
+    """Reload or rotate the API key or token before retrying; the caller's job."""
+    RESTORE_CHECKPOINT = "restore_checkpoint"
+    """Reload the agent's last good state before retrying; the caller's job."""
+    ESCALATE = "escalate"
+    """Hand the failure to a human or the calling system."""
+
+
+AUTOMATIC_STEPS: Final[frozenset[RecoveryStep]] = frozenset(
+    {
+        RecoveryStep.RETRY_WITH_BACKOFF,
+        RecoveryStep.WAIT_FOR_RETRY_AFTER,
+        RecoveryStep.SWITCH_PROVIDER,
+        RecoveryStep.RETRY_TOOL,
+    }
+)
+"""Steps a retry loop carries out itself; the others need the caller (partial recovery)."""
+
+WAITING_STEPS: Final[frozenset[RecoveryStep]] = frozenset(
+    {RecoveryStep.RETRY_WITH_BACKOFF, RecoveryStep.WAIT_FOR_RETRY_AFTER}
+)
+"""Steps that wait before the retry; without one, the retry happens at once."""
+
+
+class EscalationPolicy(StrEnum):
+    """What the caller should do once a recipe escalates."""
+
+    ALERT_HUMAN = "alert_human"
+    """A person must act (keys, billing, an outage)."""
+    ABORT = "abort"
+    """Stop the task: retrying cannot help."""
+    LOG_AND_CONTINUE = "log_and_continue"
+    """Record the failure and go on with the next item."""
+
+
+class RecoveryOutcome(StrEnum):
+    """The verdict of :func:`attempt_recovery`; members compare equal to their strings."""
+
+    RECOVERED = "recovered"
+    """Apply ``recovered_steps`` (all automatic), wait ``delay_seconds``, retry."""
+    PARTIAL_RECOVERY = "partial_recovery"
+    """Attempts remain, but ``remaining_steps`` need the caller before a retry can work."""
+    ESCALATION_REQUIRED = "escalation_required"
+    """Do not retry: follow the recipe's escalation policy; ``reason`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecipe:
+    """How to recover from one scenario: the steps, and how many recovery attempts.
+
+    ``max_attempts`` counts *retries* (recovery attempts) per
+    :class:`RecoveryContext`, not calls: ``0`` escalates at once. ``steps``
+    may be any sequence of :class:`RecoveryStep` (or their values);
+    ``ESCALATE``, if present, must be last.
+    """
+
+    scenario: FailureScenario
+    steps: tuple[RecoveryStep, ...]
+    max_attempts: int
+    escalation_policy: EscalationPolicy = EscalationPolicy.ABORT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scenario", _scenario(self.scenario))
+        raw: object = self.steps
+        if not isinstance(raw, tuple | list):
+            raise InvalidValueError(f"steps must be a sequence of RecoveryStep, got {raw!r}")
+        try:
+            steps = tuple(RecoveryStep(step) for step in raw)
+        except ValueError:
+            raise InvalidValueError(f"steps must hold RecoveryStep values, got {raw!r}") from None
+        if not steps:
+            raise InvalidValueError("steps must not be empty, got ()")
+        if len(set(steps)) != len(steps):
+            raise InvalidValueError(f"steps must not repeat, got {raw!r}")
+        if RecoveryStep.ESCALATE in steps[:-1]:
+            raise InvalidValueError(f"ESCALATE must be the last step, got {raw!r}")
+        object.__setattr__(self, "steps", steps)
+        attempts = self.max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise InvalidValueError(f"max_attempts must be an int >= 0, got {attempts!r}")
+        try:
+            policy = EscalationPolicy(self.escalation_policy)
+        except ValueError:
+            raise InvalidValueError(
+                f"escalation_policy must be an EscalationPolicy, got {self.escalation_policy!r}"
+            ) from None
+        object.__setattr__(self, "escalation_policy", policy)
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict."""
+        return {
+            "scenario": self.scenario.value,
+            "steps": [step.value for step in self.steps],
+            "max_attempts": self.max_attempts,
+            "escalation_policy": self.escalation_policy.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    """What :func:`attempt_recovery` decided for one failure.
+
+    ``outcome`` compares equal to ``"recovered"``, ``"partial_recovery"`` or
+    ``"escalation_required"``. ``recovered_steps`` are the recipe's steps to
+    apply before retrying (the automatic ones); ``remaining_steps`` are the
+    ones left to the caller (partial recovery) or, on escalation, the recipe
+    steps not taken. ``delay_seconds`` is the wait before the retry (0 when
+    none applies), ``retry_after`` the server hint it honours, if any.
+    ``exhausted`` is true when escalation came from a used-up budget.
+    """
+
+    outcome: RecoveryOutcome
+    recovered_steps: tuple[RecoveryStep, ...]
+    remaining_steps: tuple[RecoveryStep, ...]
+    reason: str
+    delay_seconds: float = 0.0
+    _: KW_ONLY
+    scenario: FailureScenario
+    attempt: int = 0
+    max_attempts: int = 0
+    retry_after: float | None = None
+    exhausted: bool = False
+    escalation_policy: EscalationPolicy = EscalationPolicy.ABORT
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict."""
+        return {
+            "outcome": self.outcome.value,
+            "scenario": self.scenario.value,
+            "recovered_steps": [step.value for step in self.recovered_steps],
+            "remaining_steps": [step.value for step in self.remaining_steps],
+            "reason": self.reason,
+            "delay_seconds": self.delay_seconds,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "retry_after": self.retry_after,
+            "exhausted": self.exhausted,
+            "escalation_policy": self.escalation_policy.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecord:
+    """One entry of :attr:`RecoveryContext.history`; ``at`` is the context's clock."""
+
+    scenario: FailureScenario
+    outcome: RecoveryOutcome
+    attempt: int
+    delay_seconds: float
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAttempt:
+    """What an ``on_retry`` hook receives before each wait.
+
+    ``attempt`` is the number of the call that just failed (1-based).
+    """
+
+    attempt: int
+    delay_seconds: float
+    failure: FailureInfo
+    steps: tuple[RecoveryStep, ...]
+    exception: Exception
+
+
+class RetriesExhaustedError(TechrevatiError):
+    """A retryable failure kept happening until the attempts ran out.
+
+    Raised ``from`` the last exception (see ``__cause__``). ``attempts`` is
+    how many calls were made, ``scenario`` and ``failure`` describe the last one.
+    """
+
+    def __init__(self, attempts: int, failure: FailureInfo, reason: str = "") -> None:
+        detail = failure.exception_type or "error"
+        if failure.status_code is not None:
+            detail += f", status {failure.status_code}"
+        message = f"gave up after {attempts} attempt(s): {failure.scenario.value} ({detail})"
+        super().__init__(f"{message}; {reason}" if reason else message)
+        self.attempts = attempts
+        self.scenario = failure.scenario
+        self.failure = failure
+
+
+class RetryAfterTooLongError(TechrevatiError):
+    """The server asked to wait longer than the caller accepts (``max_retry_after``)."""
+
+    def __init__(self, retry_after: float, max_retry_after: float) -> None:
+        super().__init__(
+            f"the server asks to wait {retry_after:g}s, "
+            f"more than max_retry_after={max_retry_after:g}s"
+        )
+        self.retry_after = retry_after
+        self.max_retry_after = max_retry_after
+
+
+class RecoveryContext:
+    """Recovery attempts of one logical task: counts per scenario, a total, a history.
+
+    Reuse one per task; budgets are per context, not global. ``recipes``
+    overrides recipes for this context only (else :func:`set_recipe`'s
+    global ones, else :data:`DEFAULT_RECIPES`); ``max_total_attempts`` caps
+    recoveries across all scenarios. Safe to share between threads: claiming
+    an attempt is atomic, so N threads never get more than the budget.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_counts",
+        "_escalations",
+        "_history",
+        "_last_delay",
+        "_lock",
+        "_max_total",
+        "_recipes",
+        "_total",
+    )
+
+    def __init__(
+        self,
+        *,
+        recipes: Mapping[FailureScenario, RecoveryRecipe] | None = None,
+        max_total_attempts: int | None = None,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._recipes = _recipe_map(recipes, "recipes")
+        if max_total_attempts is not None and (
+            not isinstance(max_total_attempts, int)
+            or isinstance(max_total_attempts, bool)
+            or max_total_attempts < 0
+        ):
+            raise InvalidValueError(
+                f"max_total_attempts must be None or an int >= 0, got {max_total_attempts!r}"
+            )
+        if not isinstance(history_size, int) or isinstance(history_size, bool) or history_size < 0:
+            raise InvalidValueError(f"history_size must be an int >= 0, got {history_size!r}")
+        if not callable(clock):
+            raise InvalidValueError(f"clock must be callable, got {clock!r}")
+        self._max_total = max_total_attempts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[FailureScenario, int] = {}
+        self._last_delay: dict[FailureScenario, float] = {}
+        self._history: deque[RecoveryRecord] = deque(maxlen=history_size)
+        self._total = 0
+        self._escalations = 0
+
+    @property
+    def total_attempts(self) -> int:
+        """Recovery attempts granted across all scenarios."""
+        return self._total
+
+    @property
+    def escalations(self) -> int:
+        """How many times :func:`attempt_recovery` answered ``escalation_required``."""
+        return self._escalations
+
+    @property
+    def max_total_attempts(self) -> int | None:
+        """The cap on recoveries across scenarios (``None``: only the recipes' caps)."""
+        return self._max_total
+
+    @property
+    def history(self) -> tuple[RecoveryRecord, ...]:
+        """The most recent recovery decisions, oldest first (bounded)."""
+        with self._lock:
+            return tuple(self._history)
+
+    def attempts(self, scenario: FailureScenario | str) -> int:
+        """Recovery attempts granted so far for ``scenario``."""
+        return self._counts.get(_scenario(scenario), 0)
+
+    def recipe_for(self, scenario: FailureScenario | str) -> RecoveryRecipe:
+        """Return the recipe this context uses for ``scenario``."""
+        key = _scenario(scenario)
+        recipe = self._recipes.get(key)
+        return recipe if recipe is not None else _registry[key]
+
+    def reset(self) -> None:
+        """Forget all attempts, escalations and history (recipes stay)."""
+        with self._lock:
+            self._counts.clear()
+            self._last_delay.clear()
+            self._history.clear()
+            self._total = 0
+            self._escalations = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable summary of the counts."""
+        with self._lock:
+            return {
+                "attempts": {scenario.value: n for scenario, n in self._counts.items()},
+                "total_attempts": self._total,
+                "escalations": self._escalations,
+            }
+
+    def _recover(
+        self, recipe: RecoveryRecipe, failure: FailureInfo | None, policy: RetryPolicy
+    ) -> RecoveryResult:
+        scenario = recipe.scenario
+        hint = failure.retry_after if failure is not None else None
+        waits = not WAITING_STEPS.isdisjoint(recipe.steps)
+        refusal: str | None = None
+        if recipe.max_attempts == 0:
+            refusal = f"{scenario.value} is not retryable"
+        elif (
+            failure is not None
+            and not failure.retryable
+            and failure.scenario in RETRYABLE_SCENARIOS
+        ):
+            refusal = "the server said not to retry (x-should-retry: false)"
+        elif waits and hint is not None and hint > policy.max_retry_after:
+            refusal = (
+                f"the server asks to wait {hint:g}s, more than "
+                f"max_retry_after={policy.max_retry_after:g}s"
+            )
+        with self._lock:
+            used = self._counts.get(scenario, 0)
+            exhausted = False
+            if refusal is None and used >= recipe.max_attempts:
+                exhausted = True
+                refusal = f"all {recipe.max_attempts} recovery attempt(s) for {scenario.value} used"
+            elif refusal is None and self._max_total is not None and self._total >= self._max_total:
+                exhausted = True
+                refusal = f"all {self._max_total} recovery attempt(s) of this context used"
+            if refusal is not None:
+                self._escalations += 1
+                reason = f"{refusal}; escalate ({recipe.escalation_policy.value})"
+                result = RecoveryResult(
+                    RecoveryOutcome.ESCALATION_REQUIRED,
+                    (),
+                    recipe.steps,
+                    reason,
+                    scenario=scenario,
+                    attempt=used,
+                    max_attempts=recipe.max_attempts,
+                    exhausted=exhausted,
+                    escalation_policy=recipe.escalation_policy,
+                )
+            else:
+                attempt = used + 1
+                self._counts[scenario] = attempt
+                self._total += 1
+                accepted = hint if waits else None
+                if not waits or _testing.enabled:
+                    delay = 0.0
+                elif hint is not None:
+                    delay = hint
+                else:
+                    delay = policy.backoff(attempt, previous=self._last_delay.get(scenario))
+                self._last_delay[scenario] = delay
+                recovered = tuple(s for s in recipe.steps if s in AUTOMATIC_STEPS)
+                remaining = tuple(s for s in recipe.steps if s not in AUTOMATIC_STEPS)
+                head = f"{scenario.value}: recovery attempt {attempt} of {recipe.max_attempts}"
+                if remaining:
+                    outcome = RecoveryOutcome.PARTIAL_RECOVERY
+                    todo = ", ".join(step.value for step in remaining)
+                    reason = f"{head}; the caller must {todo} before retrying"
+                else:
+                    outcome = RecoveryOutcome.RECOVERED
+                    todo = ", ".join(step.value for step in recovered)
+                    source = " (server hint)" if accepted is not None else ""
+                    reason = f"{head}; {todo}; wait {delay:.3f}s{source}"
+                result = RecoveryResult(
+                    outcome,
+                    recovered,
+                    remaining,
+                    reason,
+                    delay,
+                    scenario=scenario,
+                    attempt=attempt,
+                    max_attempts=recipe.max_attempts,
+                    retry_after=accepted,
+                    escalation_policy=recipe.escalation_policy,
+                )
+            self._history.append(
+                RecoveryRecord(
+                    scenario,
+                    result.outcome,
+                    result.attempt,
+                    result.delay_seconds,
+                    reason,
+                    self._clock(),
+                )
+            )
+        return result
+
+
+class RetryStats:
+    """Counters of :func:`retry_call` runs under one policy; safe to share between threads.
+
+    ``calls`` runs started, ``successes``, ``failures`` (failed attempts),
+    ``retries`` (waits scheduled), ``exhausted`` (:class:`RetriesExhaustedError`
+    raised) and ``gave_up`` (an error re-raised unchanged), plus failures per
+    scenario.
+    """
+
+    __slots__ = (
+        "_by_scenario",
+        "_calls",
+        "_exhausted",
+        "_failures",
+        "_gave_up",
+        "_lock",
+        "_retries",
+        "_successes",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._successes = 0
+        self._failures = 0
+        self._retries = 0
+        self._exhausted = 0
+        self._gave_up = 0
+        self._by_scenario: dict[FailureScenario, int] = {}
+
+    @property
+    def calls(self) -> int:
+        """Runs started."""
+        return self._calls
+
+    @property
+    def successes(self) -> int:
+        """Runs that returned a value."""
+        return self._successes
+
+    @property
+    def failures(self) -> int:
+        """Attempts that raised."""
+        return self._failures
+
+    @property
+    def retries(self) -> int:
+        """Retries scheduled (one per wait)."""
+        return self._retries
+
+    @property
+    def exhausted(self) -> int:
+        """Runs that ended in :class:`RetriesExhaustedError`."""
+        return self._exhausted
+
+    @property
+    def gave_up(self) -> int:
+        """Runs that re-raised an error unchanged (not retryable, or refused)."""
+        return self._gave_up
+
+    def by_scenario(self) -> dict[FailureScenario, int]:
+        """Failed attempts per scenario."""
+        with self._lock:
+            return dict(self._by_scenario)
+
+    def snapshot(self) -> dict[str, object]:
+        """Return a JSON-serialisable copy of every counter."""
+        with self._lock:
+            return {
+                "calls": self._calls,
+                "successes": self._successes,
+                "failures": self._failures,
+                "retries": self._retries,
+                "exhausted": self._exhausted,
+                "gave_up": self._gave_up,
+                "by_scenario": {s.value: n for s, n in self._by_scenario.items()},
+            }
+
+    def _started(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._successes += 1
+
+    def _failed(self, scenario: FailureScenario) -> None:
+        with self._lock:
+            self._failures += 1
+            self._by_scenario[scenario] = self._by_scenario.get(scenario, 0) + 1
+
+    def _retried(self) -> None:
+        with self._lock:
+            self._retries += 1
+
+    def _ended(self, *, exhausted: bool) -> None:
+        with self._lock:
+            if exhausted:
+                self._exhausted += 1
+            else:
+                self._gave_up += 1
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How :func:`retry_call` retries: attempts, backoff, hint limit, recipes, hooks.
+
+    ``max_attempts`` counts *calls*, the first one included (3 = up to 2
+    retries); each scenario's recipe may stop earlier. Delays are
+    ``backoff_delay(n, base=base_delay, cap=max_delay, jitter=jitter)``
+    unless the server sent a hint, honoured up to ``max_retry_after``
+    seconds. ``seed`` (or ``rng``) makes the jitter reproducible.
+    ``retry_on(exc)``, if given, alone decides which exceptions are retried
+    (bounded by ``max_attempts`` only); otherwise classification and the
+    recipes decide. ``on_retry`` is called before each wait (its errors are
+    logged, never raised); ``stats`` counts runs. ``sleep``/``async_sleep``
+    and the wall ``clock`` (for HTTP-date hints) are injectable.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    jitter: Jitter = "full"
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    seed: int | None = None
+    rng: random.Random | None = None
+    recipes: Mapping[FailureScenario, RecoveryRecipe] = field(default_factory=dict)
+    retry_on: Callable[[Exception], bool] | None = None
+    on_retry: Callable[[RetryAttempt], object] | None = None
+    stats: RetryStats | None = None
+    sleep: Callable[[float], object] = time.sleep
+    async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        n = self.max_attempts
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InvalidValueError(f"max_attempts must be an int >= 1, got {n!r}")
+        _check_backoff(self.base_delay, self.max_delay, self.jitter, "base_delay", "max_delay")
+        _check_limit(self.max_retry_after, "max_retry_after")
+        if self.seed is not None:
+            if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+                raise InvalidValueError(f"seed must be None or an int, got {self.seed!r}")
+            if self.rng is not None:
+                raise InvalidValueError("give seed or rng, not both")
+            object.__setattr__(self, "rng", random.Random(self.seed))
+        if self.rng is not None and not isinstance(self.rng, random.Random):
+            raise InvalidValueError(f"rng must be a random.Random, got {self.rng!r}")
+        object.__setattr__(self, "recipes", _recipe_map(self.recipes, "recipes"))
+        for name in ("retry_on", "on_retry"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise InvalidValueError(f"{name} must be callable or None, got {value!r}")
+        for name in ("sleep", "async_sleep", "clock"):
+            value = getattr(self, name)
+            if not callable(value):
+                raise InvalidValueError(f"{name} must be callable, got {value!r}")
+        if self.stats is not None and not isinstance(self.stats, RetryStats):
+            raise InvalidValueError(f"stats must be a RetryStats or None, got {self.stats!r}")
+
+    def attempt_limit(self) -> int:
+        """Return the calls allowed per run: ``max_attempts``, capped by :func:`testing`."""
+        state = _testing
+        return min(self.max_attempts, state.attempts) if state.enabled else self.max_attempts
+
+    def backoff(self, attempt: int, *, previous: float | None = None) -> float:
+        """Return the backoff delay before retry ``attempt`` (1-based) under this policy."""
+        return backoff_delay(
+            attempt,
+            base=self.base_delay,
+            cap=self.max_delay,
+            jitter=self.jitter,
+            rng=self.rng,
+            previous=previous,
+        )
+
+    def delay_for(
+        self,
+        attempt: int,
+        recovery: RecoveryResult | None = None,
+        *,
+        previous: float | None = None,
+    ) -> float:
+        """Return the wait before retrying after failed call ``attempt``, given ``recovery``.
+
+        0 while :func:`testing` is on, on escalation, or when the recipe has
+        no waiting step; the server's hint when the recovery carries one
+        (:class:`RetryAfterTooLongError` if it exceeds ``max_retry_after``);
+        otherwise this policy's backoff.
+        """
+        if _testing.enabled:
+            return 0.0
+        if recovery is not None:
+            if recovery.outcome is RecoveryOutcome.ESCALATION_REQUIRED or WAITING_STEPS.isdisjoint(
+                recovery.recovered_steps
+            ):
+                return 0.0
+            if recovery.retry_after is not None:
+                if recovery.retry_after > self.max_retry_after:
+                    raise RetryAfterTooLongError(recovery.retry_after, self.max_retry_after)
+                return recovery.retry_after
+        return self.backoff(attempt, previous=previous)
+
+    def new_context(self) -> RecoveryContext:
+        """Return a fresh :class:`RecoveryContext` using this policy's recipe overrides."""
+        return RecoveryContext(recipes=self.recipes)
+
+
+class _Run:
+    """The bookkeeping of one retry run, shared by the sync and async loops."""
+
+    __slots__ = ("attempt", "context", "limit", "policy", "previous")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.context = policy.new_context()
+        self.limit = policy.attempt_limit()
+        self.attempt = 0
+        self.previous: float | None = None
+        if policy.stats is not None:
+            policy.stats._started()
+
+    def succeeded(self) -> None:
+        if self.policy.stats is not None:
+            self.policy.stats._succeeded()
+
+    def failed(self, exc: Exception) -> float | None:
+        """Return the delay before the next attempt, or None to re-raise ``exc`` unchanged.
+
+        Raises :class:`RetriesExhaustedError` (from ``exc``) when attempts run out.
+        """
+        policy = self.policy
+        self.attempt += 1
+        info = inspect_exception(exc, clock=policy.clock)
+        stats = policy.stats
+        if stats is not None:
+            stats._failed(info.scenario)
+        if policy.retry_on is not None:
+            if not policy.retry_on(exc):
+                self._give_up()
+                return None
+            self._check_left(exc, info)
+            hint = info.retry_after
+            if hint is not None and hint > policy.max_retry_after:
+                self._give_up()
+                return None
+            if _testing.enabled:
+                delay = 0.0
+            elif hint is not None:
+                delay = hint
+            else:
+                delay = policy.backoff(self.attempt, previous=self.previous)
+            steps: tuple[RecoveryStep, ...] = (
+                (RecoveryStep.WAIT_FOR_RETRY_AFTER,)
+                if hint is not None
+                else (RecoveryStep.RETRY_WITH_BACKOFF,)
+            )
+        else:
+            if not info.retryable:
+                self._give_up()
+                return None
+            self._check_left(exc, info)
+            recovery = self.context._recover(self.context.recipe_for(info.scenario), info, policy)
+            if recovery.outcome is RecoveryOutcome.ESCALATION_REQUIRED and recovery.exhausted:
+                self._exhausted(exc, info, recovery.reason)
+            if recovery.outcome is not RecoveryOutcome.RECOVERED:
+                self._give_up()
+                return None
+            delay = recovery.delay_seconds
+            steps = recovery.recovered_steps
+        if policy.on_retry is not None:
+            try:
+                policy.on_retry(RetryAttempt(self.attempt, delay, info, steps, exc))
+            except Exception:
+                _LOG.warning("on_retry hook failed; retrying anyway", exc_info=True)
+        if stats is not None:
+            stats._retried()
+        self.previous = delay
+        return delay
+
+    def _check_left(self, exc: Exception, info: FailureInfo) -> None:
+        if self.attempt >= self.limit:
+            self._exhausted(exc, info, f"max_attempts={self.limit} reached")
+
+    def _exhausted(self, exc: Exception, info: FailureInfo, reason: str) -> NoReturn:
+        if self.policy.stats is not None:
+            self.policy.stats._ended(exhausted=True)
+        raise RetriesExhaustedError(self.attempt, info, reason) from exc
+
+    def _give_up(self) -> None:
+        if self.policy.stats is not None:
+            self.policy.stats._ended(exhausted=False)
+
+
+def recipe_for(
+    scenario: FailureScenario | str, ctx: RecoveryContext | None = None
+) -> RecoveryRecipe:
+    """Return the recipe for ``scenario``: ``ctx``'s override, else the global one."""
+    if ctx is not None:
+        return ctx.recipe_for(scenario)
+    return _registry[_scenario(scenario)]
+
+
+def set_recipe(recipe: RecoveryRecipe) -> None:
+    """Replace the global recipe of ``recipe.scenario`` (thread-safe; all contexts see it)."""
+    global _registry
+    if not isinstance(recipe, RecoveryRecipe):
+        raise InvalidValueError(f"recipe must be a RecoveryRecipe, got {recipe!r}")
+    with _registry_lock:
+        updated = dict(_registry)
+        updated[recipe.scenario] = recipe
+        _registry = MappingProxyType(updated)
+
+
+def reset_recipes() -> None:
+    """Restore :data:`DEFAULT_RECIPES` as the global recipes (thread-safe)."""
+    global _registry
+    with _registry_lock:
+        _registry = DEFAULT_RECIPES
+
+
+def set_testing(enabled: bool, *, attempts: int = 1) -> None:
+    """Turn testing mode on or off for the whole process (thread-safe).
+
+    While on, waits are zero (nothing sleeps) and every run makes at most
+    ``attempts`` calls. Prefer the :func:`testing` context manager.
+    """
+    global _testing
+    if not isinstance(enabled, bool):
+        raise InvalidValueError(f"enabled must be a bool, got {enabled!r}")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise InvalidValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    with _testing_lock:
+        _testing = _TestingState(enabled, attempts)
+
+
+@contextmanager
+def testing(*, attempts: int = 1) -> Iterator[None]:  # noqa: PT028 (not a test)
+    """Testing mode inside a ``with`` block, restoring the previous state after it."""
+    global _testing
+    previous = _testing
+    set_testing(True, attempts=attempts)
+    try:
+        yield
+    finally:
+        with _testing_lock:
+            _testing = previous
+
+
+def is_testing() -> bool:
+    """Whether testing mode is on."""
+    return _testing.enabled
+
+
+def accepts_retry_after(
+    retry_after: float | None, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+) -> bool:
+    """Whether a server hint can be honoured: none at all, or at most ``max_retry_after``."""
+    _check_limit(max_retry_after, "max_retry_after")
+    if retry_after is None:
+        return True
+    _check_seconds(retry_after, "retry_after")
+    return retry_after <= max_retry_after
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    jitter: Jitter = "full",
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    previous: float | None = None,
+) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based).
+
+    The exponential delay is ``min(cap, base * 2**(attempt - 1))``, jittered:
+    ``"full"`` draws from ``[0, d]``, ``"equal"`` from ``[d/2, d]``,
+    ``"none"`` returns ``d``, and ``"decorrelated"`` draws from
+    ``[base, 3 * previous]`` capped at ``cap`` (``previous`` defaults to
+    ``base``). A server hint ``retry_after`` takes precedence and is returned
+    as is, up to ``max_retry_after``; a longer one raises
+    :class:`RetryAfterTooLongError` (check first with
+    :func:`accepts_retry_after`) rather than sleeping for an hour.
+    """
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise InvalidValueError(f"attempt must be an int >= 1, got {attempt!r}")
+    _check_backoff(base, cap, jitter, "base", "cap")
+    _check_limit(max_retry_after, "max_retry_after")
+    if rng is not None and not isinstance(rng, random.Random):
+        raise InvalidValueError(f"rng must be a random.Random or None, got {rng!r}")
+    if retry_after is not None:
+        _check_seconds(retry_after, "retry_after")
+        if retry_after > max_retry_after:
+            raise RetryAfterTooLongError(float(retry_after), float(max_retry_after))
+        return float(retry_after)
+    if previous is not None:
+        _check_seconds(previous, "previous")
+    draw = rng.random if rng is not None else random.random
+    if jitter == "decorrelated":
+        last = base if previous is None else max(float(previous), base)
+        return min(cap, base + draw() * (3.0 * last - base))
+    delay = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+    if jitter == "full":
+        return draw() * delay
+    if jitter == "equal":
+        return delay / 2.0 + draw() * delay / 2.0
+    return delay
+
+
+def attempt_recovery(
+    scenario: FailureScenario | str,
+    ctx: RecoveryContext,
+    *,
+    failure: FailureInfo | None = None,
+    policy: RetryPolicy | None = None,
+) -> RecoveryResult:
+    """Charge one recovery attempt for ``scenario`` to ``ctx`` and say what to do.
+
+    ``failure`` (from :func:`inspect_exception`) supplies the server's wait
+    hint and ``x-should-retry``; ``policy`` the backoff and
+    ``max_retry_after`` (default :data:`DEFAULT_POLICY`). Escalates without
+    charging the budget when the recipe allows no attempts, the server said
+    not to retry, or its hint is longer than ``max_retry_after``; escalates
+    with ``exhausted=True`` once the budget is used up. Thread-safe.
+    """
+    key = _scenario(scenario)
+    if not isinstance(ctx, RecoveryContext):
+        raise InvalidValueError(f"ctx must be a RecoveryContext, got {ctx!r}")
+    if failure is not None and not isinstance(failure, FailureInfo):
+        raise InvalidValueError(f"failure must be a FailureInfo or None, got {failure!r}")
+    return ctx._recover(ctx.recipe_for(key), failure, policy or DEFAULT_POLICY)
+
+
+async def aattempt_recovery(
+    scenario: FailureScenario | str,
+    ctx: RecoveryContext,
+    *,
+    failure: FailureInfo | None = None,
+    policy: RetryPolicy | None = None,
+) -> RecoveryResult:
+    """Async twin of :func:`attempt_recovery` (it never blocks; same bookkeeping)."""
+    return attempt_recovery(scenario, ctx, failure=failure, policy=policy)
+
+
+def retry_call(
+    fn: Callable[..., T], /, *args: object, policy: RetryPolicy | None = None, **kwargs: object
+) -> T:
+    """Call ``fn(*args, **kwargs)``, retrying failures as ``policy`` says.
+
+    Returns ``fn``'s value. A non-retryable error (or one the recipe or the
+    server refuses to retry) is re-raised unchanged at once; running out of
+    attempts raises :class:`RetriesExhaustedError` from the last error.
+    ``KeyboardInterrupt``, ``SystemExit`` and ``CancelledError`` are never
+    retried. (If ``fn`` itself takes ``policy=``, wrap it in a lambda.)
+    """
+    return _retry_sync(fn, args, kwargs, _policy(policy))
+
+
+async def aretry_call(
+    fn: Callable[..., Awaitable[T]],
+    /,
+    *args: object,
+    policy: RetryPolicy | None = None,
+    **kwargs: object,
+) -> T:
+    """Async twin of :func:`retry_call`: awaits ``fn`` and waits with ``policy.async_sleep``."""
+    return await _retry_async(fn, args, kwargs, _policy(policy))
+
+
+def retrying(*, policy: RetryPolicy | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a sync or async function so each call runs under :func:`retry_call`.
+
+    The wrapped function keeps its signature and its ``async``-ness.
+    """
+    chosen = _policy(policy)
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> object:
+                return await _retry_async(
+                    cast(Callable[..., Awaitable[object]], fn), args, kwargs, chosen
+                )
+
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return _retry_sync(fn, args, kwargs, chosen)
+
+        return wrapper
+
+    return decorate
+
+
+def _policy(policy: RetryPolicy | None) -> RetryPolicy:
+    if policy is None:
+        return DEFAULT_POLICY
+    if not isinstance(policy, RetryPolicy):
+        raise InvalidValueError(f"policy must be a RetryPolicy or None, got {policy!r}")
+    return policy
+
+
+def _retry_sync(
+    fn: Callable[..., T],
+    args: tuple[object, ...],
+    kwargs: Mapping[str, object],
+    policy: RetryPolicy,
+) -> T:
+    run = _Run(policy)
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            delay = run.failed(exc)
+            if delay is None:
+                raise
+            if delay > 0:
+                policy.sleep(delay)
+            continue
+        run.succeeded()
+        return result
+
+
+async def _retry_async(
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[object, ...],
+    kwargs: Mapping[str, object],
+    policy: RetryPolicy,
+) -> T:
+    run = _Run(policy)
+    while True:
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            delay = run.failed(exc)
+            if delay is None:
+                raise
+            if delay > 0:
+                await policy.async_sleep(delay)
+            continue
+        run.succeeded()
+        return result
+
+
+def _check_backoff(
+    base: object, cap: object, jitter: object, base_name: str, cap_name: str
+) -> None:
+    if (
+        not isinstance(base, int | float)
+        or isinstance(base, bool)
+        or not math.isfinite(base)
+        or base <= 0
+    ):
+        raise InvalidValueError(f"{base_name} must be a finite number > 0, got {base!r}")
+    if (
+        not isinstance(cap, int | float)
+        or isinstance(cap, bool)
+        or not math.isfinite(cap)
+        or cap < 0
+    ):
+        raise InvalidValueError(f"{cap_name} must be a finite number >= 0, got {cap!r}")
+    if jitter not in _JITTERS:
+        raise InvalidValueError(
+            f"jitter must be one of 'full', 'equal', 'decorrelated', 'none', got {jitter!r}"
+        )
+
+
+def _check_limit(value: object, name: str) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise InvalidValueError(f"{name} must be a number >= 0 (inf allowed), got {value!r}")
+
+
+def _check_seconds(value: object, name: str) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _recipe_map(
+    recipes: Mapping[FailureScenario, RecoveryRecipe] | None, name: str
+) -> Mapping[FailureScenario, RecoveryRecipe]:
+    if recipes is None:
+        return MappingProxyType({})
+    if not isinstance(recipes, Mapping):
+        raise InvalidValueError(f"{name} must be a mapping of scenario to recipe, got {recipes!r}")
+    checked: dict[FailureScenario, RecoveryRecipe] = {}
+    for key, recipe in recipes.items():
+        scenario = _scenario(key)
+        if not isinstance(recipe, RecoveryRecipe):
+            raise InvalidValueError(f"{name}[{key!r}] must be a RecoveryRecipe, got {recipe!r}")
+        if recipe.scenario is not scenario:
+            raise InvalidValueError(
+                f"{name}[{key!r}] is the recipe of {recipe.scenario.value!r}, "
+                f"not {scenario.value!r}"
+            )
+        checked[scenario] = recipe
+    return MappingProxyType(checked)
+
+
+def _scenario(value: object) -> FailureScenario:
+    if isinstance(value, FailureScenario):
+        return value
+    try:
+        return FailureScenario(value)  # type: ignore[arg-type]  # checked right here
+    except ValueError:
+        names = ", ".join(member.value for member in FailureScenario)
+        raise InvalidValueError(
+            f"scenario must be a FailureScenario ({names}), got {value!r}"
+        ) from None
+
+
+def _recipe(
+    scenario: FailureScenario,
+    steps: tuple[RecoveryStep, ...],
+    max_attempts: int,
+    escalation_policy: EscalationPolicy,
+) -> tuple[FailureScenario, RecoveryRecipe]:
+    return scenario, RecoveryRecipe(scenario, steps, max_attempts, escalation_policy)
+
+
+# Built last: they validate through the helpers above.
+_Step = RecoveryStep
+_Esc = EscalationPolicy
+_Sc = FailureScenario
+
+DEFAULT_RECIPES: Final[Mapping[FailureScenario, RecoveryRecipe]] = MappingProxyType(
+    dict(
+        [
+            _recipe(
+                _Sc.LLM_TIMEOUT, (_Step.RETRY_WITH_BACKOFF, _Step.SWITCH_PROVIDER), 3, _Esc.ABORT
+            ),
+            _recipe(_Sc.RATE_LIMIT, (_Step.WAIT_FOR_RETRY_AFTER,), 5, _Esc.ABORT),
+            _recipe(
+                _Sc.PROVIDER_FAILURE,
+                (_Step.RETRY_WITH_BACKOFF, _Step.SWITCH_PROVIDER),
+                3,
+                _Esc.ALERT_HUMAN,
+            ),
+            _recipe(_Sc.CONTEXT_OVERFLOW, (_Step.REDUCE_CONTEXT,), 1, _Esc.ABORT),
+            _recipe(_Sc.AUTH_FAILURE, (_Step.REFRESH_CREDENTIALS,), 0, _Esc.ALERT_HUMAN),
+            _recipe(_Sc.BAD_REQUEST, (_Step.ESCALATE,), 0, _Esc.ABORT),
+            _recipe(_Sc.CONTENT_POLICY, (_Step.ESCALATE,), 0, _Esc.LOG_AND_CONTINUE),
+            _recipe(_Sc.QUOTA_EXHAUSTED, (_Step.ESCALATE,), 0, _Esc.ALERT_HUMAN),
+            _recipe(_Sc.TOOL_EXECUTION_ERROR, (_Step.RETRY_TOOL,), 2, _Esc.LOG_AND_CONTINUE),
+            _recipe(_Sc.DEPENDENCY_TIMEOUT, (_Step.RETRY_WITH_BACKOFF,), 3, _Esc.ABORT),
+            _recipe(_Sc.MEMORY_CORRUPTION, (_Step.RESTORE_CHECKPOINT,), 1, _Esc.ALERT_HUMAN),
+            _recipe(_Sc.LLM_ERROR, (_Step.RETRY_WITH_BACKOFF,), 1, _Esc.ABORT),
+        ]
+    )
+)
+"""The built-in recipe of every scenario (see docs/retry_policy.md for the table)."""
+
+DEFAULT_POLICY: Final = RetryPolicy()
+"""The policy :func:`retry_call` and :func:`attempt_recovery` use when given none."""
+
+
+@dataclass(frozen=True, slots=True)
+class _TestingState:
+    enabled: bool = False
+    attempts: int = 1
+
+
+_registry: Mapping[FailureScenario, RecoveryRecipe] = DEFAULT_RECIPES
+_registry_lock: Final = threading.Lock()
+_testing: _TestingState = _TestingState()
+_testing_lock: Final = threading.Lock()
