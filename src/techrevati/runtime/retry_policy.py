@@ -859,6 +859,9 @@ def testing(*, attempts: int = 1) -> Iterator[None]:  # noqa: PT028 (not a test)
             _testing = previous
 
 
+testing.__test__ = False  # type: ignore[attr-defined]  # pytest must not collect it
+
+
 def is_testing() -> bool:
     """Whether testing mode is on."""
     return _testing.enabled
