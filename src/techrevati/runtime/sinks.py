@@ -464,8 +464,9 @@ class _BufferedSink:
         """Buffer ``event``; it is written with the next batch. O(1), no disk I/O.
 
         With ``background=False`` (or ``fsync="always"``) a due batch is
-        written here, on the caller's thread. Raises :class:`SinkClosedError`
-        after :meth:`close`.
+        written here, on the caller's thread, and a failure to write it raises
+        :class:`SinkWriteError` here (the records stay buffered and the next
+        write tries again). Raises :class:`SinkClosedError` after :meth:`close`.
         """
         if not isinstance(event, AgentEvent):
             raise InvalidValueError(f"event must be an AgentEvent, got {type(event).__name__}")
@@ -552,13 +553,10 @@ class _BufferedSink:
                             "dropped": dropped,
                         },
                     )
-            now = self._clock()
-            if now < self._retry_at or (
-                size < self._flush_every and now - self._last_flush < self._flush_interval
-            ):
+            if size < self._flush_every and self._clock() - self._last_flush < self._flush_interval:
                 return
             if not self._inline:
-                self._cond.notify()
+                self._cond.notify()  # the thread honours the pause after a failure
                 return
         self._flush_pending()
 
