@@ -484,7 +484,8 @@ class _BufferedSink:
         Raises :class:`SinkWriteError` if the batch cannot be written (the
         records stay buffered). A no-op after :meth:`close`.
         """
-        self._flush_pending()
+        if not self._closed:
+            self._flush_pending()
 
     def close(self) -> None:
         """Flush, stop the flusher thread and release the file; idempotent.
@@ -537,28 +538,30 @@ class _BufferedSink:
             buffer = self._buffer
             buffer.append(record)
             size = len(buffer)
+            dropped = 0
             if size > self._max_pending:
                 buffer.popleft()
                 self._dropped += 1
                 dropped = self._dropped
-                if dropped == 1 or dropped % _DROP_LOG_EVERY == 0:
-                    _LOG.warning(
-                        "sink.dropped: %s dropped %d records",
-                        self._target,
-                        dropped,
-                        extra={
-                            "event": "sink.dropped",
-                            "sink": type(self).__name__,
-                            "path": self._target,
-                            "dropped": dropped,
-                        },
-                    )
-            if size < self._flush_every and self._clock() - self._last_flush < self._flush_interval:
-                return
-            if not self._inline:
+            due = size >= self._flush_every or (
+                self._clock() - self._last_flush >= self._flush_interval
+            )
+            if due and not self._inline:
                 self._cond.notify()  # the thread honours the pause after a failure
-                return
-        self._flush_pending()
+        if dropped and (dropped == 1 or dropped % _DROP_LOG_EVERY == 0):
+            _LOG.warning(
+                "sink.dropped: %s dropped %d records",
+                self._target,
+                dropped,
+                extra={
+                    "event": "sink.dropped",
+                    "sink": type(self).__name__,
+                    "path": self._target,
+                    "dropped": dropped,
+                },
+            )
+        if due and self._inline:
+            self._flush_pending()
 
     def _due_in(self) -> float | None:
         """Seconds until a batch is due (0 = now), or None when nothing is buffered."""
@@ -594,7 +597,7 @@ class _BufferedSink:
                 self._buffer.clear()
             try:
                 self._write_batch(batch)
-            except Exception as exc:
+            except BaseException as exc:
                 with self._cond:
                     self._buffer.extendleft(reversed(batch))
                     excess = len(self._buffer) - self._max_pending
@@ -604,6 +607,8 @@ class _BufferedSink:
                     self._failed_flushes += 1
                     self._retry_at = self._clock() + self._flush_interval
                     pending = len(self._buffer)
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt and the like: the batch is kept, not logged
                 _LOG.error(
                     "sink.flush_failed: %s could not write %d records: %s",
                     self._target,
