@@ -1,4 +1,4 @@
-"""Command line: ``python -m techrevati.runtime demo``."""
+"""Command line: ``python -m techrevati.runtime demo`` and ``... report PATH``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,31 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+_USAGE = """usage: python -m techrevati.runtime COMMAND
+
+commands:
+  demo                 run a simulated project against a faulty fake provider
+  report PATH [...]    summarise a SqliteSink or JsonlSink file (--json, --since)
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command named in ``argv`` and return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] != ["demo"]:
-        print("usage: python -m techrevati.runtime demo", file=sys.stderr)
-        return 2
-    print("demo: coming with the orchestrator")
-    return 0
+    command, rest = (args[0], args[1:]) if args else ("", [])
+    if command == "demo" and not rest:
+        from techrevati.runtime.demo import run_demo
+
+        return run_demo(sys.stdout)
+    if command == "report":
+        from techrevati.runtime.report import main as report_main
+
+        return report_main(rest)
+    if command in {"-h", "--help", "help"}:
+        print(_USAGE)
+        return 0
+    print(_USAGE, file=sys.stderr, end="")
+    return 2
 
 
 if __name__ == "__main__":
