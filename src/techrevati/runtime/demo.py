@@ -157,9 +157,7 @@ def run_demo(out: TextIO, *, seed: int = SEED) -> int:
     rng = random.Random(seed)
     provider = FakeProvider(clock, rng)
     register_pricing("gpt-demo", ModelPricing(input_per_million="2.50", output_per_million="10"))
-    register_pricing(
-        "claude-demo", ModelPricing(input_per_million="3", output_per_million="15")
-    )
+    register_pricing("claude-demo", ModelPricing(input_per_million="3", output_per_million="15"))
     breaker = CircuitBreaker(
         "fake-provider", failure_threshold=3, recovery_timeout_seconds=30.0, clock=clock.monotonic
     )
@@ -236,7 +234,10 @@ def run_demo(out: TextIO, *, seed: int = SEED) -> int:
         return reply.text
 
     sessions: list[Session] = []
-    print("techrevati-runtime demo: a writer and a reviewer, two phases, a faulty provider\n", file=out)
+    print(
+        "techrevati-runtime demo: a writer and a reviewer, two phases, a faulty provider\n",
+        file=out,
+    )
 
     # Phase 1: the writer drafts; the provider rate-limits, times out and rejects a long prompt.
     with orchestrator("writer", "draft").session() as writer:
@@ -354,4 +355,3 @@ def _print_costs(out: TextIO, sessions: list[Session], budget: Budget) -> None:
         print(f"{model:<14}{turns:>7}{tokens_in:>9}{tokens_out:>9}{cost:>14.6f}", file=out)
     print(f"{'total':<39}{total:>14.6f}", file=out)
     print(f"project budget: {budget.spent_usd} of {budget.limits.max_usd} USD spent", file=out)
-

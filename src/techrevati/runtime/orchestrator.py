@@ -991,9 +991,7 @@ class Session:
 
     # -- shared helpers -------------------------------------------------------
 
-    def _run_hook(
-        self, hook: object, point: str, method: Callable[..., _T], *args: object
-    ) -> _T:
+    def _run_hook(self, hook: object, point: str, method: Callable[..., _T], *args: object) -> _T:
         try:
             return method(*args)
         except GuardrailViolatedError as exc:
