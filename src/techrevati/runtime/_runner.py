@@ -14,14 +14,14 @@ import threading
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
-__all__ = ["DeadlineExceeded", "DeadlineRunner", "default_runner"]
+__all__ = ["DeadlineExceededError", "DeadlineRunner", "default_runner"]
 
 _T = TypeVar("_T")
 
 _MAX_IDLE: Final = 8
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceededError(TimeoutError):
     """The call was still running when its deadline passed."""
 
 
@@ -84,7 +84,7 @@ class DeadlineRunner:
         return self._started
 
     def run(self, fn: Callable[[], _T], timeout: float) -> _T:
-        """Return ``fn()``, or raise :class:`DeadlineExceeded` once ``timeout`` seconds pass.
+        """Return ``fn()``, or raise :class:`DeadlineExceededError` once ``timeout`` seconds pass.
 
         ``fn`` runs in a copy of the caller's context (``contextvars``). Its
         exception is re-raised here unchanged.
@@ -102,7 +102,7 @@ class DeadlineRunner:
 
         self._take().submit(job)
         if not outcome.done.wait(timeout):
-            raise DeadlineExceeded(f"call did not finish within {timeout} seconds")
+            raise DeadlineExceededError(f"call did not finish within {timeout} seconds")
         if outcome.error is not None:
             raise outcome.error
         return outcome.value  # type: ignore[return-value]

@@ -10,12 +10,21 @@ well under a second, with no real waiting.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final, TextIO
+
+from techrevati.runtime.usage import (
+    Budget,
+    BudgetExceededError,
+    ModelPricing,
+    UsageSnapshot,
+    register_pricing,
+)
 
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.events import AgentEvent, EventName
@@ -40,13 +49,6 @@ from techrevati.runtime.policy_engine import (
 )
 from techrevati.runtime.quality_gate import QualityGate, QualityLevel
 from techrevati.runtime.retry_policy import RetryPolicy
-from techrevati.runtime.usage import (
-    Budget,
-    BudgetExceededError,
-    ModelPricing,
-    UsageSnapshot,
-    register_pricing,
-)
 
 __all__ = ["run_demo"]
 
@@ -249,28 +251,21 @@ def run_demo(out: TextIO, *, seed: int = SEED) -> int:
         provider.script(
             lambda: ContextOverflowError("This model's maximum context length is 8192 tokens")
         )
-        try:
+        with contextlib.suppress(ContextOverflowError):
+            # A smaller prompt is the writer's job; the session goes on.
             ask(writer, "paste the whole archive")
-        except ContextOverflowError:
-            pass  # a smaller prompt is the writer's job; the session goes on
         writer.run_tool("fs.write", lambda path, text: len(text), "draft.md", "# Draft")
-        try:
+        with contextlib.suppress(PermissionDeniedError):
             writer.run_tool("shell.exec", lambda cmd: cmd, "rm -rf /")
-        except PermissionDeniedError:
-            pass
-        try:
+        with contextlib.suppress(GuardrailViolatedError):
             writer.run_tool("fs.write", lambda path, text: len(text), "notes.md", "password=x")
-        except GuardrailViolatedError:
-            pass
 
     # Phase 2: the reviewer; an outage opens the breaker, which recovers after 30 s.
     with orchestrator("reviewer", "review").session() as reviewer:
         sessions.append(reviewer)
         provider.script(*(lambda: InternalServerError("service unavailable") for _ in range(4)))
-        try:
+        with contextlib.suppress(InternalServerError, CircuitOpenError):
             ask(reviewer, "review the draft")
-        except (InternalServerError, CircuitOpenError):
-            pass
         try:
             ask(reviewer, "review the draft again")
         except CircuitOpenError as exc:

@@ -26,8 +26,16 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from techrevati.runtime.usage import (
+    Budget,
+    BudgetExceededError,
+    BudgetReservation,
+    UsageSnapshot,
+    UsageTracker,
+)
+
 from techrevati.runtime._clock import Clock, WallClock, utc_now
-from techrevati.runtime._runner import DeadlineExceeded, DeadlineRunner, default_runner
+from techrevati.runtime._runner import DeadlineExceededError, DeadlineRunner, default_runner
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 from techrevati.runtime.events import (
@@ -56,22 +64,15 @@ from techrevati.runtime.permissions import (
 from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, PolicyEngine
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
 from techrevati.runtime.retry_policy import (
-    FailureScenario,
     RecoveryContext,
     RecoveryStep,
+    RetryAfterTooLongError,
     RetryPolicy,
     attempt_recovery,
     failure_class_for,
     inspect_exception,
 )
 from techrevati.runtime.sinks import SinkFanout
-from techrevati.runtime.usage import (
-    Budget,
-    BudgetExceededError,
-    BudgetReservation,
-    UsageSnapshot,
-    UsageTracker,
-)
 
 __all__ = [
     "DEFAULT_LAST_EVENTS",
@@ -257,6 +258,7 @@ class _Turn:
 
     def __init__(
         self,
+        *,
         model: str,
         models: tuple[str, ...],
         usage: UsageSnapshot | None,
@@ -289,7 +291,7 @@ class Session:
         self.id = uuid.uuid4().hex
         self.metadata: Mapping[str, object] = dict(metadata or {})
         self.tracker = UsageTracker()
-        self.recovery = RecoveryContext()
+        self.recovery = RecoveryContext() if orch.retry is None else orch.retry.new_context()
         self.worker: AgentWorker | None = None
         self._budget = None if orch.budget_usd is None else Budget(max_usd=orch.budget_usd)
         self._ring = RingBufferSink(orch.event_capacity)
@@ -355,7 +357,13 @@ class Session:
         changes to the next of ``fallback_models`` when a retry recipe says
         SWITCH_PROVIDER.
         """
-        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        turn = self._begin_turn(
+            model=model,
+            usage=usage,
+            estimate=estimate,
+            timeout=timeout,
+            fallback_models=fallback_models,
+        )
         wants_model = _accepts_model(fn)
         while True:
             self._before_attempt(turn)
@@ -382,7 +390,13 @@ class Session:
         fallback_models: Sequence[str] = (),
     ) -> tuple[_T, UsageSnapshot]:
         """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
-        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        turn = self._begin_turn(
+            model=model,
+            usage=usage,
+            estimate=estimate,
+            timeout=timeout,
+            fallback_models=fallback_models,
+        )
         wants_model = _accepts_model(fn)
         while True:
             self._before_attempt(turn)
@@ -536,7 +550,7 @@ class Session:
         return None if self.worker is None else self.worker.status
 
     def events(self, last: int | None = None) -> list[AgentEvent]:
-        """The kept events, oldest first (a ring buffer of ``event_capacity``)."""
+        """Return the kept events, oldest first (a ring buffer of ``event_capacity``)."""
         return self._ring.events(last)
 
     def summary(self, *, last_events: int = DEFAULT_LAST_EVENTS) -> dict[str, object]:
@@ -658,6 +672,7 @@ class Session:
 
     def _begin_turn(
         self,
+        *,
         model: str,
         usage: UsageSnapshot | None,
         estimate: UsageSnapshot | None,
@@ -679,7 +694,14 @@ class Session:
             assert limit is not None
             self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
             raise MaxIterationsExceededError(limit)
-        turn = _Turn(model, tuple(fallback_models), usage, estimate, timeout, self._orch.clock())
+        turn = _Turn(
+            model=model,
+            models=tuple(fallback_models),
+            usage=usage,
+            estimate=estimate,
+            timeout=timeout,
+            started=self._orch.clock(),
+        )
         turn.call = ModelCall(
             model=model,
             turn=turn_number,
@@ -770,7 +792,7 @@ class Session:
             return target()
         try:
             return self._orch._runner_for_timeouts().run(target, turn.timeout)
-        except DeadlineExceeded:
+        except DeadlineExceededError:
             raise TurnTimeoutError(turn.timeout, turn.model) from None
 
     async def _call_async(
@@ -878,19 +900,19 @@ class Session:
             data["retry_after"] = exc.retry_after
         self._emit(name, failure_class=failure, detail=_short(exc), data=data)
         policy = self._orch.retry
-        if (
-            policy is None
-            or not isinstance(exc, Exception)
-            or isinstance(exc, (TechrevatiError, CircuitOpenError))
-            and not isinstance(exc, TurnTimeoutError)
-        ):
+        if policy is None or not _retryable_by_policy(exc):
             return None
+        assert isinstance(exc, Exception)
         info = inspect_exception(exc)
-        if turn.attempt >= policy.max_attempts:
+        if turn.attempt >= policy.attempt_limit():
             with self._lock:
                 self._retries_exhausted = True
             return None
-        recovery = attempt_recovery(info.scenario, self.recovery, failure=info)
+        recovery = attempt_recovery(info.scenario, self.recovery, failure=info, policy=policy)
+        try:
+            delay = policy.delay_for(turn.attempt, recovery)
+        except RetryAfterTooLongError:
+            return None
         if recovery.outcome == "escalation_required":
             if info.retryable:
                 with self._lock:
@@ -906,7 +928,6 @@ class Session:
             )
         with self._lock:
             self._retries += 1
-        delay = policy.delay_for(turn.attempt, recovery)
         self._emit(
             EventName.TURN_RETRIED,
             failure_class=failure,
@@ -1054,6 +1075,18 @@ class Session:
         }
         extra.update(more)
         return extra
+
+
+def _retryable_by_policy(exc: BaseException) -> bool:
+    """Whether a retry policy may look at ``exc`` at all.
+
+    Cancellation, the runtime's own refusals (budget, permissions, guardrails,
+    an open breaker) and anything not an ``Exception`` are never retried; a
+    turn timeout is.
+    """
+    if isinstance(exc, TurnTimeoutError):
+        return True
+    return isinstance(exc, Exception) and not isinstance(exc, TechrevatiError)
 
 
 def failure_class_of(exc: BaseException) -> AgentFailureClass:
