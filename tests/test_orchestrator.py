@@ -71,7 +71,7 @@ class FakeClock:
         self.now += seconds
 
 
-class Status(Exception):
+class StatusError(Exception):
     def __init__(self, status_code: int, message: str = "", headers: dict[str, str] | None = None):
         super().__init__(message or f"status {status_code}")
         self.status_code = status_code
@@ -101,8 +101,8 @@ def test_clean_exit_completes_and_summary_is_json() -> None:
 
 
 def test_exception_fails_worker_with_class_and_reraises_same_object() -> None:
-    error = Status(429, "slow down")
-    with pytest.raises(Status) as caught, _orch().session() as session:
+    error = StatusError(429, "slow down")
+    with pytest.raises(StatusError) as caught, _orch().session() as session:
         session.run_turn(lambda: (_ for _ in ()).throw(error))
     assert caught.value is error
     assert session.status is AgentStatus.FAILED
@@ -189,7 +189,7 @@ def test_missing_usage_counts_zero_and_is_flagged() -> None:
         _, usage = session.run_turn(lambda: "plain text", model="m")
     assert usage == UsageSnapshot()
     assert session.summary()["turns_without_usage"] == 1
-    turn = [e for e in session.events() if e.name == EventName.TURN_COMPLETED][0]
+    turn = next(e for e in session.events() if e.name == EventName.TURN_COMPLETED)
     assert turn.data["usage_unknown"] is True
 
 
@@ -258,11 +258,12 @@ def test_shared_budget_caps_concurrent_sessions_exactly() -> None:
 def test_circuit_open_error_is_not_a_failure_of_fn() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker("api", failure_threshold=2, recovery_timeout_seconds=10, clock=clock)
-    with pytest.raises(CircuitOpenError), _orch(circuit_breaker=breaker).session() as session:
+    with _orch(circuit_breaker=breaker).session() as session:
         for _ in range(2):
-            with pytest.raises(Status):
-                session.run_turn(lambda: (_ for _ in ()).throw(Status(503)))
-        session.run_turn(lambda: "never")
+            with pytest.raises(StatusError):
+                session.run_turn(lambda: (_ for _ in ()).throw(StatusError(503)))
+        with pytest.raises(CircuitOpenError):
+            session.run_turn(lambda: "never")
     names = [e.name for e in session.events()]
     assert names.count(EventName.TURN_FAILED) == 2
     assert names.count(EventName.BREAKER_REJECTED) == 1
@@ -276,7 +277,7 @@ def test_retry_honours_wait_hint_then_succeeds() -> None:
     def flaky() -> str:
         attempts.append(1)
         if len(attempts) == 1:
-            raise Status(429, "rate limited", headers={"retry-after": "7"})
+            raise StatusError(429, "rate limited", headers={"retry-after": "7"})
         return "ok"
 
     orch = _orch(retry=RetryPolicy(max_attempts=3), clock=clock, sleep=clock.sleep)
@@ -293,7 +294,7 @@ def test_fallback_models_are_passed_to_fn_that_accepts_model() -> None:
     def complete(model: str) -> str:
         seen.append(model)
         if model == "m":
-            raise Status(503, "overloaded")
+            raise StatusError(503, "overloaded")
         return model
 
     orch = _orch(retry=RetryPolicy(max_attempts=4), clock=clock, sleep=clock.sleep)
@@ -307,7 +308,7 @@ def test_fallback_models_are_passed_to_fn_that_accepts_model() -> None:
 
 def test_non_retryable_error_is_raised_at_once_unchanged() -> None:
     clock = FakeClock()
-    error = Status(401, "bad key")
+    error = StatusError(401, "bad key")
     calls: list[int] = []
 
     def fn() -> None:
@@ -315,7 +316,7 @@ def test_non_retryable_error_is_raised_at_once_unchanged() -> None:
         raise error
 
     orch = _orch(retry=RetryPolicy(max_attempts=5), clock=clock, sleep=clock.sleep)
-    with pytest.raises(Status) as caught, orch.session() as session:
+    with pytest.raises(StatusError) as caught, orch.session() as session:
         session.run_turn(fn)
     assert caught.value is error
     assert calls == [1]
@@ -324,14 +325,14 @@ def test_non_retryable_error_is_raised_at_once_unchanged() -> None:
 
 def test_retries_exhausted_raise_the_last_exception() -> None:
     clock = FakeClock()
-    errors = [Status(503, f"down {i}") for i in range(3)]
+    errors = [StatusError(503, f"down {i}") for i in range(3)]
     it = iter(errors)
 
     def fn() -> None:
         raise next(it)
 
     orch = _orch(retry=RetryPolicy(max_attempts=3), clock=clock, sleep=clock.sleep)
-    with pytest.raises(Status) as caught, orch.session() as session:
+    with pytest.raises(StatusError) as caught, orch.session() as session:
         session.run_turn(fn)
     assert caught.value is errors[-1]
     assert session.summary()["recovery"]["retries_exhausted"] is True  # type: ignore[index]
@@ -401,8 +402,10 @@ def test_async_turn_and_tool() -> None:
 
 def test_max_iterations_is_checked_before_the_call() -> None:
     calls: list[int] = []
-    with pytest.raises(MaxIterationsExceededError), _orch(max_iterations=2).session() as session:
-        for _ in range(3):
+    with _orch(max_iterations=2).session() as session:
+        for _ in range(2):
+            session.run_turn(lambda: calls.append(1))
+        with pytest.raises(MaxIterationsExceededError):
             session.run_turn(lambda: calls.append(1))
     assert calls == [1, 1]
 
@@ -433,7 +436,7 @@ def test_denied_tool_raises_with_outcome_and_is_not_called() -> None:
 
 def test_tool_error_passes_through_and_is_classified() -> None:
     error = ValueError("bad input")
-    with pytest.raises(ValueError) as caught, _orch().session() as session:
+    with pytest.raises(ValueError, match="bad input") as caught, _orch().session() as session:
         session.run_tool("parse", lambda: (_ for _ in ()).throw(error))
     assert caught.value is error
     assert session.summary()["failures"]["tool_error"] == 1  # type: ignore[index]
@@ -537,7 +540,7 @@ def test_sinks_get_records_and_a_broken_sink_loses_nothing_for_the_others() -> N
     good = Collect()
     with _orch(sinks=[Broken(), good]).session() as session:
         session.run_turn(lambda: None, model="m", usage=USAGE)
-    assert [e.name for e in good.events][0] == EventName.SESSION_STARTED
+    assert good.events[0].name == EventName.SESSION_STARTED
     assert good.events[-1].name == EventName.SESSION_COMPLETED
     assert len(good.usage) == 1
     assert good.usage[0].cost_usd == Decimal("0.0045")

@@ -13,7 +13,7 @@ import pytest
 
 from techrevati.runtime import AgentStatus, QualityLevel, clear_pricing
 
-ORCHESTRATOR = '''
+ORCHESTRATOR = """
 from techrevati.runtime import (
     Orchestrator, UsageSnapshot, CircuitBreaker,
     register_pricing, ModelPricing,
@@ -38,9 +38,9 @@ with orch.session() as session:
     )
 
 print(session.summary())
-'''
+"""
 
-RECOVERY = '''
+RECOVERY = """
 from techrevati.runtime import classify_exception, attempt_recovery, RecoveryContext
 
 ctx = RecoveryContext()
@@ -55,9 +55,9 @@ except Exception as exc:
         response = call_model(prompt)
     elif result.outcome == "escalation_required":
         notify_human(result.reason)
-'''
+"""
 
-LIFECYCLE = '''
+LIFECYCLE = """
 from techrevati.runtime import AgentRegistry, AgentStatus
 
 registry = AgentRegistry()
@@ -69,9 +69,9 @@ worker.transition(AgentStatus.COMPLETED, detail="observed=STRICT")
 
 for event in worker.events:
     print(f"{event.timestamp}: {event.status} - {event.detail}")
-'''
+"""
 
-PERMISSIONS = '''
+PERMISSIONS = """
 from techrevati.runtime import (
     PermissionMode, RolePermissionConfig, PermissionPolicy, PermissionEnforcer,
 )
@@ -92,9 +92,9 @@ enforcer = PermissionEnforcer(policy)
 outcome = enforcer.check("writer", "any_tool")
 if not outcome.allowed:
     raise RuntimeError(outcome.reason)
-'''
+"""
 
-COST = '''
+COST = """
 from techrevati.runtime import (
     UsageTracker, UsageSnapshot, ModelPricing, register_pricing,
 )
@@ -109,9 +109,9 @@ print(tracker.per_model_summary())
 
 if tracker.is_over_budget(budget_usd=10.0):
     raise RuntimeError("budget exceeded")
-'''
+"""
 
-BREAKER = '''
+BREAKER = """
 from techrevati.runtime import CircuitBreaker, CircuitOpenError
 
 cb = CircuitBreaker("downstream", failure_threshold=5, recovery_timeout_seconds=60.0)
@@ -120,9 +120,9 @@ try:
     result = cb.call(fetch, url, timeout=10)
 except CircuitOpenError:
     result = fallback()
-'''
+"""
 
-POLICY = '''
+POLICY = """
 from techrevati.runtime import (
     PolicyEngine, PolicyRule, PolicyAction, PolicyActionData,
     PhaseContext, QualityLevel,
@@ -146,9 +146,9 @@ ctx = PhaseContext(
 )
 for action in engine.evaluate(ctx):
     print(action.action.value, action.params)
-'''
+"""
 
-GATE = '''
+GATE = """
 from techrevati.runtime import QualityGate, QualityLevel
 
 gate = QualityGate(QualityLevel.STRICT)
@@ -157,7 +157,7 @@ if outcome.satisfied:
     advance()
 else:
     request_rework(outcome)
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +221,8 @@ def test_recovery_example_escalates_an_auth_failure() -> None:
 
     ns = _run(RECOVERY, call_model=call_model, prompt="p", notify_human=told.append)
     assert ns["result"].outcome == "escalation_required"  # type: ignore[attr-defined]
-    assert told and told[0]
+    assert len(told) == 1
+    assert told[0]
 
 
 def test_lifecycle_example_records_each_transition(capsys: pytest.CaptureFixture[str]) -> None:
