@@ -430,6 +430,29 @@ def test_late_results_from_an_earlier_period_do_not_move_the_state(
     assert metrics.failures == 6  # lifetime counters still see them
 
 
+def test_a_late_success_does_not_reset_a_newer_streak(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    def long_call() -> str:
+        # While this call runs (no lock is held), the breaker opens, recovers
+        # and starts a new streak; the late success belongs to the old period.
+        _trip(breaker)
+        clock.advance(30)
+        breaker.call(_ok)
+        _trip(breaker, 2)
+        return "late"
+
+    assert breaker.call(long_call) == "late"
+    assert breaker.metrics().consecutive_failures == 2
+
+    async def along_call() -> str:
+        return long_call()
+
+    breaker.reset()
+    assert asyncio.run(breaker.acall(along_call)) == "late"
+    assert breaker.metrics().consecutive_failures == 2
+
+
 def test_force_open_rejects_until_reset(breaker: CircuitBreaker, clock: FakeClock) -> None:
     changes: list[tuple[CircuitState, CircuitState]] = []
     breaker.add_listener(lambda b, old, new: changes.append((old, new)))
