@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from email.utils import parsedate_to_datetime
@@ -366,17 +366,24 @@ _PROVIDER_TEXT: Final = _phrases(
 # Programming errors: their message is a key or a name, not a provider's words.
 _MUTE: Final = (LookupError, TypeError, AttributeError, NameError, AssertionError)
 
+_Refinements = tuple[re.Pattern[str], tuple[tuple[re.Pattern[str], FailureScenario], ...]]
+
+
+def _tier(*groups: tuple[re.Pattern[str], FailureScenario]) -> _Refinements:
+    """One combined pattern to reject most texts in one search, then the groups in order."""
+    return _phrases(*(pattern.pattern for pattern, _ in groups)), groups
+
+
 # Which phrase groups may refine which structured verdict (None: no structured signal).
-_Refinements = tuple[tuple[re.Pattern[str], FailureScenario], ...]
 _REFINE: Final[Mapping[FailureScenario | None, _Refinements]] = MappingProxyType(
     {
-        _S.BAD_REQUEST: (
+        _S.BAD_REQUEST: _tier(
             (_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),
             (_CONTEXT_TEXT, _S.CONTEXT_OVERFLOW),
             (_CONTENT_TEXT, _S.CONTENT_POLICY),
         ),
-        _S.RATE_LIMIT: ((_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),),
-        None: (
+        _S.RATE_LIMIT: _tier((_QUOTA_TEXT, _S.QUOTA_EXHAUSTED)),
+        None: _tier(
             (_QUOTA_TEXT, _S.QUOTA_EXHAUSTED),
             (_CONTEXT_TEXT, _S.CONTEXT_OVERFLOW),
             (_CONTENT_TEXT, _S.CONTENT_POLICY),
@@ -387,6 +394,46 @@ _REFINE: Final[Mapping[FailureScenario | None, _Refinements]] = MappingProxyType
     }
 )
 
+# Codes too broad to trust alone: the message may still say context, policy or quota.
+_AMBIGUOUS_CODES: Final = frozenset(
+    [code for code, scenario in _CODES.items() if scenario is _S.BAD_REQUEST]
+    + ["resource_exhausted", "too_many_requests"]
+)
+_NO_RANK: Final = 99
+# One lookup per code: (scenario, rank, specific enough to skip the message).
+_CODE_INFO: Final[Mapping[str, tuple[FailureScenario, int, bool]]] = MappingProxyType(
+    {
+        code: (scenario, _RANK[scenario], code not in _AMBIGUOUS_CODES)
+        for code, scenario in _CODES.items()
+    }
+)
+
+# The attributes the classifier reads; a class that has none of them (and an
+# instance that sets none) is classified by its name alone, with no reads.
+_ATTRIBUTES: Final = frozenset(
+    {
+        "status_code",
+        "status",
+        "code",
+        "type",
+        "error_code",
+        "body",
+        "response",
+        "headers",
+        "message",
+        "details",
+        "last_attempt",
+        "cause",
+    }
+)
+_EVERYTHING: Final[frozenset[str]] = frozenset({"*"})
+_WRAPPERS: Final = frozenset({"last_attempt", "cause"})
+_NO_LINKS: Final[list[BaseException]] = []  # shared; never mutated
+# Read at construction, in this order; the rest (body, message, headers, details) lazily.
+_STRUCTURED: Final = ("status_code", "status", "code", "type", "error_code", "response")
+_STATUS_ATTRIBUTES: Final = frozenset({"status_code", "status", "code"})
+_DECLARED_CACHE: dict[type[BaseException], frozenset[str]] = {}
+
 _RETRY_DELAY: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
 _RETRY_INFO_TYPE: Final = "google.rpc.RetryInfo"
 # Header containers whose .get is already case-insensitive (no key scan needed).
@@ -394,6 +441,12 @@ _CI_HEADER_TYPES: Final = frozenset(
     {"Headers", "CaseInsensitiveDict", "HTTPMessage", "Message", "CIMultiDict", "CIMultiDictProxy"}
 )
 _ORIGINS: Final = frozenset({"model", "tool"})
+_HINT_HEADERS: Final = ("x-should-retry", "retry-after-ms", "retry-after")
+_HINT_HEADER_INDEX: Final = {name: index for index, name in enumerate(_HINT_HEADERS)}
+_HINT_HEADER_BYTES: Final = {name.encode(): index for index, name in enumerate(_HINT_HEADERS)}
+_NOTHING: Final[list[object]] = [None, None, None]
+_INFO_CACHE_SIZE: Final = 1024
+_INFO_CACHE: dict[tuple[object, ...], FailureInfo] = {}
 _NAME_CACHE_SIZE: Final = 1024
 _NAME_CACHE: dict[type[BaseException], tuple[FailureScenario | None, FailureScenario | None]] = {}
 _SPECIFIC_BAD_REQUEST: Final = frozenset(
@@ -402,58 +455,116 @@ _SPECIFIC_BAD_REQUEST: Final = frozenset(
 
 
 class _Reading:
-    """The raw signals read off one exception (internal; built once per exception)."""
+    """The signals of one exception, read lazily (internal; one per exception looked at).
 
-    __slots__ = ("codes", "details", "exc", "headers", "status", "texts")
+    Construction reads only the cheap structured attributes (status, codes,
+    the response); the body, messages, headers and details are read when a
+    decision or a hint needs them. Every read is guarded.
+    """
 
-    def __init__(self, exc: BaseException) -> None:
+    __slots__ = (
+        "_body_read",
+        "_declared",
+        "_own",
+        "_response",
+        "codes",
+        "exc",
+        "specific",
+        "status",
+        "texts",
+    )
+
+    def __init__(
+        self,
+        exc: BaseException,
+        declared: frozenset[str] | None = None,
+        own: Mapping[str, object] | None = None,
+    ) -> None:
         self.exc = exc
         self.status: int | None = None
         self.codes: list[str] = []
         self.texts: list[str] = []
-        self.headers: object = None
-        self.details: object = None
-        self._read()
-
-    def _read(self) -> None:
-        exc = self.exc
-        codes = self.codes
-        self._take_status(_attr(exc, "status_code"))
-        for name in ("status", "code"):
-            value = _attr(exc, name)
-            if isinstance(value, str):
-                if len(value) == 3 and value.isdigit():
-                    self._take_status(int(value))
-                elif value:
-                    codes.append(value)
+        self.specific = False
+        self._body_read = False
+        self._response: object = None
+        if declared is None or own is None:
+            declared, own = _shape(exc)
+        self._declared = declared
+        self._own = own
+        if not declared and (not own or _ATTRIBUTES.isdisjoint(own)):
+            self._body_read = True  # nothing to read: decided by class name alone
+            return
+        everything = declared is _EVERYTHING
+        for name in _STRUCTURED:
+            if everything or name in declared:  # maybe a property: read it guarded
+                try:
+                    value = getattr(exc, name, None)
+                except Exception:  # e.g. httpx's .request raises RuntimeError when unset
+                    continue
+            elif name in own:
+                value = own[name]  # a plain instance attribute: no descriptor in the way
             else:
-                self._take_status(value)
-        for name in ("type", "error_code"):
-            value = _attr(exc, name)
-            if isinstance(value, str) and value:
-                codes.append(value)
-        body = _attr(exc, "body")
-        if isinstance(body, Mapping):
+                continue
+            if value is None:
+                continue
+            if name == "response":
+                self._response = value
+                if self.status is not None:
+                    continue
+                value = _attr(value, "status_code")  # httpx, requests
+                if value is None and (
+                    type(self._response) is dict or isinstance(self._response, Mapping)
+                ):  # botocore's dict
+                    self._take_mapping(_get(self._response, "Error"))
+                    value = _get(_get(self._response, "ResponseMetadata"), "HTTPStatusCode")
+            elif isinstance(value, str):
+                if name not in _STATUS_ATTRIBUTES or len(value) != 3 or not value.isdigit():
+                    if value:
+                        self.codes.append(value)
+                    continue
+                value = int(value)  # litellm keeps the status as a str
+            elif name not in _STATUS_ATTRIBUTES:
+                continue
+            if (
+                self.status is None
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and 100 <= value <= 599
+            ):
+                self.status = int(value)  # api-core's codes are http.HTTPStatus members
+
+    def has(self, name: str) -> bool:
+        """Whether ``exc`` may have attribute ``name`` (its class or instance sets it)."""
+        declared = self._declared
+        return declared is _EVERYTHING or name in self._own or name in declared
+
+    def read(self, name: str) -> object:
+        """Return ``exc.<name>`` or None, never raising."""
+        return _attr(self.exc, name) if self.has(name) else None
+
+    def read_body(self) -> None:
+        """Add the codes and messages of ``body`` and ``message`` (once)."""
+        if self._body_read:
+            return
+        self._body_read = True
+        body = self.read("body")
+        if body is not None and (type(body) is dict or isinstance(body, Mapping)):
             inner = _get(body, "error")
-            self._take_mapping(inner if isinstance(inner, Mapping) else body)
-        response = _attr(exc, "response")
-        if isinstance(response, Mapping):  # botocore: a plain dict
-            error = _get(response, "Error")
-            if isinstance(error, Mapping):
-                self._take_mapping(error)
-            meta = _get(response, "ResponseMetadata")
-            if isinstance(meta, Mapping):
-                self._take_status(_get(meta, "HTTPStatusCode"))
-                self.headers = _get(meta, "HTTPHeaders")
-        elif response is not None:
-            self._take_status(_attr(response, "status_code"))
-            self.headers = _attr(response, "headers")
-        if self.headers is None:
-            self.headers = _attr(exc, "headers")
-        message = _attr(exc, "message")
+            self._take_mapping(inner if type(inner) is dict or isinstance(inner, Mapping) else body)
+        message = self.read("message")
         if isinstance(message, str) and message:
             self.texts.append(message)
-        self.details = _attr(exc, "details")
+
+    def headers(self) -> object:
+        """Return the response headers (httpx, requests, botocore's dict) or ``.headers``."""
+        response = self._response
+        if response is not None:
+            headers = _attr(response, "headers")
+            if headers is None and (type(response) is dict or isinstance(response, Mapping)):
+                headers = _get(_get(response, "ResponseMetadata"), "HTTPHeaders")
+            if headers is not None:
+                return headers
+        return self.read("headers")
 
     def _take_status(self, value: object) -> None:
         if (
@@ -464,7 +575,9 @@ class _Reading:
         ):
             self.status = int(value)  # api-core's codes are http.HTTPStatus members
 
-    def _take_mapping(self, data: Mapping[object, object]) -> None:
+    def _take_mapping(self, data: object) -> None:
+        if not (type(data) is dict or isinstance(data, Mapping)):
+            return
         for key in ("code", "Code", "type", "status"):
             value = _get(data, key)
             if isinstance(value, int):
@@ -480,17 +593,22 @@ class _Reading:
                 self.texts.append(value)
 
     def decide(self) -> tuple[FailureScenario | None, str | None]:
-        """Return the scenario the structured signals and phrases support, and the code used."""
-        scenario: FailureScenario | None = None
-        used: str | None = None
-        rank = 99
-        for code in self.codes:
-            hit = _CODES.get(code.lower())
-            if hit is not None and _RANK[hit] < rank:
-                scenario, used, rank = hit, code, _RANK[hit]
-        strong, weak = _names_of(type(self.exc))
+        """Return the scenario the structured signals support, and the code used.
+
+        Phrases refine only a structured verdict that is too broad (a generic
+        400, a 429 that may be quota); with no structured signal at all the
+        answer is None and :meth:`phrase` is the last resort.
+        """
+        scenario, used, rank = self._from_codes() if self.codes else (None, None, _NO_RANK)
+        if not self.specific and not self._body_read:
+            self.read_body()
+            if self.codes:
+                scenario, used, rank = self._from_codes()
+        cls = type(self.exc)
+        names = _NAME_CACHE.get(cls) or _names_of(cls)
+        strong = names[0]
         if strong is not None and _RANK[strong] < rank:
-            scenario, used = strong, None
+            return strong, None  # a specific class name (litellm's, openai's) says it all
         if scenario is None:
             status = self.status
             if status is not None and status >= 400:
@@ -498,34 +616,59 @@ class _Reading:
                 if scenario is None:
                     scenario = _S.PROVIDER_FAILURE if status >= 500 else _S.BAD_REQUEST
             else:
-                scenario = weak
+                scenario = names[1]
+        if scenario is None or self.specific or scenario not in _REFINE:
+            return scenario, used
+        refined = self._refine(scenario)
+        return (scenario if refined is None else refined), used
+
+    def phrase(self) -> FailureScenario | None:
+        """Return what the message alone says: the last resort, never for programming errors."""
+        if isinstance(self.exc, _MUTE):
+            return None
+        self.read_body()
+        return self._refine(None)
+
+    def _from_codes(self) -> tuple[FailureScenario | None, str | None, int]:
+        scenario: FailureScenario | None = None
+        used: str | None = None
+        rank = _NO_RANK
+        for code in self.codes:
+            hit = _CODE_INFO.get(code) or _CODE_INFO.get(code.lower())
+            if hit is not None and hit[1] < rank:
+                scenario, rank, self.specific = hit
+                used = code
+        return scenario, used, rank
+
+    def _refine(self, scenario: FailureScenario | None) -> FailureScenario | None:
         refinements = _REFINE.get(scenario)
-        if refinements is not None and not (scenario is None and isinstance(self.exc, _MUTE)):
-            text = self._text()
-            for pattern, refined in refinements:
-                if pattern.search(text) is None:
-                    continue
-                if refined is _S.QUOTA_EXHAUSTED and scenario is _S.RATE_LIMIT and self._hinted():
-                    break  # "retry in 13s" means a rate limit, whatever the text says
-                return refined, used
-        return scenario, used
+        if refinements is None:
+            return None
+        text = self._text()
+        if refinements[0].search(text) is None:
+            return None
+        for pattern, refined in refinements[1]:
+            if pattern.search(text) is None:
+                continue
+            if refined is _S.QUOTA_EXHAUSTED and scenario is _S.RATE_LIMIT and self._hinted():
+                return None  # "retry in 13s" means a rate limit, whatever the text says
+            return refined
+        return None
 
     def _text(self) -> str:
-        parts = list(self.texts)
         try:
-            parts.append(str(self.exc))
+            own = str(self.exc)
         except Exception:  # a broken __str__ must not break classification
-            parts.append("")
-        return "\n".join(parts)[:_MAX_TEXT]
+            own = ""
+        return "\n".join([*self.texts, own])[:_MAX_TEXT]
 
     def _hinted(self) -> bool:
-        headers = self.headers
-        if headers is not None and (
-            _header(headers, "retry-after-ms") is not None
-            or _header(headers, "retry-after") is not None
-        ):
-            return True
-        return _retry_info(self.details) is not None
+        headers = self.headers()
+        if headers is not None:
+            _, millis, after = _hint_headers(headers)
+            if _header_wait(millis, after, time.time) is not None:
+                return True
+        return _retry_info(self.read("details")) is not None
 
     def info(
         self, scenario: FailureScenario, code: str | None, clock: Callable[[], float]
@@ -533,31 +676,35 @@ class _Reading:
         """Build the :class:`FailureInfo` of this exception for ``scenario``."""
         retryable = scenario in RETRYABLE_SCENARIOS
         retry_after: float | None = None
-        headers = self.headers
+        headers = self.headers()
         if headers is not None:
-            should = _header(headers, "x-should-retry")
+            should, millis, after = _hint_headers(headers)
             if should is not None:
                 flag = should.strip().lower()
                 if flag == "true":
                     retryable = True
                 elif flag == "false":
                     retryable = False
-            retry_after = _header_wait(headers, clock)
+            retry_after = _header_wait(millis, after, clock)
         if retry_after is None:
-            retry_after = _retry_info(self.details)
+            retry_after = _retry_info(self.read("details"))
         if code is None and self.codes:
             code = self.codes[0]
-        return FailureInfo(
-            scenario=scenario,
-            retryable=retryable,
-            retry_after=retry_after,
-            status_code=self.status,
-            provider_code=code,
-            exception_type=type(self.exc).__name__,
-        )
+        name = type(self.exc).__name__
+        if retry_after is not None:
+            return FailureInfo(scenario, retryable, retry_after, self.status, code, name)
+        # Without a hint the value repeats: reuse the immutable FailureInfo.
+        key = (scenario, retryable, self.status, code, name)
+        cached = _INFO_CACHE.get(key)
+        if cached is None:
+            cached = FailureInfo(scenario, retryable, None, self.status, code, name)
+            if len(_INFO_CACHE) >= _INFO_CACHE_SIZE:
+                _INFO_CACHE.clear()
+            _INFO_CACHE[key] = cached
+        return cached
 
 
-_Verdict = tuple[FailureScenario, _Reading, str | None]
+_Verdict = tuple[FailureScenario, BaseException, "_Reading | None", str | None]
 
 
 def failure_class_for(scenario: FailureScenario) -> AgentFailureClass:
@@ -571,8 +718,10 @@ def failure_class_for(scenario: FailureScenario) -> AgentFailureClass:
 def classify_exception(exc: BaseException, *, origin: Origin = "model") -> FailureScenario:
     """Return the :class:`FailureScenario` of ``exc``, following causes and wrappers.
 
-    ``origin="tool"`` turns timeouts into ``dependency_timeout`` and the
-    default into ``tool_execution_error``. Never raises for an
+    Structured signals anywhere in the chain (codes, class names, statuses)
+    come first, nearest exception first; message phrases are the last
+    resort. ``origin="tool"`` turns timeouts into ``dependency_timeout`` and
+    the default into ``tool_execution_error``. Never raises for an
     :class:`Exception`; ``KeyboardInterrupt``, ``SystemExit`` and
     ``asyncio.CancelledError`` are not failures and raise
     :class:`~techrevati.runtime.errors.InvalidValueError`.
@@ -591,8 +740,8 @@ def inspect_exception(
     ``clock`` is the wall clock (``time.time``) that an HTTP-date
     ``retry-after`` is measured against.
     """
-    scenario, reading, code = _classify(exc, origin)
-    return reading.info(scenario, code, clock)
+    scenario, node, reading, code = _classify(exc, origin)
+    return (reading or _Reading(node)).info(scenario, code, clock)
 
 
 def _classify(exc: BaseException, origin: str) -> _Verdict:
@@ -603,36 +752,107 @@ def _classify(exc: BaseException, origin: str) -> _Verdict:
         )
     if origin not in _ORIGINS:
         raise InvalidValueError(f"origin must be 'model' or 'tool', got {origin!r}")
-    first = _Reading(exc)
-    scenario, code = first.decide()
-    if scenario is not None and (scenario is not _S.BAD_REQUEST or not _links(exc)):
-        return _for_origin(scenario, origin), first, code
+    scenario, reading, code, links = _visit(exc)
+    if not links:
+        if scenario is None:
+            return _last_resort([exc], origin)
+        return _for_origin(scenario, origin), exc, reading, code
     # Walk causes, contexts, group members and wrappers, nearest first: the first
-    # signal wins, except that a generic bad request yields to a more specific cause.
-    best: _Verdict | None = None if scenario is None else (scenario, first, code)
-    seen = {id(exc)}
-    stack = [(link, 1) for link in reversed(_links(exc))]
+    # structured signal wins, except that a generic bad request yields to a more
+    # specific cause. Message phrases are tried only when nothing is structured.
+    best: _Verdict | None = None if scenario is None else (scenario, exc, reading, code)
+    visited: list[BaseException] = [exc]
+    depth = 0
+    while len(links) == 1 and depth < MAX_CHAIN_DEPTH:
+        # A plain ``raise ... from`` chain needs no bookkeeping: the depth bounds cycles.
+        node = links[0]
+        depth += 1
+        if not isinstance(node, Exception):
+            links = _links(node, *_shape(node))
+            continue
+        visited.append(node)
+        scenario, reading, code, links = _visit(node)
+        if scenario is not None:
+            if best is None and scenario is not _S.BAD_REQUEST:
+                return _for_origin(scenario, origin), node, reading, code
+            if best is None:
+                best = (scenario, node, reading, code)
+            elif scenario in _SPECIFIC_BAD_REQUEST:
+                return scenario, node, reading, code
+    seen = {id(node) for node in visited}
+    stack: list[tuple[BaseException, int]] = []
+    if depth < MAX_CHAIN_DEPTH:
+        for link in reversed(links):
+            stack.append((link, depth + 1))
     while stack and len(seen) < MAX_CHAIN_NODES:
         node, depth = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
         if isinstance(node, Exception):
-            reading = _Reading(node)
-            scenario, code = reading.decide()
+            visited.append(node)
+            scenario, reading, code, links = _visit(node)
             if scenario is not None:
                 if best is None and scenario is not _S.BAD_REQUEST:
-                    return _for_origin(scenario, origin), reading, code
+                    return _for_origin(scenario, origin), node, reading, code
                 if best is None:
-                    best = (scenario, reading, code)
+                    best = (scenario, node, reading, code)
                 elif scenario in _SPECIFIC_BAD_REQUEST:
-                    return scenario, reading, code
+                    return scenario, node, reading, code
+        else:
+            links = _links(node, *_shape(node))
         if depth < MAX_CHAIN_DEPTH:
-            stack.extend((link, depth + 1) for link in reversed(_links(node)))
+            for link in reversed(links):
+                stack.append((link, depth + 1))
     if best is not None:
         return best
+    return _last_resort(visited, origin)
+
+
+def _visit(
+    exc: BaseException,
+) -> tuple[FailureScenario | None, _Reading | None, str | None, list[BaseException]]:
+    """Decide one exception; return its links too when the walk must go on."""
+    declared, own = _shape(exc)
+    reading: _Reading | None = None
+    code: str | None = None
+    if not declared and (not own or _ATTRIBUTES.isdisjoint(own)):
+        cls = type(exc)
+        strong, weak = _NAME_CACHE.get(cls) or _names_of(cls)
+        scenario = strong or weak
+        if scenario is not None and scenario in _REFINE:  # a generic name: read the message
+            reading = _Reading(exc, declared, own)
+            scenario, code = reading.decide()
+    else:
+        reading = _Reading(exc, declared, own)
+        scenario, code = reading.decide()
+    if scenario is not None and scenario is not _S.BAD_REQUEST:
+        return scenario, reading, code, _NO_LINKS
+    return scenario, reading, code, _links(exc, declared, own)
+
+
+def _last_resort(visited: list[BaseException], origin: str) -> _Verdict:
+    """Match message phrases, nearest exception first; else the default scenario."""
+    for node in visited:
+        reading = _Reading(node)
+        phrased = reading.phrase()
+        if phrased is not None:
+            return _for_origin(phrased, origin), node, reading, None
     default = _S.TOOL_EXECUTION_ERROR if origin == "tool" else _S.LLM_ERROR
-    return default, first, None
+    return default, visited[0], None, None
+
+
+def _shape(exc: BaseException) -> tuple[frozenset[str], Mapping[str, object]]:
+    """Return the attributes ``type(exc)`` declares and the instance's own ``__dict__``."""
+    cls = type(exc)
+    declared = _DECLARED_CACHE.get(cls)
+    if declared is None:
+        declared = _declared(cls)
+    try:
+        own: Mapping[str, object] = exc.__dict__
+    except Exception:
+        own = {}
+    return declared, own
 
 
 def _for_origin(scenario: FailureScenario, origin: str) -> FailureScenario:
@@ -641,25 +861,38 @@ def _for_origin(scenario: FailureScenario, origin: str) -> FailureScenario:
     return scenario
 
 
-def _links(exc: BaseException) -> list[BaseException]:
+def _links(
+    exc: BaseException, declared: frozenset[str], own: Mapping[str, object]
+) -> list[BaseException]:
     """Return the exceptions ``exc`` wraps, nearest first."""
-    found: list[BaseException] = []
     cause = exc.__cause__
+    context = None if exc.__suppress_context__ else exc.__context__
+    if context is cause:
+        context = None
+    grouped = isinstance(exc, BaseExceptionGroup)
+    wraps = declared is _EVERYTHING or not (
+        declared.isdisjoint(_WRAPPERS) and _WRAPPERS.isdisjoint(own)
+    )
+    if not (grouped or wraps):
+        if cause is None:
+            return _NO_LINKS if context is None else [context]
+        return [cause] if context is None else [cause, context]
+    found: list[BaseException] = []
     if cause is not None:
         found.append(cause)
-    context = exc.__context__
-    if context is not None and not exc.__suppress_context__ and context is not cause:
+    if context is not None:
         found.append(context)
     if isinstance(exc, BaseExceptionGroup):
         found.extend(exc.exceptions)
+    if not wraps:
+        return found
     attempt = _attr(exc, "last_attempt")  # tenacity.RetryError: a finished Future
-    if attempt is not None:
-        if isinstance(attempt, BaseException):
-            found.append(attempt)
-        else:
-            inner = _future_exception(attempt)
-            if inner is not None:
-                found.append(inner)
+    if isinstance(attempt, BaseException):
+        found.append(attempt)
+    elif attempt is not None:
+        inner = _future_exception(attempt)
+        if inner is not None:
+            found.append(inner)
     wrapped = _attr(exc, "cause")  # google.api_core RetryError
     if isinstance(wrapped, BaseException):
         found.append(wrapped)
@@ -697,6 +930,25 @@ def _names_of(cls: type[BaseException]) -> tuple[FailureScenario | None, Failure
     return strong, weak
 
 
+def _declared(cls: type[BaseException]) -> frozenset[str]:
+    """Return the attributes read that ``cls`` provides (cached); all if it has ``__getattr__``."""
+    cached = _DECLARED_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    if any("__getattr__" in vars(klass) for klass in cls.__mro__[:-1]):
+        found = _EVERYTHING
+    else:
+        found = frozenset(
+            name
+            for name in _ATTRIBUTES
+            if any(name in vars(klass) for klass in cls.__mro__ if klass is not BaseException)
+        )
+    if len(_DECLARED_CACHE) >= _NAME_CACHE_SIZE:
+        _DECLARED_CACHE.clear()
+    _DECLARED_CACHE[cls] = found
+    return found
+
+
 def _attr(obj: object, name: str) -> object:
     """``getattr(obj, name, None)`` that survives properties raising anything."""
     try:
@@ -705,49 +957,79 @@ def _attr(obj: object, name: str) -> object:
         return None
 
 
-def _get(data: Mapping[object, object], key: str) -> object:
+def _get(data: object, key: str) -> object:
+    """``data.get(key)`` for a mapping, None for anything else or on error."""
+    if not (type(data) is dict or isinstance(data, Mapping)):
+        return None
     try:
         return data.get(key)
     except Exception:
         return None
 
 
-def _header(headers: object, name: str) -> str | None:
-    """Look ``name`` (lowercase) up case-insensitively in any header mapping."""
-    get = _attr(headers, "get")
-    if not callable(get):
-        return None
+def _hint_headers(headers: object) -> tuple[str | None, str | None, str | None]:
+    """Return ``x-should-retry``, ``retry-after-ms`` and ``retry-after``, case-insensitively.
+
+    Works on any header mapping: plain dicts (any key case), httpx/httpx2
+    ``Headers`` (one pass over the public ``.raw`` list), requests'
+    ``CaseInsensitiveDict``, ``http.client.HTTPMessage``. Never raises.
+    """
+    found: list[object] = [None, None, None]
     try:
-        value = get(name)
-        if value is None and type(headers).__name__ not in _CI_HEADER_TYPES:
-            items = _attr(headers, "items")
-            if callable(items):
-                for key, candidate in items():
-                    if isinstance(key, str) and key.lower() == name:
-                        value = candidate
-                        break
-    except Exception:
-        return None
+        if type(headers) is dict:
+            for index, name in enumerate(_HINT_HEADERS):
+                found[index] = headers.get(name)
+            if found == _NOTHING and headers:
+                _scan(headers.items(), found)
+        else:
+            raw = getattr(headers, "raw", None)
+            if type(raw) is list:  # httpx and httpx2 Headers: [(bytes, bytes), ...]
+                for key, value in raw:
+                    slot = _HINT_HEADER_BYTES.get(key.lower())
+                    if slot is not None:
+                        found[slot] = value
+            else:
+                get = getattr(headers, "get", None)
+                if not callable(get):
+                    return None, None, None
+                for index, name in enumerate(_HINT_HEADERS):
+                    found[index] = get(name)
+                if found == _NOTHING and type(headers).__name__ not in _CI_HEADER_TYPES:
+                    items = getattr(headers, "items", None)
+                    if callable(items):
+                        _scan(items(), found)
+    except Exception:  # a header container that misbehaves gives no hints
+        return None, None, None
+    return _header_text(found[0]), _header_text(found[1]), _header_text(found[2])
+
+
+def _scan(items: Iterable[tuple[object, object]], found: list[object]) -> None:
+    for key, value in items:
+        if isinstance(key, str):
+            index = _HINT_HEADER_INDEX.get(key.lower())
+            if index is not None:
+                found[index] = value
+
+
+def _header_text(value: object) -> str | None:
     if isinstance(value, bytes):
-        value = value.decode("latin-1")
+        return value.decode("latin-1")
     return value if isinstance(value, str) else None
 
 
-def _header_wait(headers: object, clock: Callable[[], float]) -> float | None:
+def _header_wait(millis: str | None, after: str | None, clock: Callable[[], float]) -> float | None:
     """Seconds from ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
-    raw = _header(headers, "retry-after-ms")
-    if raw is not None:
-        millis = _number(raw)
-        if millis is not None:
-            return millis / 1000.0
-    raw = _header(headers, "retry-after")
-    if raw is None:
+    if millis is not None:
+        value = _number(millis)
+        if value is not None:
+            return value / 1000.0
+    if after is None:
         return None
-    seconds = _number(raw)
+    seconds = _number(after)
     if seconds is not None:
         return seconds
     try:
-        when = parsedate_to_datetime(raw.strip())
+        when = parsedate_to_datetime(after.strip())
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
