@@ -640,6 +640,51 @@ def test_a_generic_bad_request_yields_to_a_specific_cause() -> None:
     assert classify_exception(plain) is S.BAD_REQUEST
 
 
+def test_a_structured_cause_beats_the_wrappers_message() -> None:
+    outer = RuntimeError("the request timed out")
+    outer.__cause__ = status(429)
+    assert classify_exception(outer) is S.RATE_LIMIT
+    alone = RuntimeError("the request timed out")
+    assert classify_exception(alone) is S.LLM_TIMEOUT
+
+
+def test_phrases_are_tried_nearest_first_when_nothing_is_structured() -> None:
+    outer = RuntimeError("agent step failed")
+    outer.__cause__ = RuntimeError("prompt is too long")
+    info = inspect_exception(outer)
+    assert info.scenario is S.CONTEXT_OVERFLOW
+    assert info.exception_type == "RuntimeError"
+
+
+def test_dynamic_attributes_via_getattr_are_read() -> None:
+    class DynamicError(Exception):
+        def __getattr__(self, name: str) -> object:
+            if name == "status_code":
+                return 503
+            raise AttributeError(name)
+
+    assert classify_exception(DynamicError()) is S.PROVIDER_FAILURE
+
+
+def test_urllib_http_error_headers_are_read() -> None:
+    import urllib.error
+    from email.message import Message
+
+    headers = Message()
+    headers["Retry-After"] = "8"
+    exc = urllib.error.HTTPError("https://example.com", 429, "Too Many Requests", headers, None)
+    info = inspect_exception(exc)
+    assert info.scenario is S.RATE_LIMIT
+    assert info.retry_after == 8.0
+    assert info.status_code == 429
+
+
+def test_repeated_failures_without_hints_give_equal_infos() -> None:
+    first, second = inspect_exception(status(503)), inspect_exception(status(503))
+    assert first == second
+    assert first.retry_after is None
+
+
 def test_exception_group_members_are_followed_in_order() -> None:
     group = ExceptionGroup("calls", [ValueError("x"), status(429), status(401)])
     assert classify_exception(group) is S.RATE_LIMIT
