@@ -263,7 +263,7 @@ def run_demo(out: TextIO, *, seed: int = SEED) -> int:
     # Phase 2: the reviewer; an outage opens the breaker, which recovers after 30 s.
     with orchestrator("reviewer", "review").session() as reviewer:
         sessions.append(reviewer)
-        provider.script(*(lambda: InternalServerError("service unavailable") for _ in range(4)))
+        provider.script(*(lambda: InternalServerError("service unavailable") for _ in range(3)))
         with contextlib.suppress(InternalServerError, CircuitOpenError):
             ask(reviewer, "review the draft")
         try:
@@ -328,8 +328,13 @@ def _describe(event: AgentEvent) -> str:
         )
     if event.name == EventName.TURN_RETRIED:
         return f"retry in {float(str(data['delay_seconds'])):.2f}s ({data['scenario']})"
-    if event.name in (EventName.TOOL_COMPLETED,):
+    if event.name == EventName.TOOL_COMPLETED:
         return str(data["tool"])
+    if event.name == EventName.GATE_EVALUATED:
+        verdict = "satisfied" if data["satisfied"] else "not satisfied"
+        return f"observed {data['observed']} vs required {data['required']}: {verdict}"
+    if event.name == EventName.SESSION_COMPLETED:
+        return f"{data['turns']} turns, ${data['cost_usd']}"
     parts = [p for p in (event.failure_class, event.detail) if p]
     return " ".join(str(p) for p in parts)
 

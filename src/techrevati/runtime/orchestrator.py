@@ -76,6 +76,7 @@ from techrevati.runtime.sinks import SinkFanout
 
 __all__ = [
     "DEFAULT_LAST_EVENTS",
+    "UNNAMED_MODEL",
     "Handoff",
     "MaxIterationsExceededError",
     "Orchestrator",
@@ -86,6 +87,9 @@ __all__ = [
 
 DEFAULT_LAST_EVENTS: Final = 20
 """How many of the newest events :meth:`Session.summary` includes."""
+
+UNNAMED_MODEL: Final = "unnamed-model"
+"""The model name a turn is recorded under when ``run_turn`` is given none."""
 
 _T = TypeVar("_T")
 _log = logging.getLogger("techrevati.runtime.orchestrator")
@@ -211,8 +215,6 @@ class Orchestrator:
         self.hooks: tuple[Hook | BaseHook, ...] = tuple(hooks)
         self._points = _hook_table(self.hooks)
         self.sinks = SinkFanout(list(sinks))
-        if circuit_breaker is not None:
-            circuit_breaker.add_listener(self._on_breaker_change)
 
     def session(self, *, metadata: Mapping[str, object] | None = None) -> Session:
         """Return a new session; use it as ``with orch.session() as session:``."""
@@ -226,19 +228,6 @@ class Orchestrator:
         if self._runner is None:
             self._runner = default_runner()
         return self._runner
-
-    def _on_breaker_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
-        event = AgentEvent(
-            name=EventName.BREAKER_STATE_CHANGED,
-            role=self.role,
-            phase=self.phase,
-            detail=f"{breaker.name}: {old} -> {new}",
-            data={"breaker": breaker.name, "from_state": str(old), "to_state": str(new)},
-            timestamp=self.wall_clock(),
-            project_id=self.project_id,
-        )
-        _log_event(event)
-        self.sinks.write_event(event)
 
 
 class _Turn:
@@ -606,18 +595,22 @@ class Session:
         )
         self._started_at = orch.clock()
         self._outcome = "running"
+        self._emit(EventName.SESSION_STARTED, data=dict(self.metadata))
+        if orch.circuit_breaker is not None:
+            orch.circuit_breaker.add_listener(self._on_breaker_change)
         try:
             self._transition(AgentStatus.INITIALIZING, None)
             self._transition(AgentStatus.RUNNING, None)
         except BaseException:
             self._outcome = "failed"
             raise
-        self._emit(EventName.SESSION_STARTED, data=dict(self.metadata))
 
     def _finish(self, exc: BaseException | None) -> None:
         worker = self.worker
         if worker is None:
             return
+        if self._orch.circuit_breaker is not None:
+            self._orch.circuit_breaker.remove_listener(self._on_breaker_change)
         self._ended_at = self._orch.clock()
         data: dict[str, object] = {
             "duration_seconds": self._ended_at - (self._started_at or self._ended_at),
@@ -680,6 +673,7 @@ class Session:
         fallback_models: Sequence[str],
     ) -> _Turn:
         self._require_running()
+        model = model or UNNAMED_MODEL
         if timeout is not None and not timeout > 0:
             raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         limit = self._orch.max_iterations
@@ -913,8 +907,10 @@ class Session:
             delay = policy.delay_for(turn.attempt, recovery)
         except RetryAfterTooLongError:
             return None
-        if recovery.outcome == "escalation_required":
-            if info.retryable:
+        if recovery.outcome != "recovered":
+            # Escalation, or a partial recovery whose steps (reduce the
+            # context, refresh credentials) only the caller can carry out.
+            if recovery.outcome == "escalation_required" and info.retryable:
                 with self._lock:
                     self._retries_exhausted = True
             return None
@@ -1033,6 +1029,13 @@ class Session:
             data={"hook": error.hook, "point": error.point},
         )
         raise error
+
+    def _on_breaker_change(self, breaker: CircuitBreaker, old: object, new: object) -> None:
+        self._emit(
+            EventName.BREAKER_STATE_CHANGED,
+            detail=f"{breaker.name}: {old} -> {new}",
+            data={"breaker": breaker.name, "from_state": str(old), "to_state": str(new)},
+        )
 
     def _record_failure(self, failure: AgentFailureClass) -> None:
         with self._lock:
