@@ -1447,6 +1447,36 @@ def test_the_recipe_budget_can_stop_before_max_attempts() -> None:
     assert len(calls) == 2  # llm_error: one retry
 
 
+def test_a_recipe_override_makes_a_non_retryable_scenario_retried() -> None:
+    sleeps = Sleeps()
+    retry_400 = RecoveryRecipe(S.BAD_REQUEST, (RecoveryStep.RETRY_WITH_BACKOFF,), 2)
+    policy = RetryPolicy(recipes={S.BAD_REQUEST: retry_400}, sleep=sleeps, jitter="none")
+    calls, fn = flaky([BadRequestError("flaky proxy", 400)])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert len(calls) == 2
+    assert sleeps.slept == [0.5]
+    calls, fn = flaky([BadRequestError(str(i), 400) for i in range(5)])
+    with pytest.raises(RetriesExhaustedError, match="all 2 recovery attempt"):
+        retry_call(fn, policy=RetryPolicy(recipes={S.BAD_REQUEST: retry_400}, sleep=sleeps))
+    assert len(calls) == 3
+
+
+def test_a_non_retryable_error_on_the_last_attempt_still_passes_through() -> None:
+    denied = status(401)
+    calls, fn = flaky([status(503), status(503), denied])
+    with pytest.raises(APIStatusError) as caught:
+        retry_call(fn, policy=RetryPolicy(max_attempts=3, sleep=Sleeps()))
+    assert caught.value is denied
+    assert len(calls) == 3
+
+
+def test_policies_hash_and_compare_by_identity() -> None:
+    one, two = RetryPolicy(), RetryPolicy()
+    assert len({one, two}) == 2
+    assert one == one  # noqa: PLR0124
+    assert one != two
+
+
 def test_partial_recovery_is_left_to_the_caller() -> None:
     overflow = BadRequestError("maximum context length is 8192 tokens", 400)
     calls, fn = flaky([overflow])

@@ -613,7 +613,7 @@ class RetryStats:
                 self._gave_up += 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RetryPolicy:
     """How :func:`retry_call` retries: attempts, backoff, hint limit, recipes, hooks.
 
@@ -626,7 +626,8 @@ class RetryPolicy:
     (bounded by ``max_attempts`` only); otherwise classification and the
     recipes decide. ``on_retry`` is called before each wait (its errors are
     logged, never raised); ``stats`` counts runs. ``sleep``/``async_sleep``
-    and the wall ``clock`` (for HTTP-date hints) are injectable.
+    and the wall ``clock`` (for HTTP-date hints) are injectable. Policies
+    compare and hash by identity (they hold callables and an RNG).
     """
 
     max_attempts: int = 3
@@ -751,11 +752,11 @@ class _Run:
             if not policy.retry_on(exc):
                 self._give_up()
                 return None
-            self._check_left(exc, info)
             hint = info.retry_after
             if hint is not None and hint > policy.max_retry_after:
                 self._give_up()
                 return None
+            self._check_left(exc, info)
             if _testing.enabled:
                 delay = 0.0
             elif hint is not None:
@@ -768,16 +769,15 @@ class _Run:
                 else (RecoveryStep.RETRY_WITH_BACKOFF,)
             )
         else:
-            if not info.retryable:
+            # The recipe decides (with x-should-retry and the hint limit); charging the
+            # run's own context for a retry that then hits max_attempts is harmless.
+            recovery = self.context._recover(self.context.recipe_for(info.scenario), info, policy)
+            if recovery.outcome is not RecoveryOutcome.RECOVERED:
+                if recovery.exhausted:
+                    self._exhausted(exc, info, recovery.reason)
                 self._give_up()
                 return None
             self._check_left(exc, info)
-            recovery = self.context._recover(self.context.recipe_for(info.scenario), info, policy)
-            if recovery.outcome is RecoveryOutcome.ESCALATION_REQUIRED and recovery.exhausted:
-                self._exhausted(exc, info, recovery.reason)
-            if recovery.outcome is not RecoveryOutcome.RECOVERED:
-                self._give_up()
-                return None
             delay = recovery.delay_seconds
             steps = recovery.recovered_steps
         if policy.on_retry is not None:
