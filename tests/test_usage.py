@@ -185,9 +185,7 @@ def test_each_token_kind_is_billed_once_at_its_own_rate() -> None:
         output_tokens=1_000_000,  # 700k plain + 300k reasoning
         reasoning_tokens=300_000,
     )
-    expected = (
-        Decimal("1.5") + Decimal("0.12") + Decimal("0.375") + Decimal("10.5") + Decimal("6")
-    )
+    expected = Decimal("1.5") + Decimal("0.12") + Decimal("0.375") + Decimal("10.5") + Decimal("6")
     assert pricing.cost_usd(usage) == expected
 
 
@@ -203,9 +201,7 @@ def test_long_context_tier_bills_the_whole_turn_strictly_above_threshold() -> No
 def test_tier_cache_and_reasoning_rates_default_to_the_tier_rates() -> None:
     tier = LongContextTier(10, "6", "30")
     pricing = ModelPricing("3", "15", cache_read_per_million="0.3", long_context=tier)
-    usage = UsageSnapshot(
-        input_tokens=1_000_000, cache_read_tokens=1_000_000, output_tokens=0
-    )
+    usage = UsageSnapshot(input_tokens=1_000_000, cache_read_tokens=1_000_000, output_tokens=0)
     assert pricing.cost_usd(usage) == Decimal("6")
 
 
@@ -235,7 +231,7 @@ def test_cost_does_not_depend_on_the_callers_decimal_context() -> None:
     expected = pricing.cost_usd(usage)
     with localcontext() as ctx:
         ctx.prec = 3
-        ctx.traps = dict.fromkeys(ctx.traps, True)  # type: ignore[assignment]
+        ctx.traps = dict.fromkeys(ctx.traps, True)
         assert ModelPricing("3.123456789", "15").cost_usd(usage) == expected
         tracker = UsageTracker()
         register_pricing("m", pricing)
@@ -743,7 +739,7 @@ def test_settle_twice_raises_and_release_after_settle_is_a_no_op() -> None:
     reservation = budget.reserve("m", UsageSnapshot(1000))
     assert reservation.state == "active"
     cost = reservation.settle(UsageSnapshot(1000, 100))
-    assert reservation.state == "settled"
+    assert str(reservation.state) == "settled"
     assert cost.cost_usd == Decimal("0.0045")
     with pytest.raises(ReservationError, match="settled"):
         reservation.settle(UsageSnapshot(1000, 100))
@@ -793,7 +789,7 @@ def test_unpriced_models_cost_zero_but_count_tokens_and_requests() -> None:
     reservation = budget.reserve("mystery", UsageSnapshot(50, 50))
     assert reservation.reserved_usd == 0
     cost = reservation.settle(UsageSnapshot(60, 60))
-    assert (cost.priced, cost.cost_usd) == (False, 0)
+    assert (cost.priced, cost.cost_usd) == (False, Decimal(0))
     assert budget.spent_tokens == 120
     with pytest.raises(BudgetExceededError) as info:
         budget.check_before(UsageSnapshot(20, 20), model="mystery")

@@ -111,15 +111,15 @@ class PricingFileError(TechrevatiError, ValueError):
     ``None`` when the file as a whole is wrong (bad JSON/TOML, unknown schema).
     """
 
-    def __init__(self, message: str, *, path: str = "", entry: str | None = None) -> None:
+    def __init__(self, message: str, path: str = "", entry: str | None = None) -> None:
         self.path = path
         self.entry = entry
         self.reason = message
         where = path if entry is None else f"{path}: entry {entry!r}"
         super().__init__(f"{where}: {message}" if where else message)
 
-    def __reduce__(self) -> tuple[type[PricingFileError], tuple[str], dict[str, object]]:
-        return type(self), (self.reason,), dict(self.__dict__)
+    def __reduce__(self) -> tuple[type[PricingFileError], tuple[str, str, str | None]]:
+        return type(self), (self.reason, self.path, self.entry)
 
 
 class BudgetExceededError(TechrevatiError):
