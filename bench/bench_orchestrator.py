@@ -54,7 +54,8 @@ def main() -> None:
         def turn() -> object:
             return session.run_turn(_answer, model=MODEL, usage=USAGE)
 
-        rows = [("bare call", bare), ("run_turn (breaker+usage+events)", per_call_ns(turn, number=20_000))]
+        wired = per_call_ns(turn, number=20_000)
+        rows = [("bare call", bare), ("run_turn (breaker+usage+events)", wired)]
     report(rows, baseline=bare)
     print()
     print("per-turn cost along one session (2,000 turns timed at each mark):")

