@@ -1248,7 +1248,7 @@ def _scaled(number: Decimal, power: int, name: str, unit: str) -> int:
     whole, rest = divmod(numerator * scale, denominator)
     if rest:
         raise InvalidValueError(
-            f"{name} has more precision than {unit} can hold exactly, got {number} "
+            f"{name} has more precision than {unit} can hold exactly, got {number:f} "
             "(refusing to round it)"
         )
     return whole
