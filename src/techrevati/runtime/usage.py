@@ -65,13 +65,12 @@ LimitKind = Literal["usd", "tokens", "requests"]
 
 _LOG: Final = logging.getLogger(LOGGER_NAME)
 
-_FEMTO_PER_USD: Final = 10**15
-"""Money is kept as integer femto-dollars; one token at $1/M costs 10**9 of them."""
-_RATE_POWER: Final = 9
-"""Decimal places of a per-million rate that are exact: rate * 10**9 is femto-USD per token."""
 _USD_POWER: Final = 15
+"""Money is kept as integer femto-dollars: USD * 10**15."""
+_RATE_POWER: Final = 9
+"""A rate per million * 10**9 is femto-dollars per token, so 9 decimal places are exact."""
 _MAX_ADJUSTED: Final = 15
-"""Rates and limits must be below 10**16 USD: a guard against absurd exponents."""
+"""Rates and limits must be below 10**15 USD: a guard against absurd exponents."""
 _FORMAT_STEP: Final = 10**11
 """Femto-dollars in $0.0001, the resolution of :meth:`UsageTracker.format_cost`."""
 _NO_TIER: Final = 1 << 62
@@ -192,9 +191,7 @@ class UsageSnapshot:
     def __post_init__(self) -> None:
         for name in _TOKEN_FIELDS:
             value = getattr(self, name)
-            if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
-                raise InvalidValueError(f"{name} must be an int >= 0, got {value!r}")
-            if value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidValueError(f"{name} must be an int >= 0, got {value!r}")
         cached = self.cache_read_tokens + self.cache_write_tokens
         if cached > self.input_tokens:
@@ -487,15 +484,13 @@ class UsageTracker:
     budget before the call). Safe to share between threads.
     """
 
-    __slots__ = ("_acquire", "_budget", "_by_key", "_by_name", "_lock", "_release")
+    __slots__ = ("_budget", "_by_key", "_by_name", "_lock")
 
     def __init__(self, *, budget: Budget | None = None) -> None:
         if budget is not None and not isinstance(budget, Budget):
             raise InvalidValueError(f"budget must be a Budget or None, got {budget!r}")
         self._budget = budget
         self._lock = threading.Lock()
-        self._acquire = self._lock.acquire
-        self._release = self._lock.release
         # Every spelling of a model name seen -> its totals; and stripped name -> totals.
         self._by_key: dict[str, _ModelTotals] = {}
         self._by_name: dict[str, _ModelTotals] = {}
@@ -532,6 +527,8 @@ class UsageTracker:
             femto += (
                 cache_read * extra_read + cache_write * extra_write + reasoning * extra_reasoning
             )
+        # ``with`` (not lock.acquire()): no thread switch can happen between taking
+        # the lock and the first addition, which keeps contended trackers fast.
         with self._lock:
             totals.turns += 1
             totals.input += inp
