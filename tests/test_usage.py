@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import pickle
@@ -223,6 +224,24 @@ def test_pricing_is_a_frozen_value_with_decimal_equality() -> None:
     assert hash(a) == hash(b)
     with pytest.raises(AttributeError):
         a.input_per_million = Decimal(1)  # type: ignore[misc]
+
+
+def test_replace_revalidates_and_reprices() -> None:
+    pricing = ModelPricing("3", "15", long_context=LongContextTier(10, "6", "30"))
+    cheaper = dataclasses.replace(pricing, input_per_million=Decimal(1))
+    assert cheaper.cost_usd(UsageSnapshot(input_tokens=1_000_000)) == Decimal("6")
+    assert cheaper.cost_usd(UsageSnapshot(input_tokens=10)) == Decimal("0.00001")
+    with pytest.raises(InvalidValueError, match="output_per_million"):
+        dataclasses.replace(pricing, output_per_million=Decimal(-1))
+    limits = dataclasses.replace(UsageLimits(max_usd=1), max_requests=3)
+    assert (limits.max_usd, limits.max_requests) == (Decimal(1), 3)
+    assert dataclasses.asdict(UsageSnapshot(1, 1)) == {
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+    }
 
 
 def test_cost_does_not_depend_on_the_callers_decimal_context() -> None:

@@ -293,7 +293,7 @@ class LongContextTier:
     cache_read_per_million: Decimal | None
     cache_write_per_million: Decimal | None
     reasoning_per_million: Decimal | None
-    _rates: tuple[int, int, int, int, int] = field(repr=False, compare=False)
+    _rates: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -345,9 +345,9 @@ class ModelPricing:
     cache_write_per_million: Decimal | None
     reasoning_per_million: Decimal | None
     long_context: LongContextTier | None
-    _rates: tuple[int, int, int, int, int] = field(repr=False, compare=False)
-    _tier: tuple[int, int, int, int, int] = field(repr=False, compare=False)
-    _threshold: int = field(repr=False, compare=False)
+    _rates: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    _tier: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    _threshold: int = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -417,7 +417,7 @@ class UsageLimits:
     max_usd: Decimal | None
     max_total_tokens: int | None
     max_requests: int | None
-    _max_femto: int | None = field(repr=False, compare=False)
+    _max_femto: int | None = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
