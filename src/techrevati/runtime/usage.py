@@ -672,7 +672,7 @@ class Budget:
     and holds the estimate atomically, so concurrent callers can never
     overshoot together. After the call, settle the reservation with the
     actual usage (or :meth:`charge` without one). A limit is *reached* when
-    what is spent plus reserved equals it; spending is *over* a limit only
+    spent plus reserved is at least the limit; spending is *over* it only
     when strictly greater (:meth:`check_after`, :meth:`is_exceeded`).
 
     A model without pricing costs $0 here too, but its tokens and requests
