@@ -5,14 +5,17 @@ Run: ``.venv/bin/python -m bench.bench_orchestrator``
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bench._timing import per_call_ns, report
 from techrevati.runtime import (
     CircuitBreaker,
     ModelPricing,
     Orchestrator,
+    SqliteSink,
     UsageSnapshot,
     register_pricing,
 )
@@ -25,13 +28,14 @@ def _answer() -> str:
     return "ok"
 
 
-def _orchestrator() -> Orchestrator:
+def _orchestrator(sinks: Sequence[object] = ()) -> Orchestrator:
     return Orchestrator(
         role="writer",
         phase="draft",
         circuit_breaker=CircuitBreaker("bench", failure_threshold=5),
         budget_usd=1_000_000,
         event_capacity=1000,
+        sinks=sinks,  # type: ignore[arg-type]
     )
 
 
@@ -55,8 +59,23 @@ def main() -> None:
             return session.run_turn(_answer, model=MODEL, usage=USAGE)
 
         wired = per_call_ns(turn, number=20_000)
-        rows = [("bare call", bare), ("run_turn (breaker+usage+events)", wired)]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SqliteSink(Path(tmp) / "bench.db", flush_every=100) as sink,
+        _orchestrator([sink]).session() as session,
+    ):
+
+        def sqlite_turn() -> object:
+            return session.run_turn(_answer, model=MODEL, usage=USAGE)
+
+        with_sqlite = per_call_ns(sqlite_turn, number=5_000, repeat=3)
+    rows = [
+        ("bare call", bare),
+        ("run_turn (breaker+usage+events)", wired),
+        ("run_turn + SqliteSink(flush_every=100)", with_sqlite),
+    ]
     report(rows, baseline=bare)
+    print(f"SqliteSink adds {(with_sqlite - wired) / 1000:.2f} us per turn")
     print()
     print("per-turn cost along one session (2,000 turns timed at each mark):")
     with _orchestrator().session() as session:

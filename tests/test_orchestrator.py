@@ -5,6 +5,7 @@ import json
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,7 @@ from techrevati.runtime import (
     RetryPolicy,
     RolePermissionConfig,
     SessionStateError,
+    SqliteSink,
     ToolCall,
     TurnTimeoutError,
     UsageRecord,
@@ -575,3 +577,24 @@ def test_threads_hammering_one_session_give_exact_totals() -> None:
     assert summary["turns"] == 4_000
     assert session.tracker.total_cost() == Decimal("0.0045") * 4_000
     assert summary["event_counts"][EventName.TURN_COMPLETED.value] == 4_000  # type: ignore[index]
+
+
+def test_sqlite_sink_records_a_sessions_events_and_usage(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with SqliteSink(path, flush_every=1000) as sink:
+        orch = _orch(project_id="p1", sinks=[sink])
+        with orch.session() as session:
+            for _ in range(3):
+                session.run_turn(lambda: None, model="m", usage=USAGE)
+        sink.flush()
+        usage_rows = sink.read_usage(project="p1")
+        sessions = sink.read_sessions()
+        events = sink.read_events()
+    assert [row.cost_usd for row in usage_rows] == [Decimal("0.0045")] * 3
+    assert {row.session_id for row in usage_rows} == {session.id}
+    (row,) = sessions
+    assert row.session_id == session.id
+    assert row.status == "completed"
+    assert row.turns == 3
+    assert row.cost_usd == Decimal("0.0135")
+    assert sum(e.name == EventName.TURN_COMPLETED for e in events) == 3
