@@ -33,3 +33,28 @@ def test_every_exported_name_exists() -> None:
 
 def test_all_is_sorted_and_unique() -> None:
     assert len(set(runtime.__all__)) == len(runtime.__all__)
+
+
+def test_the_package_declares_no_runtime_dependencies() -> None:
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    assert project["dependencies"] == []
+    assert project["requires-python"] == ">=3.11"
+
+
+def test_optional_integrations_import_lazily() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, techrevati.runtime.otel, techrevati.runtime.sinks;"
+            "print(any(m.startswith('opentelemetry') for m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "False"
