@@ -162,6 +162,13 @@ def test_pause_and_provide_input() -> None:
     assert EventName.INPUT_PROVIDED in names
 
 
+def test_clean_exit_while_waiting_for_input_completes() -> None:
+    with _orch().session() as session:
+        session.pause_for_input("anything else?")
+    assert session.status is AgentStatus.COMPLETED
+    assert session.summary()["outcome"] == "completed"
+
+
 def test_own_registry_forgets_finished_workers_but_a_given_one_keeps_them() -> None:
     orch = _orch()
     with orch.session():

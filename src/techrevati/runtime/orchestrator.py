@@ -618,6 +618,8 @@ class Session:
         }
         if exc is None:
             self._outcome = "completed"
+            if worker.status is AgentStatus.WAITING_FOR_INPUT:
+                self._transition(AgentStatus.RUNNING, "session ended while waiting for input")
             if not worker.is_terminal:
                 self._transition(AgentStatus.COMPLETED, None)
             self._emit(EventName.SESSION_COMPLETED, data=data)
