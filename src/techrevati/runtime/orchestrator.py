@@ -700,7 +700,7 @@ class Session:
         turn.call = ModelCall(
             model=model,
             turn=turn_number,
-            attempt=0,
+            attempt=1,
             role=self._orch.role,
             phase=self._orch.phase,
             session_id=self.id,
