@@ -52,6 +52,7 @@ from techrevati.runtime.lifecycle import (
 )
 from techrevati.runtime.orchestrator import (
     DEFAULT_LAST_EVENTS,
+    UNNAMED_MODEL,
     Handoff,
     MaxIterationsExceededError,
     Orchestrator,
@@ -344,6 +345,7 @@ __all__ = [
     "ToolCall",
     "TurnCost",
     "TurnTimeoutError",
+    "UNNAMED_MODEL",
     "UnknownWorkerError",
     "UsageLimits",
     "UsageParseError",
