@@ -253,6 +253,7 @@ class CircuitBreaker:
     __slots__ = (
         "__weakref__",
         "_clock",
+        "_closed_ticket",
         "_consecutive",
         "_exclude",
         "_failure_threshold",
@@ -329,7 +330,7 @@ class CircuitBreaker:
         for listener in listeners:
             self.add_listener(listener)
         self._window_spec = window
-        self._window: _CountWindow | _TimeWindow | None = None
+        self._window: _Window | None = None
         self._slow_after: float | None = None
         if window is not None:
             self._window = (
@@ -351,6 +352,8 @@ class CircuitBreaker:
         # The ticket a call may take without the lock: the generation while
         # CLOSED in consecutive mode, else -1 (take the locked path).
         self._fast_ticket = 0 if window is None else -1
+        # The ticket any admission may take without the lock while CLOSED.
+        self._closed_ticket = 0
         self._consecutive = 0
         self._opened_at: float | None = None
         self._leases: dict[int, float] = {}
@@ -542,8 +545,7 @@ class CircuitBreaker:
             window = self._window
             calls = failures = slow = 0
             if window is not None:
-                if isinstance(window, _TimeWindow):
-                    window.advance(now)
+                window.advance(now)
                 calls, failures, slow = window.calls, window.failures, window.slow
             snapshot = CircuitBreakerMetrics(
                 name=self._name,
@@ -624,7 +626,9 @@ class CircuitBreaker:
     def _call_locked_path(
         self, fn: Callable[..., _T], args: tuple[object, ...], kwargs: Mapping[str, object]
     ) -> _T:
-        ticket = self._admit(raising=True)
+        ticket = self._closed_ticket
+        if ticket < 0:
+            ticket = self._admit(raising=True)
         start = self._clock() if self._needs_duration else None
         try:
             result = fn(*args, **kwargs)
@@ -640,7 +644,9 @@ class CircuitBreaker:
         args: tuple[object, ...],
         kwargs: Mapping[str, object],
     ) -> _T:
-        ticket = self._admit(raising=True)
+        ticket = self._closed_ticket
+        if ticket < 0:
+            ticket = self._admit(raising=True)
         start = self._clock() if self._needs_duration else None
         try:
             result = await fn(*args, **kwargs)
@@ -656,6 +662,9 @@ class CircuitBreaker:
         A rejection is counted; the raised :class:`CircuitOpenError` is a
         fresh instance whose ``__cause__`` is the last recorded failure.
         """
+        ticket = self._closed_ticket
+        if ticket >= 0:  # CLOSED admits everyone: no lock needed
+            return ticket
         lock = self._lock
         lock.acquire()
         try:
@@ -794,16 +803,13 @@ class CircuitBreaker:
             if failed and self._consecutive >= self._failure_threshold:
                 self._transition_locked(_OPEN, self._clock())
             return
-        if isinstance(window, _TimeWindow):
-            assert now is not None
-            window.add(now, failed, self._is_slow(duration))
-        else:
-            window.add(failed, self._is_slow(duration))
+        slow_after = self._slow_after
+        slow = slow_after is not None and duration is not None and duration >= slow_after
+        window.add(0.0 if now is None else now, failed, slow)
         calls = window.calls
-        if calls < spec.minimum_calls:
-            return
-        if window.failures / calls >= spec.failure_rate_threshold or (
-            self._slow_after is not None and window.slow / calls >= spec.slow_call_rate_threshold
+        if calls >= spec.minimum_calls and (
+            window.failures / calls >= spec.failure_rate_threshold
+            or (slow_after is not None and window.slow / calls >= spec.slow_call_rate_threshold)
         ):
             self._transition_locked(_OPEN, self._clock() if now is None else now)
 
@@ -823,7 +829,7 @@ class CircuitBreaker:
 
     def _transition_locked(self, new: CircuitState, now: float) -> None:
         old = self._state
-        self._fast_ticket = -1
+        self._fast_ticket = self._closed_ticket = -1
         generation = self._next_ticket
         self._next_ticket = generation + 1
         self._generation = generation
@@ -831,6 +837,7 @@ class CircuitBreaker:
         self._leases.clear()
         self._probe_successes = 0
         if new is _CLOSED:
+            self._closed_ticket = generation
             self._consecutive = 0
             self._opened_at = None
             if self._window is not None:
@@ -964,66 +971,79 @@ class Permit:
         return f"Permit(breaker={self._breaker.name!r}, settled={self._settled})"
 
 
-class _CountWindow:
-    """The last ``size`` outcomes in a ring; O(1) add with subtract-on-evict."""
+class _Window:
+    """The counts a sliding window keeps; subclasses decide what falls out."""
 
-    __slots__ = ("_filled", "_pos", "_ring", "_size", "calls", "failures", "slow")
+    __slots__ = ("calls", "failures", "slow")
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ring = bytearray(size)  # bit 0: failed, bit 1: slow
-        self._pos = 0
-        self._filled = 0
+    def __init__(self) -> None:
         self.calls = 0
         self.failures = 0
         self.slow = 0
 
-    def add(self, failed: bool, slow: bool) -> None:
+    def add(self, now: float, failed: bool, slow: bool) -> None:
+        """Record one call that finished at ``now``."""
+        raise NotImplementedError
+
+    def advance(self, now: float) -> None:
+        """Drop what is too old at ``now``."""
+
+    def clear(self) -> None:
+        """Forget everything."""
+        raise NotImplementedError
+
+
+class _CountWindow(_Window):
+    """The last ``size`` outcomes in a ring; O(1) add with subtract-on-evict."""
+
+    __slots__ = ("_pos", "_ring", "_size")
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._ring = bytearray(size)  # bit 0: failed, bit 1: slow
+        self._pos = 0
+
+    def add(self, now: float, failed: bool, slow: bool) -> None:
         pos = self._pos
-        if self._filled == self._size:
-            old = self._ring[pos]
-            self.failures -= old & 1
-            self.slow -= old >> 1
+        ring = self._ring
+        if self.calls == self._size:
+            old = ring[pos]
+            if old:
+                self.failures -= old & 1
+                self.slow -= old >> 1
         else:
-            self._filled += 1
             self.calls += 1
-        self._ring[pos] = failed | (slow << 1)
-        self.failures += failed
-        self.slow += slow
-        self._pos = pos + 1 if pos + 1 < self._size else 0
+        if failed or slow:
+            ring[pos] = failed | (slow << 1)
+            self.failures += failed
+            self.slow += slow
+        else:
+            ring[pos] = 0
+        pos += 1
+        self._pos = 0 if pos == self._size else pos
 
     def clear(self) -> None:
         self._ring = bytearray(self._size)
-        self._pos = self._filled = self.calls = self.failures = self.slow = 0
+        self._pos = self.calls = self.failures = self.slow = 0
 
 
-class _TimeWindow:
+class _TimeWindow(_Window):
     """Outcomes of the last ``size`` whole seconds, one bucket per second.
 
     Moving to a later second empties the buckets it skips over, each once,
     so eviction is O(1) amortised and never more than ``size`` buckets.
     """
 
-    __slots__ = (
-        "_b_calls",
-        "_b_failures",
-        "_b_slow",
-        "_head",
-        "_size",
-        "calls",
-        "failures",
-        "slow",
-    )
+    __slots__ = ("_b_calls", "_b_failures", "_b_slow", "_head", "_size")
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self._size = size
         self._b_calls = [0] * size
         self._b_failures = [0] * size
         self._b_slow = [0] * size
         self._head: int | None = None  # the latest whole second seen
-        self.calls = 0
-        self.failures = 0
-        self.slow = 0
 
     def advance(self, now: float) -> None:
         second = math.floor(now)
