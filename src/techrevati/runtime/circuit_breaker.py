@@ -326,6 +326,7 @@ class CircuitBreaker:
         self._exclude = _exception_types(exclude)
         self._probe_timeout = probe_timeout_seconds
         self._clock = clock
+        self._lock = threading.Lock()
         self._listeners: tuple[StateListener, ...] = ()
         for listener in listeners:
             self.add_listener(listener)
@@ -339,7 +340,6 @@ class CircuitBreaker:
             self._slow_after = window.slow_call_duration_seconds
         self._time_window = window is not None and window.kind == "time"
         self._needs_duration = self._slow_after is not None
-        self._lock = threading.Lock()
         self._notify_lock = threading.Lock()
         self._pending: deque[tuple[CircuitState, CircuitState]] = deque()
         self._state = _CLOSED
@@ -586,16 +586,17 @@ class CircuitBreaker:
         """
         if not callable(listener):
             raise InvalidValueError(f"listener must be callable, got {listener!r}")
-        self._listeners = (*self._listeners, listener)
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``; raises InvalidValueError if it was never added."""
-        listeners = list(self._listeners)
-        try:
+        with self._lock:
+            listeners = list(self._listeners)
+            if listener not in listeners:
+                raise InvalidValueError(f"listener was not added, got {listener!r}")
             listeners.remove(listener)
-        except ValueError:
-            raise InvalidValueError(f"listener was not added, got {listener!r}") from None
-        self._listeners = tuple(listeners)
+            self._listeners = tuple(listeners)
 
     def reset(self) -> None:
         """Close the breaker and forget its streak, window and probes.
