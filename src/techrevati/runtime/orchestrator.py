@@ -213,6 +213,7 @@ class Orchestrator:
         self._runner = runner
         self.hooks: tuple[Hook | BaseHook, ...] = tuple(hooks)
         self._points = _hook_table(self.hooks)
+        self._model_hooks = bool(self._points["before_model"] or self._points["after_model"])
         self.sinks = SinkFanout(list(sinks))
 
     def session(self, *, metadata: Mapping[str, object] | None = None) -> Session:
@@ -697,21 +698,25 @@ class Session:
             timeout=timeout,
             started=self._orch.clock(),
         )
-        turn.call = ModelCall(
-            model=model,
-            turn=turn_number,
-            attempt=1,
-            role=self._orch.role,
-            phase=self._orch.phase,
-            session_id=self.id,
-        )
+        if self._orch._model_hooks:
+            # Only hooks look at the ModelCall; without them it is not built.
+            turn.call = ModelCall(
+                model=model,
+                turn=turn_number,
+                attempt=1,
+                role=self._orch.role,
+                phase=self._orch.phase,
+                session_id=self.id,
+            )
         return turn
 
     def _before_attempt(self, turn: _Turn) -> None:
         """Reserve budget and run before_model hooks for the next attempt."""
         turn.attempt += 1
-        assert turn.call is not None
         call = turn.call
+        if call is None:
+            self._reserve(turn)
+            return
         if call.attempt != turn.attempt or call.model != turn.model:
             call = ModelCall(
                 model=turn.model,
@@ -829,7 +834,6 @@ class Session:
         if flagged:
             with self._lock:
                 self._turns_without_usage += 1
-        assert turn.call is not None
         self._emit(
             EventName.TURN_COMPLETED,
             data={
@@ -841,7 +845,7 @@ class Session:
                 "cache_read_tokens": usage.cache_read_tokens,
                 "cache_write_tokens": usage.cache_write_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
-                "cost_usd": str(cost.cost_usd),
+                "cost_usd": _usd_text(cost.cost_femto_usd),
                 "usage_unknown": flagged,
             },
         )
@@ -866,6 +870,7 @@ class Session:
                 )
             )
         for hook in self._orch._points["after_model"]:
+            assert turn.call is not None
             replaced = self._run_hook(hook, "after_model", hook.after_model, turn.call, result)
             if replaced is not None:
                 result = replaced
@@ -1194,6 +1199,17 @@ def _usage_from(result: object) -> UsageSnapshot | None:
         return UsageSnapshot.from_response(result)
     except (TechrevatiError, ValueError, TypeError):
         return None
+
+
+_FEMTO_PER_USD: Final = 10**15
+
+
+def _usd_text(femto: int) -> str:
+    """Format an exact amount of 1e-15 USD as a plain decimal string, fast."""
+    whole, fraction = divmod(femto, _FEMTO_PER_USD)
+    if not fraction:
+        return str(whole)
+    return f"{whole}.{fraction:015d}".rstrip("0")
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
