@@ -69,6 +69,7 @@ from techrevati.runtime.usage import (
     Budget,
     BudgetExceededError,
     BudgetReservation,
+    UsageLimits,
     UsageSnapshot,
     UsageTracker,
 )
@@ -200,7 +201,7 @@ class Orchestrator:
         self.circuit_breaker = circuit_breaker
         self.policy_engine = policy_engine
         self.quality_gate = quality_gate
-        self.budget_usd = None if budget_usd is None else Budget(max_usd=budget_usd).limits.max_usd
+        self.budget_usd = None if budget_usd is None else UsageLimits(max_usd=budget_usd).max_usd
         self.budget = budget
         self.enforce_budget = enforce_budget
         self.max_iterations = max_iterations
