@@ -60,6 +60,8 @@ class FailureScenario(StrEnum):
     """The provider asks to slow down (429, throttling); wait and retry."""
     CONTEXT_OVERFLOW = "context_overflow"
     """The prompt does not fit the model's context window (or 413)."""
+    OUTPUT_TRUNCATED = "output_truncated"
+    """The answer hit the output limit (``max_tokens``): raise it, or ask to continue."""
     PROVIDER_FAILURE = "provider_failure"
     """The provider or the network failed (5xx, overloaded, connection errors)."""
     AUTH_FAILURE = "auth_failure"
@@ -87,6 +89,7 @@ FAILURE_CLASS_BY_SCENARIO: Final[Mapping[FailureScenario, AgentFailureClass]] = 
         FailureScenario.LLM_TIMEOUT: AgentFailureClass.LLM_TIMEOUT,
         FailureScenario.RATE_LIMIT: AgentFailureClass.RATE_LIMIT,
         FailureScenario.CONTEXT_OVERFLOW: AgentFailureClass.CONTEXT_OVERFLOW,
+        FailureScenario.OUTPUT_TRUNCATED: AgentFailureClass.OUTPUT_TRUNCATED,
         FailureScenario.PROVIDER_FAILURE: AgentFailureClass.PROVIDER_FAILURE,
         FailureScenario.AUTH_FAILURE: AgentFailureClass.AUTH_FAILURE,
         FailureScenario.BAD_REQUEST: AgentFailureClass.BAD_REQUEST,

@@ -47,6 +47,7 @@ class AgentFailureClass(StrEnum):
     LLM_TIMEOUT = "llm_timeout"
     RATE_LIMIT = "rate_limit"
     CONTEXT_OVERFLOW = "context_overflow"
+    OUTPUT_TRUNCATED = "output_truncated"
     PROVIDER_FAILURE = "provider_failure"
     AUTH_FAILURE = "auth_failure"
     BAD_REQUEST = "bad_request"

@@ -120,6 +120,8 @@ class RecoveryStep(StrEnum):
     """Run the tool call again at once."""
     REDUCE_CONTEXT = "reduce_context"
     """Shrink the prompt (summarise, drop old turns) before retrying; the caller's job."""
+    RAISE_OUTPUT_LIMIT = "raise_output_limit"
+    """Raise ``max_tokens`` (or ask the model to continue) before retrying; the caller's job."""
     REFRESH_CREDENTIALS = "refresh_credentials"
     """Reload or rotate the API key or token before retrying; the caller's job."""
     RESTORE_CHECKPOINT = "restore_checkpoint"
@@ -1166,6 +1168,7 @@ DEFAULT_RECIPES: Final[Mapping[FailureScenario, RecoveryRecipe]] = MappingProxyT
                 _Esc.ALERT_HUMAN,
             ),
             _recipe(_Sc.CONTEXT_OVERFLOW, (_Step.REDUCE_CONTEXT,), 1, _Esc.ABORT),
+            _recipe(_Sc.OUTPUT_TRUNCATED, (_Step.RAISE_OUTPUT_LIMIT,), 1, _Esc.ABORT),
             _recipe(_Sc.AUTH_FAILURE, (_Step.REFRESH_CREDENTIALS,), 0, _Esc.ALERT_HUMAN),
             _recipe(_Sc.BAD_REQUEST, (_Step.ESCALATE,), 0, _Esc.ABORT),
             _recipe(_Sc.CONTENT_POLICY, (_Step.ESCALATE,), 0, _Esc.LOG_AND_CONTINUE),
