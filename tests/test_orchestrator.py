@@ -35,6 +35,7 @@ from techrevati.runtime import (
     PolicyRule,
     QualityGate,
     QualityLevel,
+    RetriesExhaustedError,
     RetryPolicy,
     RolePermissionConfig,
     SessionStateError,
@@ -332,7 +333,7 @@ def test_non_retryable_error_is_raised_at_once_unchanged() -> None:
     assert clock.slept == []
 
 
-def test_retries_exhausted_raise_the_last_exception() -> None:
+def test_retries_exhausted_raise_retries_exhausted_from_the_last_exception() -> None:
     clock = FakeClock()
     errors = [StatusError(503, f"down {i}") for i in range(3)]
     it = iter(errors)
@@ -341,10 +342,13 @@ def test_retries_exhausted_raise_the_last_exception() -> None:
         raise next(it)
 
     orch = _orch(retry=RetryPolicy(max_attempts=3), clock=clock, sleep=clock.sleep)
-    with pytest.raises(StatusError) as caught, orch.session() as session:
+    with pytest.raises(RetriesExhaustedError) as caught, orch.session() as session:
         session.run_turn(fn)
-    assert caught.value is errors[-1]
-    assert session.summary()["recovery"]["retries_exhausted"] is True  # type: ignore[index]
+    assert caught.value.__cause__ is errors[-1]
+    assert caught.value.attempts == 3
+    summary = session.summary()
+    assert summary["recovery"]["retries_exhausted"] is True  # type: ignore[index]
+    assert summary["failure_class"] == "provider_failure"
     assert len(clock.slept) == 2
 
 

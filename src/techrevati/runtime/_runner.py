@@ -5,24 +5,43 @@ A sync turn with a timeout cannot kill the thread running the user's callable
 finishes on its own thread in the background. The threads are daemons kept in
 a small idle pool: a timed-out call does not block interpreter exit, the next
 turn does not pay for a new thread, and nothing waits on a pool shutdown.
+
+The pool is bounded (``max_threads``, 32 by default): when that many calls are
+still running, hung past their deadlines, a new call waits for a thread only
+as long as its own deadline, then fails like any call that ran out of time.
+A hung provider therefore costs at most ``max_threads`` threads, never one
+per turn.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
-__all__ = ["DeadlineExceededError", "DeadlineRunner", "default_runner"]
+__all__ = ["DEFAULT_MAX_THREADS", "DeadlineExceededError", "DeadlineRunner", "default_runner"]
 
 _T = TypeVar("_T")
 
 _MAX_IDLE: Final = 8
 
+DEFAULT_MAX_THREADS: Final = 32
+"""Calls a :class:`DeadlineRunner` runs at once (the hung ones included)."""
+
 
 class DeadlineExceededError(TimeoutError):
-    """The call was still running when its deadline passed."""
+    """The call was still running when its deadline passed, or never got a thread.
+
+    ``started`` is False when every thread was busy until the deadline, so
+    the call was never made.
+    """
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 class _Outcome(Generic[_T]):
@@ -71,12 +90,29 @@ class DeadlineRunner:
 
     Safe to share between threads. A call that outlives its deadline keeps its
     thread until it returns; that thread then rejoins the idle pool (up to 8).
+    At most ``max_threads`` calls run at once; a call that finds them all
+    busy waits for one within its own deadline (see the module docstring).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_threads: int = DEFAULT_MAX_THREADS) -> None:
+        if not isinstance(max_threads, int) or isinstance(max_threads, bool) or max_threads < 1:
+            raise ValueError(f"max_threads must be an int >= 1, got {max_threads!r}")
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._started = 0
+        self._max_threads = max_threads
+        self._slots = threading.BoundedSemaphore(max_threads)
+        self._busy = 0
+
+    @property
+    def max_threads(self) -> int:
+        """How many calls may run at once."""
+        return self._max_threads
+
+    @property
+    def busy(self) -> int:
+        """Calls running now (those hung past their deadlines included)."""
+        return self._busy
 
     @property
     def threads_started(self) -> int:
@@ -89,6 +125,13 @@ class DeadlineRunner:
         ``fn`` runs in a copy of the caller's context (``contextvars``). Its
         exception is re-raised here unchanged.
         """
+        started = time.monotonic()
+        if not self._slots.acquire(timeout=timeout):
+            raise DeadlineExceededError(
+                f"no free thread within {timeout} seconds: all {self._max_threads} are "
+                "running calls that outlived their deadlines",
+                started=False,
+            )
         outcome: _Outcome[_T] = _Outcome()
         context = contextvars.copy_context()
 
@@ -99,9 +142,21 @@ class DeadlineRunner:
                 outcome.error = exc
             finally:
                 outcome.done.set()
+                with self._lock:
+                    self._busy -= 1
+                self._slots.release()
 
-        self._take().submit(job)
-        if not outcome.done.wait(timeout):
+        with self._lock:
+            self._busy += 1
+        try:
+            self._take().submit(job)
+        except BaseException:
+            with self._lock:
+                self._busy -= 1
+            self._slots.release()
+            raise
+        left = max(0.0, timeout - (time.monotonic() - started))
+        if not outcome.done.wait(left if math.isfinite(left) else None):
             raise DeadlineExceededError(f"call did not finish within {timeout} seconds")
         if outcome.error is not None:
             raise outcome.error

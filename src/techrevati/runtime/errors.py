@@ -10,7 +10,7 @@ live beside the primitive that raises them (``lifecycle.InvalidTransitionError``
 
 from __future__ import annotations
 
-__all__ = ["InvalidValueError", "TechrevatiError"]
+__all__ = ["InvalidValueError", "TechrevatiError", "TransientRuntimeError"]
 
 
 class TechrevatiError(Exception):
@@ -23,3 +23,16 @@ class InvalidValueError(TechrevatiError, ValueError):
     The message names the field and the bad value, e.g.
     ``"input_tokens must be an int >= 0, got -5"``.
     """
+
+
+class TransientRuntimeError(TechrevatiError):
+    """A failure of the dependency that the runtime noticed on its behalf.
+
+    A turn past its deadline, or an answer that is empty where a model must
+    say something. Unlike the runtime's refusals (an open breaker, a spent
+    budget, a denied tool), a retry policy treats it like the SDK error it
+    stands for: classified as :attr:`scenario` (a ``FailureScenario`` value)
+    and retried by that scenario's recipe.
+    """
+
+    scenario: str = "llm_error"

@@ -20,16 +20,32 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
+from techrevati.runtime._responses import (
+    EmptyResponseError,
+    StreamResultError,
+    check_response,
+    usage_from_exception,
+    usage_from_result,
+)
 from techrevati.runtime._runner import DeadlineExceededError, DeadlineRunner, default_runner
+from techrevati.runtime._validate import (
+    callable_or_none,
+    instance_or_none,
+    int_at_least,
+    non_empty_str,
+    optional_int_at_least,
+    seconds_or_none,
+    strict_bool,
+)
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError, TransientRuntimeError
 from techrevati.runtime.events import (
     DEFAULT_RING_CAPACITY,
     AgentEvent,
@@ -41,6 +57,7 @@ from techrevati.runtime.events import (
     UsageSink,
 )
 from techrevati.runtime.hooks import (
+    HOOK_POINTS,
     BaseHook,
     GuardrailViolatedError,
     Hook,
@@ -56,19 +73,22 @@ from techrevati.runtime.permissions import (
 from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, PolicyEngine
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
 from techrevati.runtime.retry_policy import (
+    FailureScenario,
     RecoveryContext,
     RecoveryStep,
+    RetriesExhaustedError,
+    RetryAttempt,
     RetryPolicy,
-    attempt_recovery,
+    RetryRun,
     failure_class_for,
     inspect_exception,
-    is_testing,
 )
 from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import (
     Budget,
     BudgetExceededError,
     BudgetReservation,
+    TurnCost,
     UsageLimits,
     UsageSnapshot,
     UsageTracker,
@@ -77,11 +97,13 @@ from techrevati.runtime.usage import (
 __all__ = [
     "DEFAULT_LAST_EVENTS",
     "UNNAMED_MODEL",
+    "EmptyResponseError",
     "Handoff",
     "MaxIterationsExceededError",
     "Orchestrator",
     "Session",
     "SessionStateError",
+    "StreamResultError",
     "TurnTimeoutError",
 ]
 
@@ -95,17 +117,31 @@ _T = TypeVar("_T")
 _log = logging.getLogger("techrevati.runtime.orchestrator")
 
 
-class TurnTimeoutError(TechrevatiError, TimeoutError):
+class TurnTimeoutError(TransientRuntimeError, TimeoutError):
     """A turn did not finish within its ``timeout``.
 
     For sync turns the callable keeps running on its worker thread (a thread
-    cannot be killed); its result is discarded.
+    cannot be killed); its result, when it comes, is dropped. ``started`` is
+    False when the call never began because every worker thread was still
+    busy with earlier calls that outlived their deadlines. A retry policy
+    treats it as ``llm_timeout``; a circuit breaker counts it as a failure.
     """
 
-    def __init__(self, timeout: float, model: str) -> None:
+    scenario = "llm_timeout"
+
+    def __init__(self, timeout: float, model: str, *, started: bool = True) -> None:
         self.timeout = timeout
         self.model = model
-        super().__init__(f"turn on model {model!r} did not finish within {timeout} seconds")
+        self.started = started
+        where = "" if started else " (no worker thread was free: earlier calls still hang)"
+        super().__init__(f"turn on model {model!r} did not finish within {timeout} seconds{where}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (self.timeout, self.model, self.started))
+
+
+def _rebuild_timeout(timeout: float, model: str, started: bool) -> TurnTimeoutError:
+    return TurnTimeoutError(timeout, model, started=started)
 
 
 class MaxIterationsExceededError(TechrevatiError):
@@ -152,7 +188,9 @@ class Orchestrator:
     and recovery context; the shared parts (breaker, budget, registry, sinks)
     are themselves thread-safe. ``budget_usd`` caps each session; ``budget``
     is a :class:`~techrevati.runtime.usage.Budget` shared by every session
-    that uses it (a project-wide cap).
+    that uses it (a project-wide cap). Every argument is checked here, so a
+    wrong one fails at construction with an :class:`InvalidValueError`
+    naming it, never later inside a turn.
     """
 
     def __init__(
@@ -169,50 +207,60 @@ class Orchestrator:
         budget_usd: Decimal | float | int | str | None = None,
         budget: Budget | None = None,
         enforce_budget: bool = True,
+        default_estimate: UsageSnapshot | None = None,
         max_iterations: int | None = None,
         retry: RetryPolicy | None = None,
+        max_total_retries: int | None = None,
         hooks: Iterable[Hook | BaseHook] = (),
         sinks: Iterable[EventSink | UsageSink] = (),
         clock: Clock | None = None,
         wall_clock: WallClock | None = None,
-        sleep: Callable[[float], None] | None = None,
-        async_sleep: Callable[[float], Awaitable[None]] | None = None,
+        sleep: Callable[[float], object] | None = None,
+        async_sleep: Callable[[float], Awaitable[object]] | None = None,
         event_capacity: int = DEFAULT_RING_CAPACITY,
         runner: DeadlineRunner | None = None,
     ) -> None:
-        if not isinstance(role, str) or not role.strip():
-            raise InvalidValueError(f"role must be a non-empty str, got {role!r}")
-        if not isinstance(phase, str) or not phase.strip():
-            raise InvalidValueError(f"phase must be a non-empty str, got {phase!r}")
-        if max_iterations is not None and (
-            not isinstance(max_iterations, int)
-            or isinstance(max_iterations, bool)
-            or max_iterations < 1
+        self.role = non_empty_str("role", role)
+        self.phase = non_empty_str("phase", phase)
+        if project_id is not None and (
+            not isinstance(project_id, str | int) or isinstance(project_id, bool)
         ):
-            raise InvalidValueError(f"max_iterations must be an int >= 1, got {max_iterations!r}")
-        self.role = role
-        self.phase = phase
+            raise InvalidValueError(f"project_id must be a str, an int or None, got {project_id!r}")
         self.project_id = project_id
         self._own_registry = registry is None
+        registry = instance_or_none("registry", registry, AgentRegistry)
         self.registry = AgentRegistry() if registry is None else registry
         if isinstance(permissions, PermissionPolicy):
             permissions = PermissionEnforcer(permissions)
-        self.permissions = permissions
-        self.circuit_breaker = circuit_breaker
-        self.policy_engine = policy_engine
-        self.quality_gate = quality_gate
+        self.permissions = instance_or_none("permissions", permissions, PermissionEnforcer)
+        self.circuit_breaker = instance_or_none("circuit_breaker", circuit_breaker, CircuitBreaker)
+        self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
+        self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
         self.budget_usd = None if budget_usd is None else UsageLimits(max_usd=budget_usd).max_usd
-        self.budget = budget
-        self.enforce_budget = enforce_budget
-        self.max_iterations = max_iterations
-        self.retry = retry
-        self.clock: Clock = time.monotonic if clock is None else clock
-        self.wall_clock: WallClock = utc_now if wall_clock is None else wall_clock
-        self._sleep = time.sleep if sleep is None else sleep
-        self._async_sleep = asyncio.sleep if async_sleep is None else async_sleep
-        self.event_capacity = event_capacity
-        self._runner = runner
-        self.hooks: tuple[Hook | BaseHook, ...] = tuple(hooks)
+        self.budget = instance_or_none("budget", budget, Budget)
+        self.enforce_budget = strict_bool("enforce_budget", enforce_budget)
+        if default_estimate is not None and type(default_estimate) is not UsageSnapshot:
+            raise InvalidValueError(
+                f"default_estimate must be a UsageSnapshot or None, got {default_estimate!r}"
+            )
+        self.default_estimate = default_estimate
+        self.max_iterations = optional_int_at_least("max_iterations", max_iterations, 1)
+        self.retry = instance_or_none("retry", retry, RetryPolicy)
+        self.max_total_retries = optional_int_at_least("max_total_retries", max_total_retries, 0)
+        self.clock: Clock = time.monotonic if clock is None else callable_or_none("clock", clock)
+        self.wall_clock: WallClock = (
+            utc_now if wall_clock is None else callable_or_none("wall_clock", wall_clock)
+        )
+        # The policy's sleeps unless the orchestrator is given its own.
+        self._sleep: Callable[[float], object] = callable_or_none("sleep", sleep) or (
+            self.retry.sleep if self.retry is not None else time.sleep
+        )
+        self._async_sleep: Callable[[float], Awaitable[object]] = callable_or_none(
+            "async_sleep", async_sleep
+        ) or (self.retry.async_sleep if self.retry is not None else asyncio.sleep)
+        self.event_capacity = int_at_least("event_capacity", event_capacity, 1)
+        self._runner = instance_or_none("runner", runner, DeadlineRunner)
+        self.hooks: tuple[Hook | BaseHook, ...] = _checked_hooks(hooks)
         self._points = _hook_table(self.hooks)
         self._model_hooks = bool(self._points["before_model"] or self._points["after_model"])
         self.sinks = SinkFanout(list(sinks))
@@ -240,31 +288,33 @@ class _Turn:
         "estimate",
         "model",
         "models",
+        "read_usage",
         "reservations",
-        "started",
+        "run",
         "timeout",
+        "unreserved",
         "usage",
     )
 
     def __init__(
         self,
-        *,
         model: str,
         models: tuple[str, ...],
         usage: UsageSnapshot | None,
         estimate: UsageSnapshot | None,
         timeout: float | None,
-        started: float,
     ) -> None:
         self.model = model
         self.models = models
         self.usage = usage
         self.estimate = estimate
         self.timeout = timeout
-        self.started = started
         self.attempt = 0
         self.reservations: list[BudgetReservation] = []
+        self.unreserved: list[Budget] = []  # budgets that refused, not enforced: charge after
+        self.read_usage: UsageSnapshot | None = None
         self.call: ModelCall | None = None
+        self.run: RetryRun | None = None
 
 
 class Session:
@@ -281,11 +331,22 @@ class Session:
         self.id = uuid.uuid4().hex
         self.metadata: Mapping[str, object] = dict(metadata or {})
         self.tracker = UsageTracker()
-        self.recovery = RecoveryContext() if orch.retry is None else orch.retry.new_context()
+        policy = orch.retry
+        self.recovery = RecoveryContext(
+            recipes=None if policy is None else policy.recipes,
+            max_total_attempts=orch.max_total_retries,
+        )
+        """Retries of the whole session: their counts, and ``max_total_retries`` as its cap."""
         self.worker: AgentWorker | None = None
-        self._budget = None if orch.budget_usd is None else Budget(max_usd=orch.budget_usd)
+        self._budget = (
+            None
+            if orch.budget_usd is None
+            else Budget(max_usd=orch.budget_usd, default_estimate=orch.default_estimate)
+        )
+        self._budgets = tuple(b for b in (self._budget, orch.budget) if b is not None)
         self._ring = RingBufferSink(orch.event_capacity)
         self._lock = threading.Lock()
+        self._claimed = False
         self._event_counts: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
         self._tool_calls = 0
@@ -345,29 +406,26 @@ class Session:
         (``UsageSnapshot.from_response``) or counted as zero and flagged. If
         ``fn`` accepts a ``model`` keyword it receives the model to use, which
         changes to the next of ``fallback_models`` when a retry recipe says
-        SWITCH_PROVIDER.
+        SWITCH_PROVIDER. With a retry policy, failures are retried by the
+        same engine as :func:`~techrevati.runtime.retry_policy.retry_call`,
+        with a fresh attempt budget each turn.
         """
-        turn = self._begin_turn(
-            model=model,
-            usage=usage,
-            estimate=estimate,
-            timeout=timeout,
-            fallback_models=fallback_models,
-        )
-        wants_model = _accepts_model(fn)
+        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        attempt = self._sync_attempt(fn, turn)
+        clock = self._orch.clock
         while True:
             self._before_attempt(turn)
-            started = self._orch.clock()
+            started = clock()
             try:
-                result = self._call_sync(fn, turn, wants_model)
+                result = attempt()
             except BaseException as exc:
-                delay = self._attempt_failed(turn, exc, self._orch.clock() - started)
-                if delay is None:
+                retry = self._attempt_failed(turn, exc, clock() - started)
+                if retry is None:
                     raise
-                if delay > 0:
-                    self._orch._sleep(delay)
+                if retry.delay_seconds > 0:
+                    self._orch._sleep(retry.delay_seconds)
                 continue
-            return self._attempt_succeeded(turn, result, self._orch.clock() - started)
+            return self._attempt_succeeded(turn, result, clock() - started)
 
     async def arun_turn(
         self,
@@ -380,27 +438,22 @@ class Session:
         fallback_models: Sequence[str] = (),
     ) -> tuple[_T, UsageSnapshot]:
         """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
-        turn = self._begin_turn(
-            model=model,
-            usage=usage,
-            estimate=estimate,
-            timeout=timeout,
-            fallback_models=fallback_models,
-        )
-        wants_model = _accepts_model(fn)
+        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        attempt = self._async_attempt(fn, turn)
+        clock = self._orch.clock
         while True:
             self._before_attempt(turn)
-            started = self._orch.clock()
+            started = clock()
             try:
-                result = await self._call_async(fn, turn, wants_model)
+                result = await attempt()
             except BaseException as exc:
-                delay = self._attempt_failed(turn, exc, self._orch.clock() - started)
-                if delay is None:
+                retry = self._attempt_failed(turn, exc, clock() - started)
+                if retry is None:
                     raise
-                if delay > 0:
-                    await self._orch._async_sleep(delay)
+                if retry.delay_seconds > 0:
+                    await self._orch._async_sleep(retry.delay_seconds)
                 continue
-            return self._attempt_succeeded(turn, result, self._orch.clock() - started)
+            return self._attempt_succeeded(turn, result, clock() - started)
 
     # -- tools --------------------------------------------------------------
 
@@ -588,8 +641,12 @@ class Session:
     # -- lifecycle internals -------------------------------------------------
 
     def _start(self) -> None:
-        if self.worker is not None:
-            raise SessionStateError(f"session {self.id} was already started")
+        with self._lock:
+            claimed, self._claimed = self._claimed, True
+        if claimed:
+            raise SessionStateError(
+                f"session {self.id} was already started: a session is entered once"
+            )
         orch = self._orch
         self.worker = orch.registry.create(
             role=orch.role, phase=orch.phase, project_id=orch.project_id
@@ -668,37 +725,38 @@ class Session:
 
     def _begin_turn(
         self,
-        *,
         model: str,
         usage: UsageSnapshot | None,
         estimate: UsageSnapshot | None,
         timeout: float | None,
         fallback_models: Sequence[str],
     ) -> _Turn:
+        """Check the arguments and the session, count the turn, and make its state."""
+        if type(model) is not str:
+            raise InvalidValueError(f"model must be a str, got {model!r}")
+        if usage is not None and type(usage) is not UsageSnapshot:
+            raise InvalidValueError(f"usage must be a UsageSnapshot or None, got {usage!r}")
+        if estimate is not None and type(estimate) is not UsageSnapshot:
+            raise InvalidValueError(f"estimate must be a UsageSnapshot or None, got {estimate!r}")
+        if timeout is not None:
+            timeout = seconds_or_none("timeout", timeout)
+        models = _fallbacks(fallback_models) if fallback_models else ()
         self._require_running()
         model = model or UNNAMED_MODEL
-        if timeout is not None and not timeout > 0:
-            raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         limit = self._orch.max_iterations
         with self._lock:
-            if limit is not None and self._turns >= limit:
-                refused = True
-            else:
-                refused = False
+            refused = limit is not None and self._turns >= limit
+            if not refused:
                 self._turns += 1
             turn_number = self._turns
         if refused:
             assert limit is not None
             self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
             raise MaxIterationsExceededError(limit)
-        turn = _Turn(
-            model=model,
-            models=tuple(fallback_models),
-            usage=usage,
-            estimate=estimate,
-            timeout=timeout,
-            started=self._orch.clock(),
-        )
+        policy = self._orch.retry
+        if policy is not None and policy.stats is not None:
+            policy.stats._started()
+        turn = _Turn(model, models, usage, estimate, timeout)
         if self._orch._model_hooks:
             # Only hooks look at the ModelCall; without them it is not built.
             turn.call = ModelCall(
@@ -712,40 +770,30 @@ class Session:
         return turn
 
     def _before_attempt(self, turn: _Turn) -> None:
-        """Reserve budget and run before_model hooks for the next attempt."""
+        """Run before_model hooks for the next attempt, then reserve its budget."""
         turn.attempt += 1
         call = turn.call
-        if call is None:
+        if call is not None:
+            if call.attempt != turn.attempt or call.model != turn.model:
+                call = replace(call, model=turn.model, attempt=turn.attempt)
+            for hook in self._orch._points["before_model"]:
+                replaced = self._run_hook(hook, "before_model", hook.before_model, call)
+                if replaced is not None:
+                    if not isinstance(replaced, ModelCall):
+                        raise GuardrailViolatedError(
+                            f"before_model returned {type(replaced).__name__}, not ModelCall",
+                            hook=type(hook).__name__,
+                            point="before_model",
+                        )
+                    call = replaced
+            turn.call = call
+            turn.model = call.model
+        if self._budgets:
             self._reserve(turn)
-            return
-        if call.attempt != turn.attempt or call.model != turn.model:
-            call = ModelCall(
-                model=turn.model,
-                turn=call.turn,
-                attempt=turn.attempt,
-                role=call.role,
-                phase=call.phase,
-                session_id=call.session_id,
-                metadata=call.metadata,
-            )
-        for hook in self._orch._points["before_model"]:
-            replaced = self._run_hook(hook, "before_model", hook.before_model, call)
-            if replaced is not None:
-                if not isinstance(replaced, ModelCall):
-                    raise GuardrailViolatedError(
-                        f"before_model returned {type(replaced).__name__}, not ModelCall",
-                        hook=type(hook).__name__,
-                        point="before_model",
-                    )
-                call = replaced
-        turn.call = call
-        turn.model = call.model
-        self._reserve(turn)
 
     def _reserve(self, turn: _Turn) -> None:
-        for budget in (self._budget, self._orch.budget):
-            if budget is None:
-                continue
+        """Hold the attempt's estimate on every budget; release them all if one refuses."""
+        for budget in self._budgets:
             try:
                 turn.reservations.append(budget.reserve(turn.model, turn.estimate))
             except BudgetExceededError as exc:
@@ -759,6 +807,7 @@ class Session:
                         data={"model": turn.model, "enforced": True},
                     )
                     raise
+                turn.unreserved.append(budget)
                 with self._lock:
                     self._budget_warnings += 1
                 self._emit(
@@ -771,67 +820,104 @@ class Session:
                     exc,
                     extra=self._log_extra(model=turn.model),
                 )
+            except BaseException:
+                self._release(turn)
+                raise
 
     @staticmethod
     def _release(turn: _Turn) -> None:
+        """Drop the attempt's holds: nothing was billed (or nothing is known of it)."""
         reservations, turn.reservations = turn.reservations, []
+        turn.unreserved.clear()
         for reservation in reservations:
             reservation.release()
 
-    def _call_sync(self, fn: Callable[..., _T], turn: _Turn, wants_model: bool) -> _T:
-        target: Callable[[], _T] = (lambda: fn(model=turn.model)) if wants_model else fn
-        breaker = self._orch.circuit_breaker
-        if breaker is not None:
-            inner = target
+    def _charge(self, turn: _Turn, usage: UsageSnapshot) -> TurnCost:
+        """Record a billed attempt: the tracker, then every budget, exactly once."""
+        cost = self.tracker.record_turn(turn.model, usage)
+        reservations, turn.reservations = turn.reservations, []
+        tokens = usage.input_tokens + usage.output_tokens
+        try:
+            for reservation in reservations:
+                # Priced once, by the tracker: the budgets use the same registry.
+                reservation.budget._settle(reservation, cost.cost_femto_usd, tokens)
+        except BaseException:
+            for reservation in reservations:
+                reservation.release()  # a no-op for those already settled
+            raise
+        unreserved, turn.unreserved = turn.unreserved, []
+        for budget in unreserved:
+            budget.charge(turn.model, usage)
+        return cost
+
+    def _sync_attempt(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
+        """One attempt as a plain call: deadline inside, the breaker around it all."""
+        target: Callable[[], _T] = (lambda: fn(model=turn.model)) if _accepts_model(fn) else fn
+        timeout = turn.timeout
+        if timeout is not None:
+            runner = self._orch._runner_for_timeouts()
+            untimed = target
 
             def target() -> _T:
-                return breaker.call(inner)
+                try:
+                    return runner.run(untimed, timeout)
+                except DeadlineExceededError as exc:
+                    raise TurnTimeoutError(timeout, turn.model, started=exc.started) from None
 
-        if turn.timeout is None:
-            return target()
-        try:
-            return self._orch._runner_for_timeouts().run(target, turn.timeout)
-        except DeadlineExceededError:
-            raise TurnTimeoutError(turn.timeout, turn.model) from None
+        inspect_result = self._inspect_result
 
-    async def _call_async(
-        self, fn: Callable[..., Awaitable[_T]], turn: _Turn, wants_model: bool
-    ) -> _T:
-        def make() -> Awaitable[_T]:
-            return fn(model=turn.model) if wants_model else fn()
+        def attempt() -> _T:
+            result = target()
+            inspect_result(turn, result)
+            return result
 
         breaker = self._orch.circuit_breaker
+        if breaker is None:
+            return attempt
+        return lambda: breaker.call(attempt)
 
-        async def guarded() -> _T:
-            if breaker is None:
-                return await make()
-            return await breaker.acall(make)
+    def _async_attempt(
+        self, fn: Callable[..., Awaitable[_T]], turn: _Turn
+    ) -> Callable[[], Awaitable[_T]]:
+        """Async twin of :meth:`_sync_attempt`; the deadline holds even if ``fn`` ignores it."""
+        wants_model = _accepts_model(fn)
+        timeout = turn.timeout
+        inspect_result = self._inspect_result
 
-        if turn.timeout is None:
-            return await guarded()
-        deadline = asyncio.timeout(turn.timeout)
-        try:
-            async with deadline:
-                return await guarded()
-        except TimeoutError:
-            if deadline.expired():
-                raise TurnTimeoutError(turn.timeout, turn.model) from None
-            raise
+        async def attempt() -> _T:
+            awaitable = fn(model=turn.model) if wants_model else fn()
+            if timeout is None:
+                result = await awaitable
+            else:
+                result = await _within(awaitable, timeout, turn.model)
+            inspect_result(turn, result)
+            return result
+
+        breaker = self._orch.circuit_breaker
+        if breaker is None:
+            return attempt
+        return lambda: breaker.acall(attempt)
+
+    @staticmethod
+    def _inspect_result(turn: _Turn, result: object) -> None:
+        """Read the usage of what ``fn`` returned; refuse a stream or a silent failure."""
+        usage = turn.usage
+        if usage is None:
+            usage = turn.read_usage = usage_from_result(result)
+        check_response(result, usage)
 
     def _attempt_succeeded(
         self, turn: _Turn, result: _T, duration: float
     ) -> tuple[_T, UsageSnapshot]:
-        usage = turn.usage
-        flagged = False
+        usage = turn.usage or turn.read_usage
+        flagged = usage is None
         if usage is None:
-            usage = _usage_from(result)
-            if usage is None:
-                usage = UsageSnapshot()
-                flagged = True
-        cost = self.tracker.record_turn(turn.model, usage)
-        reservations, turn.reservations = turn.reservations, []
-        for reservation in reservations:
-            reservation.settle(usage)
+            usage = UsageSnapshot.ZERO
+        try:
+            cost = self._charge(turn, usage)
+        except BaseException:
+            self._release(turn)
+            raise
         if flagged:
             with self._lock:
                 self._turns_without_usage += 1
@@ -851,25 +937,10 @@ class Session:
             },
         )
         if self._orch.sinks.has_usage_sinks:
-            self._orch.sinks.write_usage(
-                UsageRecord(
-                    model=turn.model,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cache_read_tokens=usage.cache_read_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    reasoning_tokens=usage.reasoning_tokens,
-                    cost_usd=cost.cost_usd,
-                    priced=cost.priced,
-                    duration_seconds=duration,
-                    role=self._orch.role,
-                    phase=self._orch.phase,
-                    session_id=self.id,
-                    worker_id=self._require_worker().id,
-                    project_id=self._orch.project_id,
-                    timestamp=self._orch.wall_clock(),
-                )
-            )
+            self._write_usage(turn, usage, cost, duration)
+        policy = self._orch.retry
+        if policy is not None and policy.stats is not None:
+            policy.stats._succeeded()
         for hook in self._orch._points["after_model"]:
             assert turn.call is not None
             replaced = self._run_hook(hook, "after_model", hook.after_model, turn.call, result)
@@ -877,45 +948,67 @@ class Session:
                 result = replaced
         return result, usage
 
-    def _attempt_failed(self, turn: _Turn, exc: BaseException, duration: float) -> float | None:
-        """Record a failed attempt; return the delay before retrying, or None to re-raise."""
-        self._release(turn)
-        if isinstance(exc, GuardrailViolatedError):
-            return None
+    def _write_usage(
+        self, turn: _Turn, usage: UsageSnapshot, cost: TurnCost, duration: float
+    ) -> None:
+        self._orch.sinks.write_usage(
+            UsageRecord(
+                model=turn.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost.cost_usd,
+                priced=cost.priced,
+                duration_seconds=duration,
+                role=self._orch.role,
+                phase=self._orch.phase,
+                session_id=self.id,
+                worker_id=self._require_worker().id,
+                project_id=self._orch.project_id,
+                timestamp=self._orch.wall_clock(),
+            )
+        )
+
+    def _attempt_failed(
+        self, turn: _Turn, exc: BaseException, duration: float
+    ) -> RetryAttempt | None:
+        """Settle and record a failed attempt; return the retry to make, or None to re-raise.
+
+        Raises :class:`RetriesExhaustedError` from ``exc`` when attempts run out.
+        """
+        billed = usage_from_exception(exc) if isinstance(exc, Exception) else None
+        if billed is None:
+            self._release(turn)
+            cost = None
+        else:
+            cost = self._charge(turn, billed)
+            if self._orch.sinks.has_usage_sinks:
+                self._write_usage(turn, billed, cost, duration)
         failure = failure_class_of(exc)
         self._record_failure(failure)
         if isinstance(exc, TurnTimeoutError):
             with self._lock:
                 self._timed_out = True
-        name = EventName.TURN_FAILED
-        data: dict[str, object] = {
-            "model": turn.model,
-            "attempt": turn.attempt,
-            "duration_seconds": duration,
-            "error_type": type(exc).__name__,
-        }
-        if isinstance(exc, CircuitOpenError):
-            name = EventName.BREAKER_REJECTED
-            data["retry_after"] = exc.retry_after
-        self._emit(name, failure_class=failure, detail=_short(exc), data=data)
+        self._emit_failure(
+            turn=turn, exc=exc, failure=failure, duration=duration, billed=billed, cost=cost
+        )
         policy = self._orch.retry
-        if policy is None or not _retryable_by_policy(exc):
+        if policy is None or not isinstance(exc, Exception):
             return None
-        assert isinstance(exc, Exception)
-        info = inspect_exception(exc)
-        if turn.attempt >= policy.attempt_limit():
+        run = turn.run
+        if run is None:
+            run = turn.run = RetryRun(policy, cap=self.recovery)
+        try:
+            retry = run.failed(exc)
+        except RetriesExhaustedError:
             with self._lock:
                 self._retries_exhausted = True
+            raise
+        if retry is None:
             return None
-        recovery = attempt_recovery(info.scenario, self.recovery, failure=info, policy=policy)
-        if recovery.outcome != "recovered":
-            # Escalation, or a partial recovery whose steps (reduce the
-            # context, refresh credentials) only the caller can carry out.
-            if recovery.outcome == "escalation_required" and info.retryable:
-                with self._lock:
-                    self._retries_exhausted = True
-            return None
-        if RecoveryStep.SWITCH_PROVIDER in recovery.recovered_steps and turn.models:
+        if RecoveryStep.SWITCH_PROVIDER in retry.steps and turn.models:
             previous = turn.model
             turn.model, turn.models = turn.models[0], turn.models[1:]
             self._emit(
@@ -923,21 +1016,46 @@ class Session:
                 detail=f"{previous} -> {turn.model}",
                 data={"from_model": previous, "model": turn.model},
             )
-        delay = 0.0 if is_testing() else recovery.delay_seconds
         with self._lock:
             self._retries += 1
         self._emit(
             EventName.TURN_RETRIED,
             failure_class=failure,
-            detail=recovery.reason,
+            detail=retry.reason,
             data={
                 "model": turn.model,
                 "attempt": turn.attempt,
-                "delay_seconds": delay,
-                "scenario": info.scenario.value,
+                "delay_seconds": retry.delay_seconds,
+                "scenario": retry.failure.scenario.value,
             },
         )
-        return delay
+        return retry
+
+    def _emit_failure(
+        self,
+        *,
+        turn: _Turn,
+        exc: BaseException,
+        failure: AgentFailureClass,
+        duration: float,
+        billed: UsageSnapshot | None,
+        cost: TurnCost | None,
+    ) -> None:
+        name = EventName.TURN_FAILED
+        data: dict[str, object] = {
+            "model": turn.model,
+            "attempt": turn.attempt,
+            "duration_seconds": duration,
+            "error_type": type(exc).__name__,
+        }
+        if billed is not None and cost is not None:
+            data["input_tokens"] = billed.input_tokens
+            data["output_tokens"] = billed.output_tokens
+            data["cost_usd"] = _usd_text(cost.cost_femto_usd)
+        if isinstance(exc, CircuitOpenError):
+            name = EventName.BREAKER_REJECTED
+            data["retry_after"] = exc.retry_after
+        self._emit(name, failure_class=failure, detail=_short(exc), data=data)
 
     # -- tool internals -------------------------------------------------------
 
@@ -1082,18 +1200,6 @@ class Session:
         return extra
 
 
-def _retryable_by_policy(exc: BaseException) -> bool:
-    """Whether a retry policy may look at ``exc`` at all.
-
-    Cancellation, the runtime's own refusals (budget, permissions, guardrails,
-    an open breaker) and anything not an ``Exception`` are never retried; a
-    turn timeout is.
-    """
-    if isinstance(exc, TurnTimeoutError):
-        return True
-    return isinstance(exc, Exception) and not isinstance(exc, TechrevatiError)
-
-
 def failure_class_of(exc: BaseException) -> AgentFailureClass:
     """Classify any exception a session sees into an :class:`AgentFailureClass`."""
     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
@@ -1102,17 +1208,79 @@ def failure_class_of(exc: BaseException) -> AgentFailureClass:
         return AgentFailureClass.BUDGET_EXCEEDED
     if isinstance(exc, PermissionDeniedError):
         return AgentFailureClass.PERMISSION_DENIED
-    if isinstance(exc, GuardrailViolatedError):
+    if isinstance(exc, (GuardrailViolatedError, InvalidValueError, StreamResultError)):
         return AgentFailureClass.VALIDATION_ERROR
     if isinstance(exc, CircuitOpenError):
         return AgentFailureClass.DEPENDENCY_FAILED
-    if isinstance(exc, TurnTimeoutError):
-        return AgentFailureClass.LLM_TIMEOUT
-    if isinstance(exc, InvalidValueError):
-        return AgentFailureClass.VALIDATION_ERROR
+    if isinstance(exc, TransientRuntimeError):
+        return failure_class_for(FailureScenario(exc.scenario))
+    if isinstance(exc, RetriesExhaustedError):
+        return failure_class_for(exc.scenario)
     if not isinstance(exc, Exception):
         return AgentFailureClass.UNKNOWN
     return failure_class_for(inspect_exception(exc).scenario)
+
+
+async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
+    """Await ``awaitable`` for at most ``timeout`` seconds, even if it ignores cancellation.
+
+    At the deadline the task is cancelled and the caller moves on at once: a
+    coroutine that swallows the cancellation keeps running in the background,
+    is reported on the log, and its result is dropped.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except BaseException:  # the caller was cancelled meanwhile
+        task.cancel()
+        task.add_done_callback(_forget_late)
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    await asyncio.sleep(0)  # one loop step: a coroutine that honours cancellation ends here
+    if not task.done():
+        _log.warning(
+            "turn on model %r passed its %ss deadline and did not stop when cancelled; "
+            "it runs on in the background and its result will be dropped",
+            model,
+            timeout,
+        )
+    task.add_done_callback(_forget_late)
+    raise TurnTimeoutError(timeout, model)
+
+
+def _forget_late(task: asyncio.Future[Any]) -> None:
+    """Retrieve a late task's outcome so asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("a turn's late call failed after its deadline", exc_info=task.exception())
+
+
+def _fallbacks(models: object) -> tuple[str, ...]:
+    if isinstance(models, str | bytes) or not isinstance(models, Sequence):
+        raise InvalidValueError(
+            f"fallback_models must be a sequence of model names (a list, not a str), got {models!r}"
+        )
+    for name in models:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidValueError(
+                f"fallback_models must hold non-empty str model names, got {name!r} in {models!r}"
+            )
+    return tuple(models)
+
+
+def _checked_hooks(hooks: Iterable[object]) -> tuple[Any, ...]:
+    """Return the hooks as a tuple; each must implement at least one hook point."""
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+        raise InvalidValueError(f"hooks must be an iterable of hook objects, got {hooks!r}")
+    checked = tuple(hooks)
+    for hook in checked:
+        if not any(callable(getattr(hook, point, None)) for point in HOOK_POINTS):
+            raise InvalidValueError(
+                f"each hook must implement one of {', '.join(HOOK_POINTS)} "
+                f"(subclass BaseHook), got {hook!r}"
+            )
+    return checked
 
 
 _LEVEL_BY_NAME: Final[Mapping[str, int]] = {
@@ -1190,16 +1358,6 @@ def _accepts_model(fn: Callable[..., object]) -> bool:
         return "model" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _usage_from(result: object) -> UsageSnapshot | None:
-    """Read usage from a model response when it carries one; ``None`` otherwise."""
-    if result is None or isinstance(result, (str, bytes, int, float, bool)):
-        return None
-    try:
-        return UsageSnapshot.from_response(result)
-    except (TechrevatiError, ValueError, TypeError):
-        return None
 
 
 _FEMTO_PER_USD: Final = 10**15

@@ -42,7 +42,7 @@ from techrevati.runtime._classify import (
     failure_class_for,
     inspect_exception,
 )
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError, TransientRuntimeError
 
 __all__ = [
     "AUTOMATIC_STEPS",
@@ -70,6 +70,7 @@ __all__ = [
     "RetryAfterTooLongError",
     "RetryAttempt",
     "RetryPolicy",
+    "RetryRun",
     "RetryStats",
     "aattempt_recovery",
     "accepts_retry_after",
@@ -279,7 +280,8 @@ class RecoveryRecord:
 class RetryAttempt:
     """What an ``on_retry`` hook receives before each wait.
 
-    ``attempt`` is the number of the call that just failed (1-based).
+    ``attempt`` is the number of the call that just failed (1-based);
+    ``steps`` are the automatic recipe steps to apply (wait, switch model).
     """
 
     attempt: int
@@ -287,6 +289,8 @@ class RetryAttempt:
     failure: FailureInfo
     steps: tuple[RecoveryStep, ...]
     exception: Exception
+    reason: str = ""
+    """Why the retry was granted, in words (the recipe's reason)."""
 
 
 class RetriesExhaustedError(TechrevatiError):
@@ -419,6 +423,19 @@ class RecoveryContext:
                 "total_attempts": self._total,
                 "escalations": self._escalations,
             }
+
+    def _claim_total(self, scenario: FailureScenario) -> bool:
+        """Count one retry granted elsewhere (a :class:`RetryRun` using this as its cap).
+
+        Returns False, counting an escalation, when ``max_total_attempts`` is used up.
+        """
+        with self._lock:
+            if self._max_total is not None and self._total >= self._max_total:
+                self._escalations += 1
+                return False
+            self._total += 1
+            self._counts[scenario] = self._counts.get(scenario, 0) + 1
+            return True
 
     def _recover(
         self, recipe: RecoveryRecipe, failure: FailureInfo | None, policy: RetryPolicy
@@ -721,89 +738,134 @@ class RetryPolicy:
         return RecoveryContext(recipes=self.recipes)
 
 
-class _Run:
-    """The bookkeeping of one retry run, shared by the sync and async loops."""
+class RetryRun:
+    """The one retry state machine: feed it each failure, it says what to do next.
 
-    __slots__ = ("attempt", "context", "limit", "policy", "previous")
+    Sans-I/O: it never calls, sleeps or reads a clock of its own, so the same
+    object drives :func:`retry_call`, :func:`aretry_call`, :func:`retrying`
+    and a session's ``run_turn``/``arun_turn``; only their shells differ
+    (call, sleep or ``await``). Make one per run (one call, or one turn):
+    attempt budgets are per run. ``cap``, a :class:`RecoveryContext` shared
+    by many runs, adds a cap across them (its ``max_total_attempts``) and
+    keeps their combined counts.
+    """
 
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.context = policy.new_context()
-        self.limit = policy.attempt_limit()
+    __slots__ = ("_cap", "_context", "_limit", "_policy", "_previous", "attempt", "exhausted")
+
+    def __init__(self, policy: RetryPolicy, *, cap: RecoveryContext | None = None) -> None:
+        self._policy = policy
+        self._cap = cap
+        self._context = policy.new_context()
+        self._limit = policy.attempt_limit()
+        self._previous: float | None = None
         self.attempt = 0
-        self.previous: float | None = None
-        if policy.stats is not None:
-            policy.stats._started()
+        """Failed calls seen so far."""
+        self.exhausted = False
+        """Whether the run ended in :class:`RetriesExhaustedError`."""
 
-    def succeeded(self) -> None:
-        if self.policy.stats is not None:
-            self.policy.stats._succeeded()
+    def failed(self, exc: Exception) -> RetryAttempt | None:
+        """Decide on one failed call: the retry to make, or None to re-raise ``exc`` unchanged.
 
-    def failed(self, exc: Exception) -> float | None:
-        """Return the delay before the next attempt, or None to re-raise ``exc`` unchanged.
-
-        Raises :class:`RetriesExhaustedError` (from ``exc``) when attempts run out.
+        Raises :class:`RetriesExhaustedError` (from ``exc``) when the
+        attempts run out. The runtime's own refusals (a
+        :class:`~techrevati.runtime.errors.TechrevatiError` that is not a
+        :class:`~techrevati.runtime.errors.TransientRuntimeError`) are never
+        retried. ``on_retry`` and ``stats`` are called from here.
         """
-        policy = self.policy
+        policy = self._policy
         self.attempt += 1
-        info = inspect_exception(exc, clock=policy.clock)
+        info = _failure_info(exc, policy)
         stats = policy.stats
         if stats is not None:
             stats._failed(info.scenario)
+        if isinstance(exc, TechrevatiError) and not isinstance(exc, TransientRuntimeError):
+            self._give_up()
+            return None
         if policy.retry_on is not None:
-            if not policy.retry_on(exc):
-                self._give_up()
-                return None
-            hint = info.retry_after
-            if hint is not None and hint > policy.max_retry_after:
-                self._give_up()
-                return None
-            self._check_left(exc, info)
-            if _testing.enabled:
-                delay = 0.0
-            elif hint is not None:
-                delay = hint
-            else:
-                delay = policy.backoff(self.attempt, previous=self.previous)
-            steps: tuple[RecoveryStep, ...] = (
-                (RecoveryStep.WAIT_FOR_RETRY_AFTER,)
-                if hint is not None
-                else (RecoveryStep.RETRY_WITH_BACKOFF,)
-            )
+            retry = self._decide_by_predicate(policy.retry_on, exc, info)
         else:
-            # The recipe decides (with x-should-retry and the hint limit); charging the
-            # run's own context for a retry that then hits max_attempts is harmless.
-            recovery = self.context._recover(self.context.recipe_for(info.scenario), info, policy)
-            if recovery.outcome is not RecoveryOutcome.RECOVERED:
-                if recovery.exhausted:
-                    self._exhausted(exc, info, recovery.reason)
-                self._give_up()
-                return None
-            self._check_left(exc, info)
-            delay = recovery.delay_seconds
-            steps = recovery.recovered_steps
+            retry = self._decide_by_recipe(exc, info)
+        if retry is None:
+            self._give_up()
+            return None
+        if self._cap is not None and not self._cap._claim_total(info.scenario):
+            limit = self._cap.max_total_attempts
+            self._exhausted(exc, info, f"all {limit} retries shared across runs used")
         if policy.on_retry is not None:
             try:
-                policy.on_retry(RetryAttempt(self.attempt, delay, info, steps, exc))
+                policy.on_retry(retry)
             except Exception:
                 _LOG.warning("on_retry hook failed; retrying anyway", exc_info=True)
         if stats is not None:
             stats._retried()
-        self.previous = delay
-        return delay
+        self._previous = retry.delay_seconds
+        return retry
+
+    def _decide_by_predicate(
+        self, retry_on: Callable[[Exception], bool], exc: Exception, info: FailureInfo
+    ) -> RetryAttempt | None:
+        """Let ``retry_on`` alone decide what is retried, bounded by ``max_attempts``."""
+        policy = self._policy
+        if not retry_on(exc):
+            return None
+        hint = info.retry_after
+        if hint is not None and hint > policy.max_retry_after:
+            return None
+        self._check_left(exc, info)
+        if _testing.enabled:
+            delay = 0.0
+        elif hint is not None:
+            delay = hint
+        else:
+            delay = policy.backoff(self.attempt, previous=self._previous)
+        step = (
+            RecoveryStep.WAIT_FOR_RETRY_AFTER
+            if hint is not None
+            else RecoveryStep.RETRY_WITH_BACKOFF
+        )
+        reason = f"retry_on accepted {info.exception_type or 'the error'}; wait {delay:.3f}s"
+        return RetryAttempt(self.attempt, delay, info, (step,), exc, reason)
+
+    def _decide_by_recipe(self, exc: Exception, info: FailureInfo) -> RetryAttempt | None:
+        """Let the scenario's recipe decide (with ``x-should-retry`` and the hint limit)."""
+        context = self._context
+        recovery = context._recover(context.recipe_for(info.scenario), info, self._policy)
+        if recovery.outcome is not RecoveryOutcome.RECOVERED:
+            if recovery.exhausted:
+                self._exhausted(exc, info, recovery.reason)
+            return None
+        self._check_left(exc, info)
+        return RetryAttempt(
+            self.attempt,
+            recovery.delay_seconds,
+            info,
+            recovery.recovered_steps,
+            exc,
+            recovery.reason,
+        )
 
     def _check_left(self, exc: Exception, info: FailureInfo) -> None:
-        if self.attempt >= self.limit:
-            self._exhausted(exc, info, f"max_attempts={self.limit} reached")
+        if self.attempt >= self._limit:
+            self._exhausted(exc, info, f"max_attempts={self._limit} reached")
 
     def _exhausted(self, exc: Exception, info: FailureInfo, reason: str) -> NoReturn:
-        if self.policy.stats is not None:
-            self.policy.stats._ended(exhausted=True)
+        self.exhausted = True
+        if self._policy.stats is not None:
+            self._policy.stats._ended(exhausted=True)
         raise RetriesExhaustedError(self.attempt, info, reason) from exc
 
     def _give_up(self) -> None:
-        if self.policy.stats is not None:
-            self.policy.stats._ended(exhausted=False)
+        if self._policy.stats is not None:
+            self._policy.stats._ended(exhausted=False)
+
+
+def _failure_info(exc: Exception, policy: RetryPolicy) -> FailureInfo:
+    """Read ``exc``; a failure the runtime detected itself says what it is."""
+    if isinstance(exc, TransientRuntimeError):
+        return FailureInfo(
+            FailureScenario(exc.scenario), retryable=True, exception_type=type(exc).__name__
+        )
+    return inspect_exception(exc, clock=policy.clock)
 
 
 def recipe_for(
@@ -1028,18 +1090,24 @@ def _retry_sync(
     kwargs: Mapping[str, object],
     policy: RetryPolicy,
 ) -> T:
-    run = _Run(policy)
+    stats = policy.stats
+    if stats is not None:
+        stats._started()
+    run: RetryRun | None = None  # built on the first failure: success costs nothing
     while True:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            delay = run.failed(exc)
-            if delay is None:
+            if run is None:
+                run = RetryRun(policy)
+            retry = run.failed(exc)
+            if retry is None:
                 raise
-            if delay > 0:
-                policy.sleep(delay)
+            if retry.delay_seconds > 0:
+                policy.sleep(retry.delay_seconds)
             continue
-        run.succeeded()
+        if stats is not None:
+            stats._succeeded()
         return result
 
 
@@ -1049,18 +1117,24 @@ async def _retry_async(
     kwargs: Mapping[str, object],
     policy: RetryPolicy,
 ) -> T:
-    run = _Run(policy)
+    stats = policy.stats
+    if stats is not None:
+        stats._started()
+    run: RetryRun | None = None
     while True:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            delay = run.failed(exc)
-            if delay is None:
+            if run is None:
+                run = RetryRun(policy)
+            retry = run.failed(exc)
+            if retry is None:
                 raise
-            if delay > 0:
-                await policy.async_sleep(delay)
+            if retry.delay_seconds > 0:
+                await policy.async_sleep(retry.delay_seconds)
             continue
-        run.succeeded()
+        if stats is not None:
+            stats._succeeded()
         return result
 
 

@@ -539,7 +539,7 @@ class UsageTracker:
                 totals.cache_write += cache_write
                 totals.reasoning += reasoning
         if self._budget is not None:
-            self._budget._add_spend(femto, inp + out)
+            self._budget._add_spend(model, femto, inp + out)
         return _new_turn_cost(TurnCost, (model, usage, femto, True))
 
     def cost_for_turn(self, model: str, usage: UsageSnapshot) -> Decimal:
@@ -656,7 +656,7 @@ class UsageTracker:
             if pricing is None:
                 totals.unpriced_turns += 1
         if self._budget is not None:
-            self._budget._add_spend(femto, usage.input_tokens + usage.output_tokens)
+            self._budget._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return TurnCost(name, usage, femto, pricing is not None)
 
 
@@ -679,6 +679,13 @@ class Budget:
     still count. With ``fail_closed_on_unpriced=True`` and a dollar cap,
     :meth:`check_before` and :meth:`reserve` refuse unpriced models instead.
     Exact under concurrency: one lock guards integer femto-dollar sums.
+
+    A call given no estimate holds what this budget expects that model to
+    cost: the larger of its mean and its last actual cost and tokens (both
+    learned from every settled or charged call), or ``default_estimate``
+    for a model not seen yet (nothing without one). So concurrent callers
+    overshoot a cap by at most the sum, over the calls in flight, of how much
+    each one's actual cost exceeded what it held.
     """
 
     __slots__ = (
@@ -692,8 +699,10 @@ class Budget:
         "_reserved_femto",
         "_reserved_requests",
         "_reserved_tokens",
+        "_seen",
         "_spent_femto",
         "_spent_tokens",
+        "default_estimate",
     )
 
     def __init__(
@@ -704,6 +713,7 @@ class Budget:
         max_total_tokens: int | None = None,
         max_requests: int | None = None,
         fail_closed_on_unpriced: bool = False,
+        default_estimate: UsageSnapshot | None = None,
     ) -> None:
         keywords = (max_usd, max_total_tokens, max_requests)
         if limits is None:
@@ -718,6 +728,14 @@ class Budget:
             raise InvalidValueError(
                 f"fail_closed_on_unpriced must be a bool, got {fail_closed_on_unpriced!r}"
             )
+        if default_estimate is not None and type(default_estimate) is not UsageSnapshot:
+            raise InvalidValueError(
+                f"default_estimate must be a UsageSnapshot or None, got {default_estimate!r}"
+            )
+        self.default_estimate = default_estimate
+        """What a call of a model this budget has not seen yet holds (``None``: nothing)."""
+        # Per model: calls, cost and tokens summed, cost and tokens of the last call.
+        self._seen: dict[str, list[int]] = {}
         self._limits = limits
         self._max_femto = limits._max_femto
         self._max_tokens = limits.max_total_tokens
@@ -786,12 +804,15 @@ class Budget:
         Refuses when any limit is already reached (spent + reserved >= limit)
         or when spent + reserved + the estimate's cost, tokens, or one more
         request would go past it. The estimate is priced for ``model``; with
-        ``model=""`` (no model) it costs nothing. Reserves nothing: use
+        ``model=""`` (no model) it costs nothing; with no estimate the call
+        is expected to cost what the class docstring says. Reserves nothing: use
         :meth:`reserve` when calls may run concurrently.
         """
         name = "" if model == "" else _model_name(model)
         femto, tokens = self._price_estimate(name, estimate)
         with self._lock:
+            if estimate is None and name:
+                femto, tokens = self._expected_locked(name, (femto, tokens))
             self._refuse_if_over(femto, tokens, name)
 
     def check_after(self) -> None:
@@ -818,6 +839,8 @@ class Budget:
         name = _model_name(model)
         femto, tokens = self._price_estimate(name, estimate)
         with self._lock:
+            if estimate is None:
+                femto, tokens = self._expected_locked(name, (femto, tokens))
             self._refuse_if_over(femto, tokens, name)
             self._reserved_femto += femto
             self._reserved_tokens += tokens
@@ -834,7 +857,7 @@ class Budget:
         name = _model_name(model)
         pricing = _lookup(name)
         femto = 0 if pricing is None else _femto(pricing, usage)
-        self._add_spend(femto, usage.input_tokens + usage.output_tokens)
+        self._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return TurnCost(name, usage, femto, pricing is not None)
 
     def is_exceeded(self) -> bool:
@@ -888,7 +911,9 @@ class Budget:
                 model=name,
             )
         if estimate is None:
-            return 0, 0
+            estimate = self.default_estimate
+            if estimate is None:
+                return 0, 0
         femto = 0 if pricing is None else _femto(pricing, estimate)
         return femto, estimate.total_tokens
 
@@ -948,11 +973,32 @@ class Budget:
             model=model,
         )
 
-    def _add_spend(self, femto: int, tokens: int) -> None:
+    def _add_spend(self, name: str, femto: int, tokens: int) -> None:
         with self._lock:
             self._spent_femto += femto
             self._spent_tokens += tokens
             self._requests += 1
+            self._learn_locked(name, femto, tokens)
+
+    def _learn_locked(self, name: str, femto: int, tokens: int) -> None:
+        """Fold one call's actual cost into the model's running figures (lock held)."""
+        seen = self._seen.get(name)
+        if seen is None:
+            self._seen[name] = [1, femto, tokens, femto, tokens]
+            return
+        seen[0] += 1
+        seen[1] += femto
+        seen[2] += tokens
+        seen[3] = femto
+        seen[4] = tokens
+
+    def _expected_locked(self, name: str, default: tuple[int, int]) -> tuple[int, int]:
+        """Return what a call with no estimate is expected to cost: max(mean, last) (lock held)."""
+        seen = self._seen.get(name)
+        if seen is None:
+            return default
+        calls, femto, tokens, last_femto, last_tokens = seen
+        return max(-(-femto // calls), last_femto), max(-(-tokens // calls), last_tokens)
 
     def _settle(self, reservation: BudgetReservation, femto: int, tokens: int) -> None:
         with self._lock:
@@ -969,6 +1015,7 @@ class Budget:
             self._spent_femto += femto
             self._spent_tokens += tokens
             self._requests += 1
+            self._learn_locked(reservation.model, femto, tokens)
 
     def _release(self, reservation: BudgetReservation) -> bool:
         with self._lock:

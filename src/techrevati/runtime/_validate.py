@@ -1,0 +1,91 @@
+"""Argument checks written once, with one message format naming the argument and the value.
+
+Each raises :class:`~techrevati.runtime.errors.InvalidValueError` at once
+(never a raw ``TypeError`` later) and returns the value, so a constructor
+can check and store in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Final, TypeVar
+
+from techrevati.runtime.errors import InvalidValueError
+
+__all__ = [
+    "MAX_SECONDS",
+    "callable_or_none",
+    "instance_or_none",
+    "int_at_least",
+    "non_empty_str",
+    "optional_int_at_least",
+    "seconds_or_none",
+    "strict_bool",
+]
+
+_T = TypeVar("_T")
+
+MAX_SECONDS: Final = float(threading.TIMEOUT_MAX)
+"""The longest wait the platform's locks and events accept."""
+
+
+def non_empty_str(name: str, value: object) -> str:
+    """Return ``value`` if it is a str with a non-blank character."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValueError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def strict_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is exactly ``True`` or ``False`` (not ``"no"``, not ``0``)."""
+    if not isinstance(value, bool):
+        raise InvalidValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def int_at_least(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def optional_int_at_least(name: str, value: object, minimum: int) -> int | None:
+    """Return ``value`` if it is ``None`` or an int (not a bool) >= ``minimum``."""
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or value < minimum
+    ):
+        raise InvalidValueError(f"{name} must be None or an int >= {minimum}, got {value!r}")
+    return value
+
+
+def seconds_or_none(name: str, value: object) -> float | None:
+    """Return ``value`` as float seconds: ``None``, or a finite number > 0 a lock can wait."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_SECONDS
+    ):
+        raise InvalidValueError(
+            f"{name} must be None or a number of seconds > 0 and <= {MAX_SECONDS:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def callable_or_none(name: str, value: _T) -> _T:
+    """Return ``value`` if it is ``None`` or callable."""
+    if value is not None and not callable(value):
+        raise InvalidValueError(f"{name} must be callable or None, got {value!r}")
+    return value
+
+
+def instance_or_none(name: str, value: _T, kind: type | tuple[type, ...]) -> _T:
+    """Return ``value`` if it is ``None`` or an instance of ``kind``."""
+    if value is not None and not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise InvalidValueError(f"{name} must be a {names} or None, got {value!r}")
+    return value
