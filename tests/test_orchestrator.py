@@ -294,7 +294,11 @@ def test_retry_honours_wait_hint_then_succeeds() -> None:
     with orch.session() as session:
         assert session.run_turn(flaky, model="m", usage=USAGE)[0] == "ok"
     assert clock.slept == [7.0]
-    assert session.summary()["recovery"] == {"retries": 1, "retries_exhausted": False}
+    assert session.summary()["recovery"] == {
+        "retries": 1,
+        "retries_exhausted": False,
+        "max_total_retries": None,
+    }
 
 
 def test_fallback_models_are_passed_to_fn_that_accepts_model() -> None:

@@ -630,7 +630,11 @@ class Session:
             "budget_warnings": budget_warnings,
             "usage": usage,
             "failures": failures,
-            "recovery": {"retries": retries, "retries_exhausted": exhausted},
+            "recovery": {
+                "retries": retries,
+                "retries_exhausted": exhausted,
+                "max_total_retries": self._orch.max_total_retries,
+            },
             "event_counts": counts,
             "events_dropped": self._ring.dropped,
             "sink_failures": self._orch.sinks.failure_count,

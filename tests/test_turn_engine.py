@@ -1,0 +1,741 @@
+"""The session's turn engine: retries per turn, timeouts and the breaker, budgets on every path.
+
+These use plain fakes; tests/test_turns_real_http.py drives the same paths
+with the real SDK clients over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from techrevati.runtime import (
+    AgentStatus,
+    Budget,
+    BudgetExceededError,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    EventName,
+    GuardrailViolatedError,
+    InvalidValueError,
+    ModelPricing,
+    Orchestrator,
+    RetriesExhaustedError,
+    RetryAttempt,
+    RetryPolicy,
+    RetryStats,
+    SessionStateError,
+    TurnTimeoutError,
+    UsageSnapshot,
+    aretry_call,
+    clear_pricing,
+    register_pricing,
+    retry_call,
+)
+from techrevati.runtime._runner import DeadlineRunner
+from techrevati.runtime.orchestrator import EmptyResponseError, StreamResultError
+
+USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
+COST = Decimal("0.0045")  # 1000 * 3e-6 + 100 * 15e-6
+
+
+@pytest.fixture(autouse=True)
+def _pricing() -> Iterator[None]:
+    clear_pricing()
+    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
+    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
+    yield
+    clear_pricing()
+
+
+class StatusError(Exception):
+    def __init__(self, status_code: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"status {status_code}")
+        self.status_code = status_code
+        self.headers = headers or {}
+
+
+class Sleeps:
+    """Records the waits asked for; never waits."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def _orch(**kwargs: Any) -> Orchestrator:
+    return Orchestrator(role="writer", phase="draft", **kwargs)
+
+
+# -- attempts are counted per turn ---------------------------------------------------
+
+
+def test_a_long_session_survives_a_transient_429_every_tenth_turn() -> None:
+    sleeps = Sleeps()
+    orch = _orch(retry=RetryPolicy(max_attempts=3, sleep=sleeps))
+    pending: list[Exception] = []
+
+    def flaky() -> str:
+        if pending:
+            raise pending.pop()
+        return "ok"
+
+    with orch.session() as session:
+        for turn in range(1000):
+            if turn % 10 == 9:  # one transient 429 every 10 turns
+                pending.append(StatusError(429, {"retry-after": "1"}))
+            assert session.run_turn(flaky, model="m", usage=USAGE)[0] == "ok"
+    summary = session.summary()
+    assert summary["turns"] == 1000
+    assert summary["recovery"] == {
+        "retries": 100,
+        "retries_exhausted": False,
+        "max_total_retries": None,
+    }
+    assert sleeps.slept == [1.0] * 100
+
+
+def test_max_total_retries_caps_the_whole_session() -> None:
+    orch = _orch(retry=RetryPolicy(max_attempts=5, sleep=Sleeps()), max_total_retries=2)
+    failures = iter([StatusError(503), StatusError(503), StatusError(503)])
+
+    def fn() -> str:
+        raise next(failures)
+
+    with pytest.raises(RetriesExhaustedError) as caught, orch.session() as session:
+        session.run_turn(fn, model="m", usage=USAGE)
+    # The recipe (3 retries) and max_attempts (5) would allow a third retry.
+    assert "all 2 retries shared" in str(caught.value)
+    assert caught.value.attempts == 3
+    assert session.recovery.total_attempts == 2
+
+
+def test_max_total_retries_lets_later_turns_run_without_retrying() -> None:
+    orch = _orch(retry=RetryPolicy(max_attempts=5, sleep=Sleeps()), max_total_retries=1)
+    script: list[object] = [StatusError(503), "a", StatusError(503)]
+
+    def fn() -> object:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    with orch.session() as session:
+        assert session.run_turn(fn, model="m", usage=USAGE)[0] == "a"
+        with pytest.raises(RetriesExhaustedError):
+            session.run_turn(fn, model="m", usage=USAGE)
+    assert session.summary()["recovery"]["retries"] == 1  # type: ignore[index]
+
+
+# -- one policy, one meaning ---------------------------------------------------------
+
+
+def _via_retry_call(policy: RetryPolicy, fn: Callable[[], str]) -> str:
+    return retry_call(fn, policy=policy)
+
+
+def _via_aretry_call(policy: RetryPolicy, fn: Callable[[], str]) -> str:
+    async def afn() -> str:
+        return fn()
+
+    return asyncio.run(aretry_call(afn, policy=policy))
+
+
+def _via_run_turn(policy: RetryPolicy, fn: Callable[[], str]) -> str:
+    with _orch(retry=policy).session() as session:
+        return session.run_turn(fn, model="m", usage=USAGE)[0]
+
+
+def _via_arun_turn(policy: RetryPolicy, fn: Callable[[], str]) -> str:
+    async def main() -> str:
+        async def afn() -> str:
+            return fn()
+
+        async with _orch(retry=policy).asession() as session:
+            return (await session.arun_turn(afn, model="m", usage=USAGE))[0]
+
+    return asyncio.run(main())
+
+
+ENTRY_POINTS = [_via_retry_call, _via_aretry_call, _via_run_turn, _via_arun_turn]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda f: f.__name__)
+def test_a_policy_means_the_same_everywhere(entry: Callable[..., str]) -> None:
+    """sleep, async_sleep, clock (HTTP-date hints), retry_on, on_retry and stats."""
+    sleeps = Sleeps()
+    seen: list[RetryAttempt] = []
+    stats = RetryStats()
+    # An HTTP-date hint 7 s after the policy's injected wall clock.
+    date_hint = {"retry-after": "Sun, 01 Nov 2026 00:00:07 GMT"}
+    policy = RetryPolicy(
+        max_attempts=4,
+        retry_on=lambda exc: isinstance(exc, StatusError) and exc.status_code != 418,
+        on_retry=seen.append,
+        stats=stats,
+        sleep=sleeps,
+        async_sleep=sleeps.async_sleep,
+        clock=lambda: 1_793_491_200.0,  # 2026-11-01T00:00:00Z
+        seed=7,
+    )
+    script: list[object] = [StatusError(503, date_hint), StatusError(400), "done"]
+
+    def fn() -> str:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return str(item)
+
+    assert entry(policy, fn) == "done"
+    assert sleeps.slept[0] == 7.0  # read against the policy's clock, not the real one
+    assert len(sleeps.slept) == 2  # retry_on retried the 400 too, the recipe would not
+    assert [a.attempt for a in seen] == [1, 2]
+    assert stats.snapshot() == {
+        "calls": 1,
+        "successes": 1,
+        "failures": 2,
+        "retries": 2,
+        "exhausted": 0,
+        "gave_up": 0,
+        "by_scenario": {"provider_failure": 1, "bad_request": 1},
+    }
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda f: f.__name__)
+def test_retry_on_refusal_reraises_unchanged_everywhere(entry: Callable[..., str]) -> None:
+    teapot = StatusError(418)
+    policy = RetryPolicy(retry_on=lambda exc: False, sleep=Sleeps())
+
+    def fn() -> str:
+        raise teapot
+
+    with pytest.raises(StatusError) as caught:
+        entry(policy, fn)
+    assert caught.value is teapot
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda f: f.__name__)
+def test_exhaustion_is_the_same_everywhere(entry: Callable[..., str]) -> None:
+    policy = RetryPolicy(max_attempts=2, sleep=Sleeps(), async_sleep=Sleeps().async_sleep)
+    last = StatusError(503)
+    errors = iter([StatusError(503), last])
+
+    def fn() -> str:
+        raise next(errors)
+
+    with pytest.raises(RetriesExhaustedError) as caught:
+        entry(policy, fn)
+    assert caught.value.__cause__ is last
+    assert caught.value.attempts == 2
+
+
+# -- timeouts and the breaker -------------------------------------------------------------
+
+
+class Hang:
+    """A callable that blocks until released (bounded, so a bug cannot stall the suite)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        self.release.wait(10)
+        return "late"
+
+
+def test_sync_timeouts_open_the_breaker_and_recovery_closes_it() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(
+        "api", failure_threshold=3, recovery_timeout_seconds=30, clock=lambda: now[0]
+    )
+    hang = Hang()
+    orch = _orch(circuit_breaker=breaker, runner=DeadlineRunner())
+    try:
+        with orch.session() as session:
+            for _ in range(3):
+                with pytest.raises(TurnTimeoutError):
+                    session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            assert breaker.metrics().state == "open"
+            with pytest.raises(CircuitOpenError):
+                session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            assert hang.calls == 3  # the open breaker did not call the provider
+            hang.release.set()  # the hung calls finish late: dropped, never successes
+            now[0] = 31.0
+            assert session.run_turn(lambda: "back", model="m", usage=USAGE, timeout=5)[0] == "back"
+            assert breaker.state is CircuitState.CLOSED
+    finally:
+        hang.release.set()
+    metrics = breaker.metrics()
+    assert metrics.failures == 3
+    assert metrics.successes == 1  # only the real success, not the 3 late answers
+    assert session.summary()["failures"] == {"llm_timeout": 3, "dependency_failed": 1}
+
+
+def test_a_probe_that_times_out_reopens_instead_of_holding_its_slot() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(
+        "api", failure_threshold=1, recovery_timeout_seconds=10, clock=lambda: now[0]
+    )
+    hang = Hang()
+    try:
+        with _orch(circuit_breaker=breaker).session() as session:
+            with pytest.raises(TurnTimeoutError):
+                session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            now[0] = 11.0  # half-open: the next call is the probe
+            with pytest.raises(TurnTimeoutError):
+                session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            assert breaker.metrics().half_open_in_flight == 0
+            with pytest.raises(CircuitOpenError) as rejected:
+                session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            assert rejected.value.retry_after == pytest.approx(10.0)
+            now[0] = 22.0
+            assert session.run_turn(lambda: "ok", model="m", usage=USAGE, timeout=1)[0] == "ok"
+    finally:
+        hang.release.set()
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_async_timeouts_open_the_breaker_and_count_as_failures() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(
+        "api", failure_threshold=2, recovery_timeout_seconds=5, clock=lambda: now[0]
+    )
+
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def hang() -> str:
+            await never.wait()
+            return "late"
+
+        async with _orch(circuit_breaker=breaker).asession() as session:
+            for _ in range(2):
+                with pytest.raises(TurnTimeoutError):
+                    await session.arun_turn(hang, model="m", usage=USAGE, timeout=0.01)
+            with pytest.raises(CircuitOpenError):
+                await session.arun_turn(hang, model="m", usage=USAGE, timeout=0.01)
+            now[0] = 6.0
+
+            async def ok() -> str:
+                return "ok"
+
+            assert (await session.arun_turn(ok, model="m", usage=USAGE, timeout=1))[0] == "ok"
+
+    asyncio.run(main())
+    metrics = breaker.metrics()
+    assert (metrics.failures, metrics.ignored, metrics.successes) == (2, 0, 1)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_timeouts_are_retried_by_the_policy() -> None:
+    hang = Hang()
+    answers: Iterator[Callable[[], str]] = iter([hang, lambda: "second try"])
+
+    def fn() -> str:
+        return next(answers)()
+
+    sleeps = Sleeps()
+    try:
+        with _orch(retry=RetryPolicy(max_attempts=2, sleep=sleeps)).session() as session:
+            result, _ = session.run_turn(fn, model="m", usage=USAGE, timeout=0.02)
+    finally:
+        hang.release.set()
+    assert result == "second try"
+    assert len(sleeps.slept) == 1
+    assert session.summary()["recovery"]["retries"] == 1  # type: ignore[index]
+
+
+def test_sync_turn_error_inside_the_deadline_passes_through_unchanged() -> None:
+    error = ValueError("bad prompt")
+
+    def fn() -> str:
+        raise error
+
+    with pytest.raises(ValueError, match="bad prompt") as caught, _orch().session() as session:
+        session.run_turn(fn, model="m", usage=USAGE, timeout=5)
+    assert caught.value is error
+
+
+def test_async_turn_that_swallows_cancellation_still_ends_at_its_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> tuple[float, list[str]]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        seen: list[str] = []
+
+        async def stubborn() -> str:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), 5)
+                except asyncio.CancelledError:
+                    seen.append("cancel ignored")
+            return "late"
+
+        async with _orch().asession() as session:
+            started = loop.time()
+            with pytest.raises(TurnTimeoutError):
+                await session.arun_turn(stubborn, model="m", usage=USAGE, timeout=0.05)
+            elapsed = loop.time() - started
+            stop.set()
+            await asyncio.sleep(0)
+        return elapsed, seen
+
+    elapsed, seen = asyncio.run(main())
+    assert elapsed < 1.0  # not the coroutine's own 5 s, let alone 10x the timeout
+    assert seen == ["cancel ignored"]
+    assert "did not stop when cancelled" in caplog.text
+
+
+def test_a_full_pool_of_hung_calls_times_out_new_turns_without_starting_them() -> None:
+    runner = DeadlineRunner(max_threads=2)
+    hang = Hang()
+    try:
+        with _orch(runner=runner).session() as session:
+            for _ in range(2):
+                with pytest.raises(TurnTimeoutError) as caught:
+                    session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+                assert caught.value.started
+            with pytest.raises(TurnTimeoutError) as caught:
+                session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+            assert not caught.value.started
+            assert "no worker thread was free" in str(caught.value)
+            assert hang.calls == 2
+            assert runner.busy == 2
+    finally:
+        hang.release.set()
+
+
+# -- budgets on every path ----------------------------------------------------------------
+
+
+def test_a_bad_usage_argument_is_refused_before_fn_runs_and_leaks_nothing() -> None:
+    budget = Budget(max_usd="1")
+    called = []
+    with _orch(budget=budget).session() as session:
+        for _ in range(50):
+            with pytest.raises(InvalidValueError, match="usage must be a UsageSnapshot"):
+                session.run_turn(lambda: called.append(1), model="m", usage={"input": 5})  # type: ignore[arg-type]
+        assert session.run_turn(lambda: "ok", model="m", usage=USAGE)[0] == "ok"
+    assert called == []
+    assert budget.reserved_usd == 0
+    assert budget.spent_usd == COST
+
+
+def test_every_failure_path_releases_its_reservation() -> None:
+    budget = Budget(max_usd="1")
+    orch = _orch(budget=budget, budget_usd="1")
+
+    def boom() -> str:
+        raise StatusError(400)
+
+    with orch.session() as session:
+        for _ in range(20):
+            with pytest.raises(StatusError):
+                session.run_turn(boom, model="m", estimate=USAGE)
+    assert budget.reserved_usd == 0
+    assert budget.reserved_requests == 0
+    assert budget.spent_usd == 0
+
+
+def test_an_unenforced_budget_keeps_charging_past_its_cap() -> None:
+    budget = Budget(max_usd=COST * 2)
+    with _orch(budget=budget, enforce_budget=False).session() as session:
+        for _ in range(5):
+            session.run_turn(lambda: "ok", model="m", usage=USAGE)
+    assert budget.spent_usd == COST * 5
+    assert budget.requests == 5
+    assert session.summary()["budget_warnings"] == 3
+
+
+class BilledError(Exception):
+    """Shaped like openai's LengthFinishReasonError: the completion rides along."""
+
+    class _Completion:
+        class usage:  # noqa: N801 - an SDK-shaped attribute
+            prompt_tokens = 1000
+            completion_tokens = 13_500
+            total_tokens = 14_500
+
+    completion = _Completion()
+
+
+def test_a_billed_call_that_raises_is_charged() -> None:
+    budget = Budget(max_usd="10")
+
+    def parse() -> str:
+        raise BilledError("length limit reached")
+
+    with pytest.raises(BilledError), _orch(budget=budget).session() as session:
+        session.run_turn(parse, model="m")
+    expected = Decimal("0.2055")  # 1000 * 3e-6 + 13500 * 15e-6
+    assert budget.spent_usd == expected
+    assert session.tracker.total_cost() == expected
+    failed = [e for e in session.events() if e.name == EventName.TURN_FAILED]
+    assert failed[0].data["cost_usd"] == "0.2055"
+    assert failed[0].data["output_tokens"] == 13_500
+
+
+def test_a_budget_without_estimates_holds_the_expected_cost() -> None:
+    budget = Budget(max_usd=COST * 10)
+    with _orch(budget=budget).session() as session:
+        session.run_turn(lambda: "warm", model="m", usage=USAGE)
+
+        held = []
+
+        def fn() -> str:
+            held.append(budget.reserved_usd)
+            return "ok"
+
+        session.run_turn(fn, model="m", usage=USAGE)
+    assert held == [COST]
+
+
+def test_concurrent_async_turns_on_a_shared_budget_stay_within_the_bound() -> None:
+    budget = Budget(max_usd="0.05", default_estimate=USAGE)
+    orch = _orch(budget=budget)
+
+    async def main() -> int:
+        gate = asyncio.Event()
+
+        async def call() -> str:
+            await gate.wait()
+            return "ok"
+
+        async def one(session: Any) -> bool:
+            try:
+                await session.arun_turn(call, model="m", usage=USAGE)
+            except BudgetExceededError:
+                return False
+            return True
+
+        async with orch.asession() as session:
+            tasks = [asyncio.ensure_future(one(session)) for _ in range(200)]
+            await asyncio.sleep(0)
+            gate.set()
+            results = await asyncio.gather(*tasks)
+        return sum(results)
+
+    done = asyncio.run(main())
+    assert done == 11  # floor(0.05 / 0.0045)
+    assert budget.spent_usd == COST * 11  # actual == estimate: no overshoot at all
+    assert budget.spent_usd <= Decimal("0.05")
+    assert budget.reserved_usd == 0
+
+
+def test_threads_on_a_shared_budget_without_estimates_overshoot_within_the_bound() -> None:
+    budget = Budget(max_usd="0.05")
+    start = threading.Barrier(16)
+
+    def worker() -> None:
+        with _orch(budget=budget).session() as session:
+            start.wait(5)
+            while True:
+                try:
+                    session.run_turn(lambda: "ok", model="m", usage=USAGE)
+                except BudgetExceededError:
+                    return
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Cold start: the first turns in flight hold nothing (no history, no default),
+    # so at most those 16 can overshoot, each by its whole cost; every later turn
+    # holds the learned cost, whose actual equals it.
+    assert budget.spent_usd <= Decimal("0.05") + COST * 16
+    assert budget.reserved_usd == 0
+    assert budget.requests >= 11
+
+
+# -- what fn returns ----------------------------------------------------------------
+
+
+class Stream:
+    """Named like openai's Stream: a response that is only known once consumed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stream_result_is_refused_with_a_clear_error() -> None:
+    stream = Stream()
+    with pytest.raises(StreamResultError, match="Consume it inside fn"), _orch().session() as s:
+        s.run_turn(lambda: stream, model="m")
+    assert stream.closed
+    assert s.tracker.turns == 0
+
+
+def test_a_stream_result_with_usage_given_is_the_callers_business() -> None:
+    stream = Stream()
+    with _orch().session() as session:
+        assert session.run_turn(lambda: stream, model="m", usage=USAGE)[0] is stream
+
+
+class Choice:
+    def __init__(self, finish_reason: str | None) -> None:
+        self.finish_reason = finish_reason
+
+
+class Completion:
+    def __init__(self, finish_reason: str | None, completion_tokens: int) -> None:
+        self.choices = [Choice(finish_reason)]
+        self.usage = {"prompt_tokens": 10, "completion_tokens": completion_tokens}
+
+
+def test_a_silent_empty_answer_is_a_provider_failure_and_is_retried() -> None:
+    answers = iter([Completion(None, 0), Completion("stop", 5)])
+    sleeps = Sleeps()
+    with _orch(retry=RetryPolicy(sleep=sleeps)).session() as session:
+        result, usage = session.run_turn(lambda: next(answers), model="m")
+    assert result.choices[0].finish_reason == "stop"
+    assert usage.output_tokens == 5
+    assert session.summary()["failures"] == {"provider_failure": 1}
+    assert len(sleeps.slept) == 1
+
+
+def test_a_silent_empty_answer_without_retries_fails_the_turn() -> None:
+    with pytest.raises(EmptyResponseError, match="finish_reason None"), _orch().session() as s:
+        s.run_turn(lambda: Completion(None, 0), model="m")
+    assert s.summary()["failure_class"] == "provider_failure"
+
+
+def test_an_empty_bedrock_body_is_a_silent_failure() -> None:
+    body = {"ResponseMetadata": {"HTTPStatusCode": 200}}
+    with pytest.raises(EmptyResponseError, match="without output"), _orch().session() as s:
+        s.run_turn(lambda: body, model="m")
+
+
+def test_a_finished_answer_with_no_tokens_is_not_a_failure() -> None:
+    with _orch().session() as session:
+        session.run_turn(lambda: Completion("stop", 0), model="m")
+    assert session.summary()["failures"] == {}
+
+
+# -- the session itself ------------------------------------------------------------
+
+
+def test_a_guardrail_raised_by_fn_records_a_failed_turn() -> None:
+    def fn() -> str:
+        raise GuardrailViolatedError("the model asked for secrets")
+
+    with pytest.raises(GuardrailViolatedError), _orch().session() as session:
+        session.run_turn(fn, model="m", usage=USAGE)
+    names = [e.name for e in session.events()]
+    assert EventName.TURN_FAILED in names
+    assert session.summary()["failures"] == {"validation_error": 1}
+
+
+def test_one_session_entered_from_two_threads_admits_one() -> None:
+    for _ in range(50):
+        orch = _orch()
+        session = orch.session()
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def enter(
+            session: Any = session,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait(5)
+            try:
+                session.__enter__()
+            except SessionStateError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=enter) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert len(errors) == 1
+        assert len(orch.registry) == 1
+        session.__exit__(None, None, None)
+        assert session.status is AgentStatus.COMPLETED
+        assert len(orch.registry) == 0
+
+
+BAD_ARGUMENTS: list[tuple[str, object]] = [
+    ("retry", "three"),
+    ("budget", 5.0),
+    ("permissions", ["writer"]),
+    ("circuit_breaker", "breaker"),
+    ("quality_gate", "strict"),
+    ("policy_engine", []),
+    ("registry", {}),
+    ("clock", 5),
+    ("wall_clock", "now"),
+    ("sleep", 0),
+    ("async_sleep", 0),
+    ("enforce_budget", "no"),
+    ("max_iterations", True),
+    ("max_total_retries", -1),
+    ("event_capacity", 0),
+    ("default_estimate", {"input_tokens": 1}),
+    ("runner", object()),
+    ("project_id", 1.5),
+    ("hooks", [3]),
+    ("hooks", "hooks"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_ARGUMENTS)
+def test_a_wrong_argument_fails_at_construction_naming_it(name: str, value: object) -> None:
+    with pytest.raises(InvalidValueError) as caught:
+        _orch(**{name: value})
+    assert name.rstrip("s") in str(caught.value)
+    shown = repr(value[0] if isinstance(value, list) and value else value)
+    assert shown[:20] in str(caught.value)
+
+
+BAD_TURN_ARGUMENTS: list[tuple[str, object]] = [
+    ("fallback_models", "model-b"),
+    ("fallback_models", ["ok", ""]),
+    ("timeout", 1e300),
+    ("timeout", True),
+    ("timeout", 0),
+    ("timeout", float("nan")),
+    ("model", 5),
+    ("estimate", 5),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_TURN_ARGUMENTS)
+def test_a_wrong_turn_argument_fails_before_anything_runs(name: str, value: object) -> None:
+    called = []
+    with _orch().session() as session:
+        with pytest.raises(InvalidValueError) as caught:
+            session.run_turn(lambda: called.append(1), **{name: value})  # type: ignore[arg-type]
+        assert name in str(caught.value)
+        assert session.summary()["turns"] == 0
+    assert called == []
+
+
+def test_async_wrong_turn_argument_fails_the_same() -> None:
+    async def main() -> None:
+        async def fn() -> str:
+            return "x"
+
+        async with _orch().asession() as session:
+            with pytest.raises(InvalidValueError, match="fallback_models"):
+                await session.arun_turn(fn, fallback_models="model-b")
+
+    asyncio.run(main())
