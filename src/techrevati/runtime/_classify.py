@@ -161,6 +161,10 @@ _CODES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
         "billing_error": _S.QUOTA_EXHAUSTED,
         "billing_hard_limit_reached": _S.QUOTA_EXHAUSTED,
         "servicequotaexceededexception": _S.QUOTA_EXHAUSTED,
+        # anthropic's error.details.error_code on a 429 (402) that is spend, not rate
+        "enforced_spend_limit_reached": _S.QUOTA_EXHAUSTED,
+        "contract_spend_limit_reached": _S.QUOTA_EXHAUSTED,
+        "linked_organization_spend_limit_reached": _S.QUOTA_EXHAUSTED,
         # context window
         "context_length_exceeded": _S.CONTEXT_OVERFLOW,
         "model_context_window_exceeded": _S.CONTEXT_OVERFLOW,
@@ -183,6 +187,7 @@ _CODES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
         "expiredtokenexception": _S.AUTH_FAILURE,
         "invalidsignatureexception": _S.AUTH_FAILURE,
         "missingauthenticationtokenexception": _S.AUTH_FAILURE,
+        "api_key_invalid": _S.AUTH_FAILURE,  # google's ErrorInfo reason on a 400
         # rate limits
         "rate_limit_exceeded": _S.RATE_LIMIT,
         "rate_limit_error": _S.RATE_LIMIT,
@@ -233,13 +238,14 @@ _RANK: Final[Mapping[FailureScenario, int]] = MappingProxyType(
     {
         _S.QUOTA_EXHAUSTED: 0,
         _S.CONTEXT_OVERFLOW: 1,
-        _S.CONTENT_POLICY: 2,
-        _S.MEMORY_CORRUPTION: 3,
-        _S.AUTH_FAILURE: 4,
-        _S.RATE_LIMIT: 5,
-        _S.LLM_TIMEOUT: 6,
-        _S.PROVIDER_FAILURE: 7,
-        _S.BAD_REQUEST: 8,
+        _S.OUTPUT_TRUNCATED: 2,
+        _S.CONTENT_POLICY: 3,
+        _S.MEMORY_CORRUPTION: 4,
+        _S.AUTH_FAILURE: 5,
+        _S.RATE_LIMIT: 6,
+        _S.LLM_TIMEOUT: 7,
+        _S.PROVIDER_FAILURE: 8,
+        _S.BAD_REQUEST: 9,
     }
 )
 
@@ -247,7 +253,7 @@ _RANK: Final[Mapping[FailureScenario, int]] = MappingProxyType(
 _STRONG_NAMES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
     {
         "ContextWindowExceededError": _S.CONTEXT_OVERFLOW,
-        "LengthFinishReasonError": _S.CONTEXT_OVERFLOW,
+        "LengthFinishReasonError": _S.OUTPUT_TRUNCATED,  # openai's parse() hit max_tokens
         "ContentPolicyViolationError": _S.CONTENT_POLICY,
         "ContentFilterFinishReasonError": _S.CONTENT_POLICY,
         "BudgetExceededError": _S.QUOTA_EXHAUSTED,
@@ -397,10 +403,12 @@ _REFINE: Final[Mapping[FailureScenario | None, _Refinements]] = MappingProxyType
     }
 )
 
-# Codes too broad to trust alone: the message may still say context, policy or quota.
+# Codes too broad to trust alone: the message may still say context, policy or quota,
+# anthropic's error.details.error_code may name a spend limit, and any status but
+# 400, 404 and 422 says more than a generic bad-request code.
 _AMBIGUOUS_CODES: Final = frozenset(
     [code for code, scenario in _CODES.items() if scenario is _S.BAD_REQUEST]
-    + ["resource_exhausted", "too_many_requests"]
+    + ["resource_exhausted", "too_many_requests", "rate_limit_error"]
 )
 _NO_RANK: Final = 99
 # One lookup per code: (scenario, rank, specific enough to skip the message).
@@ -439,6 +447,7 @@ _DECLARED_CACHE: dict[type[BaseException], frozenset[str]] = {}
 
 _RETRY_DELAY: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
 _RETRY_INFO_TYPE: Final = "google.rpc.RetryInfo"
+_ERROR_INFO_TYPE: Final = "google.rpc.ErrorInfo"
 # Header containers whose .get is already case-insensitive (no key scan needed).
 _CI_HEADER_TYPES: Final = frozenset(
     {"Headers", "CaseInsensitiveDict", "HTTPMessage", "Message", "CIMultiDict", "CIMultiDictProxy"}
@@ -553,10 +562,13 @@ class _Reading:
         body = self.read("body")
         if body is not None and (type(body) is dict or isinstance(body, Mapping)):
             inner = _get(body, "error")
-            self._take_mapping(inner if type(inner) is dict or isinstance(inner, Mapping) else body)
+            error = inner if type(inner) is dict or isinstance(inner, Mapping) else body
+            self._take_mapping(error)
+            self._take_details(_get(error, "details"))
         message = self.read("message")
         if isinstance(message, str) and message:
             self.texts.append(message)
+        self.codes.extend(_error_reasons(self.read("details")))
 
     def headers(self) -> object:
         """Return the response headers (httpx, requests, botocore's dict) or ``.headers``."""
@@ -568,6 +580,15 @@ class _Reading:
             if headers is not None:
                 return headers
         return self.read("headers")
+
+    def _take_details(self, details: object) -> None:
+        """Add anthropic's ``details.error_code`` or Google's ``ErrorInfo`` reasons to the codes."""
+        if type(details) is dict or isinstance(details, Mapping):
+            code = _get(details, "error_code")
+            if isinstance(code, str) and code:
+                self.codes.append(code)
+        elif isinstance(details, list | tuple):
+            self.codes.extend(_error_reasons(details))
 
     def _take_status(self, value: object) -> None:
         if (
@@ -613,17 +634,29 @@ class _Reading:
         if strong is not None and _RANK[strong] < rank:
             return strong, None  # a specific class name (litellm's, openai's) says it all
         if scenario is None:
-            status = self.status
-            if status is not None and status >= 400:
-                scenario = _STATUS.get(status)
-                if scenario is None:
-                    scenario = _S.PROVIDER_FAILURE if status >= 500 else _S.BAD_REQUEST
-            else:
-                scenario = names[1]
+            scenario = self._by_status() or names[1]
         if scenario is None or self.specific or scenario not in _REFINE:
             return scenario, used
         refined = self._refine(scenario)
-        return (scenario if refined is None else refined), used
+        if refined is not None:
+            return refined, used
+        if scenario is _S.BAD_REQUEST:
+            # A generic code ("invalid_request_error" on a 401, 408, 409, 5xx) says
+            # less than the status: the status decides, and the SDKs retry 408 and 409.
+            by_status = self._by_status()
+            if by_status is not None:
+                return by_status, used
+        return scenario, used
+
+    def _by_status(self) -> FailureScenario | None:
+        """Return the scenario of the HTTP status alone (None below 400)."""
+        status = self.status
+        if status is None or status < 400:
+            return None
+        scenario = _STATUS.get(status)
+        if scenario is None:
+            return _S.PROVIDER_FAILURE if status >= 500 else _S.BAD_REQUEST
+        return scenario
 
     def phrase(self) -> FailureScenario | None:
         """Return what the message alone says: the last resort, never for programming errors."""
@@ -755,6 +788,34 @@ def _classify(exc: BaseException, origin: str) -> _Verdict:
         )
     if origin not in _ORIGINS:
         raise InvalidValueError(f"origin must be 'model' or 'tool', got {origin!r}")
+    verdict = _walk(exc, origin)
+    return _retry_anyway(verdict, origin) if verdict[0] is _S.BAD_REQUEST else verdict
+
+
+def _retry_anyway(verdict: _Verdict, origin: str) -> _Verdict:
+    """Turn a generic bad request the server says to retry into a retryable scenario.
+
+    ``x-should-retry: true`` on a bad request (400, 404, 422, a generic code)
+    makes it a ``provider_failure`` (``tool_execution_error`` for a tool), so
+    the usual recipe (backoff, attempt budget) retries it, as the SDKs do.
+    A specific diagnosis keeps its scenario even then (auth, quota, content
+    policy, context overflow, output truncated, memory): its recipe names what
+    the caller must change, which a blind retry would skip; only
+    :attr:`FailureInfo.retryable` follows the header there.
+    """
+    _, node, reading, code = verdict
+    if reading is None:
+        reading = _Reading(node)
+    headers = reading.headers()
+    should = None if headers is None else _hint_headers(headers)[0]
+    if should is None or should.strip().lower() != "true":
+        return verdict[0], node, reading, code
+    scenario = _S.TOOL_EXECUTION_ERROR if origin == "tool" else _S.PROVIDER_FAILURE
+    return scenario, node, reading, code
+
+
+def _walk(exc: Exception, origin: str) -> _Verdict:
+    """Decide ``exc`` from its own signals, else from what it wraps, nearest first."""
     scenario, reading, code, links = _visit(exc)
     if not links:
         if scenario is None:
@@ -1021,16 +1082,21 @@ def _header_text(value: object) -> str | None:
 
 
 def _header_wait(millis: str | None, after: str | None, clock: Callable[[], float]) -> float | None:
-    """Seconds from ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date)."""
+    """Seconds from ``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date).
+
+    As in the openai and anthropic SDKs, the first header that parses decides,
+    and a zero wait is no hint at all (None: back off as usual), never a retry
+    at once in a tight loop.
+    """
     if millis is not None:
         value = _number(millis)
         if value is not None:
-            return value / 1000.0
+            return value / 1000.0 or None
     if after is None:
         return None
     seconds = _number(after)
     if seconds is not None:
-        return seconds
+        return seconds or None
     try:
         when = parsedate_to_datetime(after.strip())
     except (TypeError, ValueError, IndexError):
@@ -1052,16 +1118,40 @@ def _number(raw: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def _retry_info(details: object) -> float | None:
-    """Google's ``RetryInfo.retryDelay`` in api-core ``.details`` or genai's response JSON."""
+def _detail_items(details: object) -> list[object] | tuple[object, ...]:
+    """Google's detail list: api-core's ``.details``, or ``error.details`` of genai's JSON."""
     if details is None:
-        return None
+        return ()
     if isinstance(details, Mapping):
         error = _get(details, "error")
         details = _get(error if isinstance(error, Mapping) else details, "details")
-    if not isinstance(details, list | tuple):
-        return None
-    for item in details[:16]:
+    return details[:16] if isinstance(details, list | tuple) else ()
+
+
+def _error_reasons(details: object) -> list[str]:
+    """Return the ``reason`` of each ``google.rpc.ErrorInfo`` (dicts or protobuf messages)."""
+    reasons: list[str] = []
+    for item in _detail_items(details):
+        if isinstance(item, Mapping):
+            kind = _get(item, "@type")
+            if not (isinstance(kind, str) and kind.endswith(_ERROR_INFO_TYPE)):
+                continue
+            reason = _get(item, "reason")
+        elif type(item).__name__ == "ErrorInfo":
+            reason = _attr(item, "reason")
+        else:
+            continue
+        if isinstance(reason, str) and reason:
+            reasons.append(reason)
+    return reasons
+
+
+def _retry_info(details: object) -> float | None:
+    """Google's ``RetryInfo.retryDelay`` in api-core ``.details`` or genai's response JSON.
+
+    A zero delay is no hint (None), as for ``retry-after``.
+    """
+    for item in _detail_items(details):
         if isinstance(item, Mapping):
             kind = _get(item, "@type")
             if isinstance(kind, str) and kind.endswith(_RETRY_INFO_TYPE):
@@ -1069,13 +1159,14 @@ def _retry_info(details: object) -> float | None:
                 if isinstance(delay, str):
                     match = _RETRY_DELAY.match(delay)
                     if match is not None:
-                        return float(match.group(1))
+                        return float(match.group(1)) or None
                 elif isinstance(delay, int | float) and not isinstance(delay, bool):
-                    return float(delay) if math.isfinite(delay) and delay >= 0 else None
+                    ok = math.isfinite(delay) and delay > 0
+                    return float(delay) if ok else None
         elif type(item).__name__ == "RetryInfo":
             seconds = _duration(_attr(item, "retry_delay"))
             if seconds is not None:
-                return seconds
+                return seconds or None
     return None
 
 

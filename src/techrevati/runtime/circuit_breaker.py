@@ -248,6 +248,9 @@ class CircuitBreaker:
 
     Safe to share between threads and asyncio tasks: a lock guards the
     bookkeeping only, never the guarded call, so calls run concurrently.
+    The lock is only ever held by ``with``, so an interrupt (Ctrl-C) cannot
+    leave it taken, and a probe's permit comes back however its call ends,
+    an interrupt or a cancellation at any point included.
     """
 
     __slots__ = (
@@ -255,6 +258,7 @@ class CircuitBreaker:
         "_clock",
         "_closed_ticket",
         "_consecutive",
+        "_delivering",
         "_exclude",
         "_failure_threshold",
         "_failures",
@@ -270,7 +274,6 @@ class CircuitBreaker:
         "_name",
         "_needs_duration",
         "_next_ticket",
-        "_notify_lock",
         "_opened_at",
         "_pending",
         "_probe_successes",
@@ -340,8 +343,8 @@ class CircuitBreaker:
             self._slow_after = window.slow_call_duration_seconds
         self._time_window = window is not None and window.kind == "time"
         self._needs_duration = self._slow_after is not None
-        self._notify_lock = threading.Lock()
         self._pending: deque[tuple[CircuitState, CircuitState]] = deque()
+        self._delivering = False  # someone is running _notify (guarded by _lock)
         self._state = _CLOSED
         # Tickets: every state period and every half-open probe gets a unique
         # int. A call carries its ticket; its result moves the state machine
@@ -397,20 +400,17 @@ class CircuitBreaker:
         ticket = self._fast_ticket
         if ticket < 0:
             return self._call_locked_path(fn, args, kwargs)
-        # Fast path: CLOSED in consecutive mode; admission needs no lock.
+        # Fast path: CLOSED in consecutive mode; admission needs no lock and
+        # takes no lease, so an interrupt anywhere here has nothing to give back.
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._settle_exception(ticket, exc, None, None)
             raise
-        lock = self._lock
-        lock.acquire()
-        try:  # try/finally costs half of `with lock:` on CPython 3.11
+        with self._lock:
             self._successes += 1
             if ticket == self._generation:
                 self._consecutive = 0
-        finally:
-            lock.release()
         return result
 
     async def acall(
@@ -429,14 +429,10 @@ class CircuitBreaker:
         except BaseException as exc:
             self._settle_exception(ticket, exc, None, None)
             raise
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             self._successes += 1
             if ticket == self._generation:
                 self._consecutive = 0
-        finally:
-            lock.release()
         return result
 
     def __call__(self, fn: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -473,9 +469,16 @@ class CircuitBreaker:
 
     def __enter__(self) -> Permit:
         """Admit the block as one call (raising :class:`CircuitOpenError` when open)."""
-        permit = self.acquire()
-        _ENTERED.set((*_ENTERED.get(), permit))
-        return permit
+        permit = Permit(self, -1, None)
+        try:
+            rejection = self._admit(permit, raising=True)
+            if rejection is None:
+                _ENTERED.set((*_ENTERED.get(), permit))
+                return permit
+        except BaseException:
+            self._leave(permit)  # interrupted: nothing stays entered or leased
+            raise
+        raise rejection
 
     def __exit__(
         self,
@@ -483,11 +486,27 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._pop_entered().__exit__(exc_type, exc, tb)
+        found: list[Permit] = []
+        try:
+            self._exit_entered(exc, found)
+        finally:
+            if not found or not found[0]._settled:  # cut short: clean up after it
+                self._leave(found[0] if found else None)
 
     async def __aenter__(self) -> Permit:
         """Async twin of ``with breaker:``."""
-        return self.__enter__()
+        # Not delegated to __enter__: returning a permit from one more frame
+        # would be one more place for an interrupt to strand it.
+        permit = Permit(self, -1, None)
+        try:
+            rejection = self._admit(permit, raising=True)
+            if rejection is None:
+                _ENTERED.set((*_ENTERED.get(), permit))
+                return permit
+        except BaseException:
+            self._leave(permit)
+            raise
+        raise rejection
 
     async def __aexit__(
         self,
@@ -495,7 +514,12 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        found: list[Permit] = []
+        try:
+            self._exit_entered(exc, found)
+        finally:
+            if not found or not found[0]._settled:  # cut short: clean up after it
+                self._leave(found[0] if found else None)
 
     # -- permits ---------------------------------------------------------------------
 
@@ -507,18 +531,30 @@ class CircuitBreaker:
         ``record_ignored``) or use it as a context manager.
         """
         ticket = self._fast_ticket
-        if ticket < 0:
-            ticket = self._admit(raising=False)
-            if ticket < 0:
-                return None
-        return Permit(self, ticket, self._clock() if self._needs_duration else None)
+        if ticket >= 0:  # consecutive mode: no lease, no slow calls to time
+            return Permit(self, ticket, None)
+        permit = Permit(self, -1, None)
+        try:
+            self._admit(permit, raising=False)
+            return permit if permit._ticket >= 0 else None
+        except BaseException:
+            self._abandon(permit)  # interrupted before the caller got it
+            raise
 
     def acquire(self) -> Permit:
         """Return a :class:`Permit` for one call, or raise :class:`CircuitOpenError`."""
         ticket = self._fast_ticket
-        if ticket < 0:
-            ticket = self._admit(raising=True)
-        return Permit(self, ticket, self._clock() if self._needs_duration else None)
+        if ticket >= 0:  # consecutive mode: no lease, no slow calls to time
+            return Permit(self, ticket, None)
+        permit = Permit(self, -1, None)
+        try:
+            rejection = self._admit(permit, raising=True)
+            if rejection is None:
+                return permit
+        except BaseException:
+            self._abandon(permit)  # interrupted before the caller got it
+            raise
+        raise rejection
 
     # -- state, metrics, control -----------------------------------------------------
 
@@ -628,16 +664,33 @@ class CircuitBreaker:
         self, fn: Callable[..., _T], args: tuple[object, ...], kwargs: Mapping[str, object]
     ) -> _T:
         ticket = self._closed_ticket
-        if ticket < 0:
-            ticket = self._admit(raising=True)
-        start = self._clock() if self._needs_duration else None
+        if ticket >= 0:  # CLOSED with a window: no lease to give back
+            start = self._clock() if self._needs_duration else None
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._settle_exception(ticket, exc, start, None)
+                raise
+            self._settle(ticket, _SUCCESS, None, start)
+            return result
+        # Maybe a half-open probe. The permit exists before its lease does and
+        # one try spans admission, the call and settlement, so an interrupt
+        # anywhere in between still gives the lease back.
+        permit = Permit(self, -1, None)
         try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self._settle_exception(ticket, exc, start, None)
+            rejection = self._admit(permit, raising=True)
+            if rejection is None:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._settle_exception(permit._ticket, exc, permit._start, permit)
+                    raise
+                self._settle(permit._ticket, _SUCCESS, None, permit._start, permit=permit)
+                return result
+        except BaseException:
+            self._abandon(permit)
             raise
-        self._settle(ticket, _SUCCESS, None, start)
-        return result
+        raise rejection  # outside the try: a rejection holds nothing to give back
 
     async def _acall_locked_path(
         self,
@@ -646,55 +699,97 @@ class CircuitBreaker:
         kwargs: Mapping[str, object],
     ) -> _T:
         ticket = self._closed_ticket
-        if ticket < 0:
-            ticket = self._admit(raising=True)
-        start = self._clock() if self._needs_duration else None
+        if ticket >= 0:  # CLOSED with a window: no lease to give back
+            start = self._clock() if self._needs_duration else None
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._settle_exception(ticket, exc, start, None)
+                raise
+            self._settle(ticket, _SUCCESS, None, start)
+            return result
+        permit = Permit(self, -1, None)  # as in _call_locked_path
         try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self._settle_exception(ticket, exc, start, None)
+            rejection = self._admit(permit, raising=True)
+            if rejection is None:
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._settle_exception(permit._ticket, exc, permit._start, permit)
+                    raise
+                self._settle(permit._ticket, _SUCCESS, None, permit._start, permit=permit)
+                return result
+        except BaseException:
+            self._abandon(permit)
             raise
-        self._settle(ticket, _SUCCESS, None, start)
-        return result
+        raise rejection  # outside the try: a rejection holds nothing to give back
 
-    def _admit(self, *, raising: bool) -> int:
-        """Return a ticket for one call; on rejection raise or return -1.
+    def _admit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
+        """Give ``permit`` a ticket for one call; on a rejection its ticket stays -1.
 
-        A rejection is counted; the raised :class:`CircuitOpenError` is a
-        fresh instance whose ``__cause__`` is the last recorded failure.
+        A half-open probe's ticket is stored on the permit before its lease
+        is recorded, so whoever made the permit can give the lease back with
+        :meth:`_abandon` however this call ends. A rejection is counted and,
+        when ``raising``, returned as a fresh :class:`CircuitOpenError` whose
+        ``__cause__`` is the last recorded failure, for the caller to raise.
         """
         ticket = self._closed_ticket
         if ticket >= 0:  # CLOSED admits everyone: no lock needed
-            return ticket
-        lock = self._lock
-        lock.acquire()
-        try:
-            state = self._state
-            if state is _CLOSED:
-                return self._generation
-            now = 0.0
-            if state is not _FORCED_OPEN:
-                now = self._clock()
-                self._advance_locked(now)
-                if self._state is _HALF_OPEN and len(self._leases) < self._max_probes:
-                    ticket = self._next_ticket
-                    self._next_ticket = ticket + 1
-                    self._leases[ticket] = now
-                    return ticket
-            self._rejections += 1
-            if not raising:
-                return -1
-            state = self._state
-            retry_after = self._retry_after_locked(now)
-            cause = self._last_failure
-        finally:
-            lock.release()
+            permit._ticket = ticket
+        else:
+            error: CircuitOpenError | None = None
+            with self._lock:
+                now = self._admit_locked(permit)
+                if permit._ticket < 0 and raising:
+                    error = CircuitOpenError(self._name, self._retry_after_locked(now), self._state)
+                    cause = self._last_failure
+                    if cause is not None:
+                        error.__cause__ = cause
             if self._pending:
                 self._notify()
-        error = CircuitOpenError(self._name, retry_after, state)
-        if cause is not None:
-            error.__cause__ = cause
-        raise error
+            if permit._ticket < 0:
+                return error
+        if self._needs_duration:
+            permit._start = self._clock()
+        return None
+
+    def _admit_locked(self, permit: Permit) -> float:
+        """Admit ``permit`` (its ticket stays -1 on a rejection, which is counted).
+
+        Returns the clock reading it decided on (0.0 when it needed none).
+        """
+        state = self._state
+        if state is _CLOSED:  # closed meanwhile, or closed by a change an interrupt cut short
+            self._publish_closed_locked()
+            permit._ticket = self._generation
+            return 0.0
+        now = 0.0
+        if state is not _FORCED_OPEN:
+            now = self._clock()
+            self._advance_locked(now)
+            if self._state is _HALF_OPEN and len(self._leases) < self._max_probes:
+                ticket = self._next_ticket
+                self._next_ticket = ticket + 1
+                permit._ticket = ticket  # before the lease, so the lease is never orphaned
+                self._leases[ticket] = now
+                return now
+        self._rejections += 1
+        return now
+
+    def _abandon(self, permit: Permit) -> None:
+        """Give back the lease of a permit whose call or settlement was cut short.
+
+        An interrupt, a cancellation, or a rejection (then a no-op). A permit
+        not settled yet is settled as ignored; calling this again does nothing.
+        """
+        ticket = permit._ticket
+        if ticket < 0 or (permit._settled and ticket not in self._leases):
+            return  # never admitted, or settled and given back already
+        with self._lock:
+            if not permit._settled:
+                permit._settled = True
+                self._ignored += 1
+            self._leases.pop(ticket, None)
 
     def _retry_after_locked(self, now: float) -> float:
         state = self._state
@@ -705,15 +800,45 @@ class CircuitBreaker:
             return math.inf
         return 0.0
 
-    def _pop_entered(self) -> Permit:
+    def _exit_entered(self, exc: BaseException | None, found: list[Permit]) -> None:
+        """Settle the innermost permit this breaker entered in this context, and drop it.
+
+        The permit goes into ``found`` before anything changes, so the
+        caller's ``finally`` (:meth:`_leave`) knows what to clean up.
+        """
         stack = _ENTERED.get()
+        index = self._entered_index(stack)
+        if index < 0:
+            raise TechrevatiError(
+                f"circuit breaker {self._name!r}: __exit__ without a matching __enter__"
+            )
+        permit = stack[index]
+        found.append(permit)
+        _ENTERED.set(stack[:index] + stack[index + 1 :])
+        permit.__exit__(None, exc, None)
+
+    def _leave(self, permit: Permit | None) -> None:
+        """Take ``permit`` off this context's entered stack and give its lease back.
+
+        ``None`` means the innermost permit of this breaker: an exit cut short
+        before it found its permit has changed nothing yet. Whatever was cut
+        short, nothing stays entered and no lease stays held.
+        """
+        stack = _ENTERED.get()
+        if permit is None:
+            index = self._entered_index(stack)
+            if index < 0:
+                return
+            permit = stack[index]
+        if permit in stack:
+            _ENTERED.set(tuple(entered for entered in stack if entered is not permit))
+        self._abandon(permit)
+
+    def _entered_index(self, stack: tuple[Permit, ...]) -> int:
         for index in range(len(stack) - 1, -1, -1):
             if stack[index]._breaker is self:
-                _ENTERED.set(stack[:index] + stack[index + 1 :])
-                return stack[index]
-        raise TechrevatiError(
-            f"circuit breaker {self._name!r}: __exit__ without a matching __enter__"
-        )
+                return index
+        return -1
 
     # -- private: settling -----------------------------------------------------------
 
@@ -753,15 +878,17 @@ class CircuitBreaker:
         duration: float | None = None,
         permit: Permit | None = None,
     ) -> bool:
-        """Record one finished call; return False if ``permit`` was already settled."""
+        """Record one finished call; return False if ``permit`` was already settled.
+
+        Whoever holds a probe's permit calls this inside a ``try`` whose handler
+        calls :meth:`_abandon`, so an interrupt in here still frees the slot.
+        """
         now: float | None = None
         if start is not None or self._time_window:
             now = self._clock()
             if duration is None and start is not None:
                 duration = now - start
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if permit is not None:
                 if permit._settled:
                     return False
@@ -784,8 +911,6 @@ class CircuitBreaker:
                     self._probe_successes += 1
                     if self._probe_successes >= self._success_threshold:
                         self._transition_locked(_CLOSED, 0.0)
-        finally:
-            lock.release()
         if self._pending:
             self._notify()
         return True
@@ -829,56 +954,75 @@ class CircuitBreaker:
                 self._transition_locked(_HALF_OPEN, now)
 
     def _transition_locked(self, new: CircuitState, now: float) -> None:
+        """Move to ``new``, in an order that an interrupt part-way cannot tear.
+
+        Lock-free admission stops first and the new state is published last,
+        so a change cut short leaves the old state (its probes forgotten) or
+        the whole new one; if that is CLOSED, the next admission lets calls
+        in without the lock again (:meth:`_publish_closed_locked`).
+        """
         old = self._state
         self._fast_ticket = self._closed_ticket = -1
         generation = self._next_ticket
         self._next_ticket = generation + 1
-        self._generation = generation
-        self._state = new
         self._leases.clear()
         self._probe_successes = 0
         if new is _CLOSED:
-            self._closed_ticket = generation
             self._consecutive = 0
-            self._opened_at = None
             if self._window is not None:
                 self._window.clear()
-            else:
-                self._fast_ticket = generation
-        elif new is _OPEN or new is _FORCED_OPEN:
-            self._opened_at = now
+        elif new is not _HALF_OPEN:
+            self._opened_at = now  # before the state: an OPEN breaker always has it
+        self._generation = generation
+        self._state = new
         if self._listeners and old is not new:
             self._pending.append((old, new))
+        if new is _CLOSED:
+            self._publish_closed_locked()
+
+    def _publish_closed_locked(self) -> None:
+        """Let a CLOSED breaker admit calls without the lock again."""
+        generation = self._generation
+        self._opened_at = None
+        self._closed_ticket = generation
+        if self._window is None:
+            self._fast_ticket = generation
 
     def _notify(self) -> None:
         """Deliver queued state changes to the listeners, in order, outside the lock.
 
-        Whoever holds ``_notify_lock`` delivers everything queued, including
-        changes queued by other threads meanwhile, or by a listener itself.
+        Whoever sets ``_delivering`` delivers everything queued, including
+        changes queued by other threads meanwhile, or by a listener itself;
+        the ``finally`` clears it however delivery ends.
         """
         pending = self._pending
-        while pending:
-            if not self._notify_lock.acquire(blocking=False):
-                return  # another thread (or an outer frame of this one) is delivering
-            try:
-                while pending:
+        delivering = False
+        try:
+            with self._lock:
+                if self._delivering:
+                    return  # another thread (or an outer frame of this one) is delivering
+                delivering = self._delivering = True
+            while True:
+                with self._lock:
+                    if not pending:
+                        delivering = self._delivering = False
+                        return
+                    old, new = pending.popleft()
+                for listener in self._listeners:
                     try:
-                        old, new = pending.popleft()
-                    except IndexError:
-                        break
-                    for listener in self._listeners:
-                        try:
-                            listener(self, old, new)
-                        except Exception:
-                            _LOG.exception(
-                                "circuit breaker %r: state listener %r failed on %s -> %s",
-                                self._name,
-                                listener,
-                                old.value,
-                                new.value,
-                            )
-            finally:
-                self._notify_lock.release()
+                        listener(self, old, new)
+                    except Exception:
+                        _LOG.exception(
+                            "circuit breaker %r: state listener %r failed on %s -> %s",
+                            self._name,
+                            listener,
+                            old.value,
+                            new.value,
+                        )
+        finally:
+            if delivering:
+                with self._lock:
+                    self._delivering = False
 
 
 class Permit:
@@ -889,7 +1033,8 @@ class Permit:
     no-ops that return False. As a context manager it settles itself on exit:
     success without an exception, else by the breaker's failure predicate.
     A half-open probe's permit must be settled, or the probe slot stays taken
-    until ``probe_timeout_seconds`` (if set). A permit belongs to one caller.
+    until ``probe_timeout_seconds`` (if set); a settlement cut short by an
+    interrupt still gives it back. A permit belongs to one caller.
     """
 
     __slots__ = ("_breaker", "_settled", "_start", "_ticket")
@@ -916,9 +1061,17 @@ class Permit:
         Without ``duration`` the time since the permit was granted is used
         when the breaker watches for slow calls.
         """
-        return self._breaker._settle(
-            self._ticket, _SUCCESS, None, self._start, duration=_duration(duration), permit=self
-        )
+        breaker = self._breaker
+        try:
+            seconds = _duration(duration)
+            return breaker._settle(
+                self._ticket, _SUCCESS, None, self._start, duration=seconds, permit=self
+            )
+        except InvalidValueError:
+            raise  # a bad duration: nothing was settled
+        except BaseException:
+            breaker._abandon(self)  # interrupted: the probe slot still comes back
+            raise
 
     def record_failure(
         self, exc: BaseException | None = None, duration: float | None = None
@@ -930,14 +1083,26 @@ class Permit:
         Without ``exc`` the call counts as a failure unconditionally.
         """
         breaker = self._breaker
-        outcome = _FAILURE if exc is None else breaker._classify(exc)
-        return breaker._settle(
-            self._ticket, outcome, exc, self._start, duration=_duration(duration), permit=self
-        )
+        try:
+            seconds = _duration(duration)
+            outcome = _FAILURE if exc is None else breaker._classify(exc)
+            return breaker._settle(
+                self._ticket, outcome, exc, self._start, duration=seconds, permit=self
+            )
+        except InvalidValueError:
+            raise  # a bad duration: nothing was settled
+        except BaseException:
+            breaker._abandon(self)  # interrupted: the probe slot still comes back
+            raise
 
     def record_ignored(self) -> bool:
         """Give the permit back counting the call as neither success nor failure."""
-        return self._breaker._settle(self._ticket, _IGNORED, None, None, permit=self)
+        breaker = self._breaker
+        try:
+            return breaker._settle(self._ticket, _IGNORED, None, None, permit=self)
+        except BaseException:
+            breaker._abandon(self)  # interrupted: the slot comes back all the same
+            raise
 
     release = record_ignored
 
@@ -952,10 +1117,15 @@ class Permit:
     ) -> None:
         if self._settled:
             return
-        if exc is None:
-            self._breaker._settle(self._ticket, _SUCCESS, None, self._start, permit=self)
-        else:
-            self._breaker._settle_exception(self._ticket, exc, self._start, self)
+        breaker = self._breaker
+        try:
+            if exc is None:
+                breaker._settle(self._ticket, _SUCCESS, None, self._start, permit=self)
+            else:
+                breaker._settle_exception(self._ticket, exc, self._start, self)
+        except BaseException:
+            breaker._abandon(self)  # interrupted: the probe slot still comes back
+            raise
 
     async def __aenter__(self) -> Permit:
         return self
@@ -966,7 +1136,11 @@ class Permit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        try:
+            self.__exit__(exc_type, exc, tb)
+        except BaseException:
+            self._breaker._abandon(self)  # interrupted as __exit__ started
+            raise
 
     def __repr__(self) -> str:
         return f"Permit(breaker={self._breaker.name!r}, settled={self._settled})"

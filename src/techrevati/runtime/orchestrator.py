@@ -18,10 +18,10 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -52,7 +52,6 @@ from techrevati.runtime.events import (
     AgentFailureClass,
     EventName,
     EventSink,
-    RingBufferSink,
     UsageRecord,
     UsageSink,
 )
@@ -115,6 +114,7 @@ UNNAMED_MODEL: Final = "unnamed-model"
 
 _T = TypeVar("_T")
 _log = logging.getLogger("techrevati.runtime.orchestrator")
+_TURN_COMPLETED: Final = EventName.TURN_COMPLETED.value
 
 
 class TurnTimeoutError(TransientRuntimeError, TimeoutError):
@@ -344,7 +344,11 @@ class Session:
             else Budget(max_usd=orch.budget_usd, default_estimate=orch.default_estimate)
         )
         self._budgets = tuple(b for b in (self._budget, orch.budget) if b is not None)
-        self._ring = RingBufferSink(orch.event_capacity)
+        # The kept events, newest last: AgentEvents, or a turn.completed kept as a
+        # tuple and built only when read (the hot path's event; see _turn_done).
+        self._log: deque[AgentEvent | tuple[Any, ...]] = deque(maxlen=orch.event_capacity)
+        self._written = 0
+        self._stamp_floats = orch.wall_clock is utc_now
         self._lock = threading.Lock()
         self._claimed = False
         self._event_counts: Counter[str] = Counter()
@@ -594,7 +598,12 @@ class Session:
 
     def events(self, last: int | None = None) -> list[AgentEvent]:
         """Return the kept events, oldest first (a ring buffer of ``event_capacity``)."""
-        return self._ring.events(last)
+        if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 0):
+            raise InvalidValueError(f"last must be an int >= 0 or None, got {last!r}")
+        entries = list(self._log)
+        if last is not None:
+            entries = entries[max(0, len(entries) - last) :] if last else []
+        return [self._built(entry) for entry in entries]
 
     def summary(self, *, last_events: int = DEFAULT_LAST_EVENTS) -> dict[str, object]:
         """Return a JSON-serialisable summary computed from running aggregates."""
@@ -609,6 +618,7 @@ class Session:
             budget_warnings = self._budget_warnings
             outcome = self._outcome
             failure_class = self._failure_class
+            written = self._written
         end = self._ended_at if self._ended_at is not None else self._orch.clock()
         duration = None if self._started_at is None else end - self._started_at
         usage = self.tracker.summary()
@@ -636,10 +646,10 @@ class Session:
                 "max_total_retries": self._orch.max_total_retries,
             },
             "event_counts": counts,
-            "events_dropped": self._ring.dropped,
+            "events_dropped": max(0, written - self._orch.event_capacity),
             "sink_failures": self._orch.sinks.failure_count,
             "handoff": None if self._handoff is None else self._handoff.to_dict(),
-            "last_events": [e.to_dict() for e in self._ring.events(last_events)],
+            "last_events": [e.to_dict() for e in self.events(last_events)],
         }
 
     # -- lifecycle internals -------------------------------------------------
@@ -844,7 +854,7 @@ class Session:
         try:
             for reservation in reservations:
                 # Priced once, by the tracker: the budgets use the same registry.
-                reservation.budget._settle(reservation, cost.cost_femto_usd, tokens)
+                reservation._budget._settle(reservation, cost.cost_femto_usd, tokens)
         except BaseException:
             for reservation in reservations:
                 reservation.release()  # a no-op for those already settled
@@ -922,24 +932,7 @@ class Session:
         except BaseException:
             self._release(turn)
             raise
-        if flagged:
-            with self._lock:
-                self._turns_without_usage += 1
-        self._emit(
-            EventName.TURN_COMPLETED,
-            data={
-                "model": turn.model,
-                "attempt": turn.attempt,
-                "duration_seconds": duration,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_tokens,
-                "cache_write_tokens": usage.cache_write_tokens,
-                "reasoning_tokens": usage.reasoning_tokens,
-                "cost_usd": _usd_text(cost.cost_femto_usd),
-                "usage_unknown": flagged,
-            },
-        )
+        self._turn_done(turn, usage, cost.cost_femto_usd, flagged, duration)
         if self._orch.sinks.has_usage_sinks:
             self._write_usage(turn, usage, cost, duration)
         policy = self._orch.retry
@@ -1187,11 +1180,69 @@ class Session:
             worker_id="" if worker is None else worker.id,
             project_id=self._orch.project_id,
         )
-        self._ring.write_event(event)
+        self._log.append(event)
         with self._lock:
             self._event_counts[name.value] += 1
+            self._written += 1
         _log_event(event)
         self._orch.sinks.write_event(event)
+
+    def _turn_done(
+        self, turn: _Turn, usage: UsageSnapshot, femto: int, flagged: bool, duration: float
+    ) -> None:
+        """Emit turn.completed: kept unbuilt unless a sink or the debug log wants it now."""
+        orch = self._orch
+        worker = self.worker
+        assert worker is not None
+        record = (
+            turn.model,
+            turn.attempt,
+            duration,
+            usage,
+            femto,
+            flagged,
+            worker.status,
+            time.time() if self._stamp_floats else orch.wall_clock(),
+        )
+        with self._lock:
+            self._event_counts[_TURN_COMPLETED] += 1
+            self._written += 1
+            if flagged:
+                self._turns_without_usage += 1
+        self._log.append(record)
+        if orch.sinks.has_event_sinks or _log.isEnabledFor(logging.DEBUG):
+            event = self._built(record)
+            _log_event(event)
+            orch.sinks.write_event(event)
+
+    def _built(self, entry: AgentEvent | tuple[Any, ...]) -> AgentEvent:
+        """Return the event a log entry stands for (building a kept turn.completed)."""
+        if not isinstance(entry, tuple):
+            return entry
+        model, attempt, duration, usage, femto, flagged, status, stamp = entry
+        worker = self.worker
+        return AgentEvent(
+            name=EventName.TURN_COMPLETED,
+            role=self._orch.role,
+            phase=self._orch.phase,
+            status=status.value,
+            data={
+                "model": model,
+                "attempt": attempt,
+                "duration_seconds": duration,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "cost_usd": _usd_text(femto),
+                "usage_unknown": flagged,
+            },
+            timestamp=datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, float) else stamp,
+            session_id=self.id,
+            worker_id="" if worker is None else worker.id,
+            project_id=self._orch.project_id,
+        )
 
     def _log_extra(self, **more: object) -> dict[str, object]:
         extra: dict[str, object] = {

@@ -689,12 +689,14 @@ class Budget:
     """
 
     __slots__ = (
+        "_expect",
         "_fail_closed",
         "_limits",
         "_lock",
         "_max_femto",
         "_max_requests",
         "_max_tokens",
+        "_names",
         "_requests",
         "_reserved_femto",
         "_reserved_requests",
@@ -734,8 +736,11 @@ class Budget:
             )
         self.default_estimate = default_estimate
         """What a call of a model this budget has not seen yet holds (``None``: nothing)."""
-        # Per model: calls, cost and tokens summed, cost and tokens of the last call.
+        # Per model: calls, cost and tokens summed, cost and tokens of the last call;
+        # and what a call with no estimate holds (derived from them at each settle).
         self._seen: dict[str, list[int]] = {}
+        self._expect: dict[str, tuple[int, int]] = {}
+        self._names: dict[str, str] = {}  # each spelling seen -> the stripped name
         self._limits = limits
         self._max_femto = limits._max_femto
         self._max_tokens = limits.max_total_tokens
@@ -812,7 +817,7 @@ class Budget:
         femto, tokens = self._price_estimate(name, estimate)
         with self._lock:
             if estimate is None and name:
-                femto, tokens = self._expected_locked(name, (femto, tokens))
+                femto, tokens = self._expect.get(name, (femto, tokens))
             self._refuse_if_over(femto, tokens, name)
 
     def check_after(self) -> None:
@@ -836,12 +841,31 @@ class Budget:
         usage, or release it; as a context manager it is released on exit
         unless settled.
         """
-        name = _model_name(model)
-        femto, tokens = self._price_estimate(name, estimate)
+        name = self._names.get(model) if type(model) is str else None
+        if name is None:
+            name = _model_name(model)
+            if len(self._names) < _MAX_SPELLINGS:
+                self._names[model] = name
+        if estimate is None and self.default_estimate is None and not self._fail_closed:
+            femto = tokens = 0  # the common case: nothing to price outside the lock
+        else:
+            femto, tokens = self._price_estimate(name, estimate)
         with self._lock:
             if estimate is None:
-                femto, tokens = self._expected_locked(name, (femto, tokens))
-            self._refuse_if_over(femto, tokens, name)
+                femto, tokens = self._expect.get(name, (femto, tokens))
+            limit = self._max_femto
+            if limit is not None and (
+                self._spent_femto + self._reserved_femto + (femto or 1) > limit
+            ):
+                self._refuse_if_over(femto, tokens, name)
+            limit = self._max_tokens
+            if limit is not None and (
+                self._spent_tokens + self._reserved_tokens + (tokens or 1) > limit
+            ):
+                self._refuse_if_over(femto, tokens, name)
+            limit = self._max_requests
+            if limit is not None and self._requests + self._reserved_requests + 1 > limit:
+                self._refuse_if_over(femto, tokens, name)
             self._reserved_femto += femto
             self._reserved_tokens += tokens
             self._reserved_requests += 1
@@ -981,24 +1005,25 @@ class Budget:
             self._learn_locked(name, femto, tokens)
 
     def _learn_locked(self, name: str, femto: int, tokens: int) -> None:
-        """Fold one call's actual cost into the model's running figures (lock held)."""
-        seen = self._seen.get(name)
-        if seen is None:
-            self._seen[name] = [1, femto, tokens, femto, tokens]
-            return
-        seen[0] += 1
-        seen[1] += femto
-        seen[2] += tokens
-        seen[3] = femto
-        seen[4] = tokens
+        """Fold one call's actual cost into what the model's next call is expected to cost.
 
-    def _expected_locked(self, name: str, default: tuple[int, int]) -> tuple[int, int]:
-        """Return what a call with no estimate is expected to cost: max(mean, last) (lock held)."""
+        Expected: the larger of the mean and the last call, for cost and for
+        tokens (so a growing conversation is not under-held). Lock held.
+        """
         seen = self._seen.get(name)
         if seen is None:
-            return default
-        calls, femto, tokens, last_femto, last_tokens = seen
-        return max(-(-femto // calls), last_femto), max(-(-tokens // calls), last_tokens)
+            self._seen[name] = [1, femto, tokens]
+            self._expect[name] = (femto, tokens)
+            return
+        calls = seen[0] = seen[0] + 1
+        total_femto = seen[1] = seen[1] + femto
+        total_tokens = seen[2] = seen[2] + tokens
+        mean_femto = -(-total_femto // calls)
+        mean_tokens = -(-total_tokens // calls)
+        self._expect[name] = (
+            femto if femto > mean_femto else mean_femto,
+            tokens if tokens > mean_tokens else mean_tokens,
+        )
 
     def _settle(self, reservation: BudgetReservation, femto: int, tokens: int) -> None:
         with self._lock:
@@ -1184,6 +1209,8 @@ def load_pricing_from_file(path: str | os.PathLike[str]) -> list[str]:
 
 _MISSING: Final = object()
 _new_turn_cost: Final = tuple.__new__
+_MAX_SPELLINGS: Final = 4096
+"""Model-name spellings a budget remembers (stripped once each), at most."""
 
 
 def _model_name(model: object) -> str:
