@@ -415,13 +415,17 @@ class Session:
         with a fresh attempt budget each turn.
         """
         turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
-        attempt = self._sync_attempt(fn, turn)
+        target = self._sync_target(fn, turn)
+        breaker = self._orch.circuit_breaker
         clock = self._orch.clock
         while True:
             self._before_attempt(turn)
             started = clock()
             try:
-                result = attempt()
+                if breaker is None:
+                    result = _inspected(target, turn)
+                else:  # around the deadline too: a timeout is the dependency's failure
+                    result = breaker.call(_inspected, target, turn)
             except BaseException as exc:
                 retry = self._attempt_failed(turn, exc, clock() - started)
                 if retry is None:
@@ -787,7 +791,7 @@ class Session:
         """Run before_model hooks for the next attempt, then reserve its budget."""
         turn.attempt += 1
         call = turn.call
-        if call is not None:
+        if call is not None:  # only built when hooks look at it
             if call.attempt != turn.attempt or call.model != turn.model:
                 call = replace(call, model=turn.model, attempt=turn.attempt)
             for hook in self._orch._points["before_model"]:
@@ -864,31 +868,22 @@ class Session:
             budget.charge(turn.model, usage)
         return cost
 
-    def _sync_attempt(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
-        """One attempt as a plain call: deadline inside, the breaker around it all."""
+    def _sync_target(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
+        """``fn`` as a zero-argument call: given the turn's model, within its deadline."""
         target: Callable[[], _T] = (lambda: fn(model=turn.model)) if _accepts_model(fn) else fn
         timeout = turn.timeout
-        if timeout is not None:
-            runner = self._orch._runner_for_timeouts()
-            untimed = target
+        if timeout is None:
+            return target
+        runner = self._orch._runner_for_timeouts()
+        untimed = target
 
-            def target() -> _T:
-                try:
-                    return runner.run(untimed, timeout)
-                except DeadlineExceededError as exc:
-                    raise TurnTimeoutError(timeout, turn.model, started=exc.started) from None
+        def timed() -> _T:
+            try:
+                return runner.run(untimed, timeout)
+            except DeadlineExceededError as exc:
+                raise TurnTimeoutError(timeout, turn.model, started=exc.started) from None
 
-        inspect_result = self._inspect_result
-
-        def attempt() -> _T:
-            result = target()
-            inspect_result(turn, result)
-            return result
-
-        breaker = self._orch.circuit_breaker
-        if breaker is None:
-            return attempt
-        return lambda: breaker.call(attempt)
+        return timed
 
     def _async_attempt(
         self, fn: Callable[..., Awaitable[_T]], turn: _Turn
@@ -896,7 +891,6 @@ class Session:
         """Async twin of :meth:`_sync_attempt`; the deadline holds even if ``fn`` ignores it."""
         wants_model = _accepts_model(fn)
         timeout = turn.timeout
-        inspect_result = self._inspect_result
 
         async def attempt() -> _T:
             awaitable = fn(model=turn.model) if wants_model else fn()
@@ -904,21 +898,13 @@ class Session:
                 result = await awaitable
             else:
                 result = await _within(awaitable, timeout, turn.model)
-            inspect_result(turn, result)
+            _inspect(turn, result)
             return result
 
         breaker = self._orch.circuit_breaker
         if breaker is None:
             return attempt
         return lambda: breaker.acall(attempt)
-
-    @staticmethod
-    def _inspect_result(turn: _Turn, result: object) -> None:
-        """Read the usage of what ``fn`` returned; refuse a stream or a silent failure."""
-        usage = turn.usage
-        if usage is None:
-            usage = turn.read_usage = usage_from_result(result)
-        check_response(result, usage)
 
     def _attempt_succeeded(
         self, turn: _Turn, result: _T, duration: float
@@ -1274,6 +1260,20 @@ def failure_class_of(exc: BaseException) -> AgentFailureClass:
     if not isinstance(exc, Exception):
         return AgentFailureClass.UNKNOWN
     return failure_class_for(inspect_exception(exc).scenario)
+
+
+def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:
+    """Call ``target``; read the usage of its result and refuse a stream or a silent failure."""
+    result = target()
+    _inspect(turn, result)
+    return result
+
+
+def _inspect(turn: _Turn, result: object) -> None:
+    usage = turn.usage
+    if usage is None:
+        usage = turn.read_usage = usage_from_result(result)
+    check_response(result, usage)
 
 
 async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:

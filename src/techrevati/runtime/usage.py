@@ -681,9 +681,9 @@ class Budget:
     Exact under concurrency: one lock guards integer femto-dollar sums.
 
     A call given no estimate holds what this budget expects that model to
-    cost: the larger of its mean and its last actual cost and tokens (both
-    learned from every settled or charged call), or ``default_estimate``
-    for a model not seen yet (nothing without one). So concurrent callers
+    cost: the actual cost and tokens of its last settled or charged call
+    (a conversation's next turn is usually at least as long as its last),
+    or ``default_estimate`` for a model not seen yet (nothing without one). So concurrent callers
     overshoot a cap by at most the sum, over the calls in flight, of how much
     each one's actual cost exceeded what it held.
     """
@@ -701,7 +701,6 @@ class Budget:
         "_reserved_femto",
         "_reserved_requests",
         "_reserved_tokens",
-        "_seen",
         "_spent_femto",
         "_spent_tokens",
         "default_estimate",
@@ -736,9 +735,7 @@ class Budget:
             )
         self.default_estimate = default_estimate
         """What a call of a model this budget has not seen yet holds (``None``: nothing)."""
-        # Per model: calls, cost and tokens summed, cost and tokens of the last call;
-        # and what a call with no estimate holds (derived from them at each settle).
-        self._seen: dict[str, list[int]] = {}
+        # Per model: what a call with no estimate holds (the last actual call's figures).
         self._expect: dict[str, tuple[int, int]] = {}
         self._names: dict[str, str] = {}  # each spelling seen -> the stripped name
         self._limits = limits
@@ -1005,25 +1002,8 @@ class Budget:
             self._learn_locked(name, femto, tokens)
 
     def _learn_locked(self, name: str, femto: int, tokens: int) -> None:
-        """Fold one call's actual cost into what the model's next call is expected to cost.
-
-        Expected: the larger of the mean and the last call, for cost and for
-        tokens (so a growing conversation is not under-held). Lock held.
-        """
-        seen = self._seen.get(name)
-        if seen is None:
-            self._seen[name] = [1, femto, tokens]
-            self._expect[name] = (femto, tokens)
-            return
-        calls = seen[0] = seen[0] + 1
-        total_femto = seen[1] = seen[1] + femto
-        total_tokens = seen[2] = seen[2] + tokens
-        mean_femto = -(-total_femto // calls)
-        mean_tokens = -(-total_tokens // calls)
-        self._expect[name] = (
-            femto if femto > mean_femto else mean_femto,
-            tokens if tokens > mean_tokens else mean_tokens,
-        )
+        """Expect the model's next call without an estimate to cost what this one did."""
+        self._expect[name] = (femto, tokens)
 
     def _settle(self, reservation: BudgetReservation, femto: int, tokens: int) -> None:
         with self._lock:
