@@ -739,3 +739,78 @@ def test_async_wrong_turn_argument_fails_the_same() -> None:
                 await session.arun_turn(fn, fallback_models="model-b")
 
     asyncio.run(main())
+
+
+def test_a_silent_empty_answer_counts_against_the_breaker() -> None:
+    breaker = CircuitBreaker("api", failure_threshold=2)
+    with _orch(circuit_breaker=breaker).session() as session:
+        for _ in range(2):
+            with pytest.raises(EmptyResponseError):
+                session.run_turn(lambda: Completion(None, 0), model="m")
+        with pytest.raises(CircuitOpenError):
+            session.run_turn(lambda: Completion("stop", 3), model="m")
+    assert breaker.metrics().failures == 2
+
+
+def test_concurrent_turns_of_one_session_stay_within_its_own_cap() -> None:
+    orch = _orch(budget_usd="0.05", default_estimate=USAGE)
+
+    async def main() -> tuple[int, Any]:
+        gate = asyncio.Event()
+
+        async def call() -> str:
+            await gate.wait()
+            return "ok"
+
+        async def one(session: Any) -> bool:
+            try:
+                await session.arun_turn(call, model="m", usage=USAGE)
+            except BudgetExceededError:
+                return False
+            return True
+
+        async with orch.asession() as session:
+            tasks = [asyncio.ensure_future(one(session)) for _ in range(200)]
+            await asyncio.sleep(0)
+            gate.set()
+            results = await asyncio.gather(*tasks)
+        return sum(results), session
+
+    done, session = asyncio.run(main())
+    assert done == 11
+    assert session.tracker.total_cost() == COST * 11
+    assert session.summary()["failures"] == {"budget_exceeded": 189}
+
+
+def test_the_session_cap_counts_a_billed_failure_and_refuses_after_it() -> None:
+    def parse() -> str:
+        raise BilledError("length limit reached")
+
+    with _orch(budget_usd="0.2").session() as session:
+        with pytest.raises(BilledError):
+            session.run_turn(parse, model="m")  # $0.2055: over the cap, but billed
+        with pytest.raises(BudgetExceededError, match=r"spent \$0\.2055"):
+            session.run_turn(lambda: "more", model="m", usage=USAGE)
+
+
+def test_an_unenforced_session_cap_keeps_counting() -> None:
+    with _orch(budget_usd=COST * 2, enforce_budget=False).session() as session:
+        for _ in range(4):
+            session.run_turn(lambda: "ok", model="m", usage=USAGE)
+    assert session.tracker.total_cost() == COST * 4
+    assert session.summary()["budget_warnings"] == 2
+
+
+def test_a_failed_attempt_gives_its_hold_on_the_session_cap_back() -> None:
+    def boom() -> str:
+        raise StatusError(400)
+
+    with _orch(budget_usd=COST * 2).session() as session:
+        for _ in range(10):
+            with pytest.raises(StatusError):
+                session.run_turn(boom, model="m", estimate=USAGE)
+        # Had the holds leaked, the cap would refuse at once.
+        session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)
+        session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)
+        with pytest.raises(BudgetExceededError):
+            session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)

@@ -91,6 +91,8 @@ from techrevati.runtime.usage import (
     UsageLimits,
     UsageSnapshot,
     UsageTracker,
+    _cost_femto,
+    _limit_error,
 )
 
 __all__ = [
@@ -236,7 +238,9 @@ class Orchestrator:
         self.circuit_breaker = instance_or_none("circuit_breaker", circuit_breaker, CircuitBreaker)
         self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
         self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
-        self.budget_usd = None if budget_usd is None else UsageLimits(max_usd=budget_usd).max_usd
+        limits = None if budget_usd is None else UsageLimits(max_usd=budget_usd)
+        self.budget_usd = None if limits is None else limits.max_usd
+        self._budget_femto = None if limits is None else limits._max_femto
         self.budget = instance_or_none("budget", budget, Budget)
         self.enforce_budget = strict_bool("enforce_budget", enforce_budget)
         if default_estimate is not None and type(default_estimate) is not UsageSnapshot:
@@ -285,6 +289,7 @@ class _Turn:
     __slots__ = (
         "attempt",
         "call",
+        "cap_held",
         "estimate",
         "model",
         "models",
@@ -310,6 +315,7 @@ class _Turn:
         self.estimate = estimate
         self.timeout = timeout
         self.attempt = 0
+        self.cap_held: int | None = None  # held on the session cap; None: nothing held
         self.reservations: list[BudgetReservation] = []
         self.unreserved: list[Budget] = []  # budgets that refused, not enforced: charge after
         self.read_usage: UsageSnapshot | None = None
@@ -338,12 +344,13 @@ class Session:
         )
         """Retries of the whole session: their counts, and ``max_total_retries`` as its cap."""
         self.worker: AgentWorker | None = None
-        self._budget = (
-            None
-            if orch.budget_usd is None
-            else Budget(max_usd=orch.budget_usd, default_estimate=orch.default_estimate)
-        )
-        self._budgets = tuple(b for b in (self._budget, orch.budget) if b is not None)
+        # The session's own cap (budget_usd) is kept in integer femto-dollars under the
+        # session's lock, held and settled like a Budget's; the shared budget is a Budget.
+        self._cap = orch._budget_femto
+        self._cap_spent = 0
+        self._cap_held = 0
+        self._cap_expect: dict[str, int] = {}  # per model: its last actual cost
+        self._budgets = () if orch.budget is None else (orch.budget,)
         # The kept events, newest last: AgentEvents, or a turn.completed kept as a
         # tuple and built only when read (the hot path's event; see _turn_done).
         self._log: deque[AgentEvent | tuple[Any, ...]] = deque(maxlen=orch.event_capacity)
@@ -806,8 +813,69 @@ class Session:
                     call = replaced
             turn.call = call
             turn.model = call.model
+        if self._cap is not None:
+            self._hold_cap(turn)
         if self._budgets:
             self._reserve(turn)
+
+    def _hold_cap(self, turn: _Turn) -> None:
+        """Hold the attempt's expected cost on the session's cap (``budget_usd``)."""
+        cap = self._cap
+        assert cap is not None
+        model = turn.model
+        estimate = turn.estimate
+        if estimate is not None:
+            femto = _cost_femto(model, estimate)
+        else:
+            expected = self._cap_expect.get(model)
+            if expected is not None:
+                femto = expected
+            elif self._orch.default_estimate is not None:
+                femto = _cost_femto(model, self._orch.default_estimate)
+            else:
+                femto = 0
+        with self._lock:
+            spent, held = self._cap_spent, self._cap_held
+            if spent + held + (femto or 1) <= cap:
+                self._cap_held = held + femto
+                turn.cap_held = femto
+                return
+        error = _limit_error(
+            "usd",
+            cap,
+            spent,
+            reserved=held,
+            wanted=femto,
+            model=model,
+            after=False,
+            limit_femto=cap,
+            spent_femto=spent,
+        )
+        self._budget_refused(turn, error)
+        turn.cap_held = 0  # not enforced: charged after the call all the same
+
+    def _budget_refused(self, turn: _Turn, exc: BudgetExceededError) -> None:
+        """Raise ``exc`` when budgets are enforced, else record the overrun and go on."""
+        if self._orch.enforce_budget:
+            self._release(turn)
+            self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
+            self._emit(
+                EventName.BUDGET_EXCEEDED,
+                failure_class=AgentFailureClass.BUDGET_EXCEEDED,
+                detail=str(exc),
+                data={"model": turn.model, "enforced": True},
+            )
+            raise exc
+        with self._lock:
+            self._budget_warnings += 1
+        self._emit(
+            EventName.BUDGET_EXCEEDED,
+            detail=str(exc),
+            data={"model": turn.model, "enforced": False},
+        )
+        _log.warning(
+            "budget exceeded (not enforced): %s", exc, extra=self._log_extra(model=turn.model)
+        )
 
     def _reserve(self, turn: _Turn) -> None:
         """Hold the attempt's estimate on every budget; release them all if one refuses."""
@@ -815,44 +883,33 @@ class Session:
             try:
                 turn.reservations.append(budget.reserve(turn.model, turn.estimate))
             except BudgetExceededError as exc:
-                if self._orch.enforce_budget:
-                    self._release(turn)
-                    self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
-                    self._emit(
-                        EventName.BUDGET_EXCEEDED,
-                        failure_class=AgentFailureClass.BUDGET_EXCEEDED,
-                        detail=str(exc),
-                        data={"model": turn.model, "enforced": True},
-                    )
-                    raise
+                self._budget_refused(turn, exc)
                 turn.unreserved.append(budget)
-                with self._lock:
-                    self._budget_warnings += 1
-                self._emit(
-                    EventName.BUDGET_EXCEEDED,
-                    detail=str(exc),
-                    data={"model": turn.model, "enforced": False},
-                )
-                _log.warning(
-                    "budget exceeded (not enforced): %s",
-                    exc,
-                    extra=self._log_extra(model=turn.model),
-                )
             except BaseException:
                 self._release(turn)
                 raise
 
-    @staticmethod
-    def _release(turn: _Turn) -> None:
+    def _release(self, turn: _Turn) -> None:
         """Drop the attempt's holds: nothing was billed (or nothing is known of it)."""
+        held, turn.cap_held = turn.cap_held, None
+        if held:
+            with self._lock:
+                self._cap_held -= held
         reservations, turn.reservations = turn.reservations, []
         turn.unreserved.clear()
         for reservation in reservations:
             reservation.release()
 
-    def _charge(self, turn: _Turn, usage: UsageSnapshot) -> TurnCost:
-        """Record a billed attempt: the tracker, then every budget, exactly once."""
+    def _charge(self, turn: _Turn, usage: UsageSnapshot, *, settle_cap: bool = True) -> TurnCost:
+        """Record a billed attempt: the tracker, then every budget, exactly once.
+
+        ``settle_cap=False`` leaves the session cap to the caller, who settles
+        it in a locked section it takes anyway (:meth:`_turn_done`).
+        """
         cost = self.tracker.record_turn(turn.model, usage)
+        if settle_cap and turn.cap_held is not None:
+            with self._lock:
+                self._settle_cap_locked(turn, cost.cost_femto_usd)
         reservations, turn.reservations = turn.reservations, []
         tokens = usage.input_tokens + usage.output_tokens
         try:
@@ -914,7 +971,7 @@ class Session:
         if usage is None:
             usage = UsageSnapshot.ZERO
         try:
-            cost = self._charge(turn, usage)
+            cost = self._charge(turn, usage, settle_cap=False)
         except BaseException:
             self._release(turn)
             raise
@@ -1191,6 +1248,8 @@ class Session:
             time.time() if self._stamp_floats else orch.wall_clock(),
         )
         with self._lock:
+            if turn.cap_held is not None:
+                self._settle_cap_locked(turn, femto)
             self._event_counts[_TURN_COMPLETED] += 1
             self._written += 1
             if flagged:
@@ -1200,6 +1259,13 @@ class Session:
             event = self._built(record)
             _log_event(event)
             orch.sinks.write_event(event)
+
+    def _settle_cap_locked(self, turn: _Turn, femto: int) -> None:
+        """Replace the attempt's hold on the session cap by its actual cost (lock held)."""
+        self._cap_held -= turn.cap_held or 0
+        turn.cap_held = None
+        self._cap_spent += femto
+        self._cap_expect[turn.model] = femto
 
     def _built(self, entry: AgentEvent | tuple[Any, ...]) -> AgentEvent:
         """Return the event a log entry stands for (building a kept turn.completed)."""

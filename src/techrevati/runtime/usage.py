@@ -964,34 +964,16 @@ class Budget:
         after: bool = False,
     ) -> BudgetExceededError:
         """Build the error for ``kind`` from raw integer figures (lock held)."""
-        show: Callable[[int], str] = _money if kind == "usd" else str
-        raw = (limit, spent, reserved, wanted)
-        figures: tuple[Decimal | int, ...] = tuple(_usd(v) for v in raw) if kind == "usd" else raw
-        unit = {"usd": "", "tokens": " tokens", "requests": " requests"}[kind]
-        if after:
-            message = f"budget exceeded ({kind}): spent {show(spent)}{unit} > limit {show(limit)}"
-        elif spent + reserved >= limit:
-            message = (
-                f"budget exhausted ({kind}): spent {show(spent)} + reserved {show(reserved)}"
-                f"{unit} has reached the limit {show(limit)}"
-            )
-        else:
-            message = (
-                f"budget would be exceeded ({kind}): spent {show(spent)} + reserved "
-                f"{show(reserved)} + this call {show(wanted)}{unit} > limit {show(limit)}"
-            )
-        if model:
-            message += f" (model {model!r})"
-        return BudgetExceededError(
-            message,
-            limit_kind=kind,
-            limit=figures[0],
-            spent=figures[1],
-            reserved=figures[2],
-            requested=figures[3],
-            limit_usd=None if self._max_femto is None else _usd(self._max_femto),
-            spent_usd=_usd(self._spent_femto),
+        return _limit_error(
+            kind,
+            limit,
+            spent,
+            reserved=reserved,
+            wanted=wanted,
             model=model,
+            after=after,
+            limit_femto=self._max_femto,
+            spent_femto=self._spent_femto,
         )
 
     def _add_spend(self, name: str, femto: int, tokens: int) -> None:
@@ -1214,6 +1196,56 @@ def _lookup(name: str) -> ModelPricing | None:
                 name,
             )
     return pricing
+
+
+def _limit_error(
+    kind: LimitKind,
+    limit: int,
+    spent: int,
+    *,
+    reserved: int,
+    wanted: int,
+    model: str,
+    after: bool,
+    limit_femto: int | None,
+    spent_femto: int,
+) -> BudgetExceededError:
+    """Build the :class:`BudgetExceededError` of one limit from raw integer figures."""
+    show: Callable[[int], str] = _money if kind == "usd" else str
+    raw = (limit, spent, reserved, wanted)
+    figures: tuple[Decimal | int, ...] = tuple(_usd(v) for v in raw) if kind == "usd" else raw
+    unit = {"usd": "", "tokens": " tokens", "requests": " requests"}[kind]
+    if after:
+        message = f"budget exceeded ({kind}): spent {show(spent)}{unit} > limit {show(limit)}"
+    elif spent + reserved >= limit:
+        message = (
+            f"budget exhausted ({kind}): spent {show(spent)} + reserved {show(reserved)}"
+            f"{unit} has reached the limit {show(limit)}"
+        )
+    else:
+        message = (
+            f"budget would be exceeded ({kind}): spent {show(spent)} + reserved "
+            f"{show(reserved)} + this call {show(wanted)}{unit} > limit {show(limit)}"
+        )
+    if model:
+        message += f" (model {model!r})"
+    return BudgetExceededError(
+        message,
+        limit_kind=kind,
+        limit=figures[0],
+        spent=figures[1],
+        reserved=figures[2],
+        requested=figures[3],
+        limit_usd=None if limit_femto is None else _usd(limit_femto),
+        spent_usd=_usd(spent_femto),
+        model=model,
+    )
+
+
+def _cost_femto(model: str, usage: UsageSnapshot) -> int:
+    """Return what ``usage`` costs for ``model`` now, in 1e-15 USD (0 when unpriced)."""
+    pricing = _lookup(_model_name(model))
+    return 0 if pricing is None else _femto(pricing, usage)
 
 
 def _require_snapshot(usage: object) -> None:
