@@ -356,6 +356,8 @@ class Session:
         self._log: deque[AgentEvent | tuple[Any, ...]] = deque(maxlen=orch.event_capacity)
         self._written = 0
         self._stamp_floats = orch.wall_clock is utc_now
+        self._eager_events = orch.sinks.has_event_sinks
+        self._turns_completed = 0  # turn.completed events, counted apart: the hot one
         self._lock = threading.Lock()
         self._claimed = False
         self._event_counts: Counter[str] = Counter()
@@ -621,6 +623,8 @@ class Session:
         with self._lock:
             failures = dict(self._failures)
             counts = dict(self._event_counts)
+            if self._turns_completed:
+                counts[_TURN_COMPLETED] = self._turns_completed
             turns = self._turns
             tool_calls = self._tool_calls
             no_usage = self._turns_without_usage
@@ -766,7 +770,9 @@ class Session:
         if timeout is not None:
             timeout = seconds_or_none("timeout", timeout)
         models = _fallbacks(fallback_models) if fallback_models else ()
-        self._require_running()
+        worker = self.worker
+        if worker is None or worker.status is not AgentStatus.RUNNING:
+            self._require_running()  # raises, saying why
         model = model or UNNAMED_MODEL
         limit = self._orch.max_iterations
         with self._lock:
@@ -1234,7 +1240,6 @@ class Session:
         self, turn: _Turn, usage: UsageSnapshot, femto: int, flagged: bool, duration: float
     ) -> None:
         """Emit turn.completed: kept unbuilt unless a sink or the debug log wants it now."""
-        orch = self._orch
         worker = self.worker
         assert worker is not None
         record = (
@@ -1245,20 +1250,20 @@ class Session:
             femto,
             flagged,
             worker.status,
-            time.time() if self._stamp_floats else orch.wall_clock(),
+            time.time() if self._stamp_floats else self._orch.wall_clock(),
         )
         with self._lock:
             if turn.cap_held is not None:
                 self._settle_cap_locked(turn, femto)
-            self._event_counts[_TURN_COMPLETED] += 1
+            self._turns_completed += 1
             self._written += 1
             if flagged:
                 self._turns_without_usage += 1
         self._log.append(record)
-        if orch.sinks.has_event_sinks or _log.isEnabledFor(logging.DEBUG):
+        if self._eager_events or _log.isEnabledFor(logging.DEBUG):
             event = self._built(record)
             _log_event(event)
-            orch.sinks.write_event(event)
+            self._orch.sinks.write_event(event)
 
     def _settle_cap_locked(self, turn: _Turn, femto: int) -> None:
         """Replace the attempt's hold on the session cap by its actual cost (lock held)."""
