@@ -392,7 +392,7 @@ def test_google_status_strings_and_int_codes() -> None:
         ("ContextWindowExceededError", S.CONTEXT_OVERFLOW),
         ("ContentPolicyViolationError", S.CONTENT_POLICY),
         ("ContentFilterFinishReasonError", S.CONTENT_POLICY),
-        ("LengthFinishReasonError", S.CONTEXT_OVERFLOW),
+        ("LengthFinishReasonError", S.OUTPUT_TRUNCATED),
         ("BudgetExceededError", S.QUOTA_EXHAUSTED),
         ("ToolException", S.TOOL_EXECUTION_ERROR),
         ("UnpicklingError", S.MEMORY_CORRUPTION),

@@ -183,6 +183,49 @@ def test_openai_x_should_retry_false_wins(openai: Any, httpx2: Any) -> None:
     assert not info.retryable
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "0"}, None),
+        ({"retry-after-ms": "0"}, None),
+        ({"retry-after-ms": "0", "retry-after": "5"}, None),  # the first readable header decides
+        ({"retry-after-ms": "soon", "retry-after": "5"}, 5.0),
+        ({"retry-after": "0.0"}, None),
+    ],
+)
+def test_openai_zero_retry_after_is_no_hint(
+    openai: Any, httpx2: Any, headers: dict[str, str], expected: float | None
+) -> None:
+    error = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
+    exc = openai_error(openai, "RateLimitError", 429, error, headers=headers)
+    assert inspect_exception(exc).retry_after == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (("BadRequestError", 400, {"x-should-retry": "true"}), (S.PROVIDER_FAILURE, True)),
+        (("NotFoundError", 404, {"X-Should-Retry": "TRUE"}), (S.PROVIDER_FAILURE, True)),
+        (("BadRequestError", 400, {"x-should-retry": "false"}), (S.BAD_REQUEST, False)),
+        (("BadRequestError", 400, {"x-should-retry": "maybe"}), (S.BAD_REQUEST, False)),
+        # a specific diagnosis keeps its scenario; only the flag follows the header
+        (("AuthenticationError", 401, {"x-should-retry": "true"}), (S.AUTH_FAILURE, True)),
+    ],
+)
+def test_openai_x_should_retry_true_makes_a_bad_request_retryable(
+    openai: Any,
+    httpx2: Any,
+    error: tuple[str, int, dict[str, str]],
+    expected: tuple[FailureScenario, bool],
+) -> None:
+    cls_name, status, headers = error
+    body = {"message": "nope", "type": "invalid_request_error", "code": None}
+    exc = openai_error(openai, cls_name, status, body, headers=headers)
+    info = inspect_exception(exc)
+    assert (info.scenario, info.retryable) == expected
+    assert classify_exception(exc) is expected[0]
+
+
 def test_openai_timeouts_and_connection_errors(openai: Any, httpx2: Any) -> None:
     request = httpx2.Request("POST", OPENAI_URL)
     assert classify_exception(openai.APITimeoutError(request=request)) is S.LLM_TIMEOUT
@@ -206,7 +249,7 @@ def test_openai_finish_reason_errors(openai: Any) -> None:
     completion = openai.types.chat.ChatCompletion.model_construct(usage=None)
     assert (
         classify_exception(openai.LengthFinishReasonError(completion=completion))
-        is S.CONTEXT_OVERFLOW
+        is S.OUTPUT_TRUNCATED
     )
 
 
@@ -528,6 +571,30 @@ def test_api_core_proto_retry_info() -> None:
     info = inspect_exception(g.TooManyRequests("slow down", details=[proto]))
     assert info.scenario is S.RATE_LIMIT
     assert info.retry_after == 7.25
+
+
+def test_api_core_api_key_invalid_reason_is_auth() -> None:
+    g = _module("google.api_core.exceptions")
+    error_details = _module("google.rpc.error_details_pb2")
+    message = "API key not valid. Please pass a valid API key."
+    proto = error_details.ErrorInfo(reason="API_KEY_INVALID", domain="googleapis.com")
+    info = inspect_exception(g.InvalidArgument(message, details=[proto]))
+    assert (info.scenario, info.provider_code) == (S.AUTH_FAILURE, "API_KEY_INVALID")
+    as_dict = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+    assert classify_exception(g.InvalidArgument(message, details=[as_dict])) is S.AUTH_FAILURE
+    other = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SOMETHING_ELSE"}
+    assert classify_exception(g.InvalidArgument(message, details=[other])) is S.BAD_REQUEST
+
+
+def test_api_core_zero_retry_delay_is_no_hint() -> None:
+    g = _module("google.api_core.exceptions")
+    error_details = _module("google.rpc.error_details_pb2")
+    duration = _module("google.protobuf.duration_pb2")
+    proto = error_details.RetryInfo(retry_delay=duration.Duration(seconds=0))
+    zero = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"}
+    for details in ([proto], [zero]):
+        info = inspect_exception(g.TooManyRequests("slow down", details=details))
+        assert (info.scenario, info.retry_after) == (S.RATE_LIMIT, None)
 
 
 @pytest.mark.parametrize(

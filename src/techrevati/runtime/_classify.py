@@ -122,7 +122,8 @@ class FailureInfo:
 
     ``retryable`` says whether the *same* request may succeed later (the
     scenario's rule, overridden by an ``x-should-retry`` header).
-    ``retry_after`` is the server's wait hint in seconds, if it sent one.
+    ``retry_after`` is the server's wait hint in seconds, if it sent one
+    (a zero hint is None: back off as usual, as the SDKs do).
     ``status_code`` and ``provider_code`` (e.g. ``"insufficient_quota"``,
     ``"ThrottlingException"``) come from the exception that decided the
     scenario, and ``exception_type`` is that exception's class name.
@@ -756,7 +757,10 @@ def classify_exception(exc: BaseException, *, origin: Origin = "model") -> Failu
 
     Structured signals anywhere in the chain (codes, class names, statuses)
     come first, nearest exception first; message phrases are the last
-    resort. ``origin="tool"`` turns timeouts into ``dependency_timeout`` and
+    resort. A generic code (``invalid_request_error``) yields to a status
+    that says more (401, 408, 409, 429, 5xx...). A bad request whose response
+    says ``x-should-retry: true`` is a ``provider_failure``, so the recipe
+    retries it. ``origin="tool"`` turns timeouts into ``dependency_timeout`` and
     the default into ``tool_execution_error``. Never raises for an
     :class:`Exception`; ``KeyboardInterrupt``, ``SystemExit`` and
     ``asyncio.CancelledError`` are not failures and raise

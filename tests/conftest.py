@@ -1,0 +1,140 @@
+"""Shared test fakes: a fake clock, and a scripted loopback server with real SDK clients on it.
+
+``scripted_server`` is a :class:`~tests.scripted_server.ScriptedServer` on
+127.0.0.1; the client fixtures (``openai_client``, ``anthropic_client``,
+``genai_client``, ``bedrock_client`` and the async twins) talk real HTTP to
+it with the SDK's own retries off. They never skip: the SDKs are dev
+dependencies, and a missing one must fail the run, not hide it. The bodies
+to script come from ``scripted_server`` (the module):
+
+    def test_rate_limit(scripted_server, openai_client):
+        scripted_server.reply(429, openai_error("slow down"), {"retry-after": "2"})
+        with pytest.raises(openai.RateLimitError):
+            openai_client.chat.completions.create(model="m", messages=[...])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    # mypy names this directory's modules ``tests.*``; pytest puts the directory
+    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
+    import anthropic
+    import openai
+    from tests import scripted_server as scripted
+else:
+    import scripted_server as scripted
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to, or when code sleeps on it.
+
+    Pass the instance as ``clock=`` and :meth:`sleep` (or :meth:`asleep`) as
+    ``sleep=``: every sleep is recorded in :attr:`slept` and moves the clock,
+    and nothing ever waits.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward (a monotonic clock never goes back)."""
+        if seconds < 0:
+            raise ValueError(f"a monotonic clock cannot go back, got {seconds!r}")
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """Record ``seconds`` and advance the clock by them, at once."""
+        self.slept.append(seconds)
+        self.advance(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """The async twin of :meth:`sleep`; it yields to the loop once, as a real sleep would."""
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[scripted.ScriptedServer]:
+    with scripted.ScriptedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback URL where every connection is refused at once."""
+    with scripted.refused_address() as url:
+        yield url
+
+
+def _require(*modules: str) -> None:
+    """Import the SDKs a fixture needs; a missing one is an error, never a skip."""
+    for name in modules:
+        importlib.import_module(name)
+
+
+@pytest.fixture
+def openai_client(scripted_server: scripted.ScriptedServer) -> Iterator[openai.OpenAI]:
+    _require("openai")
+    with scripted.openai_client(scripted_server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def async_openai_client(scripted_server: scripted.ScriptedServer) -> Iterator[openai.AsyncOpenAI]:
+    """Use it inside the test's own ``asyncio.run``; it is closed at teardown."""
+    _require("openai")
+    client = scripted.async_openai_client(scripted_server.url)
+    yield client
+    asyncio.run(client.close())
+
+
+@pytest.fixture
+def anthropic_client(scripted_server: scripted.ScriptedServer) -> Iterator[anthropic.Anthropic]:
+    _require("anthropic")
+    with scripted.anthropic_client(scripted_server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def async_anthropic_client(
+    scripted_server: scripted.ScriptedServer,
+) -> Iterator[anthropic.AsyncAnthropic]:
+    """Use it inside the test's own ``asyncio.run``; it is closed at teardown."""
+    _require("anthropic")
+    client = scripted.async_anthropic_client(scripted_server.url)
+    yield client
+    asyncio.run(client.close())
+
+
+@pytest.fixture
+def genai_client(scripted_server: scripted.ScriptedServer) -> Iterator[Any]:
+    """A ``google.genai.Client`` (typed ``Any``: google's stubs are not checked)."""
+    _require("google.genai")
+    client = scripted.genai_client(scripted_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bedrock_client(scripted_server: scripted.ScriptedServer) -> Iterator[Any]:
+    """A botocore ``bedrock-runtime`` client (typed ``Any``: botocore has no stubs)."""
+    _require("botocore")
+    client = scripted.bedrock_client(scripted_server.url)
+    yield client
+    client.close()
