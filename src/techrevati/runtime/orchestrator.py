@@ -86,7 +86,6 @@ from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import (
     Budget,
     BudgetExceededError,
-    BudgetReservation,
     TurnCost,
     UsageLimits,
     UsageSnapshot,
@@ -291,10 +290,10 @@ class _Turn:
         "call",
         "cap_held",
         "estimate",
+        "holds",
         "model",
         "models",
         "read_usage",
-        "reservations",
         "run",
         "timeout",
         "unreserved",
@@ -316,7 +315,8 @@ class _Turn:
         self.timeout = timeout
         self.attempt = 0
         self.cap_held: int | None = None  # held on the session cap; None: nothing held
-        self.reservations: list[BudgetReservation] = []
+        # Held on shared budgets: (budget, model name, femto, tokens), each given back once.
+        self.holds: list[tuple[Budget, str, int, int]] = []
         self.unreserved: list[Budget] = []  # budgets that refused, not enforced: charge after
         self.read_usage: UsageSnapshot | None = None
         self.call: ModelCall | None = None
@@ -356,7 +356,11 @@ class Session:
         self._log: deque[AgentEvent | tuple[Any, ...]] = deque(maxlen=orch.event_capacity)
         self._written = 0
         self._stamp_floats = orch.wall_clock is utc_now
+        # Read once per session on every turn's path: the orchestrator's wiring is fixed.
         self._eager_events = orch.sinks.has_event_sinks
+        self._usage_sinks = orch.sinks.has_usage_sinks
+        self._stats = None if policy is None else policy.stats
+        self._after_model = orch._points["after_model"]
         self._turns_completed = 0  # turn.completed events, counted apart: the hot one
         self._lock = threading.Lock()
         self._claimed = False
@@ -784,9 +788,8 @@ class Session:
             assert limit is not None
             self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
             raise MaxIterationsExceededError(limit)
-        policy = self._orch.retry
-        if policy is not None and policy.stats is not None:
-            policy.stats._started()
+        if self._stats is not None:
+            self._stats._started()
         turn = _Turn(model, models, usage, estimate, timeout)
         if self._orch._model_hooks:
             # Only hooks look at the ModelCall; without them it is not built.
@@ -887,7 +890,7 @@ class Session:
         """Hold the attempt's estimate on every budget; release them all if one refuses."""
         for budget in self._budgets:
             try:
-                turn.reservations.append(budget.reserve(turn.model, turn.estimate))
+                turn.holds.append((budget, *budget._hold(turn.model, turn.estimate)))
             except BudgetExceededError as exc:
                 self._budget_refused(turn, exc)
                 turn.unreserved.append(budget)
@@ -901,10 +904,10 @@ class Session:
         if held:
             with self._lock:
                 self._cap_held -= held
-        reservations, turn.reservations = turn.reservations, []
+        holds, turn.holds = turn.holds, []
         turn.unreserved.clear()
-        for reservation in reservations:
-            reservation.release()
+        for budget, _, femto, tokens in holds:
+            budget._release_hold(femto, tokens)
 
     def _charge(self, turn: _Turn, usage: UsageSnapshot, *, settle_cap: bool = True) -> TurnCost:
         """Record a billed attempt: the tracker, then every budget, exactly once.
@@ -916,16 +919,19 @@ class Session:
         if settle_cap and turn.cap_held is not None:
             with self._lock:
                 self._settle_cap_locked(turn, cost.cost_femto_usd)
-        reservations, turn.reservations = turn.reservations, []
-        tokens = usage.input_tokens + usage.output_tokens
-        try:
-            for reservation in reservations:
-                # Priced once, by the tracker: the budgets use the same registry.
-                reservation._budget._settle(reservation, cost.cost_femto_usd, tokens)
-        except BaseException:
-            for reservation in reservations:
-                reservation.release()  # a no-op for those already settled
-            raise
+        holds, turn.holds = turn.holds, []
+        if holds:
+            femto = cost.cost_femto_usd  # priced once, by the tracker: the same registry
+            tokens = usage.input_tokens + usage.output_tokens
+            try:
+                while holds:
+                    budget, name, held_femto, held_tokens = holds[-1]
+                    budget._settle_hold(name, held_femto, held_tokens, femto, tokens)
+                    holds.pop()
+            except BaseException:
+                for budget, _, held_femto, held_tokens in holds:
+                    budget._release_hold(held_femto, held_tokens)
+                raise
         unreserved, turn.unreserved = turn.unreserved, []
         for budget in unreserved:
             budget.charge(turn.model, usage)
@@ -982,12 +988,11 @@ class Session:
             self._release(turn)
             raise
         self._turn_done(turn, usage, cost.cost_femto_usd, flagged, duration)
-        if self._orch.sinks.has_usage_sinks:
+        if self._usage_sinks:
             self._write_usage(turn, usage, cost, duration)
-        policy = self._orch.retry
-        if policy is not None and policy.stats is not None:
-            policy.stats._succeeded()
-        for hook in self._orch._points["after_model"]:
+        if self._stats is not None:
+            self._stats._succeeded()
+        for hook in self._after_model:
             assert turn.call is not None
             replaced = self._run_hook(hook, "after_model", hook.after_model, turn.call, result)
             if replaced is not None:
@@ -1030,7 +1035,7 @@ class Session:
             cost = None
         else:
             cost = self._charge(turn, billed)
-            if self._orch.sinks.has_usage_sinks:
+            if self._usage_sinks:
                 self._write_usage(turn, billed, cost, duration)
         failure = failure_class_of(exc)
         self._record_failure(failure)

@@ -838,6 +838,16 @@ class Budget:
         usage, or release it; as a context manager it is released on exit
         unless settled.
         """
+        name, femto, tokens = self._hold(model, estimate)
+        return BudgetReservation(self, name, femto, tokens)
+
+    def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int]:
+        """Check and hold one call as :meth:`reserve` does; return (name, femto, tokens) held.
+
+        The bare engine of :meth:`reserve`, for callers that track the hold
+        themselves (a session's turn) and give it back with
+        :meth:`_settle_hold` or :meth:`_release_hold`, exactly once.
+        """
         name = self._names.get(model) if type(model) is str else None
         if name is None:
             name = _model_name(model)
@@ -866,7 +876,7 @@ class Budget:
             self._reserved_femto += femto
             self._reserved_tokens += tokens
             self._reserved_requests += 1
-        return BudgetReservation(self, name, femto, tokens)
+        return name, femto, tokens
 
     def charge(self, model: str, usage: UsageSnapshot) -> TurnCost:
         """Add a call's actual cost, tokens and one request; never refuses.
@@ -981,11 +991,7 @@ class Budget:
             self._spent_femto += femto
             self._spent_tokens += tokens
             self._requests += 1
-            self._learn_locked(name, femto, tokens)
-
-    def _learn_locked(self, name: str, femto: int, tokens: int) -> None:
-        """Expect the model's next call without an estimate to cost what this one did."""
-        self._expect[name] = (femto, tokens)
+            self._expect[name] = (femto, tokens)
 
     def _settle(self, reservation: BudgetReservation, femto: int, tokens: int) -> None:
         with self._lock:
@@ -996,23 +1002,45 @@ class Budget:
                     "use Budget.charge to add spend without one"
                 )
             reservation._state = "settled"
-            self._reserved_femto -= reservation._femto
-            self._reserved_tokens -= reservation._tokens
-            self._reserved_requests -= 1
-            self._spent_femto += femto
-            self._spent_tokens += tokens
-            self._requests += 1
-            self._learn_locked(reservation.model, femto, tokens)
+            self._settle_locked(
+                reservation.model, reservation._femto, reservation._tokens, femto, tokens
+            )
+
+    def _settle_hold(
+        self, name: str, held_femto: int, held_tokens: int, femto: int, tokens: int
+    ) -> None:
+        """Replace a hold taken by :meth:`_hold` with the call's actual cost."""
+        with self._lock:
+            self._settle_locked(name, held_femto, held_tokens, femto, tokens)
+
+    def _settle_locked(
+        self, name: str, held_femto: int, held_tokens: int, femto: int, tokens: int
+    ) -> None:
+        self._reserved_femto -= held_femto
+        self._reserved_tokens -= held_tokens
+        self._reserved_requests -= 1
+        self._spent_femto += femto
+        self._spent_tokens += tokens
+        self._requests += 1
+        self._expect[name] = (femto, tokens)  # what the model's next call should hold
 
     def _release(self, reservation: BudgetReservation) -> bool:
         with self._lock:
             if reservation._state != "active":
                 return False
             reservation._state = "released"
-            self._reserved_femto -= reservation._femto
-            self._reserved_tokens -= reservation._tokens
-            self._reserved_requests -= 1
+            self._release_locked(reservation._femto, reservation._tokens)
             return True
+
+    def _release_hold(self, held_femto: int, held_tokens: int) -> None:
+        """Give back a hold taken by :meth:`_hold` (the call was not billed)."""
+        with self._lock:
+            self._release_locked(held_femto, held_tokens)
+
+    def _release_locked(self, held_femto: int, held_tokens: int) -> None:
+        self._reserved_femto -= held_femto
+        self._reserved_tokens -= held_tokens
+        self._reserved_requests -= 1
 
 
 class BudgetReservation:
