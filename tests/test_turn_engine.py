@@ -7,6 +7,7 @@ with the real SDK clients over loopback HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -391,13 +392,41 @@ def test_async_turn_that_swallows_cancellation_still_ends_at_its_deadline(
                 await session.arun_turn(stubborn, model="m", usage=USAGE, timeout=0.05)
             elapsed = loop.time() - started
             stop.set()
-            await asyncio.sleep(0)
+            for _ in range(3):  # let it see the cancellation, ignore it and finish
+                await asyncio.sleep(0)
         return elapsed, seen
 
     elapsed, seen = asyncio.run(main())
     assert elapsed < 1.0  # not the coroutine's own 5 s, let alone 10x the timeout
     assert seen == ["cancel ignored"]
-    assert "did not stop when cancelled" in caplog.text
+    assert "ignored the cancellation" in caplog.text
+
+
+def test_async_turn_that_never_stops_is_reported_while_it_runs_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        reported = asyncio.Event()
+
+        async def deaf() -> str:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(stop.wait(), 5)
+            return "late"
+
+        async with _orch().asession() as session:
+            with pytest.raises(TurnTimeoutError):
+                await session.arun_turn(deaf, model="m", usage=USAGE, timeout=0.02)
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, reported.set)  # past the second timeout
+            await reported.wait()
+            assert "did not stop when cancelled" in caplog.text
+            stop.set()
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+    asyncio.run(main())
 
 
 def test_a_full_pool_of_hung_calls_times_out_new_turns_without_starting_them() -> None:

@@ -436,15 +436,6 @@ def test_async_timeouts_on_a_hanging_server_open_the_breaker_and_recovery_closes
     assert usage == OK_USAGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_within waits one loop step after cancelling a timed-out coroutine; the real "
-        "AsyncOpenAI/AsyncAnthropic calls need two to unwind (httpx closes its connection), "
-        "so every async timeout logs 'did not stop when cancelled ... runs on in the "
-        "background' about a call that did stop"
-    ),
-)
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_an_async_sdk_call_that_honours_cancellation_is_not_reported_as_running_on(
     scripted_server: ScriptedServer, sdk: str, caplog: pytest.LogCaptureFixture
@@ -721,15 +712,6 @@ def _documented_stops(provider: Provider, client: Any) -> tuple[str, ...]:
     return tuple(client.meta.service_model.shape_for("StopReason").enum)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_responses._ANTHROPIC_STOP lacks 'model_context_window_exceeded' and _BEDROCK_STOP "
-        "lacks 'malformed_model_output'/'malformed_tool_use', stop reasons the SDKs define: "
-        "an answer stating one with 0 output tokens is taken for a silent failure "
-        "(EmptyResponseError, provider_failure, retried)"
-    ),
-)
 @pytest.mark.parametrize(
     ("provider", "stop_reason"),
     [
@@ -830,14 +812,6 @@ def test_a_returned_stream_is_refused_and_its_connection_given_back(
     assert session.summary()["failure_class"] == "validation_error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_responses._close skips a coroutine close(), so a refused openai/anthropic "
-        "AsyncStream keeps its HTTP response open and its connection checked out of the "
-        "client's pool (the sync Stream is closed)"
-    ),
-)
 def test_a_returned_async_stream_is_refused_and_its_connection_given_back(
     scripted_server: ScriptedServer,
 ) -> None:
@@ -865,14 +839,6 @@ def test_a_returned_async_stream_is_refused_and_its_connection_given_back(
     asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_responses._close calls close() on what fn returned; a Bedrock converse_stream "
-        "answer is a dict (it has none), so the EventStream in its 'stream' key, and the "
-        "urllib3 response under it, stay open though the session refused them"
-    ),
-)
 def test_a_returned_bedrock_event_stream_is_refused_and_its_connection_given_back(
     scripted_server: ScriptedServer, bedrock_client: Any
 ) -> None:

@@ -18,6 +18,7 @@ from techrevati.runtime.usage import UsageSnapshot
 __all__ = [
     "EmptyResponseError",
     "StreamResultError",
+    "aclose_refused",
     "check_response",
     "usage_from_exception",
     "usage_from_result",
@@ -51,7 +52,15 @@ _OPENAI_FINISH: Final = frozenset(
     {"stop", "length", "tool_calls", "content_filter", "function_call"}
 )
 _ANTHROPIC_STOP: Final = frozenset(
-    {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+    {
+        "end_turn",
+        "max_tokens",
+        "stop_sequence",
+        "tool_use",
+        "pause_turn",
+        "refusal",
+        "model_context_window_exceeded",
+    }
 )
 _BEDROCK_STOP: Final = frozenset(
     {
@@ -62,6 +71,8 @@ _BEDROCK_STOP: Final = frozenset(
         "guardrail_intervened",
         "content_filtered",
         "model_context_window_exceeded",
+        "malformed_model_output",
+        "malformed_tool_use",
     }
 )
 _MISSING: Final = object()
@@ -76,8 +87,9 @@ class StreamResultError(TechrevatiError, TypeError):
     or pass ``usage=`` to ``run_turn``.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, stream: object = None) -> None:
         self.kind = kind
+        self.stream = stream
         super().__init__(
             f"fn returned a stream ({kind}): its usage is only known once it is consumed. "
             "Consume it inside fn and return the final response (e.g. openai "
@@ -141,7 +153,7 @@ def check_response(result: object, usage: UsageSnapshot | None) -> None:
         stream = _stream_kind(result)
         if stream is not None:
             _close(result)
-            raise StreamResultError(stream)
+            raise StreamResultError(stream, result)
     reason = _silence(result, usage)
     if reason is not None:
         raise EmptyResponseError(reason, result)
@@ -160,12 +172,30 @@ def _stream_kind(result: object) -> str | None:
     return None
 
 
+def _closer(stream: object) -> object:
+    """Return what to close to give a stream's connection back (a Bedrock dict's stream)."""
+    if isinstance(stream, Mapping):
+        return _key(stream, "stream")
+    return stream
+
+
 def _close(stream: object) -> None:
     """Give a refused sync stream's connection back (best effort)."""
-    close = _get(stream, "close")
+    close = _get(_closer(stream), "close")
     if callable(close) and not inspect.iscoroutinefunction(close):
         with contextlib.suppress(Exception):  # the error that matters is raised next
             close()
+
+
+async def aclose_refused(error: StreamResultError) -> None:
+    """Give a refused async stream's connection back (its ``close``/``aclose`` is awaited)."""
+    stream = _closer(error.stream)
+    for name in ("aclose", "close"):
+        close = _get(stream, name)
+        if callable(close) and inspect.iscoroutinefunction(close):
+            with contextlib.suppress(Exception):  # the error that matters is raised next
+                await close()
+            return
 
 
 def _silence(result: object, usage: UsageSnapshot | None) -> str | None:

@@ -30,6 +30,7 @@ from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._responses import (
     EmptyResponseError,
     StreamResultError,
+    aclose_refused,
     check_response,
     usage_from_exception,
     usage_from_result,
@@ -967,7 +968,11 @@ class Session:
                 result = await awaitable
             else:
                 result = await _within(awaitable, timeout, turn.model)
-            _inspect(turn, result)
+            try:
+                _inspect(turn, result)
+            except StreamResultError as exc:
+                await aclose_refused(exc)
+                raise
             return result
 
         breaker = self._orch.circuit_breaker
@@ -1355,9 +1360,10 @@ def _inspect(turn: _Turn, result: object) -> None:
 async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
     """Await ``awaitable`` for at most ``timeout`` seconds, even if it ignores cancellation.
 
-    At the deadline the task is cancelled and the caller moves on at once: a
-    coroutine that swallows the cancellation keeps running in the background,
-    is reported on the log, and its result is dropped.
+    At the deadline the task is cancelled and the caller moves on at once. A
+    coroutine that swallows the cancellation keeps running in the background:
+    that is logged (when it ends, or if it is still running another
+    ``timeout`` later) and its result is dropped.
     """
     task = asyncio.ensure_future(awaitable)
     try:
@@ -1369,16 +1375,36 @@ async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
     if done:
         return task.result()
     task.cancel()
-    await asyncio.sleep(0)  # one loop step: a coroutine that honours cancellation ends here
-    if not task.done():
-        _log.warning(
-            "turn on model %r passed its %ss deadline and did not stop when cancelled; "
-            "it runs on in the background and its result will be dropped",
-            model,
-            timeout,
-        )
-    task.add_done_callback(_forget_late)
+    _watch_late(task, timeout, model)
     raise TurnTimeoutError(timeout, model)
+
+
+def _watch_late(task: asyncio.Future[Any], timeout: float, model: str) -> None:
+    """Report a cancelled turn that does not stop; retrieve its outcome when it ends."""
+
+    def still_running() -> None:
+        if not task.done():
+            _log.warning(
+                "turn on model %r passed its %ss deadline and did not stop when cancelled; "
+                "it runs on in the background and its result will be dropped",
+                model,
+                timeout,
+            )
+
+    timer = asyncio.get_running_loop().call_later(timeout, still_running)
+
+    def ended(task: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        if not task.cancelled():
+            _log.warning(
+                "turn on model %r passed its %ss deadline and ignored the cancellation; "
+                "it finished later and its result was dropped",
+                model,
+                timeout,
+            )
+        _forget_late(task)
+
+    task.add_done_callback(ended)
 
 
 def _forget_late(task: asyncio.Future[Any]) -> None:
