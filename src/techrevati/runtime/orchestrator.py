@@ -117,6 +117,7 @@ UNNAMED_MODEL: Final = "unnamed-model"
 _T = TypeVar("_T")
 _log = logging.getLogger("techrevati.runtime.orchestrator")
 _TURN_COMPLETED: Final = EventName.TURN_COMPLETED.value
+_PLAIN_RESULTS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class TurnTimeoutError(TransientRuntimeError, TimeoutError):
@@ -429,7 +430,7 @@ class Session:
         with a fresh attempt budget each turn.
         """
         turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
-        target = self._sync_target(fn, turn)
+        target = fn if turn.timeout is None and not _accepts_model(fn) else self._timed(fn, turn)
         breaker = self._orch.circuit_breaker
         clock = self._orch.clock
         while True:
@@ -938,7 +939,7 @@ class Session:
             budget.charge(turn.model, usage)
         return cost
 
-    def _sync_target(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
+    def _timed(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
         """``fn`` as a zero-argument call: given the turn's model, within its deadline."""
         target: Callable[[], _T] = (lambda: fn(model=turn.model)) if _accepts_model(fn) else fn
         timeout = turn.timeout
@@ -1346,7 +1347,8 @@ def failure_class_of(exc: BaseException) -> AgentFailureClass:
 def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:
     """Call ``target``; read the usage of its result and refuse a stream or a silent failure."""
     result = target()
-    _inspect(turn, result)
+    if type(result) not in _PLAIN_RESULTS:  # a str or a number is no response to read
+        _inspect(turn, result)
     return result
 
 
