@@ -65,6 +65,18 @@ class FakeClock:
 
 
 @pytest.fixture
+def priced_models() -> Iterator[None]:
+    """Price ``m`` ($3/$15 per million) and ``backup`` ($1/$5), and nothing else, for one test."""
+    from techrevati.runtime import ModelPricing, clear_pricing, register_pricing
+
+    clear_pricing()
+    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
+    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
+    yield
+    clear_pricing()
+
+
+@pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from techrevati.runtime import (
     GuardrailViolatedError,
     MaxIterationsExceededError,
     ModelCall,
-    ModelPricing,
     Orchestrator,
     PermissionDeniedError,
     PermissionMode,
@@ -44,21 +42,13 @@ from techrevati.runtime import (
     TurnTimeoutError,
     UsageRecord,
     UsageSnapshot,
-    clear_pricing,
-    register_pricing,
 )
 from techrevati.runtime._runner import DeadlineRunner
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 
 
-@pytest.fixture(autouse=True)
-def _pricing() -> Iterator[None]:
-    clear_pricing()
-    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
-    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
-    yield
-    clear_pricing()
+pytestmark = pytest.mark.usefixtures("priced_models")
 
 
 class FakeClock:

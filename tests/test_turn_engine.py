@@ -25,7 +25,6 @@ from techrevati.runtime import (
     EventName,
     GuardrailViolatedError,
     InvalidValueError,
-    ModelPricing,
     Orchestrator,
     RetriesExhaustedError,
     RetryAttempt,
@@ -35,8 +34,6 @@ from techrevati.runtime import (
     TurnTimeoutError,
     UsageSnapshot,
     aretry_call,
-    clear_pricing,
-    register_pricing,
     retry_call,
 )
 from techrevati.runtime._runner import DeadlineRunner
@@ -46,13 +43,7 @@ USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 COST = Decimal("0.0045")  # 1000 * 3e-6 + 100 * 15e-6
 
 
-@pytest.fixture(autouse=True)
-def _pricing() -> Iterator[None]:
-    clear_pricing()
-    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
-    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
-    yield
-    clear_pricing()
+pytestmark = pytest.mark.usefixtures("priced_models")
 
 
 class StatusError(Exception):
@@ -533,15 +524,14 @@ def test_a_budget_without_estimates_holds_the_expected_cost() -> None:
     assert held == [COST]
 
 
-def test_concurrent_async_turns_on_a_shared_budget_stay_within_the_bound() -> None:
-    budget = Budget(max_usd="0.05", default_estimate=USAGE)
-    orch = _orch(budget=budget)
+def _admitted_at_once(orch: Orchestrator, turns: int) -> tuple[int, Any]:
+    """Start ``turns`` async turns of one session together; return how many ran, and it."""
 
-    async def main() -> int:
+    async def main() -> tuple[int, Any]:
         gate = asyncio.Event()
 
         async def call() -> str:
-            await gate.wait()
+            await gate.wait()  # every turn holds its budget before any settles
             return "ok"
 
         async def one(session: Any) -> bool:
@@ -552,13 +542,18 @@ def test_concurrent_async_turns_on_a_shared_budget_stay_within_the_bound() -> No
             return True
 
         async with orch.asession() as session:
-            tasks = [asyncio.ensure_future(one(session)) for _ in range(200)]
+            tasks = [asyncio.ensure_future(one(session)) for _ in range(turns)]
             await asyncio.sleep(0)
             gate.set()
             results = await asyncio.gather(*tasks)
-        return sum(results)
+        return sum(results), session
 
-    done = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_concurrent_async_turns_on_a_shared_budget_stay_within_the_bound() -> None:
+    budget = Budget(max_usd="0.05", default_estimate=USAGE)
+    done, _ = _admitted_at_once(_orch(budget=budget), 200)
     assert done == 11  # floor(0.05 / 0.0045)
     assert budget.spent_usd == COST * 11  # actual == estimate: no overshoot at all
     assert budget.spent_usd <= Decimal("0.05")
@@ -782,30 +777,7 @@ def test_a_silent_empty_answer_counts_against_the_breaker() -> None:
 
 
 def test_concurrent_turns_of_one_session_stay_within_its_own_cap() -> None:
-    orch = _orch(budget_usd="0.05", default_estimate=USAGE)
-
-    async def main() -> tuple[int, Any]:
-        gate = asyncio.Event()
-
-        async def call() -> str:
-            await gate.wait()
-            return "ok"
-
-        async def one(session: Any) -> bool:
-            try:
-                await session.arun_turn(call, model="m", usage=USAGE)
-            except BudgetExceededError:
-                return False
-            return True
-
-        async with orch.asession() as session:
-            tasks = [asyncio.ensure_future(one(session)) for _ in range(200)]
-            await asyncio.sleep(0)
-            gate.set()
-            results = await asyncio.gather(*tasks)
-        return sum(results), session
-
-    done, session = asyncio.run(main())
+    done, session = _admitted_at_once(_orch(budget_usd="0.05", default_estimate=USAGE), 200)
     assert done == 11
     assert session.tracker.total_cost() == COST * 11
     assert session.summary()["failures"] == {"budget_exceeded": 189}

@@ -34,15 +34,12 @@ from techrevati.runtime import (
     CircuitOpenError,
     CircuitState,
     EventName,
-    ModelPricing,
     Orchestrator,
     RetriesExhaustedError,
     RetryPolicy,
     TurnTimeoutError,
     UsageSnapshot,
-    clear_pricing,
     inspect_exception,
-    register_pricing,
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime.orchestrator import EmptyResponseError, Session, StreamResultError
@@ -95,13 +92,7 @@ M_PRICE = (Decimal(3), Decimal(15))  # $ per million input, output tokens of mod
 ZERO = Decimal(0)
 
 
-@pytest.fixture(autouse=True)
-def _pricing() -> Iterator[None]:
-    clear_pricing()
-    register_pricing("m", ModelPricing(input_per_million="3", output_per_million="15"))
-    register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
-    yield
-    clear_pricing()
+pytestmark = pytest.mark.usefixtures("priced_models")
 
 
 def _orch(**kwargs: Any) -> Orchestrator:

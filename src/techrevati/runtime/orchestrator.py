@@ -115,6 +115,7 @@ UNNAMED_MODEL: Final = "unnamed-model"
 """The model name a turn is recorded under when ``run_turn`` is given none."""
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", ModelCall, ToolCall)
 _log = logging.getLogger("techrevati.runtime.orchestrator")
 _TURN_COMPLETED: Final = EventName.TURN_COMPLETED.value
 _PLAIN_RESULTS: Final = frozenset({str, bytes, int, float, bool, type(None)})
@@ -812,16 +813,7 @@ class Session:
         if call is not None:  # only built when hooks look at it
             if call.attempt != turn.attempt or call.model != turn.model:
                 call = replace(call, model=turn.model, attempt=turn.attempt)
-            for hook in self._orch._points["before_model"]:
-                replaced = self._run_hook(hook, "before_model", hook.before_model, call)
-                if replaced is not None:
-                    if not isinstance(replaced, ModelCall):
-                        raise GuardrailViolatedError(
-                            f"before_model returned {type(replaced).__name__}, not ModelCall",
-                            hook=type(hook).__name__,
-                            point="before_model",
-                        )
-                    call = replaced
+            call = self._replaced_by_hooks("before_model", call, ModelCall)
             turn.call = call
             turn.model = call.model
         if self._cap is not None:
@@ -1140,16 +1132,7 @@ class Session:
             phase=self._orch.phase,
             session_id=self.id,
         )
-        for hook in self._orch._points["before_tool"]:
-            replaced = self._run_hook(hook, "before_tool", hook.before_tool, call)
-            if replaced is not None:
-                if not isinstance(replaced, ToolCall):
-                    raise GuardrailViolatedError(
-                        f"before_tool returned {type(replaced).__name__}, not ToolCall",
-                        hook=type(hook).__name__,
-                        point="before_tool",
-                    )
-                call = replaced
+        call = self._replaced_by_hooks("before_tool", call, ToolCall)
         with self._lock:
             self._tool_calls += 1
         return call
@@ -1184,6 +1167,20 @@ class Session:
         )
 
     # -- shared helpers -------------------------------------------------------
+
+    def _replaced_by_hooks(self, point: str, call: _C, kind: type[_C]) -> _C:
+        """Pass ``call`` through the ``point`` hooks; each may return a replacement ``kind``."""
+        for hook in self._orch._points[point]:
+            replaced = self._run_hook(hook, point, getattr(hook, point), call)
+            if replaced is not None:
+                if not isinstance(replaced, kind):
+                    raise GuardrailViolatedError(
+                        f"{point} returned {type(replaced).__name__}, not {kind.__name__}",
+                        hook=type(hook).__name__,
+                        point=point,
+                    )
+                call = replaced
+        return call
 
     def _run_hook(self, hook: object, point: str, method: Callable[..., _T], *args: object) -> _T:
         try:
