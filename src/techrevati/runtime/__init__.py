@@ -3,6 +3,14 @@
 Every public name is re-exported here; see the module of each for details.
 """
 
+from techrevati.runtime.budget import (
+    Budget,
+    BudgetExceededError,
+    BudgetReservation,
+    LimitKind,
+    ReservationError,
+    UsageLimits,
+)
 from techrevati.runtime.circuit_breaker import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_RECOVERY_TIMEOUT_SECONDS,
@@ -104,6 +112,19 @@ from techrevati.runtime.policy_engine import (
     TimedOut,
     Verdict,
 )
+from techrevati.runtime.pricing import (
+    LOGGER_NAME,
+    LONG_CONTEXT_LITELLM_UNIT,
+    LongContextTier,
+    ModelPricing,
+    PricingFileError,
+    clear_pricing,
+    get_pricing,
+    has_pricing,
+    load_pricing_from_file,
+    register_pricing,
+    unregister_pricing,
+)
 from techrevati.runtime.quality_gate import (
     QualityGate,
     QualityGateOutcome,
@@ -184,27 +205,10 @@ from techrevati.runtime.sinks import (
     sessions_from_events,
 )
 from techrevati.runtime.usage import (
-    LOGGER_NAME,
-    LONG_CONTEXT_LITELLM_UNIT,
-    Budget,
-    BudgetExceededError,
-    BudgetReservation,
-    LimitKind,
-    LongContextTier,
-    ModelPricing,
-    PricingFileError,
-    ReservationError,
     TurnCost,
-    UsageLimits,
     UsageParseError,
     UsageSnapshot,
     UsageTracker,
-    clear_pricing,
-    get_pricing,
-    has_pricing,
-    load_pricing_from_file,
-    register_pricing,
-    unregister_pricing,
 )
 
 __all__ = [

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
+from techrevati.runtime._money import usd_text
 from techrevati.runtime._responses import (
     EmptyResponseError,
     StreamResultError,
@@ -45,6 +46,7 @@ from techrevati.runtime._validate import (
     seconds_or_none,
     strict_bool,
 )
+from techrevati.runtime.budget import Budget, BudgetExceededError, UsageLimits, _limit_error
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError, TransientRuntimeError
 from techrevati.runtime.events import (
@@ -71,6 +73,7 @@ from techrevati.runtime.permissions import (
     PermissionPolicy,
 )
 from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, PolicyEngine
+from techrevati.runtime.pricing import _cost_femto
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
 from techrevati.runtime.retry_policy import (
     FailureScenario,
@@ -84,16 +87,7 @@ from techrevati.runtime.retry_policy import (
     inspect_exception,
 )
 from techrevati.runtime.sinks import SinkFanout
-from techrevati.runtime.usage import (
-    Budget,
-    BudgetExceededError,
-    TurnCost,
-    UsageLimits,
-    UsageSnapshot,
-    UsageTracker,
-    _cost_femto,
-    _limit_error,
-)
+from techrevati.runtime.usage import TurnCost, UsageSnapshot, UsageTracker
 
 __all__ = [
     "DEFAULT_LAST_EVENTS",
@@ -1100,7 +1094,7 @@ class Session:
         if billed is not None and cost is not None:
             data["input_tokens"] = billed.input_tokens
             data["output_tokens"] = billed.output_tokens
-            data["cost_usd"] = _usd_text(cost.cost_femto_usd)
+            data["cost_usd"] = usd_text(cost.cost_femto_usd)
         if isinstance(exc, CircuitOpenError):
             name = EventName.BREAKER_REJECTED
             data["retry_after"] = exc.retry_after
@@ -1300,7 +1294,7 @@ class Session:
                 "cache_read_tokens": usage.cache_read_tokens,
                 "cache_write_tokens": usage.cache_write_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
-                "cost_usd": _usd_text(femto),
+                "cost_usd": usd_text(femto),
                 "usage_unknown": flagged,
             },
             timestamp=datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, float) else stamp,
@@ -1514,17 +1508,6 @@ def _accepts_model(fn: Callable[..., object]) -> bool:
         return "model" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-_FEMTO_PER_USD: Final = 10**15
-
-
-def _usd_text(femto: int) -> str:
-    """Format an exact amount of 1e-15 USD as a plain decimal string, fast."""
-    whole, fraction = divmod(femto, _FEMTO_PER_USD)
-    if not fraction:
-        return str(whole)
-    return f"{whole}.{fraction:015d}".rstrip("0")
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
