@@ -10,7 +10,14 @@ live beside the primitive that raises them (``lifecycle.InvalidTransitionError``
 
 from __future__ import annotations
 
-__all__ = ["InvalidValueError", "TechrevatiError", "TransientRuntimeError"]
+__all__ = [
+    "InvalidValueError",
+    "MaxIterationsExceededError",
+    "SessionStateError",
+    "TechrevatiError",
+    "TransientRuntimeError",
+    "TurnTimeoutError",
+]
 
 
 class TechrevatiError(Exception):
@@ -36,3 +43,42 @@ class TransientRuntimeError(TechrevatiError):
     """
 
     scenario: str = "llm_error"
+
+
+class TurnTimeoutError(TransientRuntimeError, TimeoutError):
+    """A turn did not finish within its ``timeout``.
+
+    For sync turns the callable keeps running on its worker thread (a thread
+    cannot be killed); its result, when it comes, is dropped. ``started`` is
+    False when the call never began because every worker thread was still
+    busy with earlier calls that outlived their deadlines. A retry policy
+    treats it as ``llm_timeout``; a circuit breaker counts it as a failure.
+    """
+
+    scenario = "llm_timeout"
+
+    def __init__(self, timeout: float, model: str, *, started: bool = True) -> None:
+        self.timeout = timeout
+        self.model = model
+        self.started = started
+        where = "" if started else " (no worker thread was free: earlier calls still hang)"
+        super().__init__(f"turn on model {model!r} did not finish within {timeout} seconds{where}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (self.timeout, self.model, self.started))
+
+
+def _rebuild_timeout(timeout: float, model: str, started: bool) -> TurnTimeoutError:
+    return TurnTimeoutError(timeout, model, started=started)
+
+
+class MaxIterationsExceededError(TechrevatiError):
+    """The session already ran ``max_iterations`` turns; no further turn is started."""
+
+    def __init__(self, max_iterations: int) -> None:
+        self.max_iterations = max_iterations
+        super().__init__(f"max_iterations={max_iterations} reached; turn refused")
+
+
+class SessionStateError(TechrevatiError, RuntimeError):
+    """The session cannot do that in its current state (closed, waiting for input, ...)."""

@@ -9,11 +9,11 @@ a :class:`GuardrailViolatedError` naming the hook and chaining the original.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
-from techrevati.runtime.errors import TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
 __all__ = [
     "HOOK_POINTS",
@@ -119,3 +119,31 @@ class BaseHook:
     def after_tool(self, call: ToolCall, result: object) -> object | None:
         """Keep the result."""
         return None
+
+
+def _checked_hooks(hooks: Iterable[object]) -> tuple[Any, ...]:
+    """Return the hooks as a tuple; each must implement at least one hook point."""
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+        raise InvalidValueError(f"hooks must be an iterable of hook objects, got {hooks!r}")
+    checked = tuple(hooks)
+    for hook in checked:
+        if not any(callable(getattr(hook, point, None)) for point in HOOK_POINTS):
+            raise InvalidValueError(
+                f"each hook must implement one of {', '.join(HOOK_POINTS)} "
+                f"(subclass BaseHook), got {hook!r}"
+            )
+    return checked
+
+
+def _hook_table(hooks: Sequence[object]) -> dict[str, tuple[Any, ...]]:
+    """For each hook point, the hooks that really implement it (no-ops skipped)."""
+    table: dict[str, tuple[Any, ...]] = {}
+    for point in ("before_model", "after_model", "before_tool", "after_tool"):
+        active = []
+        for hook in hooks:
+            method = getattr(type(hook), point, None)
+            if method is None or method is getattr(BaseHook, point):
+                continue
+            active.append(hook)
+        table[point] = tuple(active)
+    return table

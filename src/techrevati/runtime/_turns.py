@@ -1,0 +1,631 @@
+"""One model turn: its state across attempts, and the engine that runs it.
+
+Private: the base of :class:`~techrevati.runtime.orchestrator.Session` that
+provides ``run_turn`` and ``arun_turn``. The steps of an attempt (hooks,
+budget holds, the timed call under the breaker, reading the result,
+charging, events) are written once here; the sync and async loops are thin
+shells around them, and retries come from the one
+:class:`~techrevati.runtime.retry_policy.RetryRun` engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, Final, TypeVar
+
+from techrevati.runtime._money import usd_text
+from techrevati.runtime._responses import (
+    StreamResultError,
+    aclose_refused,
+    check_response,
+    usage_from_exception,
+    usage_from_result,
+)
+from techrevati.runtime._runner import DeadlineExceededError
+from techrevati.runtime._session_core import _log, _SessionCore, _short, failure_class_of
+from techrevati.runtime._validate import (
+    seconds_or_none,
+)
+from techrevati.runtime.budget import Budget, BudgetExceededError, _limit_error
+from techrevati.runtime.circuit_breaker import CircuitOpenError
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    MaxIterationsExceededError,
+    TurnTimeoutError,
+)
+from techrevati.runtime.events import (
+    AgentFailureClass,
+    EventName,
+    UsageRecord,
+)
+from techrevati.runtime.hooks import (
+    ModelCall,
+)
+from techrevati.runtime.lifecycle import AgentStatus
+from techrevati.runtime.pricing import _cost_femto
+from techrevati.runtime.retry_policy import (
+    RecoveryStep,
+    RetriesExhaustedError,
+    RetryAttempt,
+    RetryRun,
+)
+from techrevati.runtime.usage import TurnCost, UsageSnapshot
+
+__all__ = ["UNNAMED_MODEL"]
+
+UNNAMED_MODEL: Final = "unnamed-model"
+"""The model name a turn is recorded under when ``run_turn`` is given none."""
+
+_T = TypeVar("_T")
+_PLAIN_RESULTS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+class _TurnEngine(_SessionCore):
+    """``run_turn``, ``arun_turn`` and every step of a turn."""
+
+    def run_turn(
+        self,
+        fn: Callable[..., _T],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+    ) -> tuple[_T, UsageSnapshot]:
+        """Call ``fn`` as one model turn and return ``(result, usage)``.
+
+        ``usage`` is charged when given; otherwise it is read from the result
+        (``UsageSnapshot.from_response``) or counted as zero and flagged. If
+        ``fn`` accepts a ``model`` keyword it receives the model to use, which
+        changes to the next of ``fallback_models`` when a retry recipe says
+        SWITCH_PROVIDER. With a retry policy, failures are retried by the
+        same engine as :func:`~techrevati.runtime.retry_policy.retry_call`,
+        with a fresh attempt budget each turn.
+        """
+        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        target = fn if turn.timeout is None and not _accepts_model(fn) else self._timed(fn, turn)
+        breaker = self._orch.circuit_breaker
+        clock = self._orch.clock
+        while True:
+            self._before_attempt(turn)
+            started = clock()
+            try:
+                if breaker is None:
+                    result = _inspected(target, turn)
+                else:  # around the deadline too: a timeout is the dependency's failure
+                    result = breaker.call(_inspected, target, turn)
+            except BaseException as exc:
+                retry = self._attempt_failed(turn, exc, clock() - started)
+                if retry is None:
+                    raise
+                if retry.delay_seconds > 0:
+                    self._orch._sleep(retry.delay_seconds)
+                continue
+            return self._attempt_succeeded(turn, result, clock() - started)
+
+    async def arun_turn(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+    ) -> tuple[_T, UsageSnapshot]:
+        """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
+        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        attempt = self._async_attempt(fn, turn)
+        clock = self._orch.clock
+        while True:
+            self._before_attempt(turn)
+            started = clock()
+            try:
+                result = await attempt()
+            except BaseException as exc:
+                retry = self._attempt_failed(turn, exc, clock() - started)
+                if retry is None:
+                    raise
+                if retry.delay_seconds > 0:
+                    await self._orch._async_sleep(retry.delay_seconds)
+                continue
+            return self._attempt_succeeded(turn, result, clock() - started)
+
+    def _begin_turn(
+        self,
+        model: str,
+        usage: UsageSnapshot | None,
+        estimate: UsageSnapshot | None,
+        timeout: float | None,
+        fallback_models: Sequence[str],
+    ) -> _Turn:
+        """Check the arguments and the session, count the turn, and make its state."""
+        if type(model) is not str:
+            raise InvalidValueError(f"model must be a str, got {model!r}")
+        if usage is not None and type(usage) is not UsageSnapshot:
+            raise InvalidValueError(f"usage must be a UsageSnapshot or None, got {usage!r}")
+        if estimate is not None and type(estimate) is not UsageSnapshot:
+            raise InvalidValueError(f"estimate must be a UsageSnapshot or None, got {estimate!r}")
+        if timeout is not None:
+            timeout = seconds_or_none("timeout", timeout)
+        models = _fallbacks(fallback_models) if fallback_models else ()
+        worker = self.worker
+        if worker is None or worker.status is not AgentStatus.RUNNING:
+            self._require_running()  # raises, saying why
+        model = model or UNNAMED_MODEL
+        limit = self._orch.max_iterations
+        with self._lock:
+            refused = limit is not None and self._turns >= limit
+            if not refused:
+                self._turns += 1
+            turn_number = self._turns
+        if refused:
+            assert limit is not None
+            self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
+            raise MaxIterationsExceededError(limit)
+        if self._stats is not None:
+            self._stats._started()
+        turn = _Turn(model, models, usage, estimate, timeout)
+        if self._orch._model_hooks:
+            # Only hooks look at the ModelCall; without them it is not built.
+            turn.call = ModelCall(
+                model=model,
+                turn=turn_number,
+                attempt=1,
+                role=self._orch.role,
+                phase=self._orch.phase,
+                session_id=self.id,
+            )
+        return turn
+
+    def _before_attempt(self, turn: _Turn) -> None:
+        """Run before_model hooks for the next attempt, then reserve its budget."""
+        turn.attempt += 1
+        call = turn.call
+        if call is not None:  # only built when hooks look at it
+            if call.attempt != turn.attempt or call.model != turn.model:
+                call = replace(call, model=turn.model, attempt=turn.attempt)
+            call = self._replaced_by_hooks("before_model", call, ModelCall)
+            turn.call = call
+            turn.model = call.model
+        if self._cap is not None:
+            self._hold_cap(turn)
+        if self._budgets:
+            self._reserve(turn)
+
+    def _hold_cap(self, turn: _Turn) -> None:
+        """Hold the attempt's expected cost on the session's cap (``budget_usd``)."""
+        cap = self._cap
+        assert cap is not None
+        model = turn.model
+        estimate = turn.estimate
+        if estimate is not None:
+            femto = _cost_femto(model, estimate)
+        else:
+            expected = self._cap_expect.get(model)
+            if expected is not None:
+                femto = expected
+            elif self._orch.default_estimate is not None:
+                femto = _cost_femto(model, self._orch.default_estimate)
+            else:
+                femto = 0
+        with self._lock:
+            spent, held = self._cap_spent, self._cap_held
+            if spent + held + (femto or 1) <= cap:
+                self._cap_held = held + femto
+                turn.cap_held = femto
+                return
+        error = _limit_error(
+            "usd",
+            cap,
+            spent,
+            reserved=held,
+            wanted=femto,
+            model=model,
+            after=False,
+            limit_femto=cap,
+            spent_femto=spent,
+        )
+        self._budget_refused(turn, error)
+        turn.cap_held = 0  # not enforced: charged after the call all the same
+
+    def _budget_refused(self, turn: _Turn, exc: BudgetExceededError) -> None:
+        """Raise ``exc`` when budgets are enforced, else record the overrun and go on."""
+        if self._orch.enforce_budget:
+            self._release(turn)
+            self._record_failure(AgentFailureClass.BUDGET_EXCEEDED)
+            self._emit(
+                EventName.BUDGET_EXCEEDED,
+                failure_class=AgentFailureClass.BUDGET_EXCEEDED,
+                detail=str(exc),
+                data={"model": turn.model, "enforced": True},
+            )
+            raise exc
+        with self._lock:
+            self._budget_warnings += 1
+        self._emit(
+            EventName.BUDGET_EXCEEDED,
+            detail=str(exc),
+            data={"model": turn.model, "enforced": False},
+        )
+        _log.warning(
+            "budget exceeded (not enforced): %s", exc, extra=self._log_extra(model=turn.model)
+        )
+
+    def _reserve(self, turn: _Turn) -> None:
+        """Hold the attempt's estimate on every budget; release them all if one refuses."""
+        for budget in self._budgets:
+            try:
+                turn.holds.append((budget, *budget._hold(turn.model, turn.estimate)))
+            except BudgetExceededError as exc:
+                self._budget_refused(turn, exc)
+                turn.unreserved.append(budget)
+            except BaseException:
+                self._release(turn)
+                raise
+
+    def _release(self, turn: _Turn) -> None:
+        """Drop the attempt's holds: nothing was billed (or nothing is known of it)."""
+        held, turn.cap_held = turn.cap_held, None
+        if held:
+            with self._lock:
+                self._cap_held -= held
+        holds, turn.holds = turn.holds, []
+        turn.unreserved.clear()
+        for budget, _, femto, tokens in holds:
+            budget._release_hold(femto, tokens)
+
+    def _charge(self, turn: _Turn, usage: UsageSnapshot, *, settle_cap: bool = True) -> TurnCost:
+        """Record a billed attempt: the tracker, then every budget, exactly once.
+
+        ``settle_cap=False`` leaves the session cap to the caller, who settles
+        it in a locked section it takes anyway (:meth:`_turn_done`).
+        """
+        cost = self.tracker.record_turn(turn.model, usage)
+        if settle_cap and turn.cap_held is not None:
+            with self._lock:
+                self._settle_cap_locked(turn, cost.cost_femto_usd)
+        holds, turn.holds = turn.holds, []
+        if holds:
+            femto = cost.cost_femto_usd  # priced once, by the tracker: the same registry
+            tokens = usage.input_tokens + usage.output_tokens
+            try:
+                while holds:
+                    budget, name, held_femto, held_tokens = holds[-1]
+                    budget._settle_hold(name, held_femto, held_tokens, femto, tokens)
+                    holds.pop()
+            except BaseException:
+                for budget, _, held_femto, held_tokens in holds:
+                    budget._release_hold(held_femto, held_tokens)
+                raise
+        unreserved, turn.unreserved = turn.unreserved, []
+        for budget in unreserved:
+            budget.charge(turn.model, usage)
+        return cost
+
+    def _timed(self, fn: Callable[..., _T], turn: _Turn) -> Callable[[], _T]:
+        """``fn`` as a zero-argument call: given the turn's model, within its deadline."""
+        target: Callable[[], _T] = (lambda: fn(model=turn.model)) if _accepts_model(fn) else fn
+        timeout = turn.timeout
+        if timeout is None:
+            return target
+        runner = self._orch._runner_for_timeouts()
+        untimed = target
+
+        def timed() -> _T:
+            try:
+                return runner.run(untimed, timeout)
+            except DeadlineExceededError as exc:
+                raise TurnTimeoutError(timeout, turn.model, started=exc.started) from None
+
+        return timed
+
+    def _async_attempt(
+        self, fn: Callable[..., Awaitable[_T]], turn: _Turn
+    ) -> Callable[[], Awaitable[_T]]:
+        """Async twin of :meth:`_sync_attempt`; the deadline holds even if ``fn`` ignores it."""
+        wants_model = _accepts_model(fn)
+        timeout = turn.timeout
+
+        async def attempt() -> _T:
+            awaitable = fn(model=turn.model) if wants_model else fn()
+            if timeout is None:
+                result = await awaitable
+            else:
+                result = await _within(awaitable, timeout, turn.model)
+            try:
+                _inspect(turn, result)
+            except StreamResultError as exc:
+                await aclose_refused(exc)
+                raise
+            return result
+
+        breaker = self._orch.circuit_breaker
+        if breaker is None:
+            return attempt
+        return lambda: breaker.acall(attempt)
+
+    def _attempt_succeeded(
+        self, turn: _Turn, result: _T, duration: float
+    ) -> tuple[_T, UsageSnapshot]:
+        usage = turn.usage or turn.read_usage
+        flagged = usage is None
+        if usage is None:
+            usage = UsageSnapshot.ZERO
+        try:
+            cost = self._charge(turn, usage, settle_cap=False)
+        except BaseException:
+            self._release(turn)
+            raise
+        self._turn_done(turn, usage, cost.cost_femto_usd, flagged, duration)
+        if self._usage_sinks:
+            self._write_usage(turn, usage, cost, duration)
+        if self._stats is not None:
+            self._stats._succeeded()
+        for hook in self._after_model:
+            assert turn.call is not None
+            replaced = self._run_hook(hook, "after_model", hook.after_model, turn.call, result)
+            if replaced is not None:
+                result = replaced
+        return result, usage
+
+    def _write_usage(
+        self, turn: _Turn, usage: UsageSnapshot, cost: TurnCost, duration: float
+    ) -> None:
+        self._orch.sinks.write_usage(
+            UsageRecord(
+                model=turn.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost.cost_usd,
+                priced=cost.priced,
+                duration_seconds=duration,
+                role=self._orch.role,
+                phase=self._orch.phase,
+                session_id=self.id,
+                worker_id=self._require_worker().id,
+                project_id=self._orch.project_id,
+                timestamp=self._orch.wall_clock(),
+            )
+        )
+
+    def _attempt_failed(
+        self, turn: _Turn, exc: BaseException, duration: float
+    ) -> RetryAttempt | None:
+        """Settle and record a failed attempt; return the retry to make, or None to re-raise.
+
+        Raises :class:`RetriesExhaustedError` from ``exc`` when attempts run out.
+        """
+        billed = usage_from_exception(exc) if isinstance(exc, Exception) else None
+        if billed is None:
+            self._release(turn)
+            cost = None
+        else:
+            cost = self._charge(turn, billed)
+            if self._usage_sinks:
+                self._write_usage(turn, billed, cost, duration)
+        failure = failure_class_of(exc)
+        self._record_failure(failure)
+        if isinstance(exc, TurnTimeoutError):
+            with self._lock:
+                self._timed_out = True
+        self._emit_failure(
+            turn=turn, exc=exc, failure=failure, duration=duration, billed=billed, cost=cost
+        )
+        policy = self._orch.retry
+        if policy is None or not isinstance(exc, Exception):
+            return None
+        run = turn.run
+        if run is None:
+            run = turn.run = RetryRun(policy, cap=self.recovery)
+        try:
+            retry = run.failed(exc)
+        except RetriesExhaustedError:
+            with self._lock:
+                self._retries_exhausted = True
+            raise
+        if retry is None:
+            return None
+        if RecoveryStep.SWITCH_PROVIDER in retry.steps and turn.models:
+            previous = turn.model
+            turn.model, turn.models = turn.models[0], turn.models[1:]
+            self._emit(
+                EventName.MODEL_SWITCHED,
+                detail=f"{previous} -> {turn.model}",
+                data={"from_model": previous, "model": turn.model},
+            )
+        with self._lock:
+            self._retries += 1
+        self._emit(
+            EventName.TURN_RETRIED,
+            failure_class=failure,
+            detail=retry.reason,
+            data={
+                "model": turn.model,
+                "attempt": turn.attempt,
+                "delay_seconds": retry.delay_seconds,
+                "scenario": retry.failure.scenario.value,
+            },
+        )
+        return retry
+
+    def _emit_failure(
+        self,
+        *,
+        turn: _Turn,
+        exc: BaseException,
+        failure: AgentFailureClass,
+        duration: float,
+        billed: UsageSnapshot | None,
+        cost: TurnCost | None,
+    ) -> None:
+        name = EventName.TURN_FAILED
+        data: dict[str, object] = {
+            "model": turn.model,
+            "attempt": turn.attempt,
+            "duration_seconds": duration,
+            "error_type": type(exc).__name__,
+        }
+        if billed is not None and cost is not None:
+            data["input_tokens"] = billed.input_tokens
+            data["output_tokens"] = billed.output_tokens
+            data["cost_usd"] = usd_text(cost.cost_femto_usd)
+        if isinstance(exc, CircuitOpenError):
+            name = EventName.BREAKER_REJECTED
+            data["retry_after"] = exc.retry_after
+        self._emit(name, failure_class=failure, detail=_short(exc), data=data)
+
+
+class _Turn:
+    """The mutable state of one run_turn across its attempts."""
+
+    __slots__ = (
+        "attempt",
+        "call",
+        "cap_held",
+        "estimate",
+        "holds",
+        "model",
+        "models",
+        "read_usage",
+        "run",
+        "timeout",
+        "unreserved",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        models: tuple[str, ...],
+        usage: UsageSnapshot | None,
+        estimate: UsageSnapshot | None,
+        timeout: float | None,
+    ) -> None:
+        self.model = model
+        self.models = models
+        self.usage = usage
+        self.estimate = estimate
+        self.timeout = timeout
+        self.attempt = 0
+        self.cap_held: int | None = None  # held on the session cap; None: nothing held
+        # Held on shared budgets: (budget, model name, femto, tokens), each given back once.
+        self.holds: list[tuple[Budget, str, int, int]] = []
+        self.unreserved: list[Budget] = []  # budgets that refused, not enforced: charge after
+        self.read_usage: UsageSnapshot | None = None
+        self.call: ModelCall | None = None
+        self.run: RetryRun | None = None
+
+
+def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:
+    """Call ``target``; read the usage of its result and refuse a stream or a silent failure."""
+    result = target()
+    if type(result) not in _PLAIN_RESULTS:  # a str or a number is no response to read
+        _inspect(turn, result)
+    return result
+
+
+def _inspect(turn: _Turn, result: object) -> None:
+    usage = turn.usage
+    if usage is None:
+        usage = turn.read_usage = usage_from_result(result)
+    check_response(result, usage)
+
+
+async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
+    """Await ``awaitable`` for at most ``timeout`` seconds, even if it ignores cancellation.
+
+    At the deadline the task is cancelled and the caller moves on at once. A
+    coroutine that swallows the cancellation keeps running in the background:
+    that is logged (when it ends, or if it is still running another
+    ``timeout`` later) and its result is dropped.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except BaseException:  # the caller was cancelled meanwhile
+        task.cancel()
+        task.add_done_callback(_forget_late)
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    _watch_late(task, timeout, model)
+    raise TurnTimeoutError(timeout, model)
+
+
+def _watch_late(task: asyncio.Future[Any], timeout: float, model: str) -> None:
+    """Report a cancelled turn that does not stop; retrieve its outcome when it ends."""
+
+    def still_running() -> None:
+        if not task.done():
+            _log.warning(
+                "turn on model %r passed its %ss deadline and did not stop when cancelled; "
+                "it runs on in the background and its result will be dropped",
+                model,
+                timeout,
+            )
+
+    timer = asyncio.get_running_loop().call_later(timeout, still_running)
+
+    def ended(task: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        if not task.cancelled():
+            _log.warning(
+                "turn on model %r passed its %ss deadline and ignored the cancellation; "
+                "it finished later and its result was dropped",
+                model,
+                timeout,
+            )
+        _forget_late(task)
+
+    task.add_done_callback(ended)
+
+
+def _forget_late(task: asyncio.Future[Any]) -> None:
+    """Retrieve a late task's outcome so asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("a turn's late call failed after its deadline", exc_info=task.exception())
+
+
+def _fallbacks(models: object) -> tuple[str, ...]:
+    if isinstance(models, str | bytes) or not isinstance(models, Sequence):
+        raise InvalidValueError(
+            f"fallback_models must be a sequence of model names (a list, not a str), got {models!r}"
+        )
+    for name in models:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidValueError(
+                f"fallback_models must hold non-empty str model names, got {name!r} in {models!r}"
+            )
+    return tuple(models)
+
+
+_MODEL_PARAM_CACHE: dict[object, bool] = {}
+
+
+def _accepts_model(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` takes a ``model`` keyword argument (cached per code object)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        code = getattr(getattr(fn, "__func__", None), "__code__", None)
+    if code is not None:
+        cached = _MODEL_PARAM_CACHE.get(code)
+        if cached is not None:
+            return cached
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        result = "model" in names
+        if len(_MODEL_PARAM_CACHE) < 4096:
+            _MODEL_PARAM_CACHE[code] = result
+        return result
+    try:
+        return "model" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
