@@ -5,13 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from techrevati import runtime
 
 _CHECK = """
-import sys
+import importlib, pkgutil, sys
 before = set(sys.modules)
 import techrevati.runtime
 import techrevati.runtime.__main__ as _m
+for info in pkgutil.iter_modules(techrevati.runtime.__path__):
+    importlib.import_module("techrevati.runtime." + info.name)
+for name in techrevati.runtime.__all__:
+    getattr(techrevati.runtime, name)
 new = sorted(set(sys.modules) - before)
 stdlib = sys.stdlib_module_names
 outside = [m for m in new if m.split('.')[0] not in stdlib and not m.startswith('techrevati')]
@@ -58,3 +64,48 @@ def test_optional_integrations_import_lazily() -> None:
         check=True,
     ).stdout.strip()
     assert out == "False"
+
+
+PRIMITIVES: dict[str, set[str]] = {
+    # module -> the other primitives it may load (its own concept's siblings)
+    "lifecycle": set(),
+    "usage": {"pricing"},
+    "pricing": set(),
+    "budget": {"usage", "pricing"},
+    "retry_policy": set(),
+    "circuit_breaker": set(),
+    "permissions": set(),
+    "policy_engine": {"quality_gate", "conditions"},
+    "quality_gate": set(),
+}
+NEVER = ("sqlite3", "asyncio", "json", "tomllib")
+"""Heavy standard modules no primitive needs at import time (usage's pricing files aside)."""
+
+_ISOLATION = """
+import sys
+import techrevati.runtime.{module}
+loaded = sorted(
+    name.rsplit(".", 1)[1] for name in sys.modules if name.startswith("techrevati.runtime.")
+)
+print(" ".join(loaded))
+print(" ".join(name for name in {never!r} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("module", sorted(PRIMITIVES))
+def test_each_primitive_imports_alone(module: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _ISOLATION.format(module=module, never=NEVER)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    loaded = set(out[0].split()) if out else set()
+    heavy = set(out[1].split()) if len(out) > 1 else set()
+    others = {name for name in loaded if not name.startswith("_")} - {module, "errors", "events"}
+    assert others <= PRIMITIVES[module], (
+        f"{module} also loads {sorted(others - PRIMITIVES[module])}"
+    )
+    assert not {"orchestrator", "sinks", "_turns", "_session_core"} & loaded
+    allowed = {"json", "tomllib"} if module in {"usage", "pricing", "budget"} else set()
+    assert heavy <= allowed, f"{module} loads {sorted(heavy - allowed)} at import"

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, timedelta
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Literal
@@ -1101,6 +1100,8 @@ def _header_wait(millis: str | None, after: str | None, clock: Callable[[], floa
     seconds = _number(after)
     if seconds is not None:
         return seconds or None
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415 (rare: keep imports light)
+
     try:
         when = parsedate_to_datetime(after.strip())
     except (TypeError, ValueError, IndexError):

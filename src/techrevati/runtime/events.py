@@ -8,7 +8,6 @@ long-running agent never grows memory without limit.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -32,10 +31,6 @@ __all__ = [
     "UsageSink",
 ]
 
-# The library installs no handler; a NullHandler on its root logger keeps
-# Python's last-resort handler from printing records the application did not
-# ask for (the logging HOWTO's advice for libraries).
-logging.getLogger("techrevati.runtime").addHandler(logging.NullHandler())
 
 DEFAULT_RING_CAPACITY: Final = 1000
 """Events a :class:`RingBufferSink` keeps before dropping the oldest."""

@@ -14,7 +14,6 @@ error is re-raised unchanged at once; running out of attempts raises
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -106,6 +105,13 @@ DEFAULT_HISTORY_SIZE: Final = 100
 _JITTERS: Final = frozenset({"full", "equal", "decorrelated", "none"})
 _MAX_EXPONENT: Final = 64
 _LOG: Final = logging.getLogger(__name__)
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    """``asyncio.sleep``, imported on first use: the module itself does not need asyncio."""
+    import asyncio  # noqa: PLC0415
+
+    await asyncio.sleep(seconds)
 
 
 class RecoveryStep(StrEnum):
@@ -661,7 +667,7 @@ class RetryPolicy:
     on_retry: Callable[[RetryAttempt], object] | None = None
     stats: RetryStats | None = None
     sleep: Callable[[float], object] = time.sleep
-    async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    async_sleep: Callable[[float], Awaitable[object]] = _asyncio_sleep
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
