@@ -8,8 +8,8 @@ and state checks that turns, tools and the lifecycle all use.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -286,9 +286,17 @@ class _SessionCore:
         )
 
 
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C or an asyncio cancellation (without importing asyncio)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    asyncio = sys.modules.get("asyncio")  # no asyncio loaded: no task to cancel
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
 def failure_class_of(exc: BaseException) -> AgentFailureClass:
     """Classify any exception a session sees into an :class:`AgentFailureClass`."""
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+    if _cancelled(exc):
         return AgentFailureClass.CANCELLED
     if isinstance(exc, (BudgetExceededError, MaxIterationsExceededError)):
         return AgentFailureClass.BUDGET_EXCEEDED

@@ -10,11 +10,11 @@ shells around them, and retries come from the one
 
 from __future__ import annotations
 
-import asyncio
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from techrevati.runtime._money import usd_text
 from techrevati.runtime._responses import (
@@ -53,6 +53,9 @@ from techrevati.runtime.retry_policy import (
     RetryRun,
 )
 from techrevati.runtime.usage import TurnCost, UsageSnapshot
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["UNNAMED_MODEL"]
 
@@ -547,6 +550,8 @@ async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
     that is logged (when it ends, or if it is still running another
     ``timeout`` later) and its result is dropped.
     """
+    import asyncio  # noqa: PLC0415 (only async turns need it; they have it loaded)
+
     task = asyncio.ensure_future(awaitable)
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
@@ -573,7 +578,7 @@ def _watch_late(task: asyncio.Future[Any], timeout: float, model: str) -> None:
                 timeout,
             )
 
-    timer = asyncio.get_running_loop().call_later(timeout, still_running)
+    timer = sys.modules["asyncio"].get_running_loop().call_later(timeout, still_running)
 
     def ended(task: asyncio.Future[Any]) -> None:
         timer.cancel()

@@ -12,7 +12,6 @@ the cost and emits an event; all of it in O(1) per turn.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -28,7 +27,12 @@ from techrevati.runtime._responses import (
     StreamResultError,
 )
 from techrevati.runtime._runner import DeadlineRunner, default_runner
-from techrevati.runtime._session_core import _TURN_COMPLETED, _short, failure_class_of
+from techrevati.runtime._session_core import (
+    _TURN_COMPLETED,
+    _cancelled,
+    _short,
+    failure_class_of,
+)
 from techrevati.runtime._turns import UNNAMED_MODEL, _TurnEngine
 from techrevati.runtime._validate import (
     callable_or_none,
@@ -69,9 +73,7 @@ from techrevati.runtime.permissions import (
 )
 from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, PolicyEngine
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
-from techrevati.runtime.retry_policy import (
-    RetryPolicy,
-)
+from techrevati.runtime.retry_policy import RetryPolicy, _asyncio_sleep
 from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import UsageSnapshot
 
@@ -198,7 +200,7 @@ class Orchestrator:
         )
         self._async_sleep: Callable[[float], Awaitable[object]] = callable_or_none(
             "async_sleep", async_sleep
-        ) or (self.retry.async_sleep if self.retry is not None else asyncio.sleep)
+        ) or (self.retry.async_sleep if self.retry is not None else _asyncio_sleep)
         self.event_capacity = int_at_least("event_capacity", event_capacity, 1)
         self._runner = instance_or_none("runner", runner, DeadlineRunner)
         self.hooks: tuple[Hook | BaseHook, ...] = _checked_hooks(hooks)
@@ -484,7 +486,7 @@ class Session(_TurnEngine):
             if not worker.is_terminal:
                 self._transition(AgentStatus.COMPLETED, None)
             self._emit(EventName.SESSION_COMPLETED, data=data)
-        elif isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        elif _cancelled(exc):
             self._outcome = "cancelled"
             self._failure_class = AgentFailureClass.CANCELLED
             if not worker.is_terminal:
@@ -544,11 +546,7 @@ class Session(_TurnEngine):
         return result
 
     def _tool_failed(self, call: ToolCall, exc: BaseException, duration: float) -> None:
-        failure = (
-            AgentFailureClass.CANCELLED
-            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
-            else AgentFailureClass.TOOL_ERROR
-        )
+        failure = AgentFailureClass.CANCELLED if _cancelled(exc) else AgentFailureClass.TOOL_ERROR
         self._record_failure(failure)
         self._emit(
             EventName.TOOL_FAILED,
