@@ -1557,7 +1557,7 @@ def test_interrupts_and_cancellation_are_never_retried(error: BaseException) -> 
 
 def test_a_bad_policy_argument_is_refused() -> None:
     with pytest.raises(InvalidValueError, match="policy must be a RetryPolicy"):
-        retry_call(lambda: 1, policy="fast")  # type: ignore[arg-type]
+        retry_call(lambda: 1, policy="fast")  # type: ignore[call-overload]
 
 
 def test_default_policy_is_used_without_one() -> None:

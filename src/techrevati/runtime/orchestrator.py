@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._responses import (
@@ -94,6 +94,7 @@ DEFAULT_LAST_EVENTS: Final = 20
 """How many of the newest events :meth:`Session.summary` includes."""
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 _log = logging.getLogger("techrevati.runtime.orchestrator")
 
 
@@ -255,7 +256,9 @@ class Session(_TurnEngine):
     ) -> None:
         self._finish(exc)
 
-    def run_tool(self, name: str, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    def run_tool(
+        self, name: str, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
         """Check the role may use tool ``name``, run hooks, then ``fn(*args, **kwargs)``.
 
         Raises :class:`~techrevati.runtime.permissions.PermissionDeniedError`
@@ -265,20 +268,21 @@ class Session(_TurnEngine):
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
-            result = fn(*call.args, **call.kwargs)
+            # The hooks may have replaced the arguments: fn gets what they left.
+            result = cast("Callable[..., _T]", fn)(*call.args, **call.kwargs)
         except BaseException as exc:
             self._tool_failed(call, exc, self._orch.clock() - started)
             raise
         return self._tool_succeeded(call, result, self._orch.clock() - started)
 
     async def arun_tool(
-        self, name: str, fn: Callable[..., Awaitable[_T]], *args: object, **kwargs: object
+        self, name: str, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
         """Async twin of :meth:`run_tool`: ``fn`` returns an awaitable."""
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
-            result = await fn(*call.args, **call.kwargs)
+            result = await cast("Callable[..., Awaitable[_T]]", fn)(*call.args, **call.kwargs)
         except BaseException as exc:
             self._tool_failed(call, exc, self._orch.clock() - started)
             raise

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal, NoReturn, ParamSpec, TypeVar, cast
+from typing import Final, Literal, NoReturn, ParamSpec, TypeVar, cast, overload
 
 from techrevati.runtime._classify import (
     FAILURE_CLASS_BY_SCENARIO,
@@ -743,6 +743,18 @@ class RetryPolicy:
         """Return a fresh :class:`RecoveryContext` using this policy's recipe overrides."""
         return RecoveryContext(recipes=self.recipes)
 
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` retrying under this policy (:func:`retry_call`).
+
+        Typed end to end: a type checker checks ``args`` and ``kwargs``
+        against ``fn``'s signature.
+        """
+        return _retry_sync(fn, args, kwargs, self)
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Async twin of :meth:`call` (:func:`aretry_call` under this policy)."""
+        return await _retry_async(fn, args, kwargs, self)
+
 
 class RetryRun:
     """The one retry state machine: feed it each failure, it says what to do next.
@@ -1030,28 +1042,44 @@ async def aattempt_recovery(
     return attempt_recovery(scenario, ctx, failure=failure, policy=policy)
 
 
+@overload
 def retry_call(
-    fn: Callable[..., T], /, *args: object, policy: RetryPolicy | None = None, **kwargs: object
-) -> T:
+    fn: Callable[..., T], /, *args: object, policy: RetryPolicy | None, **kwargs: object
+) -> T: ...
+
+
+@overload
+def retry_call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+
+def retry_call(fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
     """Call ``fn(*args, **kwargs)``, retrying failures as ``policy`` says.
 
     Returns ``fn``'s value. A non-retryable error (or one the recipe or the
     server refuses to retry) is re-raised unchanged at once; running out of
     attempts raises :class:`RetriesExhaustedError` from the last error.
     ``KeyboardInterrupt``, ``SystemExit`` and ``CancelledError`` are never
-    retried. (If ``fn`` itself takes ``policy=``, wrap it in a lambda.)
+    retried. Without ``policy=`` a type checker checks ``fn``'s arguments;
+    ``policy.call(fn, *args, **kwargs)`` does the same under a policy. (If
+    ``fn`` itself takes ``policy=``, use ``policy.call`` or a lambda.)
     """
+    policy = cast("RetryPolicy | None", kwargs.pop("policy", None))  # checked by _policy
     return _retry_sync(fn, args, kwargs, _policy(policy))
 
 
+@overload
 async def aretry_call(
-    fn: Callable[..., Awaitable[T]],
-    /,
-    *args: object,
-    policy: RetryPolicy | None = None,
-    **kwargs: object,
-) -> T:
+    fn: Callable[..., Awaitable[T]], /, *args: object, policy: RetryPolicy | None, **kwargs: object
+) -> T: ...
+
+
+@overload
+async def aretry_call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+
+async def aretry_call(fn: Callable[..., Awaitable[T]], /, *args: object, **kwargs: object) -> T:
     """Async twin of :func:`retry_call`: awaits ``fn`` and waits with ``policy.async_sleep``."""
+    policy = cast("RetryPolicy | None", kwargs.pop("policy", None))  # checked by _policy
     return await _retry_async(fn, args, kwargs, _policy(policy))
 
 
