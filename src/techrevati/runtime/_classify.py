@@ -21,6 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Literal
 
+from techrevati.runtime._sdk import safe_getattr as _attr
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentFailureClass
 
@@ -1014,14 +1015,6 @@ def _declared(cls: type[BaseException]) -> frozenset[str]:
         _DECLARED_CACHE.clear()
     _DECLARED_CACHE[cls] = found
     return found
-
-
-def _attr(obj: object, name: str) -> object:
-    """``getattr(obj, name, None)`` that survives properties raising anything."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # e.g. httpx's .request raises RuntimeError when unset
-        return None
 
 
 def _get(data: object, key: str) -> object:

@@ -29,6 +29,8 @@ from types import TracebackType
 from typing import Final, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from techrevati.runtime._clock import Clock
+from techrevati.runtime._sdk import is_dependency_failure
+from techrevati.runtime._windows import _CountWindow, _TimeWindow, _Window
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
 __all__ = [
@@ -59,24 +61,6 @@ _T = TypeVar("_T")
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _IGNORED: Final = 2
-
-# Substrings of a class name (along the MRO) or an AWS error code that mean
-# "throttled or timed out" even when the HTTP status is a 4xx (AWS answers
-# ThrottlingException with 400). Narrow on purpose: SDKs name 4xx errors with
-# words such as "Unavailable" or "Network" (a 402 BillingUnavailable, a 400
-# KeyNetworkBlocked), so only these override a 4xx status.
-_OVERRIDE_HINTS: Final = (
-    "Throttl",
-    "TooManyRequests",
-    "RateLimit",
-    "RequestLimitExceeded",
-    "ThroughputExceeded",
-    "SlowDown",
-    "Timeout",
-    "TimedOut",
-    "Overloaded",
-)
-_COUNTED_4XX: Final = frozenset({408, 429})
 
 
 class CircuitState(StrEnum):
@@ -1146,199 +1130,10 @@ class Permit:
         return f"Permit(breaker={self._breaker.name!r}, settled={self._settled})"
 
 
-class _Window:
-    """The counts a sliding window keeps; subclasses decide what falls out."""
-
-    __slots__ = ("calls", "failures", "slow")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failures = 0
-        self.slow = 0
-
-    def add(self, now: float, failed: bool, slow: bool) -> None:
-        """Record one call that finished at ``now``."""
-        raise NotImplementedError
-
-    def advance(self, now: float) -> None:
-        """Drop what is too old at ``now``."""
-
-    def clear(self) -> None:
-        """Forget everything."""
-        raise NotImplementedError
-
-
-class _CountWindow(_Window):
-    """The last ``size`` outcomes in a ring; O(1) add with subtract-on-evict."""
-
-    __slots__ = ("_pos", "_ring", "_size")
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-        self._ring = bytearray(size)  # bit 0: failed, bit 1: slow
-        self._pos = 0
-
-    def add(self, now: float, failed: bool, slow: bool) -> None:
-        pos = self._pos
-        ring = self._ring
-        if self.calls == self._size:
-            old = ring[pos]
-            if old:
-                self.failures -= old & 1
-                self.slow -= old >> 1
-        else:
-            self.calls += 1
-        if failed or slow:
-            ring[pos] = failed | (slow << 1)
-            self.failures += failed
-            self.slow += slow
-        else:
-            ring[pos] = 0
-        pos += 1
-        self._pos = 0 if pos == self._size else pos
-
-    def clear(self) -> None:
-        self._ring = bytearray(self._size)
-        self._pos = self.calls = self.failures = self.slow = 0
-
-
-class _TimeWindow(_Window):
-    """Outcomes of the last ``size`` whole seconds, one bucket per second.
-
-    Moving to a later second empties the buckets it skips over, each once,
-    so eviction is O(1) amortised and never more than ``size`` buckets.
-    """
-
-    __slots__ = ("_b_calls", "_b_failures", "_b_slow", "_head", "_size")
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-        self._b_calls = [0] * size
-        self._b_failures = [0] * size
-        self._b_slow = [0] * size
-        self._head: int | None = None  # the latest whole second seen
-
-    def advance(self, now: float) -> None:
-        second = math.floor(now)
-        head = self._head
-        if head is None or second - head >= self._size:
-            if self.calls:
-                self.clear()
-            self._head = second
-            return
-        if second <= head:
-            return  # same second, or a clock that stepped back: keep the newest bucket
-        size = self._size
-        for s in range(head + 1, second + 1):
-            index = s % size
-            if self._b_calls[index]:
-                self.calls -= self._b_calls[index]
-                self.failures -= self._b_failures[index]
-                self.slow -= self._b_slow[index]
-                self._b_calls[index] = self._b_failures[index] = self._b_slow[index] = 0
-        self._head = second
-
-    def add(self, now: float, failed: bool, slow: bool) -> None:
-        self.advance(now)
-        assert self._head is not None
-        index = self._head % self._size
-        self._b_calls[index] += 1
-        self._b_failures[index] += failed
-        self._b_slow[index] += slow
-        self.calls += 1
-        self.failures += failed
-        self.slow += slow
-
-    def clear(self) -> None:
-        size = self._size
-        self._b_calls = [0] * size
-        self._b_failures = [0] * size
-        self._b_slow = [0] * size
-        self.calls = self.failures = self.slow = 0
-
-
 _ENTERED: Final[ContextVar[tuple[Permit, ...]]] = ContextVar(
     "techrevati_circuit_breaker_entered", default=()
 )
 """Permits of the ``with breaker:`` blocks open in this thread or task, innermost last."""
-
-
-def is_dependency_failure(exc: BaseException) -> bool:
-    """Return True if ``exc`` looks like the dependency's fault, not the caller's.
-
-    The default failure predicate. It reads the HTTP status from
-    ``status_code``, ``status``, ``code`` (ints only), ``response.status_code``,
-    ``response.status`` or a botocore ``response["ResponseMetadata"]
-    ["HTTPStatusCode"]``: 5xx, 408 and 429 count; any other 4xx (bad request,
-    auth, not found, ...) does not, unless the class name along the MRO or an
-    AWS error code says throttling or timeout (``ThrottlingException`` comes
-    as a 400). Exceptions without a status count: timeouts, connection
-    errors, any ``OSError`` and anything unknown. Never raises, imports no
-    SDK; cancellations (non-``Exception`` BaseExceptions) return False.
-    """
-    if not isinstance(exc, Exception):
-        return False
-    try:
-        status = _http_status(exc)
-        if status is None or status >= 500 or status in _COUNTED_4XX:
-            return True
-        if any(hint in cls.__name__ for cls in type(exc).__mro__ for hint in _OVERRIDE_HINTS):
-            return True
-        code = _aws_error_code(exc)
-        return code is not None and any(hint in code for hint in _OVERRIDE_HINTS)
-    except Exception:  # a hostile __getattr__ or __mro__; be conservative
-        return True
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """Return the first 4xx/5xx int status the exception carries, looking everywhere safe."""
-    for attr in ("status_code", "status", "code"):
-        status = _as_status(_safe_getattr(exc, attr))
-        if status is not None:
-            return status
-    response = _safe_getattr(exc, "response")
-    if response is None:
-        return None
-    if isinstance(response, Mapping):  # botocore ClientError.response
-        try:
-            metadata = response.get("ResponseMetadata")
-            if isinstance(metadata, Mapping):
-                return _as_status(metadata.get("HTTPStatusCode"))
-        except Exception:
-            return None
-        return None
-    for attr in ("status_code", "status"):
-        status = _as_status(_safe_getattr(response, attr))
-        if status is not None:
-            return status
-    return None
-
-
-def _aws_error_code(exc: BaseException) -> str | None:
-    response = _safe_getattr(exc, "response")
-    if not isinstance(response, Mapping):
-        return None
-    try:
-        error = response.get("Error")
-        code = error.get("Code") if isinstance(error, Mapping) else None
-    except Exception:
-        return None
-    return code if isinstance(code, str) else None
-
-
-def _safe_getattr(obj: object, name: str) -> object:
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # a property that raises (httpx's .request when unset, ...)
-        return None
-
-
-def _as_status(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
-        return int(value)
-    return None
 
 
 def _duration(value: float | None) -> float | None:
