@@ -1,0 +1,189 @@
+"""The SQLite sink's schema: its tables, its version, and the migration from older versions.
+
+A database of ours carries ``PRAGMA application_id`` :data:`SQLITE_APPLICATION_ID`
+and ``PRAGMA user_version`` :data:`SCHEMA_VERSION`. :func:`ensure_schema`
+creates the tables in an empty file, migrates an older version in place and
+refuses a file that is not ours (:class:`SchemaError`); :func:`check_schema`
+only reads the version, for a read-only reader. The public names are
+re-exported from :mod:`techrevati.runtime.sqlite`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from techrevati.runtime._sessions import SESSION_EVENT_NAMES
+from techrevati.runtime._sink_base import log_event
+from techrevati.runtime._sqlite_rows import (
+    EVENT_COLUMNS,
+    event_from_row,
+    json_object,
+    model_of,
+    store_session_event,
+    write_transaction,
+)
+from techrevati.runtime.errors import TechrevatiError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+SCHEMA_VERSION: Final = 2
+"""The SQLite schema version this library writes (``PRAGMA user_version``)."""
+
+SQLITE_APPLICATION_ID: Final = 0x54524556
+"""``PRAGMA application_id`` of our databases (ASCII ``TREV``)."""
+
+
+class SchemaError(TechrevatiError, ValueError):
+    """A SQLite file is not one of ours, or its schema version is unknown."""
+
+
+# Version 2 (current). ``project_id`` has no declared type on purpose: SQLite
+# keeps 42 an integer and "42" a string, so records read back unchanged.
+_SCHEMA_V2: Final = (
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        name TEXT NOT NULL,
+        session_id TEXT NOT NULL DEFAULT '',
+        worker_id TEXT NOT NULL DEFAULT '',
+        project_id,
+        role TEXT NOT NULL DEFAULT '',
+        phase TEXT NOT NULL DEFAULT '',
+        status TEXT,
+        failure_class TEXT,
+        detail TEXT,
+        model TEXT,
+        data TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        session_id TEXT NOT NULL DEFAULT '',
+        worker_id TEXT NOT NULL DEFAULT '',
+        project_id,
+        role TEXT NOT NULL DEFAULT '',
+        phase TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd TEXT NOT NULL DEFAULT '0',
+        priced INTEGER NOT NULL DEFAULT 1,
+        duration_seconds REAL
+    )""",
+)
+_SESSIONS_TABLE: Final = """CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        duration_seconds REAL,
+        cost_usd TEXT,
+        turns INTEGER,
+        role TEXT NOT NULL DEFAULT '',
+        phase TEXT NOT NULL DEFAULT '',
+        project_id,
+        worker_id TEXT NOT NULL DEFAULT '',
+        failure_class TEXT,
+        error_type TEXT
+    )"""
+_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
+    "CREATE INDEX IF NOT EXISTS events_session ON events (session_id)",
+    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts)",
+    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id)",
+    "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at)",
+)
+# Version 1 had no sessions table, no events.model and no cache/reasoning
+# token or priced columns in usage; _migrate_1_to_2 adds them and backfills.
+_MIGRATE_1_TO_2: Final = (
+    "ALTER TABLE events ADD COLUMN model TEXT",
+    "ALTER TABLE usage ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE usage ADD COLUMN priced INTEGER NOT NULL DEFAULT 1",
+    _SESSIONS_TABLE,
+)
+_REQUIRED_TABLES: Final[Mapping[int, frozenset[str]]] = {
+    1: frozenset({"events", "usage"}),
+    2: frozenset({"events", "usage", "sessions"}),
+}
+
+
+def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Create the current schema, migrate an older one, or refuse a foreign file."""
+    with write_transaction(conn):
+        version = check_schema(conn, path)
+        if version == 0:
+            for statement in (*_SCHEMA_V2, _SESSIONS_TABLE, *_INDEXES):
+                conn.execute(statement)
+        elif version == 1:
+            _migrate_1_to_2(conn)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
+    if version not in (0, SCHEMA_VERSION):
+        log_event(
+            logging.INFO,
+            "sink.migrated",
+            "%s from schema %d to %d",
+            path,
+            version,
+            SCHEMA_VERSION,
+            sink="SqliteSink",
+            path=path,
+            from_version=version,
+            to_version=SCHEMA_VERSION,
+        )
+
+
+def check_schema(conn: sqlite3.Connection, path: str) -> int:
+    """Return the schema version (0 for an empty database), or raise :class:`SchemaError`."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    if app_id not in (0, SQLITE_APPLICATION_ID):
+        raise SchemaError(f"{path} belongs to another application (application_id {app_id})")
+    if version == 0:
+        if tables:
+            raise SchemaError(f"{path} has tables {sorted(tables)!r} but no techrevati sink schema")
+        return 0
+    required = _REQUIRED_TABLES.get(version)
+    if required is None:
+        raise SchemaError(
+            f"{path} has schema version {version}; this library knows 1 to {SCHEMA_VERSION}"
+        )
+    missing = required - tables
+    if missing:
+        raise SchemaError(f"{path} has no techrevati sink schema (missing {sorted(missing)!r})")
+    return version
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    for statement in _MIGRATE_1_TO_2:
+        conn.execute(statement)
+    for statement in _INDEXES:
+        conn.execute(statement)
+    updates = []
+    for row_id, data in conn.execute("SELECT id, data FROM events"):
+        model = model_of(json_object(data))
+        if model is not None:
+            updates.append((model, row_id))
+    conn.executemany("UPDATE events SET model = ? WHERE id = ?", updates)
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id != '' AND name IN (?, ?, ?, ?) "
+        "ORDER BY id",
+        SESSION_EVENT_NAMES,
+    ).fetchall()
+    for row in rows:
+        store_session_event(conn, event_from_row(row))

@@ -1,0 +1,187 @@
+"""JsonlSink and read_jsonl: lines, fsync policies, torn and corrupt lines, failed batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime.events import (
+    AgentEvent,
+    AgentFailureClass,
+    UsageRecord,
+)
+from techrevati.runtime.jsonl import CorruptRecordError, JsonlSink, read_jsonl
+from techrevati.runtime.sinks import SinkWriteError
+
+if TYPE_CHECKING:
+    # mypy names this directory's modules ``tests.*``; pytest puts the directory
+    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
+    from tests.conftest import FakeClock
+    from tests.sink_records import event, usage, write_from_threads
+else:
+    from sink_records import event, usage, write_from_threads
+
+
+def test_jsonl_round_trips_events_and_usage_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    records: list[AgentEvent | UsageRecord] = [
+        event(i=1, failure_class=AgentFailureClass.RATE_LIMIT),
+        usage(2, cost="0.000000123456789"),
+        event(
+            i=3, project_id="acme", at=datetime(2026, 1, 1, 14, tzinfo=timezone(timedelta(hours=2)))
+        ),
+    ]
+    with JsonlSink(path) as sink:
+        for record in records:
+            if isinstance(record, AgentEvent):
+                sink.write_event(record)
+            else:
+                sink.write_usage(record)
+    assert read_jsonl(path) == records
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3
+    first = json.loads(lines[0])
+    assert next(iter(first)) == "kind"
+    assert first["kind"] == "event"
+    assert json.loads(lines[1])["cost_usd"] == "1.23456789E-7"
+
+
+def test_jsonl_writes_nothing_until_a_batch_is_due(tmp_path: Path, fake_clock: FakeClock) -> None:
+    path = tmp_path / "log.jsonl"
+    clock = fake_clock
+    sink = JsonlSink(path, flush_every=3, flush_interval=5.0, clock=clock, background=False)
+    sink.write_event(event(i=1))
+    sink.write_event(event(i=2))
+    assert path.read_bytes() == b""
+    assert sink.pending == 2
+    sink.write_event(event(i=3))
+    assert len(read_jsonl(path)) == 3
+    sink.write_event(event(i=4))
+    clock.advance(5.0)
+    sink.write_event(event(i=5))
+    assert len(read_jsonl(path)) == 5
+    assert (sink.written, sink.batches, sink.pending) == (5, 2, 0)
+    sink.close()
+
+
+@pytest.mark.parametrize(("policy", "expected_syncs"), [("batch", 2), ("never", 0), ("always", 5)])
+def test_jsonl_fsync_policy_decides_how_often_the_file_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, expected_syncs: int
+) -> None:
+    path = tmp_path / f"{policy}.jsonl"
+    if policy == "always":
+        sink = JsonlSink(path, fsync="always")
+    else:
+        sink = JsonlSink(path, fsync=policy, flush_every=3, background=False)  # type: ignore[arg-type]
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    for i in range(5):
+        sink.write_event(event(i=i))
+    if policy == "always":
+        assert len(read_jsonl(path)) == 5  # on disk before write_event returned
+    sink.close()
+    assert len(synced) == expected_syncs
+    assert len(read_jsonl(path)) == 5
+
+
+def test_jsonl_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(InvalidValueError, match="fsync must be one of"):
+        JsonlSink(tmp_path / "a.jsonl", fsync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="flush_every must be 1 with fsync='always', got 5"):
+        JsonlSink(tmp_path / "b.jsonl", fsync="always", flush_every=5)
+    with pytest.raises(InvalidValueError, match="flush_every must be an int >= 1, got 0"):
+        JsonlSink(tmp_path / "c.jsonl", flush_every=0)
+    with pytest.raises(InvalidValueError, match="flush_interval must be a number > 0, got 0"):
+        JsonlSink(tmp_path / "d.jsonl", flush_interval=0)
+    with pytest.raises(InvalidValueError, match="max_pending must be >= flush_every"):
+        JsonlSink(tmp_path / "e.jsonl", flush_every=10, max_pending=5)
+
+
+def test_jsonl_lines_never_interleave_when_hammered_from_threads(tmp_path: Path) -> None:
+    path = tmp_path / "threads.jsonl"
+    threads_n, per_thread = 8, 250
+    with JsonlSink(path, flush_every=64) as sink:
+        write_from_threads(sink, threads_n, per_thread)
+    records = read_jsonl(path)
+    assert len(records) == 2 * threads_n * per_thread
+    for worker in range(threads_n):
+        mine = [r for r in records if r.session_id == f"s{worker}"]
+        events = [r for r in mine if isinstance(r, AgentEvent)]
+        assert [e.data["i"] for e in events] == list(range(per_thread))
+        assert len(mine) == 2 * per_thread
+
+
+def test_read_jsonl_skips_a_torn_last_line_and_the_sink_repairs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "torn.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=1))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"kind":"event","name":"tur')
+    assert len(read_jsonl(path)) == 1
+    with caplog.at_level(logging.WARNING, logger="techrevati.runtime.sinks"):
+        sink = JsonlSink(path)
+    repaired = [r for r in caplog.records if getattr(r, "event", None) == "sink.repaired"]
+    assert [r.bytes for r in repaired] == [len(b'{"kind":"event","name":"tur')]  # type: ignore[attr-defined]
+    with sink:
+        sink.write_event(event(i=2))
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1, 2]
+
+
+def test_read_jsonl_names_file_and_line_of_a_corrupt_record(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=1))
+    path.write_bytes(path.read_bytes() + b'{"kind": "mystery"}\n' + b"\n")
+    with pytest.raises(CorruptRecordError, match=r"bad\.jsonl:2: kind must be 'event' or 'usage'"):
+        read_jsonl(path)
+    path.write_bytes(b"not json\n")
+    with pytest.raises(CorruptRecordError, match=r"bad\.jsonl:1:"):
+        read_jsonl(path)
+
+
+def test_jsonl_keeps_a_failed_batch_whole_and_writes_it_on_the_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "full.jsonl"
+    sink = JsonlSink(path, flush_every=100, background=False)
+    for i in range(3):
+        sink.write_event(event(i=i))
+    real_write = os.write
+    calls = []
+
+    def half_then_fail(fd: int, data: bytes | memoryview) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[:10])  # a short write...
+        raise OSError(28, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(os, "write", half_then_fail)
+    with (
+        caplog.at_level(logging.ERROR, logger="techrevati.runtime.sinks"),
+        pytest.raises(SinkWriteError, match="could not write 3 records") as info,
+    ):
+        sink.flush()
+    assert isinstance(info.value, OSError)
+    assert isinstance(info.value.__cause__, OSError)
+    assert path.read_bytes() == b""  # the partial batch was cut off again
+    assert (sink.pending, sink.failed_flushes, sink.written) == (3, 1, 0)
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "sink.flush_failed"]
+    assert [(r.records, r.pending) for r in failed] == [(3, 3)]  # type: ignore[attr-defined]
+    monkeypatch.setattr(os, "write", real_write)
+    sink.close()
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [0, 1, 2]

@@ -1,0 +1,565 @@
+"""SqliteSink and SqliteReader: typed round trips, filters, sessions, schema, processes, kill -9."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime.events import (
+    AgentEvent,
+    AgentFailureClass,
+    UsageRecord,
+)
+from techrevati.runtime.jsonl import JsonlSink, read_jsonl
+from techrevati.runtime.sinks import SessionRow, SessionStatus, SinkClosedError, SinkWriteError
+from techrevati.runtime.sqlite import (
+    SCHEMA_VERSION,
+    SQLITE_APPLICATION_ID,
+    SchemaError,
+    SqliteReader,
+    SqliteSink,
+)
+
+if TYPE_CHECKING:
+    # mypy names this directory's modules ``tests.*``; pytest puts the directory
+    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
+    from tests.conftest import FakeClock
+    from tests.sink_records import T0, event, session_events, usage, write_from_threads
+else:
+    from sink_records import T0, event, session_events, usage, write_from_threads
+
+
+PLUS_TWO = timezone(timedelta(hours=2))
+
+
+CHILD_TIMEOUT = 20.0
+
+
+def count_rows(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "runs.db"
+
+
+def test_sqlite_round_trips_typed_records(db: Path) -> None:
+    events = [
+        event(i=1),
+        event(name="turn.failed", i=2, failure_class=AgentFailureClass.RATE_LIMIT),
+        event(i=3, project_id="acme", data={"model": "model-b", "nested": {"k": [1, 2]}}),
+        event(i=4, project_id=None, data={}),
+    ]
+    records = [usage(1), usage(2, cost="0.000000123456789", project_id="7")]
+    with SqliteSink(db) as sink:
+        for e in events:
+            sink.write_event(e)
+        for r in records:
+            sink.write_usage(r)
+        assert sink.read_events() == events
+        assert sink.read_usage() == records
+    with SqliteReader(db) as reader:
+        assert reader.read_events() == events
+        assert reader.read_usage() == records
+
+
+def test_sqlite_stores_exact_cost_text_iso_utc_times_and_typed_projects(db: Path) -> None:
+    local = datetime(2026, 1, 1, 14, 0, tzinfo=PLUS_TWO)
+    with SqliteSink(db) as sink:
+        sink.write_usage(usage(cost="1E-7"))
+        sink.write_event(event(at=local))
+    with sqlite3.connect(db) as conn:
+        cost, kind, project_kind = conn.execute(
+            "SELECT cost_usd, typeof(cost_usd), typeof(project_id) FROM usage"
+        ).fetchone()
+        ts = conn.execute("SELECT ts FROM events").fetchone()[0]
+    assert (cost, kind, project_kind) == ("0.0000001", "text", "integer")
+    assert ts == "2026-01-01T12:00:00.000000+00:00"
+
+
+def test_sqlite_uses_wal_our_schema_version_and_application_id(db: Path) -> None:
+    SqliteSink(db).close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == SQLITE_APPLICATION_ID
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"events", "usage", "sessions"} <= tables
+
+
+def test_sqlite_writes_a_batch_every_flush_every_records(db: Path, fake_clock: FakeClock) -> None:
+    sink = SqliteSink(db, flush_every=3, background=False, clock=fake_clock)
+    sink.write_event(event(i=1))
+    sink.write_usage(usage(2))
+    assert count_rows(db, "events") + count_rows(db, "usage") == 0
+    sink.write_event(event(i=3))
+    assert (count_rows(db, "events"), count_rows(db, "usage")) == (2, 1)
+    sink.write_event(event(i=4))
+    sink.flush()
+    assert count_rows(db, "events") == 3
+    assert (sink.written, sink.batches) == (4, 2)
+    sink.close()
+
+
+def test_sqlite_writes_a_batch_once_flush_interval_has_passed_on_the_injected_clock(
+    db: Path, fake_clock: FakeClock
+) -> None:
+    clock = fake_clock
+    sink = SqliteSink(db, flush_every=100, flush_interval=2.0, background=False, clock=clock)
+    sink.write_event(event(i=1))
+    clock.advance(1.999)
+    sink.write_event(event(i=2))
+    assert count_rows(db, "events") == 0
+    clock.advance(0.001)
+    sink.write_event(event(i=3))
+    assert count_rows(db, "events") == 3
+    clock.advance(1.0)
+    sink.write_event(event(i=4))
+    assert count_rows(db, "events") == 3  # the interval restarts at each batch
+    sink.close()
+    assert count_rows(db, "events") == 4
+
+
+def test_sqlite_background_thread_writes_a_full_batch_by_itself(db: Path) -> None:
+    written = threading.Event()
+    sizes: list[int] = []
+
+    def heard(size: int) -> None:
+        sizes.append(size)
+        written.set()
+
+    with SqliteSink(db, flush_every=5, flush_interval=3600.0, on_flush=heard) as sink:
+        for i in range(5):
+            sink.write_event(event(i=i))
+        assert written.wait(CHILD_TIMEOUT)
+        assert count_rows(db, "events") == 5
+        assert sizes == [5]
+
+
+def test_sqlite_close_flushes_and_later_writes_and_reads_raise(db: Path) -> None:
+    sink = SqliteSink(db, flush_every=1000)
+    sink.write_event(event())
+    sink.close()
+    assert count_rows(db, "events") == 1
+    with pytest.raises(SinkClosedError, match="is closed"):
+        sink.write_usage(usage())
+    with pytest.raises(SinkClosedError, match="read with SqliteReader"):
+        sink.read_events()
+
+
+def test_sqlite_readers_filter_by_every_field_with_parameters(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=0, role="writer", project_id=42))
+        sink.write_event(event(i=1, role="reviewer", project_id="42", session_id="s2"))
+        sink.write_event(
+            event(
+                name="turn.failed",
+                i=2,
+                project_id="acme",
+                failure_class=AgentFailureClass.LLM_TIMEOUT,
+                data={"model": "model-b"},
+            )
+        )
+        sink.write_usage(usage(0, model="model-a", role="writer"))
+        sink.write_usage(usage(1, model="model-b", role="reviewer", project_id="acme"))
+        sink.write_usage(usage(2, model="model-b", role="writer", session_id="s2"))
+
+        def ids(items: list[AgentEvent]) -> list[object]:
+            return [e.data.get("i") for e in items]
+
+        assert ids(sink.read_events(project=42)) == [0, 1]
+        assert ids(sink.read_events(project="42")) == [0, 1]
+        assert ids(sink.read_events(role="reviewer")) == [1]
+        assert ids(sink.read_events(session_id="s2")) == [1]
+        assert len(sink.read_events(model="model-b")) == 1
+        assert len(sink.read_events(name="turn.failed")) == 1
+        assert len(sink.read_events(failure_class=AgentFailureClass.LLM_TIMEOUT)) == 1
+        assert ids(sink.read_events(since=T0 + timedelta(seconds=1))) == [1, None]
+        assert ids(sink.read_events(until=T0 + timedelta(seconds=1))) == [0]
+        assert ids(sink.read_events(limit=2, newest_first=True)) == [None, 1]
+        assert ids(sink.read_events(project="'; DROP TABLE events; --")) == []
+        assert [r.input_tokens for r in sink.read_usage(model="model-b")] == [1001, 1002]
+        assert [r.input_tokens for r in sink.read_usage(role="writer", limit=1)] == [1000]
+        assert [r.input_tokens for r in sink.read_usage(project="acme")] == [1001]
+        assert [r.input_tokens for r in sink.read_usage(session_id="s2")] == [1002]
+        assert count_rows(db, "events") == 3
+
+
+def test_sqlite_readers_reject_bad_filters(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        with pytest.raises(InvalidValueError, match="since must be an aware datetime"):
+            sink.read_events(since=datetime(2026, 1, 1))
+        with pytest.raises(InvalidValueError, match="limit must be an int >= 1, got 0"):
+            sink.read_usage(limit=0)
+        with pytest.raises(InvalidValueError, match="project filter must be a str or int"):
+            sink.read_sessions(project=1.5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidValueError, match="role filter must be a str"):
+            sink.read_events(role=3)  # type: ignore[arg-type]
+
+
+def test_sqlite_keeps_one_session_row_per_session_from_its_events(db: Path) -> None:
+    with SqliteSink(db, flush_every=1) as sink:
+        for e in session_events("a", "completed", start_at=T0, seconds=10.5, cost="0.25"):
+            sink.write_event(e)
+        for e in session_events("b", "failed", start_at=T0, seconds=2.0, cost="0.01"):
+            sink.write_event(e)
+        sink.write_event(session_events("c", "completed", start_at=T0, seconds=1, cost="0")[0])
+        rows = {row.session_id: row for row in sink.read_sessions()}
+    assert rows["a"] == SessionRow(
+        session_id="a",
+        status=SessionStatus.COMPLETED,
+        started_at=T0,
+        ended_at=T0 + timedelta(seconds=10.5),
+        duration_seconds=10.5,
+        cost_usd=Decimal("0.25"),
+        turns=3,
+        role="writer",
+        phase="draft",
+        project_id=42,
+        worker_id="w-a",
+    )
+    assert rows["b"].status is SessionStatus.FAILED
+    assert rows["b"].failure_class is AgentFailureClass.RATE_LIMIT
+    assert rows["b"].error_type == "RateLimitError"
+    assert rows["c"].status is SessionStatus.RUNNING
+    assert rows["c"].ended_at is None
+    assert rows["c"].cost_usd is None
+    assert count_rows(db, "sessions") == 3
+    with SqliteReader(db) as reader:
+        assert [r.session_id for r in reader.read_sessions(status="failed")] == ["b"]
+        assert reader.read_sessions(session_id="a") == [rows["a"]]
+        assert len(reader.read_sessions(project="42", role="writer", limit=2)) == 2
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.decimals(allow_nan=False, allow_infinity=False, places=12), max_size=8))
+def test_costs_survive_sqlite_and_jsonl_exactly(costs: list[Decimal]) -> None:
+    records = [
+        UsageRecord(model="m", cost_usd=cost, timestamp=T0 + timedelta(seconds=i))
+        for i, cost in enumerate(costs)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        with SqliteSink(Path(tmp) / "c.db", background=False) as sink:
+            for record in records:
+                sink.write_usage(record)
+            stored = sink.read_usage()
+        with JsonlSink(Path(tmp) / "c.jsonl", background=False, fsync="never") as jsonl:
+            for record in records:
+                jsonl.write_usage(record)
+        lines = read_jsonl(Path(tmp) / "c.jsonl")
+    assert [r.cost_usd for r in stored] == costs
+    assert [r.cost_usd for r in lines if isinstance(r, UsageRecord)] == costs
+    assert sum((r.cost_usd for r in stored), Decimal(0)) == sum(costs, Decimal(0))
+
+
+V1_SCHEMA = [
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, name TEXT NOT NULL,
+        session_id TEXT NOT NULL DEFAULT '', worker_id TEXT NOT NULL DEFAULT '', project_id,
+        role TEXT NOT NULL DEFAULT '', phase TEXT NOT NULL DEFAULT '', status TEXT,
+        failure_class TEXT, detail TEXT, data TEXT NOT NULL DEFAULT '{}')""",
+    """CREATE TABLE usage (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '',
+        worker_id TEXT NOT NULL DEFAULT '', project_id, role TEXT NOT NULL DEFAULT '',
+        phase TEXT NOT NULL DEFAULT '', model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd TEXT NOT NULL DEFAULT '0', duration_seconds REAL)""",
+    "PRAGMA user_version = 1",
+]
+
+
+def build_v1(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        rows = [
+            ("2026-01-01T12:00:00.000000+00:00", "session.started", None, "{}"),
+            ("2026-01-01T12:00:01.000000+00:00", "turn.completed", None, '{"model":"m1"}'),
+            (
+                "2026-01-01T12:00:09.000000+00:00",
+                "session.failed",
+                "rate_limit",
+                '{"duration_seconds":9.0,"cost_usd":"0.50","turns":2,"error_type":"E"}',
+            ),
+        ]
+        conn.executemany(
+            "INSERT INTO events (ts, name, session_id, worker_id, project_id, role, phase,"
+            " failure_class, data) VALUES (?, ?, 's1', 'w1', 42, 'writer', 'draft', ?, ?)",
+            rows,
+        )
+        conn.execute(
+            "INSERT INTO usage (ts, session_id, worker_id, project_id, role, phase, model,"
+            " input_tokens, output_tokens, cost_usd, duration_seconds)"
+            " VALUES ('2026-01-01T12:00:01.000000+00:00', 's1', 'w1', 42, 'writer', 'draft',"
+            " 'm1', 100, 20, '0.50', 1.5)"
+        )
+
+
+def test_a_version_1_database_is_migrated_on_open_with_its_rows_intact(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    build_v1(db)
+    with pytest.raises(SchemaError, match=r"schema version 1.*open it once with SqliteSink"):
+        SqliteReader(db)
+    with caplog.at_level(logging.INFO, logger="techrevati.runtime.sinks"):
+        sink = SqliteSink(db)
+    migrated = [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"]
+    assert [(r.from_version, r.to_version) for r in migrated] == [(1, SCHEMA_VERSION)]  # type: ignore[attr-defined]
+    with sink:
+        assert [e.name for e in sink.read_events()] == [
+            "session.started",
+            "turn.completed",
+            "session.failed",
+        ]
+        assert [e.data for e in sink.read_events(model="m1")] == [{"model": "m1"}]
+        (old,) = sink.read_usage()
+        assert (old.input_tokens, old.output_tokens, old.cost_usd) == (100, 20, Decimal("0.50"))
+        assert (old.cache_read_tokens, old.reasoning_tokens, old.priced) == (0, 0, True)
+        (session,) = sink.read_sessions()
+        assert session.status is SessionStatus.FAILED
+        assert session.started_at == T0
+        assert session.cost_usd == Decimal("0.50")
+        assert session.failure_class is AgentFailureClass.RATE_LIMIT
+        sink.write_usage(usage(5))
+    with SqliteReader(db) as reader:
+        assert len(reader.read_usage()) == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_sqlite_refuses_files_that_are_not_its_own(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(SchemaError, match=r"has tables \['customers'\] but no techrevati"):
+        SqliteSink(foreign)
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaError, match="schema version 99; this library knows 1 to 2"):
+        SqliteSink(newer)
+    other_app = tmp_path / "other.db"
+    with sqlite3.connect(other_app) as conn:
+        conn.execute("PRAGMA application_id = 7")
+    with pytest.raises(SchemaError, match="belongs to another application"):
+        SqliteReader(other_app)
+    text = tmp_path / "notes.db"
+    text.write_text("hello, this is not a database at all" * 40)
+    with pytest.raises(SchemaError, match="not a"):
+        SqliteSink(text)
+    with pytest.raises(FileNotFoundError):
+        SqliteReader(tmp_path / "missing.db")
+
+
+def test_sqlite_rejects_bad_settings(db: Path) -> None:
+    with pytest.raises(InvalidValueError, match="synchronous must be 'full' or 'normal'"):
+        SqliteSink(db, synchronous="off")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="busy_timeout must be a number >= 0, got -1"):
+        SqliteSink(db, busy_timeout=-1)
+    with pytest.raises(InvalidValueError, match="flush_every must be an int >= 1, got True"):
+        SqliteSink(db, flush_every=True)
+
+
+def test_sqlite_keeps_exact_counts_when_hammered_from_threads(db: Path) -> None:
+    threads_n, per_thread = 8, 300
+    with SqliteSink(db, flush_every=50, synchronous="normal") as sink:
+        write_from_threads(sink, threads_n, per_thread)
+    with SqliteReader(db) as reader:
+        assert len(reader.read_events()) == threads_n * per_thread
+        for worker in range(threads_n):
+            mine = reader.read_events(session_id=f"s{worker}")
+            assert [e.data["i"] for e in mine] == list(range(per_thread))
+            assert len(reader.read_usage(session_id=f"s{worker}")) == per_thread
+
+
+def test_a_locked_database_fails_the_batch_and_the_retry_writes_it_once(db: Path) -> None:
+    sink = SqliteSink(db, busy_timeout=0, background=False, flush_every=100)
+    for i in range(3):
+        sink.write_event(event(i=i))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(SinkWriteError, match="could not write 3 records: OperationalError"):
+        sink.flush()
+    assert sink.pending == 3
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    sink.close()
+    assert count_rows(db, "events") == 3
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the child prints or dies
+    if not line:
+        proc.wait(CHILD_TIMEOUT)
+        assert proc.stderr is not None
+        pytest.fail(f"child exited {proc.returncode}: {proc.stderr.read()}")
+    return line.strip()
+
+
+CHILD_PRELUDE = """
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from techrevati.runtime.events import AgentEvent, UsageRecord
+from techrevati.runtime.sinks import SqliteSink
+
+def ev(worker, i):
+    return AgentEvent(name="turn.completed", session_id=worker, worker_id=worker,
+                      data={"model": "m", "i": i})
+
+def us(worker, i):
+    return UsageRecord(model="m", input_tokens=i, cost_usd=Decimal("0.001"),
+                       worker_id=worker, session_id=worker)
+"""
+
+
+WRITER = (
+    CHILD_PRELUDE
+    + """
+path, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with SqliteSink(path, flush_every=25, busy_timeout=30) as sink:
+    for i in range(n):
+        sink.write_event(ev(worker, i))
+        sink.write_usage(us(worker, i))
+print("done", flush=True)
+"""
+)
+
+
+def test_several_processes_writing_one_file_lose_and_duplicate_nothing(db: Path) -> None:
+    workers, per_worker = 3, 400
+    procs = [spawn(WRITER, str(db), f"p{n}", str(per_worker)) for n in range(workers)]
+    try:
+        for proc in procs:
+            assert read_line(proc) == "done"
+            assert proc.wait(CHILD_TIMEOUT) == 0
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+    with SqliteReader(db) as reader:
+        for n in range(workers):
+            mine = reader.read_events(session_id=f"p{n}")
+            assert [e.data["i"] for e in mine] == list(range(per_worker))
+            assert len(reader.read_usage(session_id=f"p{n}")) == per_worker
+    assert count_rows(db, "events") == workers * per_worker
+    assert count_rows(db, "usage") == workers * per_worker
+
+
+KILLED_AFTER_FLUSH = (
+    CHILD_PRELUDE
+    + """
+path, flushed, unflushed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sink = SqliteSink(path, flush_every=40, flush_interval=3600)
+for i in range(flushed):
+    sink.write_event(ev("k", i))
+    sink.write_usage(us("k", i))
+sink.flush()
+for i in range(flushed, flushed + unflushed):
+    sink.write_event(ev("k", i))
+print("flushed", flush=True)
+sys.stdin.read()  # block until killed
+"""
+)
+
+
+@pytest.fixture
+def killed() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.communicate()
+
+
+def test_after_kill_9_the_file_holds_exactly_the_flushed_records(
+    db: Path, killed: list[subprocess.Popen[str]]
+) -> None:
+    proc = spawn(KILLED_AFTER_FLUSH, str(db), "250", "7")
+    killed.append(proc)
+    assert read_line(proc) == "flushed"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(CHILD_TIMEOUT) == -signal.SIGKILL
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with SqliteReader(db) as reader:
+        assert [e.data["i"] for e in reader.read_events()] == list(range(250))
+        assert len(reader.read_usage()) == 250
+
+
+KILLED_MID_STREAM = (
+    CHILD_PRELUDE
+    + """
+path, batch = sys.argv[1], int(sys.argv[2])
+sink = SqliteSink(path, flush_every=batch, background=False, synchronous="normal")
+for i in range(10_000_000):
+    sink.write_event(ev("k", i))
+    if i == batch - 1:
+        print("first batch", flush=True)
+"""
+)
+
+
+def test_kill_9_mid_stream_leaves_only_whole_batches(
+    db: Path, killed: list[subprocess.Popen[str]]
+) -> None:
+    batch = 20
+    proc = spawn(KILLED_MID_STREAM, str(db), str(batch))
+    killed.append(proc)
+    assert read_line(proc) == "first batch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(CHILD_TIMEOUT)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with SqliteReader(db) as reader:
+        seen = [e.data["i"] for e in reader.read_events()]
+    assert len(seen) >= batch
+    assert len(seen) % batch == 0
+    assert seen == list(range(len(seen)))
+
+
+EXITS_WITHOUT_CLOSE = (
+    CHILD_PRELUDE
+    + """
+sink = SqliteSink(sys.argv[1], flush_every=1000, flush_interval=3600)
+for i in range(30):
+    sink.write_event(ev("x", i))
+print("exiting", flush=True)
+"""
+)
+
+
+def test_records_still_buffered_at_interpreter_exit_are_written(db: Path) -> None:
+    proc = spawn(EXITS_WITHOUT_CLOSE, str(db))
+    out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    assert (proc.returncode, out.strip()) == (0, "exiting"), err
+    assert count_rows(db, "events") == 30
