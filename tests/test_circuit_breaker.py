@@ -12,6 +12,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,20 +27,12 @@ from techrevati.runtime.circuit_breaker import (
 )
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
+if TYPE_CHECKING:
+    from tests.conftest import FakeClock
+else:
+    from conftest import FakeClock
+
 WAIT: float = 10.0  # generous bound on thread hand-offs; never reached when correct
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class BadRequestError(Exception):

@@ -5,6 +5,7 @@ import json
 import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -45,23 +46,15 @@ from techrevati.runtime import (
 )
 from techrevati.runtime._runner import DeadlineRunner
 
+if TYPE_CHECKING:
+    from tests.conftest import FakeClock
+else:
+    from conftest import FakeClock
+
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 
 
 pytestmark = pytest.mark.usefixtures("priced_models")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class StatusError(Exception):
