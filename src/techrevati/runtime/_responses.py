@@ -12,7 +12,11 @@ import inspect
 from collections.abc import Mapping
 from typing import Final
 
-from techrevati.runtime.errors import TechrevatiError, TransientRuntimeError
+from techrevati.runtime.errors import (
+    EmptyResponseError,
+    StreamResultError,
+    TechrevatiError,
+)
 from techrevati.runtime.usage import UsageSnapshot
 
 __all__ = [
@@ -76,41 +80,6 @@ _BEDROCK_STOP: Final = frozenset(
     }
 )
 _MISSING: Final = object()
-
-
-class StreamResultError(TechrevatiError, TypeError):
-    """``fn`` returned a stream, whose usage the session cannot read.
-
-    Consume the stream inside ``fn`` and return the final response (openai:
-    ``client.chat.completions.stream(...)`` then ``get_final_completion()``;
-    anthropic: ``client.messages.stream(...)`` then ``get_final_message()``),
-    or pass ``usage=`` to ``run_turn``.
-    """
-
-    def __init__(self, kind: str, stream: object = None) -> None:
-        self.kind = kind
-        self.stream = stream
-        super().__init__(
-            f"fn returned a stream ({kind}): its usage is only known once it is consumed. "
-            "Consume it inside fn and return the final response (e.g. openai "
-            "get_final_completion(), anthropic get_final_message()), or pass usage= to run_turn"
-        )
-
-
-class EmptyResponseError(TransientRuntimeError):
-    """The provider answered without an answer: no stop reason and no output tokens.
-
-    A silent provider failure (an aborted generation, an empty Bedrock body):
-    a retry policy classifies it as ``provider_failure`` and retries it.
-    ``response`` is what ``fn`` returned.
-    """
-
-    scenario = "provider_failure"
-
-    def __init__(self, reason: str, response: object) -> None:
-        self.reason = reason
-        self.response = response
-        super().__init__(f"empty model response: {reason}")
 
 
 def usage_from_result(result: object) -> UsageSnapshot | None:

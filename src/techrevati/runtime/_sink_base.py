@@ -25,7 +25,11 @@ from typing import Final, Self
 
 from techrevati.runtime._clock import Clock
 from techrevati.runtime._validate import callable_or_none, int_at_least
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    SinkClosedError,
+    SinkWriteError,
+)
 from techrevati.runtime.events import AgentEvent, UsageRecord
 
 DEFAULT_FLUSH_EVERY: Final = 100
@@ -42,17 +46,6 @@ Record = AgentEvent | UsageRecord
 
 _LOG: Final = logging.getLogger("techrevati.runtime.sinks")
 _DROP_LOG_EVERY: Final = 1000
-
-
-class SinkClosedError(TechrevatiError, RuntimeError):
-    """A record was written to a sink after :meth:`close`."""
-
-
-class SinkWriteError(TechrevatiError, OSError):
-    """A durable sink could not write a batch; the records stay buffered for a retry.
-
-    The original error (``OSError``, ``sqlite3.Error``) is the ``__cause__``.
-    """
 
 
 def log_event(

@@ -24,7 +24,7 @@ from techrevati.runtime._sqlite_rows import (
     store_session_event,
     write_transaction,
 )
-from techrevati.runtime.errors import TechrevatiError
+from techrevati.runtime.errors import SchemaError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,10 +34,6 @@ SCHEMA_VERSION: Final = 2
 
 SQLITE_APPLICATION_ID: Final = 0x54524556
 """``PRAGMA application_id`` of our databases (ASCII ``TREV``)."""
-
-
-class SchemaError(TechrevatiError, ValueError):
-    """A SQLite file is not one of ours, or its schema version is unknown."""
 
 
 # Version 2 (current). ``project_id`` has no declared type on purpose: SQLite

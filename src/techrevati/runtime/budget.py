@@ -16,7 +16,12 @@ from types import TracebackType
 from typing import Final, Literal
 
 from techrevati.runtime._money import _USD_POWER, _money, _scaled, _to_decimal, _usd
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import (
+    BudgetExceededError,
+    InvalidValueError,
+    LimitKind,
+    ReservationError,
+)
 from techrevati.runtime.pricing import _femto, _lookup, _model_name
 from techrevati.runtime.usage import TurnCost, UsageSnapshot, _require_snapshot
 
@@ -28,52 +33,6 @@ __all__ = [
     "ReservationError",
     "UsageLimits",
 ]
-
-
-LimitKind = Literal["usd", "tokens", "requests"]
-"""Which limit of a :class:`Budget` refused a call."""
-
-
-class BudgetExceededError(TechrevatiError):
-    """A :class:`Budget` refused a call, or its spending went past a limit.
-
-    ``limit_kind`` says which limit (``"usd"``, ``"tokens"`` or ``"requests"``);
-    ``limit`` and ``spent`` are in that unit (``Decimal`` dollars for ``"usd"``,
-    ``int`` otherwise), ``reserved`` is what open reservations hold and
-    ``requested`` what the refused call asked for (zero from ``check_after``).
-    ``limit_usd`` (``None`` without a dollar cap) and ``spent_usd`` are always
-    the budget's dollar figures; ``model`` is the model asked for, if any.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        limit_kind: LimitKind = "usd",
-        limit: Decimal | int = 0,
-        spent: Decimal | int = 0,
-        reserved: Decimal | int = 0,
-        requested: Decimal | int = 0,
-        limit_usd: Decimal | None = None,
-        spent_usd: Decimal = Decimal(0),
-        model: str = "",
-    ) -> None:
-        self.limit_kind: LimitKind = limit_kind
-        self.limit = limit
-        self.spent = spent
-        self.reserved = reserved
-        self.requested = requested
-        self.limit_usd = limit_usd
-        self.spent_usd = spent_usd
-        self.model = model
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[type[BudgetExceededError], tuple[str], dict[str, object]]:
-        return type(self), (str(self.args[0]),), dict(self.__dict__)
-
-
-class ReservationError(TechrevatiError, RuntimeError):
-    """:meth:`BudgetReservation.settle` was called on a settled or released reservation."""
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -1,22 +1,80 @@
-"""The root of every exception this library raises on its own behalf.
+"""Every exception the library raises on its own behalf, and the tree they form.
 
 Catch :class:`TechrevatiError` to handle anything the runtime itself refused;
-exceptions raised by *your* callables pass through unchanged. Specific errors
-live beside the primitive that raises them (``lifecycle.InvalidTransitionError``,
-``usage.BudgetExceededError``, ...) and are re-exported from
-``techrevati.runtime``. Where a builtin fits, they subclass it too, so
-``except ValueError`` or ``except TimeoutError`` keep working.
+exceptions raised by *your* callables pass through unchanged. Where a builtin
+fits, an error subclasses it too, so ``except ValueError`` or ``except
+TimeoutError`` keep working. Each is also importable from the module that
+raises it (``techrevati.runtime.budget.BudgetExceededError``, ...) and from
+``techrevati.runtime``::
+
+    TechrevatiError
+    ├── InvalidValueError (ValueError)          a bad argument, named with its value
+    ├── TransientRuntimeError                   the dependency failed; retried by a policy
+    │   ├── TurnTimeoutError (TimeoutError)     a turn passed its deadline
+    │   └── EmptyResponseError                  an answer with no answer
+    ├── MaxIterationsExceededError              a session's turn limit
+    ├── SessionStateError (RuntimeError)        a session not in the state for that
+    ├── StreamResultError (TypeError)           a turn returned a stream
+    ├── BudgetExceededError                     a budget refused a call
+    ├── ReservationError (RuntimeError)         a hold settled twice
+    ├── RetriesExhaustedError                   the attempts ran out (from the last error)
+    ├── RetryAfterTooLongError                  a server hint longer than accepted
+    ├── GuardrailViolatedError                  a hook vetoed a call
+    ├── PermissionDeniedError (PermissionError) a role may not use a tool
+    ├── UsageParseError (ValueError)            no usage in a response
+    ├── PricingFileError (ValueError)           a malformed pricing file
+    ├── UnknownWorkerError (KeyError)           no such worker in a registry
+    ├── SinkClosedError (RuntimeError)          a write to a closed sink
+    ├── SinkWriteError (OSError)                a sink could not store records
+    ├── SchemaError (ValueError)                a SQLite log of another schema
+    ├── CorruptRecordError (ValueError)         a JSONL line that cannot be read
+    ├── ReportInputError (ValueError)           the report command's bad input
+    └── MissingDependencyError (ImportError)    an optional extra not installed
+
+Three more live beside the state they describe: ``CircuitOpenError``
+(:mod:`~techrevati.runtime.circuit_breaker`), ``InvalidTransitionError``
+(ValueError, :mod:`~techrevati.runtime.lifecycle`), and ``DuplicateRuleError``
+(ValueError) and ``PolicyEvaluationError``
+(:mod:`~techrevati.runtime.policy_engine`).
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from techrevati.runtime._classify import FailureInfo
+    from techrevati.runtime.permissions import PermissionOutcome
+
+LimitKind = Literal["usd", "tokens", "requests"]
+"""Which limit of a :class:`~techrevati.runtime.budget.Budget` refused a call."""
+
 __all__ = [
+    "BudgetExceededError",
+    "CorruptRecordError",
+    "EmptyResponseError",
+    "GuardrailViolatedError",
     "InvalidValueError",
+    "LimitKind",
     "MaxIterationsExceededError",
+    "MissingDependencyError",
+    "PermissionDeniedError",
+    "PricingFileError",
+    "ReportInputError",
+    "ReservationError",
+    "RetriesExhaustedError",
+    "RetryAfterTooLongError",
+    "SchemaError",
     "SessionStateError",
+    "SinkClosedError",
+    "SinkWriteError",
+    "StreamResultError",
     "TechrevatiError",
     "TransientRuntimeError",
     "TurnTimeoutError",
+    "UnknownWorkerError",
+    "UsageParseError",
 ]
 
 
@@ -82,3 +140,219 @@ class MaxIterationsExceededError(TechrevatiError):
 
 class SessionStateError(TechrevatiError, RuntimeError):
     """The session cannot do that in its current state (closed, waiting for input, ...)."""
+
+
+class StreamResultError(TechrevatiError, TypeError):
+    """``fn`` returned a stream, whose usage the session cannot read.
+
+    Consume the stream inside ``fn`` and return the final response (openai:
+    ``client.chat.completions.stream(...)`` then ``get_final_completion()``;
+    anthropic: ``client.messages.stream(...)`` then ``get_final_message()``),
+    or pass ``usage=`` to ``run_turn``.
+    """
+
+    def __init__(self, kind: str, stream: object = None) -> None:
+        self.kind = kind
+        self.stream = stream
+        super().__init__(
+            f"fn returned a stream ({kind}): its usage is only known once it is consumed. "
+            "Consume it inside fn and return the final response (e.g. openai "
+            "get_final_completion(), anthropic get_final_message()), or pass usage= to run_turn"
+        )
+
+
+class EmptyResponseError(TransientRuntimeError):
+    """The provider answered without an answer: no stop reason and no output tokens.
+
+    A silent provider failure (an aborted generation, an empty Bedrock body):
+    a retry policy classifies it as ``provider_failure`` and retries it.
+    ``response`` is what ``fn`` returned.
+    """
+
+    scenario = "provider_failure"
+
+    def __init__(self, reason: str, response: object) -> None:
+        self.reason = reason
+        self.response = response
+        super().__init__(f"empty model response: {reason}")
+
+
+class SinkClosedError(TechrevatiError, RuntimeError):
+    """A record was written to a sink after :meth:`close`."""
+
+
+class SinkWriteError(TechrevatiError, OSError):
+    """A durable sink could not write a batch; the records stay buffered for a retry.
+
+    The original error (``OSError``, ``sqlite3.Error``) is the ``__cause__``.
+    """
+
+
+class SchemaError(TechrevatiError, ValueError):
+    """A SQLite file is not one of ours, or its schema version is unknown."""
+
+
+class BudgetExceededError(TechrevatiError):
+    """A :class:`Budget` refused a call, or its spending went past a limit.
+
+    ``limit_kind`` says which limit (``"usd"``, ``"tokens"`` or ``"requests"``);
+    ``limit`` and ``spent`` are in that unit (``Decimal`` dollars for ``"usd"``,
+    ``int`` otherwise), ``reserved`` is what open reservations hold and
+    ``requested`` what the refused call asked for (zero from ``check_after``).
+    ``limit_usd`` (``None`` without a dollar cap) and ``spent_usd`` are always
+    the budget's dollar figures; ``model`` is the model asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_kind: LimitKind = "usd",
+        limit: Decimal | int = 0,
+        spent: Decimal | int = 0,
+        reserved: Decimal | int = 0,
+        requested: Decimal | int = 0,
+        limit_usd: Decimal | None = None,
+        spent_usd: Decimal = Decimal(0),
+        model: str = "",
+    ) -> None:
+        self.limit_kind: LimitKind = limit_kind
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        self.model = model
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[BudgetExceededError], tuple[str], dict[str, object]]:
+        return type(self), (str(self.args[0]),), dict(self.__dict__)
+
+
+class ReservationError(TechrevatiError, RuntimeError):
+    """:meth:`BudgetReservation.settle` was called on a settled or released reservation."""
+
+
+class GuardrailViolatedError(TechrevatiError):
+    """A hook vetoed a model or tool call.
+
+    ``reason`` says why, ``hook`` names the hook's class and ``point`` says
+    where it ran (``"before_model"``, ``"after_tool"``, ...).
+    """
+
+    def __init__(self, reason: str, *, hook: str = "", point: str = "") -> None:
+        self.reason = reason
+        self.hook = hook
+        self.point = point
+        where = f" ({hook} at {point})" if hook else ""
+        super().__init__(f"guardrail violated{where}: {reason}")
+
+
+class CorruptRecordError(TechrevatiError, ValueError):
+    """A JSONL line is not a record :class:`JsonlSink` wrote; the message names file and line."""
+
+
+class UnknownWorkerError(TechrevatiError, KeyError):
+    """No worker with this id is in the registry; ``worker_id`` is the id asked for."""
+
+    def __init__(self, worker_id: object) -> None:
+        self.worker_id = worker_id
+        super().__init__(f"no worker with id {worker_id!r} in this registry")
+
+    def __str__(self) -> str:
+        # KeyError would show the message quoted like a key.
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type[UnknownWorkerError], tuple[object]]:
+        return (type(self), (self.worker_id,))
+
+
+class MissingDependencyError(TechrevatiError, ImportError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed; "
+            f"install it with: pip install 'techrevati-runtime[{extra}]'",
+            name=package,
+        )
+
+
+class PermissionDeniedError(TechrevatiError, PermissionError):
+    """A role asked for a tool it may not use; ``outcome`` says why.
+
+    Raised by :meth:`PermissionEnforcer.require` and by the orchestrator
+    before a denied tool call; the message is ``outcome.reason``.
+    """
+
+    def __init__(self, outcome: PermissionOutcome) -> None:
+        self.outcome = outcome
+        super().__init__(outcome.reason)
+
+    def __str__(self) -> str:
+        return self.outcome.reason
+
+    def __reduce__(self) -> tuple[type[PermissionDeniedError], tuple[PermissionOutcome]]:
+        return (type(self), (self.outcome,))
+
+
+class PricingFileError(TechrevatiError, ValueError):
+    """A pricing file is malformed; nothing from it was registered.
+
+    ``path`` is the file as given; ``entry`` the model entry at fault, or
+    ``None`` when the file as a whole is wrong (bad JSON/TOML, unknown schema).
+    """
+
+    def __init__(self, message: str, path: str = "", entry: str | None = None) -> None:
+        self.path = path
+        self.entry = entry
+        self.reason = message
+        where = path if entry is None else f"{path}: entry {entry!r}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def __reduce__(self) -> tuple[type[PricingFileError], tuple[str, str, str | None]]:
+        return type(self), (self.reason, self.path, self.entry)
+
+
+class ReportInputError(TechrevatiError, ValueError):
+    """The file is neither a techrevati SQLite database nor a techrevati JSONL file."""
+
+
+class RetriesExhaustedError(TechrevatiError):
+    """A retryable failure kept happening until the attempts ran out.
+
+    Raised ``from`` the last exception (see ``__cause__``). ``attempts`` is
+    how many calls were made, ``scenario`` and ``failure`` describe the last one.
+    """
+
+    def __init__(self, attempts: int, failure: FailureInfo, reason: str = "") -> None:
+        detail = failure.exception_type or "error"
+        if failure.status_code is not None:
+            detail += f", status {failure.status_code}"
+        message = f"gave up after {attempts} attempt(s): {failure.scenario.value} ({detail})"
+        super().__init__(f"{message}; {reason}" if reason else message)
+        self.attempts = attempts
+        self.scenario = failure.scenario
+        self.failure = failure
+
+
+class RetryAfterTooLongError(TechrevatiError):
+    """The server asked to wait longer than the caller accepts (``max_retry_after``)."""
+
+    def __init__(self, retry_after: float, max_retry_after: float) -> None:
+        super().__init__(
+            f"the server asks to wait {retry_after:g}s, "
+            f"more than max_retry_after={max_retry_after:g}s"
+        )
+        self.retry_after = retry_after
+        self.max_retry_after = max_retry_after
+
+
+class UsageParseError(TechrevatiError, ValueError):
+    """:meth:`UsageSnapshot.from_response` could not read token usage from an object.
+
+    The message names the object's type and, where one is known, the field.
+    """

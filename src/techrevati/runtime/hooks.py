@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import GuardrailViolatedError, InvalidValueError
 
 __all__ = [
     "HOOK_POINTS",
@@ -33,21 +33,6 @@ HOOK_POINTS: Final[tuple[HookPoint, ...]] = (
     "before_tool",
     "after_tool",
 )
-
-
-class GuardrailViolatedError(TechrevatiError):
-    """A hook vetoed a model or tool call.
-
-    ``reason`` says why, ``hook`` names the hook's class and ``point`` says
-    where it ran (``"before_model"``, ``"after_tool"``, ...).
-    """
-
-    def __init__(self, reason: str, *, hook: str = "", point: str = "") -> None:
-        self.reason = reason
-        self.hook = hook
-        self.point = point
-        where = f" ({hook} at {point})" if hook else ""
-        super().__init__(f"guardrail violated{where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from techrevati.runtime._sink_base import (
     Record,
     log_event,
 )
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import CorruptRecordError, InvalidValueError
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, UsageRecord
 
 __all__ = ["CorruptRecordError", "FsyncPolicy", "JsonlSink", "read_jsonl"]
@@ -39,10 +39,6 @@ FsyncPolicy = Literal["always", "batch", "never"]
 """When :class:`JsonlSink` calls ``fsync``: per record, per batch, or never."""
 
 _FSYNC_POLICIES: Final = frozenset({"always", "batch", "never"})
-
-
-class CorruptRecordError(TechrevatiError, ValueError):
-    """A JSONL line is not a record :class:`JsonlSink` wrote; the message names file and line."""
 
 
 class JsonlSink(BufferedSink):

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
 
 from techrevati.runtime._clock import WallClock, utc_now
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError, UnknownWorkerError
 
 __all__ = [
     "DEFAULT_MAX_EVENTS",
@@ -156,21 +156,6 @@ class InvalidTransitionError(TechrevatiError, ValueError):
         self,
     ) -> tuple[type[InvalidTransitionError], tuple[str, AgentStatus, AgentStatus]]:
         return (type(self), (self.worker_id, self.from_status, self.to_status))
-
-
-class UnknownWorkerError(TechrevatiError, KeyError):
-    """No worker with this id is in the registry; ``worker_id`` is the id asked for."""
-
-    def __init__(self, worker_id: object) -> None:
-        self.worker_id = worker_id
-        super().__init__(f"no worker with id {worker_id!r} in this registry")
-
-    def __str__(self) -> str:
-        # KeyError would show the message quoted like a key.
-        return str(self.args[0])
-
-    def __reduce__(self) -> tuple[type[UnknownWorkerError], tuple[object]]:
-        return (type(self), (self.worker_id,))
 
 
 @dataclass(frozen=True, slots=True)

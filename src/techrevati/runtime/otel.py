@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, MissingDependencyError
 from techrevati.runtime.events import AgentEvent, EventName
 
 if TYPE_CHECKING:
@@ -71,19 +71,6 @@ _TOKEN_ATTRIBUTES: Final = (
     ("cache_write_tokens", "gen_ai.usage.cache_creation.input_tokens"),
     ("reasoning_tokens", "gen_ai.usage.reasoning.output_tokens"),
 )
-
-
-class MissingDependencyError(TechrevatiError, ImportError):
-    """An optional dependency is not installed; the message says which extra installs it."""
-
-    def __init__(self, package: str, extra: str) -> None:
-        self.package = package
-        self.extra = extra
-        super().__init__(
-            f"{package} is not installed; "
-            f"install it with: pip install 'techrevati-runtime[{extra}]'",
-            name=package,
-        )
 
 
 @dataclass(frozen=True, slots=True)

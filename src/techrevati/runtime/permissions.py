@@ -26,7 +26,7 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Final
 
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
     "DEFAULT_PERMISSION_CACHE_SIZE",
@@ -155,24 +155,6 @@ class PermissionOutcome:
             "role": self.role,
             "tool": self.tool,
         }
-
-
-class PermissionDeniedError(TechrevatiError, PermissionError):
-    """A role asked for a tool it may not use; ``outcome`` says why.
-
-    Raised by :meth:`PermissionEnforcer.require` and by the orchestrator
-    before a denied tool call; the message is ``outcome.reason``.
-    """
-
-    def __init__(self, outcome: PermissionOutcome) -> None:
-        self.outcome = outcome
-        super().__init__(outcome.reason)
-
-    def __str__(self) -> str:
-        return self.outcome.reason
-
-    def __reduce__(self) -> tuple[type[PermissionDeniedError], tuple[PermissionOutcome]]:
-        return (type(self), (self.outcome,))
 
 
 # -- the policy -----------------------------------------------------------------

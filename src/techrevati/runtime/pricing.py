@@ -26,7 +26,7 @@ from techrevati.runtime._money import (
     _to_decimal,
     _usd,
 )
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, PricingFileError
 
 if TYPE_CHECKING:
     from techrevati.runtime.usage import UsageSnapshot
@@ -60,24 +60,6 @@ _RATE_FIELDS: Final = (
     "cache_write_per_million",
     "reasoning_per_million",
 )
-
-
-class PricingFileError(TechrevatiError, ValueError):
-    """A pricing file is malformed; nothing from it was registered.
-
-    ``path`` is the file as given; ``entry`` the model entry at fault, or
-    ``None`` when the file as a whole is wrong (bad JSON/TOML, unknown schema).
-    """
-
-    def __init__(self, message: str, path: str = "", entry: str | None = None) -> None:
-        self.path = path
-        self.entry = entry
-        self.reason = message
-        where = path if entry is None else f"{path}: entry {entry!r}"
-        super().__init__(f"{where}: {message}" if where else message)
-
-    def __reduce__(self) -> tuple[type[PricingFileError], tuple[str, str, str | None]]:
-        return type(self), (self.reason, self.path, self.entry)
 
 
 @dataclass(frozen=True, slots=True, init=False)

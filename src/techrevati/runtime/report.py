@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal
 
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, ReportInputError, TechrevatiError
 from techrevati.runtime.events import AgentEvent, EventName, UsageRecord
 from techrevati.runtime.sinks import (
     CorruptRecordError,
@@ -65,10 +65,6 @@ _FAILURE_COLUMN: Final = {
 }
 # A retry always follows a failed turn that is already counted.
 _NOT_A_FAILURE: Final = frozenset({EventName.TURN_RETRIED.value})
-
-
-class ReportInputError(TechrevatiError, ValueError):
-    """The file is neither a techrevati SQLite database nor a techrevati JSONL file."""
 
 
 @dataclass(frozen=True, slots=True)

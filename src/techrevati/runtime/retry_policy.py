@@ -41,7 +41,13 @@ from techrevati.runtime._classify import (
     failure_class_for,
     inspect_exception,
 )
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError, TransientRuntimeError
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    RetriesExhaustedError,
+    RetryAfterTooLongError,
+    TechrevatiError,
+    TransientRuntimeError,
+)
 
 __all__ = [
     "AUTOMATIC_STEPS",
@@ -297,36 +303,6 @@ class RetryAttempt:
     exception: Exception
     reason: str = ""
     """Why the retry was granted, in words (the recipe's reason)."""
-
-
-class RetriesExhaustedError(TechrevatiError):
-    """A retryable failure kept happening until the attempts ran out.
-
-    Raised ``from`` the last exception (see ``__cause__``). ``attempts`` is
-    how many calls were made, ``scenario`` and ``failure`` describe the last one.
-    """
-
-    def __init__(self, attempts: int, failure: FailureInfo, reason: str = "") -> None:
-        detail = failure.exception_type or "error"
-        if failure.status_code is not None:
-            detail += f", status {failure.status_code}"
-        message = f"gave up after {attempts} attempt(s): {failure.scenario.value} ({detail})"
-        super().__init__(f"{message}; {reason}" if reason else message)
-        self.attempts = attempts
-        self.scenario = failure.scenario
-        self.failure = failure
-
-
-class RetryAfterTooLongError(TechrevatiError):
-    """The server asked to wait longer than the caller accepts (``max_retry_after``)."""
-
-    def __init__(self, retry_after: float, max_retry_after: float) -> None:
-        super().__init__(
-            f"the server asks to wait {retry_after:g}s, "
-            f"more than max_retry_after={max_retry_after:g}s"
-        )
-        self.retry_after = retry_after
-        self.max_retry_after = max_retry_after
 
 
 class RecoveryContext:

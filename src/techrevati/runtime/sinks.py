@@ -33,11 +33,9 @@ from techrevati.runtime._sink_base import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     ClosesOnExit,
-    SinkClosedError,
-    SinkWriteError,
     log_event,
 )
-from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime.errors import InvalidValueError, SinkClosedError, SinkWriteError
 from techrevati.runtime.events import AgentEvent, EventSink, UsageRecord, UsageSink
 from techrevati.runtime.jsonl import CorruptRecordError, FsyncPolicy, JsonlSink, read_jsonl
 

@@ -32,7 +32,6 @@ from techrevati.runtime._sink_base import (
     BufferedSink,
     ClosesOnExit,
     Record,
-    SinkClosedError,
 )
 from techrevati.runtime._sqlite_rows import (
     EVENT_COLUMNS,
@@ -46,12 +45,11 @@ from techrevati.runtime._sqlite_rows import (
 from techrevati.runtime._sqlite_schema import (
     SCHEMA_VERSION,
     SQLITE_APPLICATION_ID,
-    SchemaError,
     check_schema,
     ensure_schema,
 )
 from techrevati.runtime._validate import int_at_least
-from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime.errors import InvalidValueError, SchemaError, SinkClosedError
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, UsageRecord
 
 __all__ = [

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from techrevati.runtime._money import _USD_POWER, _format_usd, _scaled, _to_decimal, _usd
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, UsageParseError
 from techrevati.runtime.pricing import (
     _PRICES,
     LOGGER_NAME,
@@ -92,13 +92,6 @@ _TOKEN_FIELDS: Final = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
-
-
-class UsageParseError(TechrevatiError, ValueError):
-    """:meth:`UsageSnapshot.from_response` could not read token usage from an object.
-
-    The message names the object's type and, where one is known, the field.
-    """
 
 
 @dataclass(frozen=True, slots=True)
