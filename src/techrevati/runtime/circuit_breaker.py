@@ -30,6 +30,7 @@ from typing import Final, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from techrevati.runtime._clock import Clock
 from techrevati.runtime._sdk import is_dependency_failure
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime._windows import _CountWindow, _TimeWindow, _Window
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
@@ -142,9 +143,9 @@ class SlidingWindow:
     def __post_init__(self) -> None:
         if self.kind not in ("count", "time"):
             raise InvalidValueError(f"kind must be 'count' or 'time', got {self.kind!r}")
-        _check_int("size", self.size, 1)
+        int_at_least("size", self.size, 1)
         _check_rate("failure_rate_threshold", self.failure_rate_threshold)
-        _check_int("minimum_calls", self.minimum_calls, 1)
+        int_at_least("minimum_calls", self.minimum_calls, 1)
         if self.kind == "count" and self.minimum_calls > self.size:
             raise InvalidValueError(
                 f"minimum_calls must be <= size for a count window (it could never trip), "
@@ -290,10 +291,10 @@ class CircuitBreaker:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidValueError(f"name must be a non-empty str, got {name!r}")
-        _check_int("failure_threshold", failure_threshold, 1)
+        int_at_least("failure_threshold", failure_threshold, 1)
         _check_seconds("recovery_timeout_seconds", recovery_timeout_seconds, True)
-        _check_int("success_threshold", success_threshold, 1)
-        _check_int("half_open_max_calls", half_open_max_calls, 1)
+        int_at_least("success_threshold", success_threshold, 1)
+        int_at_least("half_open_max_calls", half_open_max_calls, 1)
         if window is not None and not isinstance(window, SlidingWindow):
             raise InvalidValueError(f"window must be a SlidingWindow or None, got {window!r}")
         if is_failure is not None and not callable(is_failure):
@@ -1142,11 +1143,6 @@ def _duration(value: float | None) -> float | None:
     ):
         raise InvalidValueError(f"duration must be a number >= 0 or None, got {value!r}")
     return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_seconds(name: str, value: object, allow_zero: bool) -> None:

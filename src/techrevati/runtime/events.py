@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
 
 from techrevati.runtime._clock import utc_now
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError
 
 __all__ = [
@@ -237,8 +238,7 @@ class RingBufferSink:
     __slots__ = ("_buffer", "_capacity", "_dropped", "_lock", "_total")
 
     def __init__(self, capacity: int = DEFAULT_RING_CAPACITY) -> None:
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise InvalidValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        int_at_least("capacity", capacity, 1)
         self._capacity = capacity
         self._buffer: deque[AgentEvent] = deque(maxlen=capacity)
         self._lock = threading.Lock()
@@ -273,8 +273,7 @@ class RingBufferSink:
         with self._lock:
             items = list(self._buffer)
         if last is not None:
-            if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-                raise InvalidValueError(f"last must be an int >= 0, got {last!r}")
+            int_at_least("last", last, 0)
             return items[max(0, len(items) - last) :] if last else []
         return items
 

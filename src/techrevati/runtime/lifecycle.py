@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
 
 from techrevati.runtime._clock import WallClock, utc_now
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError, UnknownWorkerError
 
 __all__ = [
@@ -266,8 +267,7 @@ class AgentWorker:
             raise InvalidValueError(f"worker_id must be a non-empty str, got {worker_id!r}")
         if not callable(clock):
             raise InvalidValueError(f"clock must be callable, got {clock!r}")
-        if not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 1:
-            raise InvalidValueError(f"max_events must be an int >= 1, got {max_events!r}")
+        int_at_least("max_events", max_events, 1)
         created_at = clock()
         if not isinstance(created_at, datetime) or created_at.utcoffset() is None:
             raise InvalidValueError(
@@ -446,8 +446,7 @@ class AgentRegistry:
     def __init__(self, *, clock: WallClock = utc_now, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if not callable(clock):
             raise InvalidValueError(f"clock must be callable, got {clock!r}")
-        if not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 1:
-            raise InvalidValueError(f"max_events must be an int >= 1, got {max_events!r}")
+        int_at_least("max_events", max_events, 1)
         self._clock = clock
         self._max_events = max_events
         self._lock = threading.Lock()

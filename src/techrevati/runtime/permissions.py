@@ -26,6 +26,7 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Final
 
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
@@ -427,8 +428,7 @@ class PermissionEnforcer:
     ) -> None:
         if not isinstance(policy, PermissionPolicy):
             raise InvalidValueError(f"policy must be a PermissionPolicy, got {policy!r}")
-        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
-            raise InvalidValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        int_at_least("cache_size", cache_size, 0)
         self._policy = policy
         self._cache_size = cache_size
         self._cache: dict[str, dict[str, PermissionOutcome]] = {}

@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal
 
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError, ReportInputError, TechrevatiError
 from techrevati.runtime.events import AgentEvent, EventName, UsageRecord
 from techrevati.runtime.sinks import (
@@ -211,8 +212,7 @@ def build_report(
     for label, value in (("since", since), ("until", until)):
         if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
             raise InvalidValueError(f"{label} must be an aware datetime, got {value!r}")
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise InvalidValueError(f"top must be an int >= 1, got {top!r}")
+    int_at_least("top", top, 1)
     source = Path(path)
     if not source.exists():
         raise FileNotFoundError(2, "no such file", str(source))

@@ -41,6 +41,7 @@ from techrevati.runtime._classify import (
     failure_class_for,
     inspect_exception,
 )
+from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import (
     InvalidValueError,
     RetriesExhaustedError,
@@ -213,8 +214,7 @@ class RecoveryRecipe:
             raise InvalidValueError(f"ESCALATE must be the last step, got {raw!r}")
         object.__setattr__(self, "steps", steps)
         attempts = self.max_attempts
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-            raise InvalidValueError(f"max_attempts must be an int >= 0, got {attempts!r}")
+        int_at_least("max_attempts", attempts, 0)
         try:
             policy = EscalationPolicy(self.escalation_policy)
         except ValueError:
@@ -344,8 +344,7 @@ class RecoveryContext:
             raise InvalidValueError(
                 f"max_total_attempts must be None or an int >= 0, got {max_total_attempts!r}"
             )
-        if not isinstance(history_size, int) or isinstance(history_size, bool) or history_size < 0:
-            raise InvalidValueError(f"history_size must be an int >= 0, got {history_size!r}")
+        int_at_least("history_size", history_size, 0)
         if not callable(clock):
             raise InvalidValueError(f"clock must be callable, got {clock!r}")
         self._max_total = max_total_attempts
@@ -648,8 +647,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         n = self.max_attempts
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise InvalidValueError(f"max_attempts must be an int >= 1, got {n!r}")
+        int_at_least("max_attempts", n, 1)
         _check_backoff(self.base_delay, self.max_delay, self.jitter, "base_delay", "max_delay")
         _check_limit(self.max_retry_after, "max_retry_after")
         if self.seed is not None:
@@ -898,8 +896,7 @@ def set_testing(enabled: bool, *, attempts: int = 1) -> None:
     global _testing
     if not isinstance(enabled, bool):
         raise InvalidValueError(f"enabled must be a bool, got {enabled!r}")
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        raise InvalidValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    int_at_least("attempts", attempts, 1)
     with _testing_lock:
         _testing = _TestingState(enabled, attempts)
 
@@ -958,8 +955,7 @@ def backoff_delay(
     :class:`RetryAfterTooLongError` (check first with
     :func:`accepts_retry_after`) rather than sleeping for an hour.
     """
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        raise InvalidValueError(f"attempt must be an int >= 1, got {attempt!r}")
+    int_at_least("attempt", attempt, 1)
     _check_backoff(base, cap, jitter, "base", "cap")
     _check_limit(max_retry_after, "max_retry_after")
     if rng is not None and not isinstance(rng, random.Random):
