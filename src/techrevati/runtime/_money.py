@@ -13,7 +13,10 @@ from typing import Final
 
 from techrevati.runtime.errors import InvalidValueError
 
-__all__ = ["usd_text"]
+__all__ = ["MoneyInput", "usd_text"]
+
+MoneyInput = Decimal | int | float | str
+"""What a dollar amount or a rate may be given as (a ``float`` is read by its shortest repr)."""
 
 
 _USD_POWER: Final = 15

@@ -15,7 +15,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Final, Literal
 
-from techrevati.runtime._money import _USD_POWER, _money, _scaled, _to_decimal, _usd
+from techrevati.runtime._money import _USD_POWER, MoneyInput, _money, _scaled, _to_decimal, _usd
 from techrevati.runtime.errors import (
     BudgetExceededError,
     InvalidValueError,
@@ -50,7 +50,7 @@ class UsageLimits:
 
     def __init__(
         self,
-        max_usd: Decimal | int | float | str | None = None,
+        max_usd: MoneyInput | None = None,
         max_total_tokens: int | None = None,
         max_requests: int | None = None,
     ) -> None:
@@ -117,7 +117,7 @@ class Budget:
         self,
         limits: UsageLimits | None = None,
         *,
-        max_usd: Decimal | int | float | str | None = None,
+        max_usd: MoneyInput | None = None,
         max_total_tokens: int | None = None,
         max_requests: int | None = None,
         fail_closed_on_unpriced: bool = False,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from techrevati.runtime._money import (
     _RATE_POWER,
+    MoneyInput,
     _scaled,
     _to_decimal,
     _usd,
@@ -83,12 +84,12 @@ class LongContextTier:
     def __init__(
         self,
         threshold_tokens: int,
-        input_per_million: Decimal | int | float | str,
-        output_per_million: Decimal | int | float | str,
+        input_per_million: MoneyInput,
+        output_per_million: MoneyInput,
         *,
-        cache_read_per_million: Decimal | int | float | str | None = None,
-        cache_write_per_million: Decimal | int | float | str | None = None,
-        reasoning_per_million: Decimal | int | float | str | None = None,
+        cache_read_per_million: MoneyInput | None = None,
+        cache_write_per_million: MoneyInput | None = None,
+        reasoning_per_million: MoneyInput | None = None,
     ) -> None:
         if (
             not isinstance(threshold_tokens, int)
@@ -136,12 +137,12 @@ class ModelPricing:
 
     def __init__(
         self,
-        input_per_million: Decimal | int | float | str,
-        output_per_million: Decimal | int | float | str,
+        input_per_million: MoneyInput,
+        output_per_million: MoneyInput,
         *,
-        cache_read_per_million: Decimal | int | float | str | None = None,
-        cache_write_per_million: Decimal | int | float | str | None = None,
-        reasoning_per_million: Decimal | int | float | str | None = None,
+        cache_read_per_million: MoneyInput | None = None,
+        cache_write_per_million: MoneyInput | None = None,
+        reasoning_per_million: MoneyInput | None = None,
         long_context: LongContextTier | None = None,
     ) -> None:
         rates = _init_rates(

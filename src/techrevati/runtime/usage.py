@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
-from techrevati.runtime._money import _USD_POWER, _format_usd, _scaled, _to_decimal, _usd
+from techrevati.runtime._money import (
+    _USD_POWER,
+    MoneyInput,
+    _format_usd,
+    _scaled,
+    _to_decimal,
+    _usd,
+)
 from techrevati.runtime.errors import InvalidValueError, UsageParseError
 from techrevati.runtime.pricing import (
     _PRICES,
@@ -376,7 +383,7 @@ class UsageTracker:
             femto = sum(t.femto for t in self._by_name.values())
         return _format_usd(femto)
 
-    def is_over_budget(self, budget_usd: Decimal | int | float | str) -> bool:
+    def is_over_budget(self, budget_usd: MoneyInput) -> bool:
         """Return True when the total cost is strictly greater than ``budget_usd``.
 
         Spending exactly the budget is not over it. Compared exactly, with no
