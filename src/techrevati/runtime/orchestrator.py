@@ -17,11 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
+from techrevati.runtime._money import MoneyInput
 from techrevati.runtime._responses import (
     EmptyResponseError,
     StreamResultError,
@@ -146,7 +146,7 @@ class Orchestrator:
         circuit_breaker: CircuitBreaker | None = None,
         policy_engine: PolicyEngine | None = None,
         quality_gate: QualityGate | None = None,
-        budget_usd: Decimal | float | int | str | None = None,
+        budget_usd: MoneyInput | None = None,
         budget: Budget | None = None,
         enforce_budget: bool = True,
         default_estimate: UsageSnapshot | None = None,
