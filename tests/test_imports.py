@@ -76,6 +76,7 @@ PRIMITIVES: dict[str, set[str]] = {
     "circuit_breaker": set(),
     "permissions": set(),
     "policy_engine": {"quality_gate", "conditions"},
+    "conditions": {"quality_gate"},
     "quality_gate": set(),
 }
 NEVER = ("sqlite3", "asyncio", "json", "tomllib")
