@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests import scripted_server as scripted
+
 if TYPE_CHECKING:
-    # mypy names this directory's modules ``tests.*``; pytest puts the directory
-    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
     import anthropic
     import openai
-    from tests import scripted_server as scripted
-else:
-    import scripted_server as scripted
 
 
 class FakeClock:

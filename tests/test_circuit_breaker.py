@@ -12,7 +12,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,11 +25,7 @@ from techrevati.runtime.circuit_breaker import (
     is_dependency_failure,
 )
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
-
-if TYPE_CHECKING:
-    from tests.conftest import FakeClock
-else:
-    from conftest import FakeClock
+from tests.conftest import FakeClock
 
 WAIT: float = 10.0  # generous bound on thread hand-offs; never reached when correct
 

@@ -28,46 +28,29 @@ from techrevati.runtime.retry_policy import (
     inspect_exception,
     retry_call,
 )
+from tests import scripted_server as scripted
+from tests.conftest import FakeClock
+from tests.scripted_server import (
+    Reply,
+    ScriptedServer,
+    anthropic_error,
+    anthropic_message,
+    bedrock_error,
+    converse_response,
+    gemini_response,
+    google_error,
+    google_error_info,
+    google_retry_info,
+    openai_chat_completion,
+    openai_chat_stream,
+    openai_error,
+    openai_response,
+    reply,
+)
 
 if TYPE_CHECKING:
     import anthropic
     import openai
-    from tests.conftest import FakeClock
-    from tests.scripted_server import (
-        Reply,
-        ScriptedServer,
-        anthropic_error,
-        anthropic_message,
-        bedrock_error,
-        converse_response,
-        gemini_response,
-        google_error,
-        google_error_info,
-        google_retry_info,
-        openai_chat_completion,
-        openai_chat_stream,
-        openai_error,
-        openai_response,
-        reply,
-    )
-else:
-    from scripted_server import (
-        Reply,
-        ScriptedServer,
-        anthropic_error,
-        anthropic_message,
-        bedrock_error,
-        converse_response,
-        gemini_response,
-        google_error,
-        google_error_info,
-        google_retry_info,
-        openai_chat_completion,
-        openai_chat_stream,
-        openai_error,
-        openai_response,
-        reply,
-    )
 
 S = FailureScenario
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -634,10 +617,6 @@ def test_bedrock_converse_round_trip(scripted_server: ScriptedServer, bedrock_cl
 def _clients(
     url: str, timeout: float
 ) -> dict[str, tuple[Any, Callable[[Any], Callable[[], object]]]]:
-    if TYPE_CHECKING:
-        from tests import scripted_server as scripted
-    else:
-        import scripted_server as scripted
     return {
         "openai": (lambda: scripted.openai_client(url, timeout=timeout), chat),
         "anthropic": (lambda: scripted.anthropic_client(url, timeout=timeout), message),

@@ -7,7 +7,6 @@ import logging
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,14 +18,8 @@ from techrevati.runtime.events import (
 )
 from techrevati.runtime.jsonl import CorruptRecordError, JsonlSink, read_jsonl
 from techrevati.runtime.sinks import SinkWriteError
-
-if TYPE_CHECKING:
-    # mypy names this directory's modules ``tests.*``; pytest puts the directory
-    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
-    from tests.conftest import FakeClock
-    from tests.sink_records import event, usage, write_from_threads
-else:
-    from sink_records import event, usage, write_from_threads
+from tests.conftest import FakeClock
+from tests.sink_records import event, usage, write_from_threads
 
 
 def test_jsonl_round_trips_events_and_usage_in_order(tmp_path: Path) -> None:

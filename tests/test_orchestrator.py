@@ -5,7 +5,6 @@ import json
 import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -45,11 +44,7 @@ from techrevati.runtime import (
     UsageSnapshot,
 )
 from techrevati.runtime._runner import DeadlineRunner
-
-if TYPE_CHECKING:
-    from tests.conftest import FakeClock
-else:
-    from conftest import FakeClock
+from tests.conftest import FakeClock
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 

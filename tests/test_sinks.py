@@ -11,7 +11,6 @@ import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -38,14 +37,8 @@ from techrevati.runtime.sinks import (
     read_jsonl,
     sessions_from_events,
 )
-
-if TYPE_CHECKING:
-    # mypy names this directory's modules ``tests.*``; pytest puts the directory
-    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
-    from tests.conftest import FakeClock
-    from tests.sink_records import T0, event, session_events, usage
-else:
-    from sink_records import T0, event, session_events, usage
+from tests.conftest import FakeClock
+from tests.sink_records import T0, event, session_events, usage
 
 
 class EventsOnly:

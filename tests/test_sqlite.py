@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -35,15 +34,8 @@ from techrevati.runtime.sqlite import (
     SqliteReader,
     SqliteSink,
 )
-
-if TYPE_CHECKING:
-    # mypy names this directory's modules ``tests.*``; pytest puts the directory
-    # itself on sys.path (it has no __init__.py), so at run time the name is bare.
-    from tests.conftest import FakeClock
-    from tests.sink_records import T0, event, session_events, usage, write_from_threads
-else:
-    from sink_records import T0, event, session_events, usage, write_from_threads
-
+from tests.conftest import FakeClock
+from tests.sink_records import T0, event, session_events, usage, write_from_threads
 
 PLUS_TWO = timezone(timedelta(hours=2))
 

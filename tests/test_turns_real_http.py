@@ -43,45 +43,27 @@ from techrevati.runtime import (
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime.orchestrator import EmptyResponseError, Session, StreamResultError
+from tests import scripted_server as scripted
+from tests.conftest import FakeClock
+from tests.scripted_server import (
+    Recorded,
+    Reply,
+    ScriptedServer,
+    anthropic_error,
+    anthropic_message,
+    bedrock_error,
+    converse_response,
+    gemini_response,
+    google_error,
+    google_retry_info,
+    openai_chat_completion,
+    openai_chat_stream,
+    openai_error,
+    reply,
+)
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
-    from tests import scripted_server as scripted
-    from tests.conftest import FakeClock
-    from tests.scripted_server import (
-        Recorded,
-        Reply,
-        ScriptedServer,
-        anthropic_error,
-        anthropic_message,
-        bedrock_error,
-        converse_response,
-        gemini_response,
-        google_error,
-        google_retry_info,
-        openai_chat_completion,
-        openai_chat_stream,
-        openai_error,
-        reply,
-    )
-else:
-    import scripted_server as scripted
-    from scripted_server import (
-        Recorded,
-        Reply,
-        ScriptedServer,
-        anthropic_error,
-        anthropic_message,
-        bedrock_error,
-        converse_response,
-        gemini_response,
-        google_error,
-        google_retry_info,
-        openai_chat_completion,
-        openai_chat_stream,
-        openai_error,
-        reply,
-    )
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 CONVERSE_MESSAGES: Any = [{"role": "user", "content": [{"text": "hi"}]}]
