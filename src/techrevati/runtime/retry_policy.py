@@ -17,18 +17,24 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import KW_ONLY, dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal, NoReturn, ParamSpec, TypeVar, cast, overload
+from typing import Final, NoReturn, ParamSpec, TypeVar, cast, overload
 
+from techrevati.runtime._backoff import (
+    DEFAULT_MAX_RETRY_AFTER,
+    Jitter,
+    _check_backoff,
+    _check_limit,
+    accepts_retry_after,
+    backoff_delay,
+)
 from techrevati.runtime._classify import (
     FAILURE_CLASS_BY_SCENARIO,
     MAX_CHAIN_DEPTH,
@@ -40,6 +46,19 @@ from techrevati.runtime._classify import (
     classify_exception,
     failure_class_for,
     inspect_exception,
+)
+from techrevati.runtime._recipes import (
+    AUTOMATIC_STEPS,
+    DEFAULT_RECIPES,
+    WAITING_STEPS,
+    EscalationPolicy,
+    RecoveryOutcome,
+    RecoveryRecipe,
+    RecoveryRecord,
+    RecoveryResult,
+    RecoveryStep,
+    _recipe_map,
+    _scenario,
 )
 from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import (
@@ -100,17 +119,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-Jitter = Literal["full", "equal", "decorrelated", "none"]
-"""How :func:`backoff_delay` randomises the exponential delay."""
-
-DEFAULT_MAX_RETRY_AFTER: Final = 60.0
-"""Longest server wait hint (seconds) accepted before escalating instead of sleeping."""
 
 DEFAULT_HISTORY_SIZE: Final = 100
 """Recovery records a :class:`RecoveryContext` keeps (oldest dropped first)."""
 
-_JITTERS: Final = frozenset({"full", "equal", "decorrelated", "none"})
-_MAX_EXPONENT: Final = 64
 _LOG: Final = logging.getLogger(__name__)
 
 
@@ -119,173 +131,6 @@ async def _asyncio_sleep(seconds: float) -> None:
     import asyncio  # noqa: PLC0415
 
     await asyncio.sleep(seconds)
-
-
-class RecoveryStep(StrEnum):
-    """One thing to do before the next attempt."""
-
-    RETRY_WITH_BACKOFF = "retry_with_backoff"
-    """Wait an exponential, jittered delay (a server hint takes precedence), then retry."""
-    WAIT_FOR_RETRY_AFTER = "wait_for_retry_after"
-    """Wait the server's ``retry-after`` hint (backoff if it sent none), then retry."""
-    SWITCH_PROVIDER = "switch_provider"
-    """Retry on the next fallback model or provider, if the caller has one."""
-    RETRY_TOOL = "retry_tool"
-    """Run the tool call again at once."""
-    REDUCE_CONTEXT = "reduce_context"
-    """Shrink the prompt (summarise, drop old turns) before retrying; the caller's job."""
-    RAISE_OUTPUT_LIMIT = "raise_output_limit"
-    """Raise ``max_tokens`` (or ask the model to continue) before retrying; the caller's job."""
-    REFRESH_CREDENTIALS = "refresh_credentials"
-    """Reload or rotate the API key or token before retrying; the caller's job."""
-    RESTORE_CHECKPOINT = "restore_checkpoint"
-    """Reload the agent's last good state before retrying; the caller's job."""
-    ESCALATE = "escalate"
-    """Hand the failure to a human or the calling system."""
-
-
-AUTOMATIC_STEPS: Final[frozenset[RecoveryStep]] = frozenset(
-    {
-        RecoveryStep.RETRY_WITH_BACKOFF,
-        RecoveryStep.WAIT_FOR_RETRY_AFTER,
-        RecoveryStep.SWITCH_PROVIDER,
-        RecoveryStep.RETRY_TOOL,
-    }
-)
-"""Steps a retry loop carries out itself; the others need the caller (partial recovery)."""
-
-WAITING_STEPS: Final[frozenset[RecoveryStep]] = frozenset(
-    {RecoveryStep.RETRY_WITH_BACKOFF, RecoveryStep.WAIT_FOR_RETRY_AFTER}
-)
-"""Steps that wait before the retry; without one, the retry happens at once."""
-
-
-class EscalationPolicy(StrEnum):
-    """What the caller should do once a recipe escalates."""
-
-    ALERT_HUMAN = "alert_human"
-    """A person must act (keys, billing, an outage)."""
-    ABORT = "abort"
-    """Stop the task: retrying cannot help."""
-    LOG_AND_CONTINUE = "log_and_continue"
-    """Record the failure and go on with the next item."""
-
-
-class RecoveryOutcome(StrEnum):
-    """The verdict of :func:`attempt_recovery`; members compare equal to their strings."""
-
-    RECOVERED = "recovered"
-    """Apply ``recovered_steps`` (all automatic), wait ``delay_seconds``, retry."""
-    PARTIAL_RECOVERY = "partial_recovery"
-    """Attempts remain, but ``remaining_steps`` need the caller before a retry can work."""
-    ESCALATION_REQUIRED = "escalation_required"
-    """Do not retry: follow the recipe's escalation policy; ``reason`` says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryRecipe:
-    """How to recover from one scenario: the steps, and how many recovery attempts.
-
-    ``max_attempts`` counts *retries* (recovery attempts) per
-    :class:`RecoveryContext`, not calls: ``0`` escalates at once. ``steps``
-    may be any sequence of :class:`RecoveryStep` (or their values);
-    ``ESCALATE``, if present, must be last.
-    """
-
-    scenario: FailureScenario
-    steps: tuple[RecoveryStep, ...]
-    max_attempts: int
-    escalation_policy: EscalationPolicy = EscalationPolicy.ABORT
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scenario", _scenario(self.scenario))
-        raw: object = self.steps
-        if not isinstance(raw, tuple | list):
-            raise InvalidValueError(f"steps must be a sequence of RecoveryStep, got {raw!r}")
-        try:
-            steps = tuple(RecoveryStep(step) for step in raw)
-        except ValueError:
-            raise InvalidValueError(f"steps must hold RecoveryStep values, got {raw!r}") from None
-        if not steps:
-            raise InvalidValueError("steps must not be empty, got ()")
-        if len(set(steps)) != len(steps):
-            raise InvalidValueError(f"steps must not repeat, got {raw!r}")
-        if RecoveryStep.ESCALATE in steps[:-1]:
-            raise InvalidValueError(f"ESCALATE must be the last step, got {raw!r}")
-        object.__setattr__(self, "steps", steps)
-        attempts = self.max_attempts
-        int_at_least("max_attempts", attempts, 0)
-        try:
-            policy = EscalationPolicy(self.escalation_policy)
-        except ValueError:
-            raise InvalidValueError(
-                f"escalation_policy must be an EscalationPolicy, got {self.escalation_policy!r}"
-            ) from None
-        object.__setattr__(self, "escalation_policy", policy)
-
-    def to_dict(self) -> dict[str, object]:
-        """Return a JSON-serialisable dict."""
-        return {
-            "scenario": self.scenario.value,
-            "steps": [step.value for step in self.steps],
-            "max_attempts": self.max_attempts,
-            "escalation_policy": self.escalation_policy.value,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryResult:
-    """What :func:`attempt_recovery` decided for one failure.
-
-    ``outcome`` compares equal to ``"recovered"``, ``"partial_recovery"`` or
-    ``"escalation_required"``. ``recovered_steps`` are the recipe's steps to
-    apply before retrying (the automatic ones); ``remaining_steps`` are the
-    ones left to the caller (partial recovery) or, on escalation, the recipe
-    steps not taken. ``delay_seconds`` is the wait before the retry (0 when
-    none applies), ``retry_after`` the server hint it honours, if any.
-    ``exhausted`` is true when escalation came from a used-up budget.
-    """
-
-    outcome: RecoveryOutcome
-    recovered_steps: tuple[RecoveryStep, ...]
-    remaining_steps: tuple[RecoveryStep, ...]
-    reason: str
-    delay_seconds: float = 0.0
-    _: KW_ONLY
-    scenario: FailureScenario
-    attempt: int = 0
-    max_attempts: int = 0
-    retry_after: float | None = None
-    exhausted: bool = False
-    escalation_policy: EscalationPolicy = EscalationPolicy.ABORT
-
-    def to_dict(self) -> dict[str, object]:
-        """Return a JSON-serialisable dict."""
-        return {
-            "outcome": self.outcome.value,
-            "scenario": self.scenario.value,
-            "recovered_steps": [step.value for step in self.recovered_steps],
-            "remaining_steps": [step.value for step in self.remaining_steps],
-            "reason": self.reason,
-            "delay_seconds": self.delay_seconds,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "retry_after": self.retry_after,
-            "exhausted": self.exhausted,
-            "escalation_policy": self.escalation_policy.value,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryRecord:
-    """One entry of :attr:`RecoveryContext.history`; ``at`` is the context's clock."""
-
-    scenario: FailureScenario
-    outcome: RecoveryOutcome
-    attempt: int
-    delay_seconds: float
-    reason: str
-    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -922,63 +767,6 @@ def is_testing() -> bool:
     return _testing.enabled
 
 
-def accepts_retry_after(
-    retry_after: float | None, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
-) -> bool:
-    """Whether a server hint can be honoured: none at all, or at most ``max_retry_after``."""
-    _check_limit(max_retry_after, "max_retry_after")
-    if retry_after is None:
-        return True
-    _check_seconds(retry_after, "retry_after")
-    return retry_after <= max_retry_after
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float = 0.5,
-    cap: float = 30.0,
-    jitter: Jitter = "full",
-    rng: random.Random | None = None,
-    retry_after: float | None = None,
-    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
-    previous: float | None = None,
-) -> float:
-    """Seconds to wait before retry ``attempt`` (1-based).
-
-    The exponential delay is ``min(cap, base * 2**(attempt - 1))``, jittered:
-    ``"full"`` draws from ``[0, d]``, ``"equal"`` from ``[d/2, d]``,
-    ``"none"`` returns ``d``, and ``"decorrelated"`` draws from
-    ``[base, 3 * previous]`` capped at ``cap`` (``previous`` defaults to
-    ``base``). A server hint ``retry_after`` takes precedence and is returned
-    as is, up to ``max_retry_after``; a longer one raises
-    :class:`RetryAfterTooLongError` (check first with
-    :func:`accepts_retry_after`) rather than sleeping for an hour.
-    """
-    int_at_least("attempt", attempt, 1)
-    _check_backoff(base, cap, jitter, "base", "cap")
-    _check_limit(max_retry_after, "max_retry_after")
-    if rng is not None and not isinstance(rng, random.Random):
-        raise InvalidValueError(f"rng must be a random.Random or None, got {rng!r}")
-    if retry_after is not None:
-        _check_seconds(retry_after, "retry_after")
-        if retry_after > max_retry_after:
-            raise RetryAfterTooLongError(float(retry_after), float(max_retry_after))
-        return float(retry_after)
-    if previous is not None:
-        _check_seconds(previous, "previous")
-    draw = rng.random if rng is not None else random.random
-    if jitter == "decorrelated":
-        last = base if previous is None else max(float(previous), base)
-        return min(cap, base + draw() * (3.0 * last - base))
-    delay = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
-    if jitter == "full":
-        return draw() * delay
-    if jitter == "equal":
-        return delay / 2.0 + draw() * delay / 2.0
-    return delay
-
-
 def attempt_recovery(
     scenario: FailureScenario | str,
     ctx: RecoveryContext,
@@ -1143,124 +931,6 @@ async def _retry_async(
             stats._succeeded()
         return result
 
-
-def _check_backoff(
-    base: object, cap: object, jitter: object, base_name: str, cap_name: str
-) -> None:
-    if (
-        not isinstance(base, int | float)
-        or isinstance(base, bool)
-        or not math.isfinite(base)
-        or base <= 0
-    ):
-        raise InvalidValueError(f"{base_name} must be a finite number > 0, got {base!r}")
-    if (
-        not isinstance(cap, int | float)
-        or isinstance(cap, bool)
-        or not math.isfinite(cap)
-        or cap < 0
-    ):
-        raise InvalidValueError(f"{cap_name} must be a finite number >= 0, got {cap!r}")
-    if jitter not in _JITTERS:
-        raise InvalidValueError(
-            f"jitter must be one of 'full', 'equal', 'decorrelated', 'none', got {jitter!r}"
-        )
-
-
-def _check_limit(value: object, name: str) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise InvalidValueError(f"{name} must be a number >= 0 (inf allowed), got {value!r}")
-
-
-def _check_seconds(value: object, name: str) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise InvalidValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _recipe_map(
-    recipes: Mapping[FailureScenario, RecoveryRecipe] | None, name: str
-) -> Mapping[FailureScenario, RecoveryRecipe]:
-    if recipes is None:
-        return MappingProxyType({})
-    if not isinstance(recipes, Mapping):
-        raise InvalidValueError(f"{name} must be a mapping of scenario to recipe, got {recipes!r}")
-    checked: dict[FailureScenario, RecoveryRecipe] = {}
-    for key, recipe in recipes.items():
-        scenario = _scenario(key)
-        if not isinstance(recipe, RecoveryRecipe):
-            raise InvalidValueError(f"{name}[{key!r}] must be a RecoveryRecipe, got {recipe!r}")
-        if recipe.scenario is not scenario:
-            raise InvalidValueError(
-                f"{name}[{key!r}] is the recipe of {recipe.scenario.value!r}, "
-                f"not {scenario.value!r}"
-            )
-        checked[scenario] = recipe
-    return MappingProxyType(checked)
-
-
-def _scenario(value: object) -> FailureScenario:
-    if isinstance(value, FailureScenario):
-        return value
-    try:
-        return FailureScenario(value)  # type: ignore[arg-type]  # checked right here
-    except ValueError:
-        names = ", ".join(member.value for member in FailureScenario)
-        raise InvalidValueError(
-            f"scenario must be a FailureScenario ({names}), got {value!r}"
-        ) from None
-
-
-def _recipe(
-    scenario: FailureScenario,
-    steps: tuple[RecoveryStep, ...],
-    max_attempts: int,
-    escalation_policy: EscalationPolicy,
-) -> tuple[FailureScenario, RecoveryRecipe]:
-    return scenario, RecoveryRecipe(scenario, steps, max_attempts, escalation_policy)
-
-
-# Built last: they validate through the helpers above.
-_Step = RecoveryStep
-_Esc = EscalationPolicy
-_Sc = FailureScenario
-
-DEFAULT_RECIPES: Final[Mapping[FailureScenario, RecoveryRecipe]] = MappingProxyType(
-    dict(
-        [
-            _recipe(
-                _Sc.LLM_TIMEOUT, (_Step.RETRY_WITH_BACKOFF, _Step.SWITCH_PROVIDER), 3, _Esc.ABORT
-            ),
-            _recipe(_Sc.RATE_LIMIT, (_Step.WAIT_FOR_RETRY_AFTER,), 5, _Esc.ABORT),
-            _recipe(
-                _Sc.PROVIDER_FAILURE,
-                (_Step.RETRY_WITH_BACKOFF, _Step.SWITCH_PROVIDER),
-                3,
-                _Esc.ALERT_HUMAN,
-            ),
-            _recipe(_Sc.CONTEXT_OVERFLOW, (_Step.REDUCE_CONTEXT,), 1, _Esc.ABORT),
-            _recipe(_Sc.OUTPUT_TRUNCATED, (_Step.RAISE_OUTPUT_LIMIT,), 1, _Esc.ABORT),
-            _recipe(_Sc.AUTH_FAILURE, (_Step.REFRESH_CREDENTIALS,), 0, _Esc.ALERT_HUMAN),
-            _recipe(_Sc.BAD_REQUEST, (_Step.ESCALATE,), 0, _Esc.ABORT),
-            _recipe(_Sc.CONTENT_POLICY, (_Step.ESCALATE,), 0, _Esc.LOG_AND_CONTINUE),
-            _recipe(_Sc.QUOTA_EXHAUSTED, (_Step.ESCALATE,), 0, _Esc.ALERT_HUMAN),
-            _recipe(_Sc.TOOL_EXECUTION_ERROR, (_Step.RETRY_TOOL,), 2, _Esc.LOG_AND_CONTINUE),
-            _recipe(_Sc.DEPENDENCY_TIMEOUT, (_Step.RETRY_WITH_BACKOFF,), 3, _Esc.ABORT),
-            _recipe(_Sc.MEMORY_CORRUPTION, (_Step.RESTORE_CHECKPOINT,), 1, _Esc.ALERT_HUMAN),
-            _recipe(_Sc.LLM_ERROR, (_Step.RETRY_WITH_BACKOFF,), 1, _Esc.ABORT),
-        ]
-    )
-)
-"""The built-in recipe of every scenario (see docs/retry_policy.md for the table)."""
 
 DEFAULT_POLICY: Final = RetryPolicy()
 """The policy :func:`retry_call` and :func:`attempt_recovery` use when given none."""

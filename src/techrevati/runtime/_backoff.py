@@ -1,0 +1,130 @@
+"""Backoff: how long to wait before a retry, and whether a server's wait hint is acceptable.
+
+Private to :mod:`~techrevati.runtime.retry_policy`, which re-exports the
+public names.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Final, Literal
+
+from techrevati.runtime._validate import int_at_least
+from techrevati.runtime.errors import InvalidValueError, RetryAfterTooLongError
+
+__all__ = ["DEFAULT_MAX_RETRY_AFTER", "Jitter", "accepts_retry_after", "backoff_delay"]
+
+
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+"""How :func:`backoff_delay` randomises the exponential delay."""
+
+
+DEFAULT_MAX_RETRY_AFTER: Final = 60.0
+"""Longest server wait hint (seconds) accepted before escalating instead of sleeping."""
+
+
+_JITTERS: Final = frozenset({"full", "equal", "decorrelated", "none"})
+
+
+_MAX_EXPONENT: Final = 64
+
+
+def accepts_retry_after(
+    retry_after: float | None, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+) -> bool:
+    """Whether a server hint can be honoured: none at all, or at most ``max_retry_after``."""
+    _check_limit(max_retry_after, "max_retry_after")
+    if retry_after is None:
+        return True
+    _check_seconds(retry_after, "retry_after")
+    return retry_after <= max_retry_after
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    jitter: Jitter = "full",
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    previous: float | None = None,
+) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based).
+
+    The exponential delay is ``min(cap, base * 2**(attempt - 1))``, jittered:
+    ``"full"`` draws from ``[0, d]``, ``"equal"`` from ``[d/2, d]``,
+    ``"none"`` returns ``d``, and ``"decorrelated"`` draws from
+    ``[base, 3 * previous]`` capped at ``cap`` (``previous`` defaults to
+    ``base``). A server hint ``retry_after`` takes precedence and is returned
+    as is, up to ``max_retry_after``; a longer one raises
+    :class:`RetryAfterTooLongError` (check first with
+    :func:`accepts_retry_after`) rather than sleeping for an hour.
+    """
+    int_at_least("attempt", attempt, 1)
+    _check_backoff(base, cap, jitter, "base", "cap")
+    _check_limit(max_retry_after, "max_retry_after")
+    if rng is not None and not isinstance(rng, random.Random):
+        raise InvalidValueError(f"rng must be a random.Random or None, got {rng!r}")
+    if retry_after is not None:
+        _check_seconds(retry_after, "retry_after")
+        if retry_after > max_retry_after:
+            raise RetryAfterTooLongError(float(retry_after), float(max_retry_after))
+        return float(retry_after)
+    if previous is not None:
+        _check_seconds(previous, "previous")
+    draw = rng.random if rng is not None else random.random
+    if jitter == "decorrelated":
+        last = base if previous is None else max(float(previous), base)
+        return min(cap, base + draw() * (3.0 * last - base))
+    delay = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+    if jitter == "full":
+        return draw() * delay
+    if jitter == "equal":
+        return delay / 2.0 + draw() * delay / 2.0
+    return delay
+
+
+def _check_backoff(
+    base: object, cap: object, jitter: object, base_name: str, cap_name: str
+) -> None:
+    if (
+        not isinstance(base, int | float)
+        or isinstance(base, bool)
+        or not math.isfinite(base)
+        or base <= 0
+    ):
+        raise InvalidValueError(f"{base_name} must be a finite number > 0, got {base!r}")
+    if (
+        not isinstance(cap, int | float)
+        or isinstance(cap, bool)
+        or not math.isfinite(cap)
+        or cap < 0
+    ):
+        raise InvalidValueError(f"{cap_name} must be a finite number >= 0, got {cap!r}")
+    if jitter not in _JITTERS:
+        raise InvalidValueError(
+            f"jitter must be one of 'full', 'equal', 'decorrelated', 'none', got {jitter!r}"
+        )
+
+
+def _check_limit(value: object, name: str) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise InvalidValueError(f"{name} must be a number >= 0 (inf allowed), got {value!r}")
+
+
+def _check_seconds(value: object, name: str) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidValueError(f"{name} must be a finite number >= 0, got {value!r}")
