@@ -241,11 +241,23 @@ class Hang:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls = 0
+        self._started = threading.Semaphore(0)
 
     def __call__(self) -> str:
         self.calls += 1
+        self._started.release()
         self.release.wait(10)
         return "late"
+
+    def started(self, calls: int) -> int:
+        """Wait (bounded) until ``calls`` calls began; return how many began in all.
+
+        A timed-out turn's thread may start its call only after the turn gave
+        up, on a loaded machine: count once they all can have started.
+        """
+        for _ in range(calls):
+            assert self._started.acquire(timeout=5)
+        return self.calls
 
 
 def test_sync_timeouts_open_the_breaker_and_recovery_closes_it() -> None:
@@ -263,7 +275,7 @@ def test_sync_timeouts_open_the_breaker_and_recovery_closes_it() -> None:
             assert breaker.metrics().state == "open"
             with pytest.raises(CircuitOpenError):
                 session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
-            assert hang.calls == 3  # the open breaker did not call the provider
+            assert hang.started(3) == 3  # the open breaker did not call the provider
             hang.release.set()  # the hung calls finish late: dropped, never successes
             now[0] = 31.0
             assert session.run_turn(lambda: "back", model="m", usage=USAGE, timeout=5)[0] == "back"
@@ -433,7 +445,7 @@ def test_a_full_pool_of_hung_calls_times_out_new_turns_without_starting_them() -
                 session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
             assert not caught.value.started
             assert "no worker thread was free" in str(caught.value)
-            assert hang.calls == 2
+            assert hang.started(2) == 2
             assert runner.busy == 2
     finally:
         hang.release.set()
