@@ -754,6 +754,15 @@ BAD_TURN_ARGUMENTS: list[tuple[str, object]] = [
 ]
 
 
+def test_a_callable_that_is_not_one_is_refused_before_anything_runs() -> None:
+    with _orch().session() as session:
+        with pytest.raises(InvalidValueError, match="fn must be callable, got 'call me'"):
+            session.run_turn("call me", model="m")  # type: ignore[arg-type]
+        with pytest.raises(InvalidValueError, match="fn must be callable, got 3"):
+            session.run_tool("calc", 3)  # type: ignore[arg-type]
+        assert session.summary()["turns"] == 0
+
+
 @pytest.mark.parametrize(("name", "value"), BAD_TURN_ARGUMENTS)
 def test_a_wrong_turn_argument_fails_before_anything_runs(name: str, value: object) -> None:
     called = []

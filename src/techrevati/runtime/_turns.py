@@ -89,7 +89,9 @@ class _TurnEngine(_SessionCore):
         same engine as :func:`~techrevati.runtime.retry_policy.retry_call`,
         with a fresh attempt budget each turn.
         """
-        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        turn = self._begin_turn(
+            fn, model, usage, estimate, timeout, fallback_models=fallback_models
+        )
         target = fn if turn.timeout is None and not _accepts_model(fn) else self._timed(fn, turn)
         breaker = self._orch.circuit_breaker
         clock = self._orch.clock
@@ -121,7 +123,9 @@ class _TurnEngine(_SessionCore):
         fallback_models: Sequence[str] = (),
     ) -> tuple[_T, UsageSnapshot]:
         """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
-        turn = self._begin_turn(model, usage, estimate, timeout, fallback_models)
+        turn = self._begin_turn(
+            fn, model, usage, estimate, timeout, fallback_models=fallback_models
+        )
         attempt = self._async_attempt(fn, turn)
         clock = self._orch.clock
         while True:
@@ -140,13 +144,17 @@ class _TurnEngine(_SessionCore):
 
     def _begin_turn(
         self,
+        fn: object,
         model: str,
         usage: UsageSnapshot | None,
         estimate: UsageSnapshot | None,
         timeout: float | None,
+        *,
         fallback_models: Sequence[str],
     ) -> _Turn:
         """Check the arguments and the session, count the turn, and make its state."""
+        if not callable(fn):
+            raise InvalidValueError(f"fn must be callable, got {fn!r}")
         if type(model) is not str:
             raise InvalidValueError(f"model must be a str, got {model!r}")
         if usage is not None and type(usage) is not UsageSnapshot:

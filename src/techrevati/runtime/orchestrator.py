@@ -265,6 +265,8 @@ class Session(_TurnEngine):
         (carrying the outcome) when denied; the tool's own exceptions pass
         through unchanged and are recorded as ``tool_error``.
         """
+        if not callable(fn):
+            raise InvalidValueError(f"fn must be callable, got {fn!r}")
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
