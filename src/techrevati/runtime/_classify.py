@@ -338,8 +338,24 @@ _STATUS: Final[Mapping[int, FailureScenario]] = MappingProxyType(
 )
 
 
-def _phrases(*patterns: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+class _Phrases:
+    """A case-insensitive alternation of phrases, compiled on first use (import stays cheap)."""
+
+    __slots__ = ("_compiled", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def search(self, text: str) -> re.Match[str] | None:
+        compiled = self._compiled
+        if compiled is None:  # two threads may both compile: harmless
+            compiled = self._compiled = re.compile(self.pattern, re.IGNORECASE)
+        return compiled.search(text)
+
+
+def _phrases(*patterns: str) -> _Phrases:
+    return _Phrases("|".join(f"(?:{p})" for p in patterns))
 
 
 # Whole phrases only; a bare number in a message ("processed 4290 rows") is never a status.
@@ -376,10 +392,10 @@ _PROVIDER_TEXT: Final = _phrases(
 # Programming errors: their message is a key or a name, not a provider's words.
 _MUTE: Final = (LookupError, TypeError, AttributeError, NameError, AssertionError)
 
-_Refinements = tuple[re.Pattern[str], tuple[tuple[re.Pattern[str], FailureScenario], ...]]
+_Refinements = tuple[_Phrases, tuple[tuple[_Phrases, FailureScenario], ...]]
 
 
-def _tier(*groups: tuple[re.Pattern[str], FailureScenario]) -> _Refinements:
+def _tier(*groups: tuple[_Phrases, FailureScenario]) -> _Refinements:
     """One combined pattern to reject most texts in one search, then the groups in order."""
     return _phrases(*(pattern.pattern for pattern, _ in groups)), groups
 
