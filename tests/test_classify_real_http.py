@@ -10,6 +10,7 @@ timeout (a bounded real wait); nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
 import threading
 import urllib.request
@@ -283,7 +284,7 @@ def test_openai_zero_retry_after_means_backoff(
 def test_openai_parse_hitting_max_tokens_is_output_truncated(
     scripted_server: ScriptedServer, openai_client: openai.OpenAI
 ) -> None:
-    pydantic = pytest.importorskip("pydantic")
+    pydantic = importlib.import_module("pydantic")
     answer = pydantic.create_model("Answer", text=(str, ...))
     cut = openai_chat_completion('{"text": "the answer is', finish_reason="length")
     scripted_server.reply(200, cut)
@@ -301,7 +302,7 @@ def test_openai_parse_hitting_max_tokens_is_output_truncated(
 def test_openai_stream_hitting_max_tokens_is_output_truncated(
     scripted_server: ScriptedServer, openai_client: openai.OpenAI
 ) -> None:
-    pydantic = pytest.importorskip("pydantic")
+    pydantic = importlib.import_module("pydantic")
     answer = pydantic.create_model("Answer", text=(str, ...))
     scripted_server.script(openai_chat_stream('{"text": "the answer', finish_reason="length"))
 
@@ -340,7 +341,7 @@ def test_async_openai_rate_limit_is_retried_with_the_hint(
 
 @pytest.fixture
 def anthropic_sdk() -> Any:
-    return pytest.importorskip("anthropic")
+    return importlib.import_module("anthropic")
 
 
 def test_anthropic_rate_limit_carries_the_servers_hint(
@@ -380,7 +381,7 @@ def test_anthropic_spend_limit_429_is_quota(
 
 def test_anthropic_spend_limit_is_read_from_the_body_too(anthropic_sdk: Any) -> None:
     # An SDK without the error_code attribute: the envelope alone must say it.
-    httpx2 = pytest.importorskip("httpx2")
+    httpx2 = importlib.import_module("httpx2")
     body = anthropic_error(
         "rate_limit_error", "Spend limit reached.", error_code="enforced_spend_limit_reached"
     )
@@ -630,7 +631,7 @@ SDKS = ["openai", "anthropic", "google.genai", "botocore"]
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_client_read_timeout_is_llm_timeout(scripted_server: ScriptedServer, sdk: str) -> None:
-    pytest.importorskip(sdk)
+    importlib.import_module(sdk)
     scripted_server.reply(200, {}, hang=True)
     make, call = _clients(scripted_server.url, HANG_TIMEOUT)[sdk]
     client = make()
@@ -643,7 +644,7 @@ def test_client_read_timeout_is_llm_timeout(scripted_server: ScriptedServer, sdk
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_connection_refused_is_provider_failure(refused_url: str, sdk: str) -> None:
-    pytest.importorskip(sdk)
+    importlib.import_module(sdk)
     make, call = _clients(refused_url, 2.0)[sdk]
     client = make()
     try:

@@ -1,7 +1,8 @@
 """The classifier on real SDK exception objects, built offline.
 
-Each SDK is optional (``pytest.importorskip``); the dependency-free stand-ins in
-tests/test_retry_policy.py cover the same logic without them. openai 3.x,
+Each SDK is a dev dependency and must be installed (a missing one fails the
+run; nothing skips); the dependency-free stand-ins in tests/test_retry_policy.py
+cover the same logic without them. openai 3.x,
 anthropic 2.x and google-genai 3.x sit on httpx2, a fork of httpx with its own
 import name, so both flavours are exercised where they apply.
 """
@@ -9,6 +10,7 @@ import name, so both flavours are exercised where they apply.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -38,7 +40,8 @@ ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
 
 
 def _module(name: str) -> Any:
-    module: ModuleType = pytest.importorskip(name)
+    """Import an SDK the dev set-up installs; a missing one fails the run, never skips it."""
+    module: ModuleType = importlib.import_module(name)
     return module
 
 
