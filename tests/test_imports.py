@@ -110,3 +110,27 @@ def test_each_primitive_imports_alone(module: str) -> None:
     assert not {"orchestrator", "sinks", "_turns", "_session_core"} & loaded
     allowed = {"json", "tomllib"} if module in {"usage", "pricing", "budget"} else set()
     assert heavy <= allowed, f"{module} loads {sorted(heavy - allowed)} at import"
+
+
+def test_the_package_alone_loads_no_submodule_and_no_heavy_stdlib() -> None:
+    code = (
+        "import sys; import techrevati.runtime;"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('techrevati.'))));"
+        "print(' '.join(m for m in ('logging', 'threading', 'asyncio', 'sqlite3', 'json')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["techrevati.runtime", ""]
+
+
+def test_the_null_handler_is_installed_by_the_first_module_that_logs() -> None:
+    code = (
+        "import logging; import techrevati.runtime.lifecycle;"
+        "print([type(h).__name__ for h in logging.getLogger('techrevati.runtime').handlers])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "['NullHandler']"

@@ -11,13 +11,7 @@ use (PEP 562), so ``import techrevati.runtime`` is cheap and
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING, Any, Final
-
-# The library installs no handler; a NullHandler on its root logger keeps
-# Python's last-resort handler from printing records the application did not
-# ask for (the logging HOWTO's advice for libraries).
-logging.getLogger("techrevati.runtime").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from techrevati.runtime.budget import (

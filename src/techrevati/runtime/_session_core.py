@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from techrevati.runtime._clock import utc_now
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._money import usd_text
 from techrevati.runtime._responses import (
     StreamResultError,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", ModelCall, ToolCall)
-_log = logging.getLogger("techrevati.runtime.orchestrator")
+_log = get_logger("techrevati.runtime.orchestrator")
 _TURN_COMPLETED: Final = EventName.TURN_COMPLETED.value
 
 

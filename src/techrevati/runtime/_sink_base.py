@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from techrevati.runtime._clock import Clock
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._validate import callable_or_none, int_at_least
 from techrevati.runtime.errors import (
     InvalidValueError,
@@ -44,7 +45,7 @@ DEFAULT_MAX_PENDING: Final = 100_000
 Record = AgentEvent | UsageRecord
 """What a sink stores."""
 
-_LOG: Final = logging.getLogger("techrevati.runtime.sinks")
+_LOG: Final = get_logger("techrevati.runtime.sinks")
 _DROP_LOG_EVERY: Final = 1000
 
 

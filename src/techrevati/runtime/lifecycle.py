@@ -12,7 +12,6 @@ status failed?" from indexes it keeps current on every transition;
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import uuid
@@ -25,6 +24,7 @@ from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
 
 from techrevati.runtime._clock import WallClock, utc_now
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError, UnknownWorkerError
 
@@ -44,7 +44,7 @@ __all__ = [
 DEFAULT_MAX_EVENTS: Final = 1000
 """Status events an :class:`AgentWorker` keeps before dropping the oldest."""
 
-_LOG: Final = logging.getLogger(__name__)
+_LOG: Final = get_logger(__name__)
 
 _K = TypeVar("_K")
 

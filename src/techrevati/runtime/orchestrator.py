@@ -12,7 +12,6 @@ the cost and emits an event; all of it in O(1) per turn.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._money import MoneyInput
 from techrevati.runtime._responses import (
     EmptyResponseError,
@@ -95,7 +95,7 @@ DEFAULT_LAST_EVENTS: Final = 20
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
-_log = logging.getLogger("techrevati.runtime.orchestrator")
+_log = get_logger("techrevati.runtime.orchestrator")
 
 
 @dataclass(frozen=True, slots=True)

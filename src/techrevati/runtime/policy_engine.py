@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._phase_context import PhaseContext, frozen_str_map
 from techrevati.runtime._validate import non_empty_str
 from techrevati.runtime.conditions import (
@@ -77,7 +78,7 @@ __all__ = [
 DEFAULT_RULE_PRIORITY: Final = 100
 """Priority of a :class:`PolicyRule` that names none (lower fires first)."""
 
-_LOG: Final = logging.getLogger(__name__)
+_LOG: Final = get_logger(__name__)
 
 
 class DuplicateRuleError(TechrevatiError, ValueError):

@@ -10,7 +10,6 @@ pricing costs zero and is warned about once per process.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -20,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._money import (
     _RATE_POWER,
     MoneyInput,
@@ -51,7 +51,7 @@ LOGGER_NAME: Final = "techrevati.runtime.usage"
 """The logger that reports unpriced models (one warning per model per process)."""
 LONG_CONTEXT_LITELLM_UNIT: Final = 1000
 """LiteLLM's ``*_above_200k_tokens`` means above ``200 * 1000`` input tokens."""
-_LOG: Final = logging.getLogger(LOGGER_NAME)
+_LOG: Final = get_logger(LOGGER_NAME)
 _NO_TIER: Final = 1 << 62
 """Threshold used when a pricing has no long-context tier (the tier rates equal the base)."""
 _RATE_FIELDS: Final = (
