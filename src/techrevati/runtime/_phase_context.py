@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeVar
 
-from techrevati.runtime._validate import strict_bool
+from techrevati.runtime._validate import enum_member, strict_bool
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentFailureClass
 from techrevati.runtime.quality_gate import QualityLevel
@@ -164,28 +164,12 @@ def frozen_str_map(value: object, name: str) -> Mapping[str, object]:
 
 def parse_level(value: object, name: str) -> QualityLevel:
     """Read a :class:`QualityLevel`, its name or its number."""
-    if isinstance(value, QualityLevel):
-        return value
-    if isinstance(value, (str, int)):
-        try:
-            return QualityLevel.parse(value)
-        except InvalidValueError as exc:
-            raise InvalidValueError(f"{name}: {exc}") from None
-    raise InvalidValueError(f"{name} must be a QualityLevel or its name, got {value!r}")
+    return enum_member(QualityLevel, value, "quality level", field=name)
 
 
 def parse_failure_class(value: object, name: str) -> AgentFailureClass:
     """Read an :class:`AgentFailureClass` or its value (``"rate_limit"``, any case)."""
-    if isinstance(value, AgentFailureClass):
-        return value
-    if isinstance(value, str):
-        key = value.strip()
-        try:
-            return AgentFailureClass(key.lower())
-        except ValueError:
-            pass
-    known = ", ".join(c.value for c in AgentFailureClass)
-    raise InvalidValueError(f"{name} must be an AgentFailureClass ({known}), got {value!r}")
+    return enum_member(AgentFailureClass, value, "failure class", field=name)
 
 
 def to_usd(value: object, name: str) -> Decimal:

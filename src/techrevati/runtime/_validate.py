@@ -7,8 +7,9 @@ can check and store in one line.
 
 from __future__ import annotations
 
+import _thread
 import math
-import threading
+from enum import Enum
 from typing import Final, TypeVar
 
 from techrevati.runtime.errors import InvalidValueError
@@ -16,6 +17,7 @@ from techrevati.runtime.errors import InvalidValueError
 __all__ = [
     "MAX_SECONDS",
     "callable_or_none",
+    "enum_member",
     "instance_or_none",
     "int_at_least",
     "non_empty_str",
@@ -25,8 +27,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=Enum)
 
-MAX_SECONDS: Final = float(threading.TIMEOUT_MAX)
+MAX_SECONDS: Final = float(_thread.TIMEOUT_MAX)
 """The longest wait the platform's locks and events accept."""
 
 
@@ -89,3 +92,35 @@ def instance_or_none(name: str, value: _T, kind: type | tuple[type, ...]) -> _T:
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise InvalidValueError(f"{name} must be a {names} or None, got {value!r}")
     return value
+
+
+def enum_member(kind: type[_E], value: object, what: str, *, field: str | None = None) -> _E:
+    """Return the member of ``kind`` that ``value`` is, names or numbers.
+
+    Accepted: a member; a member's name in any case, trimmed, with ``-`` for
+    ``_``; a str member's value in any case; an int member's number (not a
+    bool). Anything else raises, listing every valid name:
+    ``unknown {what} 'x'; expected one of ...`` (prefixed by ``field:`` if given).
+    """
+    if isinstance(value, kind):
+        return value
+    member: _E | None = None
+    if isinstance(value, str):
+        key = value.strip()
+        member = kind.__members__.get(key.upper().replace("-", "_"))
+        if member is None:
+            member = _by_value(kind, key.lower())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        member = _by_value(kind, value)
+    if member is not None:
+        return member
+    names = ", ".join(str(m.value) if isinstance(m, str) else m.name for m in kind)
+    prefix = f"{field}: " if field else ""
+    raise InvalidValueError(f"{prefix}unknown {what} {value!r}; expected one of {names}")
+
+
+def _by_value(kind: type[_E], value: object) -> _E | None:
+    try:
+        return kind(value)
+    except ValueError:
+        return None

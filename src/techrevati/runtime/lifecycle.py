@@ -25,7 +25,7 @@ from typing import Final, Protocol, TypeVar
 
 from techrevati.runtime._clock import WallClock, utc_now
 from techrevati.runtime._log import get_logger
-from techrevati.runtime._validate import int_at_least
+from techrevati.runtime._validate import enum_member, int_at_least
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError, UnknownWorkerError
 
 __all__ = [
@@ -77,14 +77,7 @@ class AgentStatus(StrEnum):
         Raises :class:`~techrevati.runtime.errors.InvalidValueError` naming the
         value for anything else.
         """
-        if isinstance(value, AgentStatus):
-            return value
-        if isinstance(value, str):
-            member = _BY_TEXT.get(value.strip().lower())
-            if member is not None:
-                return member
-        names = ", ".join(member.value for member in cls)
-        raise InvalidValueError(f"unknown agent status {value!r}; expected one of {names}")
+        return enum_member(cls, value, "agent status")
 
     @property
     def is_terminal(self) -> bool:
@@ -95,8 +88,6 @@ class AgentStatus(StrEnum):
         """Whether :data:`TRANSITIONS` allows moving from this status to ``target``."""
         return target in _TRANSITIONS[self]
 
-
-_BY_TEXT: Final[dict[str, AgentStatus]] = {member.value: member for member in AgentStatus}
 
 _TRANSITIONS: Final[dict[AgentStatus, frozenset[AgentStatus]]] = {
     AgentStatus.IDLE: frozenset({AgentStatus.INITIALIZING, AgentStatus.CANCELLED}),

@@ -26,7 +26,7 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Final
 
-from techrevati.runtime._validate import int_at_least
+from techrevati.runtime._validate import enum_member, int_at_least
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
@@ -72,19 +72,7 @@ class PermissionMode(IntEnum):
         Raises :class:`~techrevati.runtime.errors.InvalidValueError` naming the
         value for anything else, so a misspelt mode never grants anything.
         """
-        if isinstance(value, PermissionMode):
-            return value
-        if isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper().replace("-", "_"))
-            if member is not None:
-                return member
-        elif isinstance(value, int) and not isinstance(value, bool):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        names = ", ".join(cls.__members__)
-        raise InvalidValueError(f"unknown permission mode {value!r}; expected one of {names}")
+        return enum_member(cls, value, "permission mode")
 
 
 _MODE_NAMES: Final[tuple[str, ...]] = ("", *(mode.name for mode in PermissionMode))

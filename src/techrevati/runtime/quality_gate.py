@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from techrevati.runtime.errors import InvalidValueError
+from techrevati.runtime._validate import enum_member
 
 __all__ = ["QualityGate", "QualityGateOutcome", "QualityLevel"]
 
@@ -29,19 +29,7 @@ class QualityLevel(IntEnum):
         Raises :class:`~techrevati.runtime.errors.InvalidValueError` naming the value
         for anything else.
         """
-        if isinstance(value, QualityLevel):
-            return value
-        if isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper())
-            if member is not None:
-                return member
-        elif isinstance(value, int) and not isinstance(value, bool):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        names = ", ".join(cls.__members__)
-        raise InvalidValueError(f"unknown quality level {value!r}; expected one of {names}")
+        return enum_member(cls, value, "quality level")
 
 
 @dataclass(frozen=True, slots=True)
