@@ -522,6 +522,34 @@ def _has(obj: object, *names: str) -> bool:
     return any(_read(obj, name) is not _MISSING for name in names)
 
 
+_GEMINI_SNAKE: Final = (
+    "prompt_token_count",
+    "tool_use_prompt_token_count",
+    "candidates_token_count",
+    "cached_content_token_count",
+    "thoughts_token_count",
+)
+"""Gemini's usage fields as the google-genai SDK names them (every other one identifies it)."""
+_GEMINI_CAMEL: Final = (
+    "promptTokenCount",
+    "toolUsePromptTokenCount",
+    "candidatesTokenCount",
+    "cachedContentTokenCount",
+    "thoughtsTokenCount",
+)
+"""The same fields as Gemini's REST API spells them (``promptTokenCount``, ...)."""
+
+
+def _gemini_fields(
+    usage: object, names: tuple[str, ...], source: str
+) -> tuple[int, int, int, int, int]:
+    """Read Gemini usage: tool-use prompts are input, thoughts are billed as output."""
+    prompt, tool_prompt, candidates, cached, thoughts = (
+        _count(usage, name, source) for name in names
+    )
+    return (prompt + tool_prompt, candidates + thoughts, cached, 0, thoughts)
+
+
 def _snapshot_from_usage(usage: object) -> UsageSnapshot | None:
     """Return the snapshot of a usage object/dict of a known shape, else None."""
     if isinstance(usage, (str, bytes, bytearray, int, float)) or usage is None:
@@ -536,28 +564,12 @@ def _snapshot_from_usage(usage: object) -> UsageSnapshot | None:
             _nested(usage, "prompt_tokens_details", "cache_write_tokens", source),
             _nested(usage, "completion_tokens_details", "reasoning_tokens", source),
         )
-    elif _has(usage, "prompt_token_count", "candidates_token_count", "thoughts_token_count"):
+    elif _has(usage, *_GEMINI_SNAKE[::2]):
         source = f"Gemini usage_metadata ({kind})"
-        thoughts = _count(usage, "thoughts_token_count", source)
-        fields = (
-            _count(usage, "prompt_token_count", source)
-            + _count(usage, "tool_use_prompt_token_count", source),
-            _count(usage, "candidates_token_count", source) + thoughts,
-            _count(usage, "cached_content_token_count", source),
-            0,
-            thoughts,
-        )
-    elif _has(usage, "promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount"):
+        fields = _gemini_fields(usage, _GEMINI_SNAKE, source)
+    elif _has(usage, *_GEMINI_CAMEL[::2]):
         source = f"Gemini usageMetadata ({kind})"
-        thoughts = _count(usage, "thoughtsTokenCount", source)
-        fields = (
-            _count(usage, "promptTokenCount", source)
-            + _count(usage, "toolUsePromptTokenCount", source),
-            _count(usage, "candidatesTokenCount", source) + thoughts,
-            _count(usage, "cachedContentTokenCount", source),
-            0,
-            thoughts,
-        )
+        fields = _gemini_fields(usage, _GEMINI_CAMEL, source)
     elif _has(usage, "inputTokens", "outputTokens"):
         source = f"Bedrock Converse usage ({kind})"
         cache_read = _count(usage, "cacheReadInputTokens", source)
