@@ -16,7 +16,7 @@ every rule whether it matched and why. The conditions live in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -264,23 +264,17 @@ class PolicyEngine:
         condition that raises surfaces as :class:`PolicyEvaluationError`
         naming the rule.
         """
-        _require_context(ctx)
         debug = _LOG.isEnabledFor(logging.DEBUG)
         actions: list[PolicyActionData] = []
-        for rule, matches in self._plan:
-            try:
-                matched = matches(ctx)
-            except Exception as exc:
-                raise _evaluation_error(rule, exc) from exc
-            if matched:
-                if debug:
-                    _LOG.debug(
-                        "policy rule %s matched in phase %s: %s",
-                        rule.name,
-                        ctx.phase,
-                        _check_rule(rule, ctx).reason,
-                    )
-                actions.extend(rule.actions)
+        for rule in self._matching(ctx):
+            if debug:
+                _LOG.debug(
+                    "policy rule %s matched in phase %s: %s",
+                    rule.name,
+                    ctx.phase,
+                    _check_rule(rule, ctx).reason,
+                )
+            actions.extend(rule.actions)
         return actions
 
     def explain(self, ctx: PhaseContext) -> list[RuleExplanation]:
@@ -294,16 +288,18 @@ class PolicyEngine:
 
     def matching_rules(self, ctx: PhaseContext) -> list[PolicyRule]:
         """Return the rules that match ``ctx``, in firing order."""
+        return list(self._matching(ctx))
+
+    def _matching(self, ctx: PhaseContext) -> Iterator[PolicyRule]:
+        """Yield each rule whose condition holds for ``ctx``; a raising one names its rule."""
         _require_context(ctx)
-        matching = []
         for rule, matches in self._plan:
             try:
                 matched = matches(ctx)
             except Exception as exc:
                 raise _evaluation_error(rule, exc) from exc
             if matched:
-                matching.append(rule)
-        return matching
+                yield rule
 
     def __repr__(self) -> str:
         names = ", ".join(rule.name for rule in self._rules)
