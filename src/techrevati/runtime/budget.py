@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import TracebackType
 from typing import Final, Literal
 
 from techrevati.runtime._money import _USD_POWER, MoneyInput, _money, _scaled, _to_decimal, _usd
@@ -511,12 +510,7 @@ class BudgetReservation:
     def __enter__(self) -> BudgetReservation:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._budget._release(self)
 
     def __repr__(self) -> str:
