@@ -14,6 +14,7 @@ from techrevati.runtime._validate import (
     int_at_least,
     non_empty_str,
     optional_int_at_least,
+    required_callable,
     seconds_or_none,
     strict_bool,
 )
@@ -88,6 +89,9 @@ def test_str_bool_callable_and_instance_checks() -> None:
     assert strict_bool("b", False) is False
     with pytest.raises(InvalidValueError, match=r"^b must be a bool, got 0$"):
         strict_bool("b", 0)
+    assert required_callable("f", len) is len
+    with pytest.raises(InvalidValueError, match=r"^f must be callable, got None$"):
+        required_callable("f", None)
     assert callable_or_none("f", None) is None
     assert callable_or_none("f", len) is len
     with pytest.raises(InvalidValueError, match=r"^f must be callable or None, got 1$"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeVar
 
-from techrevati.runtime._validate import enum_member, strict_bool
+from techrevati.runtime._validate import enum_member, non_empty_str, strict_bool
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentFailureClass
 from techrevati.runtime.quality_gate import QualityLevel
@@ -71,8 +71,7 @@ class PhaseContext:
         failures: Mapping[AgentFailureClass, int] | Mapping[str, int] | None = None,
         extra: Mapping[str, object] | None = None,
     ) -> None:
-        if not isinstance(phase, str) or not phase:
-            raise InvalidValueError(f"phase must be a non-empty str, got {phase!r}")
+        non_empty_str("phase", phase)
         setattr_ = object.__setattr__
         setattr_(self, "phase", phase)
         setattr_(self, "quality_level", parse_level(quality_level, "quality_level"))

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Final
 
 from techrevati.runtime._record_text import decimal_text_or_none, iso_or_none
+from techrevati.runtime._validate import non_empty_str
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, EventName
 
@@ -66,8 +67,7 @@ class SessionRow:
     error_type: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.session_id, str) or not self.session_id:
-            raise InvalidValueError(f"session_id must be a non-empty str, got {self.session_id!r}")
+        non_empty_str("session_id", self.session_id)
         if not isinstance(self.status, SessionStatus):
             raise InvalidValueError(f"status must be a SessionStatus, got {self.status!r}")
         for name in ("started_at", "ended_at"):

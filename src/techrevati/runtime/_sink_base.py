@@ -24,7 +24,7 @@ from typing import Final, Self
 
 from techrevati.runtime._clock import Clock
 from techrevati.runtime._log import get_logger
-from techrevati.runtime._validate import callable_or_none, int_at_least
+from techrevati.runtime._validate import callable_or_none, int_at_least, required_callable
 from techrevati.runtime.errors import (
     InvalidValueError,
     SinkClosedError,
@@ -384,8 +384,7 @@ def _check_batching(
         raise InvalidValueError(
             f"max_pending must be >= flush_every ({flush_every}), got {max_pending!r}"
         )
-    if not callable(clock):
-        raise InvalidValueError(f"clock must be callable, got {clock!r}")
+    required_callable("clock", clock)
     callable_or_none("on_flush", on_flush)
 
 

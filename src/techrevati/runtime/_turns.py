@@ -27,6 +27,7 @@ from techrevati.runtime._responses import (
 from techrevati.runtime._runner import DeadlineExceededError
 from techrevati.runtime._session_core import _log, _SessionCore, _short, failure_class_of
 from techrevati.runtime._validate import (
+    required_callable,
     seconds_or_none,
 )
 from techrevati.runtime.budget import Budget, BudgetExceededError, _limit_error
@@ -153,8 +154,7 @@ class _TurnEngine(_SessionCore):
         fallback_models: Sequence[str],
     ) -> _Turn:
         """Check the arguments and the session, count the turn, and make its state."""
-        if not callable(fn):
-            raise InvalidValueError(f"fn must be callable, got {fn!r}")
+        required_callable("fn", fn)
         if type(model) is not str:
             raise InvalidValueError(f"model must be a str, got {model!r}")
         if usage is not None and type(usage) is not UsageSnapshot:

@@ -22,6 +22,7 @@ __all__ = [
     "int_at_least",
     "non_empty_str",
     "optional_int_at_least",
+    "required_callable",
     "seconds_or_none",
     "strict_bool",
 ]
@@ -77,6 +78,13 @@ def seconds_or_none(name: str, value: object) -> float | None:
             f"{name} must be None or a number of seconds > 0 and <= {MAX_SECONDS:g}, got {value!r}"
         )
     return float(value)
+
+
+def required_callable(name: str, value: _T) -> _T:
+    """Return ``value`` if it is callable."""
+    if not callable(value):
+        raise InvalidValueError(f"{name} must be callable, got {value!r}")
+    return value
 
 
 def callable_or_none(name: str, value: _T) -> _T:

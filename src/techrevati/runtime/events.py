@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
 
 from techrevati.runtime._clock import utc_now
-from techrevati.runtime._validate import int_at_least
+from techrevati.runtime._validate import int_at_least, non_empty_str
 from techrevati.runtime.errors import InvalidValueError
 
 __all__ = [
@@ -113,8 +113,7 @@ class AgentEvent:
     project_id: str | int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise InvalidValueError(f"name must be a non-empty str, got {self.name!r}")
+        non_empty_str("name", self.name)
         failure: object = self.failure_class
         if failure is not None and not isinstance(failure, AgentFailureClass):
             try:

@@ -25,7 +25,7 @@ from typing import Final, Protocol, TypeVar
 
 from techrevati.runtime._clock import WallClock, utc_now
 from techrevati.runtime._log import get_logger
-from techrevati.runtime._validate import enum_member, int_at_least
+from techrevati.runtime._validate import enum_member, int_at_least, non_empty_str, required_callable
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError, UnknownWorkerError
 
 __all__ = [
@@ -244,8 +244,7 @@ class AgentWorker:
         clock: WallClock = utc_now,
         max_events: int = DEFAULT_MAX_EVENTS,
     ) -> None:
-        if not isinstance(role, str) or not role.strip():
-            raise InvalidValueError(f"role must be a non-empty str, got {role!r}")
+        non_empty_str("role", role)
         if not isinstance(phase, str):
             raise InvalidValueError(f"phase must be a str, got {phase!r}")
         if project_id is not None and (
@@ -254,10 +253,9 @@ class AgentWorker:
             raise InvalidValueError(f"project_id must be a str, an int or None, got {project_id!r}")
         if worker_id is None:
             worker_id = uuid.uuid4().hex
-        elif not isinstance(worker_id, str) or not worker_id:
-            raise InvalidValueError(f"worker_id must be a non-empty str, got {worker_id!r}")
-        if not callable(clock):
-            raise InvalidValueError(f"clock must be callable, got {clock!r}")
+        else:
+            non_empty_str("worker_id", worker_id)
+        required_callable("clock", clock)
         int_at_least("max_events", max_events, 1)
         created_at = clock()
         if not isinstance(created_at, datetime) or created_at.utcoffset() is None:
@@ -367,8 +365,7 @@ class AgentWorker:
 
     def add_listener(self, listener: StatusListener) -> None:
         """Call ``listener(worker, event)`` after every future transition."""
-        if not callable(listener):
-            raise InvalidValueError(f"listener must be callable, got {listener!r}")
+        required_callable("listener", listener)
         with self._lock:
             self._listeners = (*self._listeners, listener)
 
@@ -435,8 +432,7 @@ class AgentRegistry:
     )
 
     def __init__(self, *, clock: WallClock = utc_now, max_events: int = DEFAULT_MAX_EVENTS) -> None:
-        if not callable(clock):
-            raise InvalidValueError(f"clock must be callable, got {clock!r}")
+        required_callable("clock", clock)
         int_at_least("max_events", max_events, 1)
         self._clock = clock
         self._max_events = max_events

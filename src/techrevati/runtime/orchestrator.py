@@ -39,6 +39,7 @@ from techrevati.runtime._validate import (
     int_at_least,
     non_empty_str,
     optional_int_at_least,
+    required_callable,
     strict_bool,
 )
 from techrevati.runtime.budget import Budget, UsageLimits
@@ -254,8 +255,7 @@ class Session(_TurnEngine):
         (carrying the outcome) when denied; the tool's own exceptions pass
         through unchanged and are recorded as ``tool_error``.
         """
-        if not callable(fn):
-            raise InvalidValueError(f"fn must be callable, got {fn!r}")
+        required_callable("fn", fn)
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:

@@ -26,7 +26,7 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Final
 
-from techrevati.runtime._validate import enum_member, int_at_least
+from techrevati.runtime._validate import enum_member, int_at_least, non_empty_str
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
@@ -127,10 +127,8 @@ class PermissionOutcome:
     def __post_init__(self) -> None:
         if type(self.allowed) is not bool:
             raise InvalidValueError(f"allowed must be a bool, got {self.allowed!r}")
-        if not isinstance(self.reason, str) or not self.reason:
-            raise InvalidValueError(f"reason must be a non-empty str, got {self.reason!r}")
-        if not isinstance(self.rule, str) or not self.rule:
-            raise InvalidValueError(f"rule must be a non-empty str, got {self.rule!r}")
+        non_empty_str("reason", self.reason)
+        non_empty_str("rule", self.rule)
 
     def __bool__(self) -> bool:
         return self.allowed

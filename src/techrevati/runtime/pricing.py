@@ -27,6 +27,7 @@ from techrevati.runtime._money import (
     _to_decimal,
     _usd,
 )
+from techrevati.runtime._validate import non_empty_str
 from techrevati.runtime.errors import InvalidValueError, PricingFileError
 
 if TYPE_CHECKING:
@@ -251,9 +252,7 @@ def load_pricing_from_file(path: str | os.PathLike[str]) -> list[str]:
 
 def _model_name(model: object) -> str:
     """Return ``model`` stripped, or raise naming it if it is not a non-empty str."""
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidValueError(f"model must be a non-empty str, got {model!r}")
-    return model.strip()
+    return non_empty_str("model", model).strip()
 
 
 def _lookup(name: str) -> ModelPricing | None:
