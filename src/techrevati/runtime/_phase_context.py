@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final, TypeVar
 
+from techrevati.runtime._money import MoneyInput, _to_decimal
 from techrevati.runtime._validate import enum_member, non_empty_str, strict_bool
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentFailureClass
@@ -66,7 +67,7 @@ class PhaseContext:
         failed_roles: Iterable[str] | Mapping[str, AgentFailureClass | str | None] = frozenset(),
         retries_exhausted: bool = False,
         timed_out: bool = False,
-        cost_usd: Decimal | int | float | str = _ZERO,
+        cost_usd: MoneyInput = _ZERO,
         gate_required: QualityLevel | str | int | None = None,
         failures: Mapping[AgentFailureClass, int] | Mapping[str, int] | None = None,
         extra: Mapping[str, object] | None = None,
@@ -83,7 +84,7 @@ class PhaseContext:
         setattr_(self, "failed_roles", _failed_roles(failed_roles))
         setattr_(self, "retries_exhausted", strict_bool("retries_exhausted", retries_exhausted))
         setattr_(self, "timed_out", strict_bool("timed_out", timed_out))
-        setattr_(self, "cost_usd", to_usd(cost_usd, "cost_usd"))
+        setattr_(self, "cost_usd", _to_decimal(cost_usd, "cost_usd"))
         setattr_(
             self,
             "gate_required",
@@ -169,29 +170,6 @@ def parse_level(value: object, name: str) -> QualityLevel:
 def parse_failure_class(value: object, name: str) -> AgentFailureClass:
     """Read an :class:`AgentFailureClass` or its value (``"rate_limit"``, any case)."""
     return enum_member(AgentFailureClass, value, "failure class", field=name)
-
-
-def to_usd(value: object, name: str) -> Decimal:
-    """Convert an amount of dollars exactly; reject bool, NaN, infinities and negatives."""
-    amount: Decimal
-    if isinstance(value, Decimal):
-        amount = value
-    elif isinstance(value, bool):
-        raise InvalidValueError(f"{name} must be a number of USD, got {value!r}")
-    elif isinstance(value, int):
-        amount = Decimal(value)
-    elif isinstance(value, float):
-        amount = Decimal(repr(value))
-    elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise InvalidValueError(f"{name} must be a decimal number, got {value!r}") from None
-    else:
-        raise InvalidValueError(f"{name} must be a Decimal, int, float or str, got {value!r}")
-    if not amount.is_finite() or amount < 0:
-        raise InvalidValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return amount
 
 
 def _role_names(value: object, name: str) -> Iterator[str]:

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import ClassVar, Protocol, TypeAlias, runtime_checkable
 
+from techrevati.runtime._money import MoneyInput, _to_decimal
 from techrevati.runtime._phase_context import (
     PhaseContext,
     parse_failure_class,
     parse_level,
-    to_usd,
 )
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import AgentFailureClass
@@ -483,8 +483,8 @@ class CostExceeded(_Fact):
 
     usd: Decimal
 
-    def __init__(self, usd: Decimal | int | float | str) -> None:
-        object.__setattr__(self, "usd", to_usd(usd, "usd"))
+    def __init__(self, usd: MoneyInput) -> None:
+        object.__setattr__(self, "usd", _to_decimal(usd, "usd"))
 
     def _matches(self, ctx: PhaseContext) -> bool:
         return ctx.cost_usd > self.usd
