@@ -11,11 +11,11 @@ shells around them, and retries come from the one
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Final, TypeVar
 
+from techrevati.runtime._async_deadline import within_deadline
 from techrevati.runtime._money import usd_text
 from techrevati.runtime._responses import (
     StreamResultError,
@@ -54,9 +54,6 @@ from techrevati.runtime.retry_policy import (
     RetryRun,
 )
 from techrevati.runtime.usage import TurnCost, UsageSnapshot
-
-if TYPE_CHECKING:
-    import asyncio
 
 __all__ = ["UNNAMED_MODEL"]
 
@@ -347,7 +344,7 @@ class _TurnEngine(_SessionCore):
             if timeout is None:
                 result = await awaitable
             else:
-                result = await _within(awaitable, timeout, turn.model)
+                result = await within_deadline(awaitable, timeout, turn.model)
             try:
                 _inspect(turn, result)
             except StreamResultError as exc:
@@ -548,64 +545,6 @@ def _inspect(turn: _Turn, result: object) -> None:
     if usage is None:
         usage = turn.read_usage = usage_from_result(result)
     check_response(result, usage)
-
-
-async def _within(awaitable: Awaitable[_T], timeout: float, model: str) -> _T:
-    """Await ``awaitable`` for at most ``timeout`` seconds, even if it ignores cancellation.
-
-    At the deadline the task is cancelled and the caller moves on at once. A
-    coroutine that swallows the cancellation keeps running in the background:
-    that is logged (when it ends, or if it is still running another
-    ``timeout`` later) and its result is dropped.
-    """
-    import asyncio  # noqa: PLC0415 (only async turns need it; they have it loaded)
-
-    task = asyncio.ensure_future(awaitable)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
-    except BaseException:  # the caller was cancelled meanwhile
-        task.cancel()
-        task.add_done_callback(_forget_late)
-        raise
-    if done:
-        return task.result()
-    task.cancel()
-    _watch_late(task, timeout, model)
-    raise TurnTimeoutError(timeout, model)
-
-
-def _watch_late(task: asyncio.Future[Any], timeout: float, model: str) -> None:
-    """Report a cancelled turn that does not stop; retrieve its outcome when it ends."""
-
-    def still_running() -> None:
-        if not task.done():
-            _log.warning(
-                "turn on model %r passed its %ss deadline and did not stop when cancelled; "
-                "it runs on in the background and its result will be dropped",
-                model,
-                timeout,
-            )
-
-    timer = sys.modules["asyncio"].get_running_loop().call_later(timeout, still_running)
-
-    def ended(task: asyncio.Future[Any]) -> None:
-        timer.cancel()
-        if not task.cancelled():
-            _log.warning(
-                "turn on model %r passed its %ss deadline and ignored the cancellation; "
-                "it finished later and its result was dropped",
-                model,
-                timeout,
-            )
-        _forget_late(task)
-
-    task.add_done_callback(ended)
-
-
-def _forget_late(task: asyncio.Future[Any]) -> None:
-    """Retrieve a late task's outcome so asyncio does not report it as lost."""
-    if not task.cancelled() and task.exception() is not None:
-        _log.debug("a turn's late call failed after its deadline", exc_info=task.exception())
 
 
 def _fallbacks(models: object) -> tuple[str, ...]:
