@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import anthropic
     import openai
 
+    from techrevati.runtime.pricing import ModelPricing
+
 
 class FakeClock:
     """A monotonic clock that moves only when told to, or when code sleeps on it.
@@ -71,6 +73,25 @@ def priced_models() -> Iterator[None]:
     register_pricing("backup", ModelPricing(input_per_million="1", output_per_million="5"))
     yield
     clear_pricing()
+
+
+@pytest.fixture
+def empty_pricing() -> Iterator[None]:
+    """Start and end the test with an empty pricing registry."""
+    from techrevati.runtime.pricing import clear_pricing
+
+    clear_pricing()
+    yield
+    clear_pricing()
+
+
+def price_model(model: str = "m", inp: str = "3", out: str = "15", **extra: object) -> ModelPricing:
+    """Register and return a pricing for ``model`` ($3/$15 per million unless told)."""
+    from techrevati.runtime.pricing import ModelPricing, register_pricing
+
+    pricing = ModelPricing(inp, out, **extra)  # type: ignore[arg-type]
+    register_pricing(model, pricing)
+    return pricing
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 import pytest
@@ -100,11 +99,7 @@ def _reference_cost(pricing: ModelPricing, usage: UsageSnapshot) -> Decimal:
         return total / 10**6
 
 
-@pytest.fixture(autouse=True)
-def _empty_registry() -> Iterator[None]:
-    clear_pricing()
-    yield
-    clear_pricing()
+pytestmark = pytest.mark.usefixtures("empty_pricing")
 
 
 @FAST

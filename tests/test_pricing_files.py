@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,19 +17,13 @@ from techrevati.runtime.usage import (
     ModelPricing,
     PricingFileError,
     UsageSnapshot,
-    clear_pricing,
     get_pricing,
     has_pricing,
     load_pricing_from_file,
     register_pricing,
 )
 
-
-@pytest.fixture(autouse=True)
-def _empty_registry() -> Iterator[None]:
-    clear_pricing()
-    yield
-    clear_pricing()
+pytestmark = pytest.mark.usefixtures("empty_pricing")
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
