@@ -35,6 +35,7 @@ import contextvars
 import dis
 import functools
 import gc
+import inspect
 import linecache
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -47,7 +48,7 @@ import pytest
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
 
-from techrevati.runtime import circuit_breaker
+from techrevati.runtime import _breaker_permit, _breaker_settings, _breaker_state, circuit_breaker
 from techrevati.runtime.circuit_breaker import (
     CircuitBreaker,
     CircuitOpenError,
@@ -56,7 +57,11 @@ from techrevati.runtime.circuit_breaker import (
 )
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-MODULE: str = CircuitBreaker.call.__code__.co_filename
+LIBRARY: frozenset[str] = frozenset(
+    inspect.getfile(module)
+    for module in (circuit_breaker, _breaker_state, _breaker_permit, _breaker_settings)
+)
+"""The breaker's files: the public module and the private ones it is made of."""
 RECOVERY: float = 30.0
 FAILURES_TO_OPEN: int = 2  # in both modes below
 WINDOW = SlidingWindow(kind="count", size=2, minimum_calls=2, failure_rate_threshold=0.5)
@@ -130,7 +135,7 @@ def _inert_offsets(code: CodeType) -> frozenset[int]:
 
 @dataclass
 class Interrupter:
-    """Count the interrupt points inside circuit_breaker.py; raise KeyboardInterrupt at ``at``.
+    """Count the interrupt points inside the breaker's files; raise KeyboardInterrupt at ``at``.
 
     ``at=0`` only counts. After it fires it stays quiet, so one run sees
     exactly one interrupt.
@@ -150,7 +155,7 @@ class Interrupter:
             raise KeyboardInterrupt(f"injected at point {self.at}")
 
     def _called_from(self, frame: FrameType | None) -> bool:
-        if frame is None or frame.f_code.co_filename != MODULE:
+        if frame is None or frame.f_code.co_filename not in LIBRARY:
             return False
         self._quiet.discard(frame)
         return True
@@ -159,7 +164,7 @@ class Interrupter:
         """The global trace function: sees every frame start."""
         if self._called_from(frame.f_back):
             self._point()  # entering a function the library calls (its own, fn, the clock)
-        if frame.f_code.co_filename != MODULE:
+        if frame.f_code.co_filename not in LIBRARY:
             return None
         self._quiet.add(frame)
         return self._local
@@ -175,7 +180,7 @@ class Interrupter:
             quiet = frame in self._quiet
             self._quiet.discard(frame)
             back = frame.f_back
-            if not quiet and back is not None and back.f_code.co_filename == MODULE:
+            if not quiet and back is not None and back.f_code.co_filename in LIBRARY:
                 self._point()
         return self._local
 
