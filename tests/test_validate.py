@@ -13,6 +13,7 @@ from techrevati.runtime._validate import (
     instance_or_none,
     int_at_least,
     non_empty_str,
+    non_negative_number,
     optional_int_at_least,
     required_callable,
     seconds_or_none,
@@ -99,3 +100,20 @@ def test_str_bool_callable_and_instance_checks() -> None:
     assert instance_or_none("i", 1, (int, str)) == 1
     with pytest.raises(InvalidValueError, match=r"^i must be a int or str or None, got 1.5$"):
         instance_or_none("i", 1.5, (int, str))
+
+
+def test_non_negative_number_bounds() -> None:
+    assert non_negative_number("x", 0) == 0.0
+    assert non_negative_number("x", 2) == 2.0
+    assert non_negative_number("x", float("inf"), finite=False) == float("inf")
+    for bad, kwargs, message in [
+        (0, {"above_zero": True}, "x must be a finite number > 0, got 0"),
+        (-0.5, {}, "x must be a finite number >= 0, got -0.5"),
+        (float("inf"), {}, "x must be a finite number >= 0, got inf"),
+        (float("nan"), {"finite": False}, "x must be a number >= 0 (inf allowed), got nan"),
+        (True, {}, "x must be a finite number >= 0, got True"),
+        ("1", {}, "x must be a finite number >= 0, got '1'"),
+    ]:
+        with pytest.raises(InvalidValueError) as caught:
+            non_negative_number("x", bad, **kwargs)
+        assert str(caught.value) == message

@@ -6,11 +6,10 @@ public names.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Final, Literal
 
-from techrevati.runtime._validate import int_at_least
+from techrevati.runtime._validate import int_at_least, non_negative_number
 from techrevati.runtime.errors import InvalidValueError, RetryAfterTooLongError
 
 __all__ = ["DEFAULT_MAX_RETRY_AFTER", "Jitter", "accepts_retry_after", "backoff_delay"]
@@ -34,10 +33,10 @@ def accepts_retry_after(
     retry_after: float | None, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 ) -> bool:
     """Whether a server hint can be honoured: none at all, or at most ``max_retry_after``."""
-    _check_number(max_retry_after, "max_retry_after", finite=False)
+    non_negative_number("max_retry_after", max_retry_after, finite=False)
     if retry_after is None:
         return True
-    _check_number(retry_after, "retry_after")
+    non_negative_number("retry_after", retry_after)
     return retry_after <= max_retry_after
 
 
@@ -65,16 +64,16 @@ def backoff_delay(
     """
     int_at_least("attempt", attempt, 1)
     _check_backoff(base, cap, jitter, "base", "cap")
-    _check_number(max_retry_after, "max_retry_after", finite=False)
+    non_negative_number("max_retry_after", max_retry_after, finite=False)
     if rng is not None and not isinstance(rng, random.Random):
         raise InvalidValueError(f"rng must be a random.Random or None, got {rng!r}")
     if retry_after is not None:
-        _check_number(retry_after, "retry_after")
+        non_negative_number("retry_after", retry_after)
         if retry_after > max_retry_after:
             raise RetryAfterTooLongError(float(retry_after), float(max_retry_after))
         return float(retry_after)
     if previous is not None:
-        _check_number(previous, "previous")
+        non_negative_number("previous", previous)
     draw = rng.random if rng is not None else random.random
     if jitter == "decorrelated":
         last = base if previous is None else max(float(previous), base)
@@ -90,27 +89,9 @@ def backoff_delay(
 def _check_backoff(
     base: object, cap: object, jitter: object, base_name: str, cap_name: str
 ) -> None:
-    _check_number(base, base_name, above_zero=True)
-    _check_number(cap, cap_name)
+    non_negative_number(base_name, base, above_zero=True)
+    non_negative_number(cap_name, cap)
     if jitter not in _JITTERS:
         raise InvalidValueError(
             f"jitter must be one of 'full', 'equal', 'decorrelated', 'none', got {jitter!r}"
         )
-
-
-def _check_number(
-    value: object, name: str, *, above_zero: bool = False, finite: bool = True
-) -> None:
-    """Refuse anything but a number >= 0 (> 0 if ``above_zero``; inf only if not ``finite``)."""
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or (finite and math.isinf(value))
-        or value < 0
-        or (above_zero and value == 0)
-    ):
-        kind = "a finite number" if finite else "a number"
-        bound = "> 0" if above_zero else ">= 0"
-        allowed = "" if finite else " (inf allowed)"
-        raise InvalidValueError(f"{name} must be {kind} {bound}{allowed}, got {value!r}")

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from techrevati.runtime._validate import int_at_least
+from techrevati.runtime._validate import int_at_least, non_negative_number
 from techrevati.runtime.errors import InvalidValueError
 
-__all__ = ["SlidingWindow", "_exception_types", "_finite_seconds", "_rate"]
+__all__ = ["SlidingWindow", "_exception_types", "_rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +50,13 @@ class SlidingWindow:
                 f"got minimum_calls={self.minimum_calls!r} with size={self.size!r}"
             )
         if self.slow_call_duration_seconds is not None:
-            _finite_seconds("slow_call_duration_seconds", self.slow_call_duration_seconds)
+            non_negative_number(
+                "slow_call_duration_seconds", self.slow_call_duration_seconds, above_zero=True
+            )
         _rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
 
 
 SlidingWindow.__module__ = "techrevati.runtime.circuit_breaker"
-
-
-def _finite_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as float seconds if it is a finite number > 0 (>= 0 with ``allow_zero``)."""
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not (value >= 0 if allow_zero else value > 0)
-    ):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 def _rate(name: str, value: object) -> float:

@@ -13,7 +13,6 @@ the lock held; the others take it themselves, only ever with ``with``.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections import deque
@@ -22,6 +21,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Final, cast
 
 from techrevati.runtime._clock import Clock
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._windows import _CountWindow, _TimeWindow, _Window
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ __all__ = [
     "_BreakerState",
 ]
 
-_LOG: Final = logging.getLogger("techrevati.runtime.circuit_breaker")
+_LOG: Final = get_logger("techrevati.runtime.circuit_breaker")
 
 # How a finished call counts. Plain ints: compared on every settle.
 _SUCCESS: Final = 0

@@ -11,12 +11,12 @@ re-exports the public names.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NoReturn, TypeAlias, TypeVar
 
 from techrevati.runtime._classify import FailureInfo, FailureScenario, inspect_exception
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._recipes import RecoveryOutcome, RecoveryStep
 from techrevati.runtime.errors import (
     RetriesExhaustedError,
@@ -34,7 +34,7 @@ T = TypeVar("T")
 _Args: TypeAlias = tuple[object, ...]
 _Kwargs: TypeAlias = Mapping[str, object]
 
-_LOG: Final = logging.getLogger("techrevati.runtime.retry_policy")
+_LOG: Final = get_logger("techrevati.runtime.retry_policy")
 
 
 @dataclass(frozen=True, slots=True)

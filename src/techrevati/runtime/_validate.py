@@ -21,6 +21,7 @@ __all__ = [
     "instance_or_none",
     "int_at_least",
     "non_empty_str",
+    "non_negative_number",
     "optional_int_at_least",
     "required_callable",
     "seconds_or_none",
@@ -62,6 +63,28 @@ def optional_int_at_least(name: str, value: object, minimum: int) -> int | None:
     ):
         raise InvalidValueError(f"{name} must be None or an int >= {minimum}, got {value!r}")
     return value
+
+
+def non_negative_number(
+    name: str, value: object, *, above_zero: bool = False, finite: bool = True
+) -> float:
+    """Return ``value`` as a float if it is a number >= 0 (> 0 if ``above_zero``).
+
+    NaN and bools are refused; infinity only when ``finite`` is False.
+    """
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or (finite and math.isinf(value))
+        or value < 0
+        or (above_zero and value == 0)
+    ):
+        kind = "a finite number" if finite else "a number"
+        bound = "> 0" if above_zero else ">= 0"
+        allowed = "" if finite else " (inf allowed)"
+        raise InvalidValueError(f"{name} must be {kind} {bound}{allowed}, got {value!r}")
+    return float(value)
 
 
 def seconds_or_none(name: str, value: object) -> float | None:

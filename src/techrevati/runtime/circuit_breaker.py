@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, ParamSpec, Protocol, TypeVar, cast
@@ -33,7 +32,6 @@ from techrevati.runtime._breaker_permit import Permit, _exit_entered, _leave
 from techrevati.runtime._breaker_settings import (
     SlidingWindow,
     _exception_types,
-    _finite_seconds,
 )
 from techrevati.runtime._breaker_state import (
     _CLOSED,
@@ -46,8 +44,16 @@ from techrevati.runtime._breaker_state import (
     _BreakerState,
 )
 from techrevati.runtime._clock import Clock
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._sdk import is_dependency_failure
-from techrevati.runtime._validate import callable_or_none, instance_or_none, int_at_least
+from techrevati.runtime._validate import (
+    callable_or_none,
+    instance_or_none,
+    int_at_least,
+    non_empty_str,
+    non_negative_number,
+    required_callable,
+)
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 
 __all__ = [
@@ -69,7 +75,7 @@ DEFAULT_FAILURE_THRESHOLD: Final = 5
 DEFAULT_RECOVERY_TIMEOUT_SECONDS: Final = 60.0
 """Seconds an open breaker waits before it lets a probe call through."""
 
-_LOG: Final = logging.getLogger("techrevati.runtime.circuit_breaker")
+_LOG: Final = get_logger("techrevati.runtime.circuit_breaker")
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -156,20 +162,16 @@ class CircuitBreaker(_BreakerState):
         clock: Clock = time.monotonic,
         listeners: Iterable[StateListener] = (),
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidValueError(f"name must be a non-empty str, got {name!r}")
+        non_empty_str("name", name)
         int_at_least("failure_threshold", failure_threshold, 1)
-        recovery = _finite_seconds(
-            "recovery_timeout_seconds", recovery_timeout_seconds, allow_zero=True
-        )
+        recovery = non_negative_number("recovery_timeout_seconds", recovery_timeout_seconds)
         int_at_least("success_threshold", success_threshold, 1)
         int_at_least("half_open_max_calls", half_open_max_calls, 1)
         instance_or_none("window", window, SlidingWindow)
         callable_or_none("is_failure", is_failure)
         if probe_timeout_seconds is not None:
-            _finite_seconds("probe_timeout_seconds", probe_timeout_seconds)
-        if not callable(clock):
-            raise InvalidValueError(f"clock must be callable, got {clock!r}")
+            non_negative_number("probe_timeout_seconds", probe_timeout_seconds, above_zero=True)
+        required_callable("clock", clock)
         super().__init__(
             name=name,
             failure_threshold=failure_threshold,

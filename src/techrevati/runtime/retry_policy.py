@@ -33,7 +33,6 @@ from techrevati.runtime._backoff import (
     DEFAULT_MAX_RETRY_AFTER,
     Jitter,
     _check_backoff,
-    _check_number,
     accepts_retry_after,
     backoff_delay,
 )
@@ -78,6 +77,7 @@ from techrevati.runtime._validate import (
     callable_or_none,
     instance_or_none,
     int_at_least,
+    non_negative_number,
     required_callable,
 )
 from techrevati.runtime.errors import (
@@ -179,7 +179,7 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         int_at_least("max_attempts", self.max_attempts, 1)
         _check_backoff(self.base_delay, self.max_delay, self.jitter, "base_delay", "max_delay")
-        _check_number(self.max_retry_after, "max_retry_after", finite=False)
+        non_negative_number("max_retry_after", self.max_retry_after, finite=False)
         if self.seed is not None:
             if not isinstance(self.seed, int) or isinstance(self.seed, bool):
                 raise InvalidValueError(f"seed must be None or an int, got {self.seed!r}")
