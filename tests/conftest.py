@@ -1,4 +1,5 @@
-"""Shared test fakes: a fake clock, and a scripted loopback server with real SDK clients on it.
+"""Shared test fakes and suite rules: a fake clock, a scripted loopback server with real
+SDK clients on it, the Hypothesis profiles, and the rule that no test skips unannounced.
 
 ``scripted_server`` is a :class:`~tests.scripted_server.ScriptedServer` on
 127.0.0.1; the client fixtures (``openai_client``, ``anthropic_client``,
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import settings
 
 from tests import scripted_server as scripted
 
@@ -29,6 +32,63 @@ if TYPE_CHECKING:
     import openai
 
     from techrevati.runtime.pricing import ModelPricing
+
+
+# Hypothesis: the same examples every run by default; TECHREVATI_HYPOTHESIS=explore
+# draws new ones (seeded by --hypothesis-seed) and 10x as many.
+settings.register_profile("fast", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+HYPOTHESIS_PROFILE: str = os.environ.get("TECHREVATI_HYPOTHESIS", "fast")
+"""``fast`` (the same examples every run) or ``explore`` (new examples each run, 10x as many)."""
+if HYPOTHESIS_PROFILE not in ("fast", "explore"):
+    raise pytest.UsageError(
+        f"TECHREVATI_HYPOTHESIS must be fast or explore, got {HYPOTHESIS_PROFILE!r}"
+    )
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(count: int) -> int:
+    """How many examples a property test runs: ``count``, or 10x that when exploring."""
+    return count * 10 if HYPOTHESIS_PROFILE == "explore" else count
+
+
+# No silent skips: a test that skips fails the run unless pyproject.toml's
+# allowed_skips lists it with a reason.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "allowed_skips",
+        type="linelist",
+        help="test ids that may skip, each as 'nodeid | reason'; any other skip fails the run",
+    )
+
+
+_ALLOWED_SKIPS: set[str] = set()
+_UNEXPECTED_SKIPS: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for entry in config.getini("allowed_skips"):
+        nodeid, bar, reason = entry.partition("|")
+        if not bar or not reason.strip():
+            raise pytest.UsageError(f"allowed_skips entry needs 'nodeid | reason', got {entry!r}")
+        _ALLOWED_SKIPS.add(nodeid.strip())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and report.nodeid not in _ALLOWED_SKIPS:
+        _UNEXPECTED_SKIPS.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _UNEXPECTED_SKIPS and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _UNEXPECTED_SKIPS:
+        terminalreporter.section("unexpected skips (not in allowed_skips of pyproject.toml)")
+        for nodeid in _UNEXPECTED_SKIPS:
+            terminalreporter.line(nodeid)
 
 
 class FakeClock:
