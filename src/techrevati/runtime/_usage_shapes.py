@@ -86,6 +86,34 @@ def _has(obj: object, *names: str) -> bool:
     return any(_read(obj, name) is not _MISSING for name in names)
 
 
+_OPENAI_CHAT: Final = (
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+"""OpenAI Chat Completions' usage: input, output, and where cache and reasoning counts sit."""
+_OPENAI_RESPONSES: Final = (
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+"""The same four in the OpenAI Responses API."""
+
+
+def _openai_fields(usage: object, names: tuple[str, ...], source: str) -> _Fields:
+    """Read OpenAI usage: cached and cache-write counts inside the input details."""
+    inputs, outputs, input_details, output_details = names
+    return (
+        _count(usage, inputs, source),
+        _count(usage, outputs, source),
+        _nested(usage, input_details, "cached_tokens", source),
+        _nested(usage, input_details, "cache_write_tokens", source),
+        _nested(usage, output_details, "reasoning_tokens", source),
+    )
+
+
 _GEMINI_SNAKE: Final = (
     "prompt_token_count",
     "tool_use_prompt_token_count",
@@ -117,15 +145,9 @@ def _fields_of(usage: object) -> tuple[_Fields, str] | None:
     if isinstance(usage, (str, bytes, bytearray, int, float)) or usage is None:
         return None
     kind = type(usage).__name__
-    if _has(usage, "prompt_tokens", "completion_tokens"):
+    if _has(usage, *_OPENAI_CHAT[:2]):
         source = f"OpenAI chat usage ({kind})"
-        fields = (
-            _count(usage, "prompt_tokens", source),
-            _count(usage, "completion_tokens", source),
-            _nested(usage, "prompt_tokens_details", "cached_tokens", source),
-            _nested(usage, "prompt_tokens_details", "cache_write_tokens", source),
-            _nested(usage, "completion_tokens_details", "reasoning_tokens", source),
-        )
+        fields = _openai_fields(usage, _OPENAI_CHAT, source)
     elif _has(usage, *_GEMINI_SNAKE[::2]):
         source = f"Gemini usage_metadata ({kind})"
         fields = _gemini_fields(usage, _GEMINI_SNAKE, source)
@@ -159,13 +181,7 @@ def _fields_of(usage: object) -> tuple[_Fields, str] | None:
             )
         else:
             source = f"OpenAI Responses usage ({kind})"
-            fields = (
-                _count(usage, "input_tokens", source),
-                _count(usage, "output_tokens", source),
-                _nested(usage, "input_tokens_details", "cached_tokens", source),
-                _nested(usage, "input_tokens_details", "cache_write_tokens", source),
-                _nested(usage, "output_tokens_details", "reasoning_tokens", source),
-            )
+            fields = _openai_fields(usage, _OPENAI_RESPONSES, source)
     else:
         return None
     return fields, source

@@ -20,7 +20,7 @@ import fnmatch
 import re
 import threading
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
@@ -175,60 +175,33 @@ class PermissionPolicy:
         tool_requirements: Mapping[str, PermissionMode | str | int] | None = None,
         default_requirement: PermissionMode | str | int = PermissionMode.READ_ONLY,
     ) -> None:
-        if not isinstance(role_configs, Mapping):
-            raise InvalidValueError(
-                f"role_configs must be a mapping of role -> RolePermissionConfig, "
-                f"got {role_configs!r}"
-            )
         roles: dict[str, _RoleRules] = {}
-        first_key: dict[str, str] = {}
-        for key, config in role_configs.items():
+        for name, key, config in _by_normalised_name(
+            role_configs, "role_configs", "role -> RolePermissionConfig", "role"
+        ):
             if not isinstance(config, RolePermissionConfig):
                 raise InvalidValueError(
                     f"role_configs[{key!r}] must be a RolePermissionConfig, got {config!r}"
                 )
-            name = normalize_permission_name(key) if isinstance(key, str) else ""
-            if not name:
-                raise InvalidValueError(f"role_configs keys must be non-empty str, got {key!r}")
             if name != normalize_permission_name(config.role):
                 raise InvalidValueError(
                     f"role_configs key {key!r} does not match its config's role {config.role!r}"
                 )
-            if name in roles:
-                raise InvalidValueError(
-                    f"role_configs keys {first_key[name]!r} and {key!r} name the same role "
-                    f"{name!r} after normalisation"
-                )
-            first_key[name] = key
             roles[name] = _RoleRules(config)
         self._roles: dict[str, _RoleRules] = roles
         self._role_configs: Mapping[str, RolePermissionConfig] = MappingProxyType(
             dict(role_configs)
         )
 
-        if tool_requirements is None:
-            tool_requirements = {}
-        if not isinstance(tool_requirements, Mapping):
-            raise InvalidValueError(
-                f"tool_requirements must be a mapping of tool -> PermissionMode, "
-                f"got {tool_requirements!r}"
-            )
         parsed: dict[str, PermissionMode] = {}
         exact: dict[str, PermissionMode] = {}
         globs: dict[PermissionMode, list[str]] = {}
-        first_tool: dict[str, str] = {}
-        for key, value in tool_requirements.items():
-            name = normalize_permission_name(key) if isinstance(key, str) else ""
-            if not name:
-                raise InvalidValueError(
-                    f"tool_requirements keys must be non-empty str, got {key!r}"
-                )
-            if name in first_tool:
-                raise InvalidValueError(
-                    f"tool_requirements keys {first_tool[name]!r} and {key!r} name the same "
-                    f"tool {name!r} after normalisation"
-                )
-            first_tool[name] = key
+        for name, key, value in _by_normalised_name(
+            {} if tool_requirements is None else tool_requirements,
+            "tool_requirements",
+            "tool -> PermissionMode",
+            "tool",
+        ):
             mode = _parse_mode(value, f"tool_requirements[{key!r}]")
             parsed[key] = mode
             if _is_glob(name):
@@ -600,3 +573,27 @@ def _tool_names(value: object, field: str) -> tuple[str, ...]:
         if not isinstance(name, str) or not normalize_permission_name(name):
             raise InvalidValueError(f"{field} entries must be non-empty str, got {name!r}")
     return names
+
+
+def _by_normalised_name(
+    mapping: object, field: str, shape: str, what: str
+) -> Iterator[tuple[str, str, object]]:
+    """Yield ``(name, key, value)`` per entry, ``name`` normalised once.
+
+    Refuses a non-mapping, a key that is not a non-empty str after
+    normalisation, and two keys that normalise to the same name.
+    """
+    if not isinstance(mapping, Mapping):
+        raise InvalidValueError(f"{field} must be a mapping of {shape}, got {mapping!r}")
+    first_key: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = normalize_permission_name(key) if isinstance(key, str) else ""
+        if not name:
+            raise InvalidValueError(f"{field} keys must be non-empty str, got {key!r}")
+        if name in first_key:
+            raise InvalidValueError(
+                f"{field} keys {first_key[name]!r} and {key!r} name the same {what} "
+                f"{name!r} after normalisation"
+            )
+        first_key[name] = key
+        yield name, key, value
