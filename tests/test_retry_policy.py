@@ -64,9 +64,10 @@ from techrevati.runtime.retry_policy import (
     set_testing,
     testing,
 )
+from tests.conftest import examples
 
 S = FailureScenario
-HYPOTHESIS = settings(max_examples=200, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(200))
 NOW = 1_700_000_000.0
 
 
@@ -1200,7 +1201,7 @@ class RecoveryContextMachine(RuleBasedStateMachine):
 
 
 RecoveryContextMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=25, derandomize=True, deadline=None
+    max_examples=examples(60), stateful_step_count=25
 )
 test_recovery_context_machine = RecoveryContextMachine.TestCase
 
