@@ -30,6 +30,7 @@ from techrevati.runtime.circuit_breaker import (
     Permit,
     SlidingWindow,
 )
+from tests.conftest import examples
 
 Outcome = Literal["success", "failure", "ignored"]
 OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "ignored")
@@ -374,11 +375,7 @@ class TimeWindowMachine(BreakerMachine):
 
 
 _SETTINGS = settings(
-    max_examples=120,
-    stateful_step_count=40,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    max_examples=examples(120), stateful_step_count=40, suppress_health_check=[HealthCheck.too_slow]
 )
 
 TestConsecutiveBreaker = BreakerMachine.TestCase

@@ -40,8 +40,9 @@ from techrevati.runtime.policy_engine import (
     PolicyRule,
 )
 from techrevati.runtime.quality_gate import QualityLevel
+from tests.conftest import examples
 
-HYPOTHESIS = settings(max_examples=150, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(150))
 
 
 def ctx_of(**facts: object) -> PhaseContext:
@@ -503,7 +504,7 @@ def test_and_or_agree_with_all_and_any(parts: list[Condition], ctx: PhaseContext
     assert matched(Or(parts), ctx) is any(matched(p, ctx) for p in parts)
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=examples(400))
 @given(st.lists(conditions, min_size=0, max_size=6), contexts)
 def test_evaluate_agrees_with_explain(parts: list[Condition], ctx: PhaseContext) -> None:
     # evaluate() and matching_rules() take the fast path (answers only);

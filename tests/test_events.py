@@ -22,9 +22,10 @@ from techrevati.runtime.events import (
     UsageRecord,
     UsageSink,
 )
+from tests.conftest import examples
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-HYPOTHESIS = settings(max_examples=100, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(100))
 
 
 def event(n: int = 0) -> AgentEvent:

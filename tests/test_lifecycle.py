@@ -33,6 +33,7 @@ from techrevati.runtime.lifecycle import (
     StatusEvent,
     UnknownWorkerError,
 )
+from tests.conftest import examples
 
 S = AgentStatus
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -785,7 +786,5 @@ class LifecycleMachine(RuleBasedStateMachine):
             }
 
 
-LifecycleMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, derandomize=True, deadline=None
-)
+LifecycleMachine.TestCase.settings = settings(max_examples=examples(60), stateful_step_count=40)
 test_lifecycle_state_machine = LifecycleMachine.TestCase

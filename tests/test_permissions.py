@@ -22,9 +22,10 @@ from techrevati.runtime.permissions import (
     RolePermissionConfig,
     normalize_permission_name,
 )
+from tests.conftest import examples
 
 M = PermissionMode
-HYPOTHESIS = settings(max_examples=200, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(200))
 
 
 def seed_policy() -> PermissionPolicy:

@@ -38,8 +38,9 @@ from techrevati.runtime.policy_engine import (
     Verdict,
 )
 from techrevati.runtime.quality_gate import QualityLevel
+from tests.conftest import examples
 
-HYPOTHESIS = settings(max_examples=150, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(150))
 
 
 def ctx_of(**facts: object) -> PhaseContext:

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
+from tests.conftest import examples
 
 L = QualityLevel
-HYPOTHESIS = settings(max_examples=100, derandomize=True, deadline=None)
+HYPOTHESIS = settings(max_examples=examples(100))
 
 
 # -- QualityLevel ------------------------------------------------------------------

@@ -37,7 +37,7 @@ from techrevati.runtime.sinks import (
     read_jsonl,
     sessions_from_events,
 )
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, examples
 from tests.sink_records import T0, event, session_events, usage
 
 
@@ -295,7 +295,7 @@ def test_session_row_validates_its_fields() -> None:
 _SESSION_NAMES = ["session.started", "session.completed", "session.failed", "session.cancelled"]
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=examples(40))
 @given(
     st.lists(
         st.tuples(

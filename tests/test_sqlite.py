@@ -34,7 +34,7 @@ from techrevati.runtime.sqlite import (
     SqliteReader,
     SqliteSink,
 )
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, examples
 from tests.sink_records import T0, event, session_events, usage, write_from_threads
 
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -241,7 +241,7 @@ def test_sqlite_keeps_one_session_row_per_session_from_its_events(db: Path) -> N
         assert len(reader.read_sessions(project="42", role="writer", limit=2)) == 2
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=examples(60))
 @given(st.lists(st.decimals(allow_nan=False, allow_infinity=False, places=12), max_size=8))
 def test_costs_survive_sqlite_and_jsonl_exactly(costs: list[Decimal]) -> None:
     records = [

@@ -28,8 +28,9 @@ from techrevati.runtime.usage import (
     clear_pricing,
     register_pricing,
 )
+from tests.conftest import examples
 
-FAST = settings(max_examples=60, derandomize=True, deadline=None)
+FAST = settings(max_examples=examples(60))
 
 counts = st.integers(min_value=0, max_value=10**12)
 
@@ -310,7 +311,5 @@ class BudgetMachine(RuleBasedStateMachine):
         assert self.budget.is_exceeded() is over
 
 
-BudgetMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, derandomize=True, deadline=None
-)
+BudgetMachine.TestCase.settings = settings(max_examples=examples(40), stateful_step_count=25)
 TestBudgetMachine = BudgetMachine.TestCase
