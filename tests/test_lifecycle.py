@@ -132,6 +132,71 @@ def test_no_status_moves_to_itself_and_terminal_ones_accept_nothing() -> None:
     assert not S.IDLE.can_transition_to(S.RUNNING)
 
 
+# The shortest path from IDLE to each status, to put a worker there.
+PATH_TO: dict[AgentStatus, tuple[AgentStatus, ...]] = {
+    S.IDLE: (),
+    S.INITIALIZING: (S.INITIALIZING,),
+    S.RUNNING: (S.INITIALIZING, S.RUNNING),
+    S.WAITING_FOR_INPUT: (S.INITIALIZING, S.RUNNING, S.WAITING_FOR_INPUT),
+    S.COMPLETED: (S.INITIALIZING, S.RUNNING, S.COMPLETED),
+    S.FAILED: (S.INITIALIZING, S.FAILED),
+    S.CANCELLED: (S.CANCELLED,),
+}
+
+EVERY_MOVE = [
+    pytest.param(
+        source,
+        target,
+        target in REFERENCE[source],
+        id=f"{source}->{target}:{'allowed' if target in REFERENCE[source] else 'refused'}",
+    )
+    for source in AgentStatus
+    for target in AgentStatus
+]
+
+
+@pytest.mark.parametrize(("source", "target", "allowed"), EVERY_MOVE)
+def test_every_move_of_the_table_is_allowed_or_refused_as_documented(
+    source: AgentStatus, target: AgentStatus, allowed: bool
+) -> None:
+    registry = AgentRegistry(clock=FakeWallClock())
+    worker = registry.create(role="writer", phase="draft", worker_id="w")
+    run_to(worker, *PATH_TO[source])
+    assert worker.status is source
+    assert (target in TRANSITIONS[source]) is allowed
+    assert source.can_transition_to(target) is allowed
+    assert worker.can_transition_to(target) is allowed
+    assert worker.can_transition_to(target.value.upper()) is allowed
+    assert source.is_terminal is (not REFERENCE[source])
+    events = worker.events
+    if allowed:
+        event = worker.transition(target, detail="move")
+        assert (event.previous_status, event.status, event.detail) == (source, target, "move")
+        assert worker.status is target
+        assert worker.events == (*events, event)
+        assert registry.by_status(target) == [worker]
+        assert registry.by_status(source) == []
+        return
+    listed = sorted(status.value for status in REFERENCE[source])
+    after = f"allowed next: {', '.join(listed)}" if listed else "it is terminal"
+    with pytest.raises(InvalidTransitionError) as caught:
+        worker.transition(target, detail="move")
+    assert str(caught.value) == (
+        f"worker 'w' cannot go from {source.value} to {target.value} ({after})"
+    )
+    assert (caught.value.from_status, caught.value.to_status) == (source, target)
+    assert worker.status is source
+    assert worker.events == events
+    assert registry.by_status(source) == [worker]
+
+
+def test_worker_can_transition_to_rejects_an_unknown_status() -> None:
+    worker = AgentWorker(role="writer", phase="draft")
+    with pytest.raises(InvalidValueError, match="unknown agent status 'bogus'"):
+        worker.can_transition_to("bogus")
+    assert worker.status is S.IDLE
+
+
 def test_every_status_is_reachable_from_idle_and_every_path_can_end() -> None:
     seen = {S.IDLE}
     frontier = [S.IDLE]
@@ -423,7 +488,7 @@ def test_raising_listener_is_logged_and_never_breaks_the_transition(
 
 def test_listener_errors_are_rejected_up_front() -> None:
     worker = AgentWorker(role="writer", phase="draft")
-    with pytest.raises(InvalidValueError, match="callable"):
+    with pytest.raises(InvalidValueError, match=r"^listener must be callable, got 'not callable'$"):
         worker.add_listener("not callable")  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError, match="not registered"):
         worker.remove_listener(lambda w, e: None)
@@ -545,6 +610,32 @@ def test_prune_terminal_older_than_uses_the_registry_clock() -> None:
     assert list(registry) == [recent]
     assert registry.prune_terminal(older_than=10.0) == 1
     assert len(registry) == 0
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, timedelta(0)])
+def test_prune_terminal_older_than_zero_removes_workers_finished_just_now(
+    zero: timedelta | float,
+) -> None:
+    registry = AgentRegistry(clock=FakeWallClock(step=timedelta(0)))
+    done = registry.create(role="writer", phase="draft")
+    live = registry.create(role="writer", phase="draft")
+    run_to(done, S.CANCELLED)
+    assert registry.prune_terminal(older_than=zero) == 1
+    assert list(registry) == [live]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (-1, "older_than must be >= 0, got -1"),
+        (timedelta(-1), "older_than must be >= 0, got datetime.timedelta(days=-1)"),
+        ("10", "older_than must be a timedelta or finite seconds, got '10'"),
+    ],
+)
+def test_prune_terminal_names_the_bad_age(bad: object, message: str) -> None:
+    with pytest.raises(InvalidValueError) as caught:
+        AgentRegistry().prune_terminal(older_than=bad)  # type: ignore[arg-type]
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "10", True, timedelta(-1)])
