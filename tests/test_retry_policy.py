@@ -1278,6 +1278,121 @@ def test_a_server_hint_is_returned_exactly_up_to_the_limit(hint: float, limit: f
         assert caught.value.max_retry_after == limit
 
 
+class FixedRandom(random.Random):
+    """A ``random.Random`` whose every draw is ``value``, counting the draws."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+        self.draws = 0
+
+    def random(self) -> float:
+        self.draws += 1
+        return self.value
+
+
+ALMOST_ONE = 1.0 - 2.0**-53
+"""The largest float ``random.random()`` can return."""
+
+
+@pytest.mark.parametrize(
+    ("jitter", "draw", "attempt", "expected"),
+    [
+        # full: draw * d, d = min(cap, base * 2**(attempt - 1)); base 1, cap 30
+        ("full", 0.0, 1, 0.0),
+        ("full", 0.0, 4, 0.0),
+        ("full", 0.25, 1, 0.25),
+        ("full", 0.25, 3, 1.0),
+        ("full", 0.5, 4, 4.0),
+        ("full", ALMOST_ONE, 4, ALMOST_ONE * 8.0),
+        ("full", 0.5, 10, 15.0),  # d capped at 30
+        # equal: d/2 + draw * d/2
+        ("equal", 0.0, 1, 0.5),
+        ("equal", 0.0, 4, 4.0),
+        ("equal", 0.5, 3, 3.0),
+        ("equal", 0.25, 4, 5.0),
+        ("equal", ALMOST_ONE, 4, 4.0 + ALMOST_ONE * 4.0),
+        ("equal", 0.0, 10, 15.0),
+        # none: d, whatever the draw
+        ("none", 0.0, 1, 1.0),
+        ("none", 0.5, 4, 8.0),
+        ("none", ALMOST_ONE, 10, 30.0),
+        # decorrelated without previous: base + draw * (3 * base - base)
+        ("decorrelated", 0.0, 5, 1.0),
+        ("decorrelated", 0.5, 5, 2.0),
+        ("decorrelated", 0.25, 1, 1.5),
+        ("decorrelated", ALMOST_ONE, 5, 1.0 + ALMOST_ONE * 2.0),
+    ],
+)
+def test_each_jitter_scales_the_injected_draw_exactly(
+    jitter: rp.Jitter, draw: float, attempt: int, expected: float
+) -> None:
+    rng = FixedRandom(draw)
+    delay = backoff_delay(attempt, base=1.0, cap=30.0, jitter=jitter, rng=rng)
+    assert delay == expected
+    assert rng.draws == (0 if jitter == "none" else 1)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 9])
+def test_full_jitter_never_returns_the_full_delay(attempt: int) -> None:
+    full = min(30.0, 0.5 * 2.0 ** (attempt - 1))
+    assert backoff_delay(attempt, rng=FixedRandom(0.0)) == 0.0
+    assert backoff_delay(attempt, rng=FixedRandom(ALMOST_ONE)) < full
+    assert backoff_delay(attempt, rng=FixedRandom(0.5)) == full / 2
+
+
+@pytest.mark.parametrize(
+    ("draw", "previous", "cap", "expected"),
+    [
+        (0.0, 4.0, 100.0, 1.0),  # the floor is base
+        (0.5, 4.0, 100.0, 6.5),  # 1 + 0.5 * (12 - 1)
+        (1.0, 4.0, 100.0, 12.0),  # 3 * previous
+        (0.5, 0.2, 100.0, 2.0),  # previous below base counts as base
+        (0.5, 40.0, 30.0, 30.0),  # capped
+        (0.1, 40.0, 30.0, 12.9),  # 1 + 0.1 * 119, under the cap
+    ],
+)
+def test_decorrelated_jitter_draws_between_base_and_three_previous(
+    draw: float, previous: float, cap: float, expected: float
+) -> None:
+    delay = backoff_delay(
+        2, base=1.0, cap=cap, jitter="decorrelated", previous=previous, rng=FixedRandom(draw)
+    )
+    assert delay == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(("attempt", "expected"), [(64, 2.0**63), (65, 2.0**64), (2000, 2.0**64)])
+def test_the_exponent_stops_growing_at_64(attempt: int, expected: float) -> None:
+    assert backoff_delay(attempt, base=1.0, cap=1e300, jitter="none") == expected
+
+
+def test_the_policy_passes_its_rng_base_cap_and_jitter_to_backoff() -> None:
+    rng = FixedRandom(0.5)
+    policy = RetryPolicy(base_delay=2.0, max_delay=5.0, jitter="equal", rng=rng)
+    assert [policy.backoff(n) for n in (1, 2, 3)] == [1.5, 3.0, 3.75]
+    assert rng.draws == 3
+    decorrelated = RetryPolicy(base_delay=1.0, max_delay=50.0, jitter="decorrelated", rng=rng)
+    assert decorrelated.backoff(1, previous=10.0) == 15.5
+
+
+def test_retry_call_sleeps_exactly_the_jittered_delays() -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=4, base_delay=1.0, rng=FixedRandom(0.25), sleep=sleeps)
+    calls, fn = flaky([status(503), status(503), status(503)])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert len(calls) == 4
+    assert sleeps.slept == [0.25, 0.5, 1.0]
+
+
+def test_retry_call_skips_the_sleep_when_the_delay_is_zero() -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(rng=FixedRandom(0.0), sleep=sleeps)
+    calls, fn = flaky([status(503), status(503)])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert len(calls) == 3
+    assert sleeps.slept == []
+
+
 def test_seeded_rngs_give_the_same_delays() -> None:
     one = [backoff_delay(n, rng=random.Random(9)) for n in range(1, 6)]
     two = [backoff_delay(n, rng=random.Random(9)) for n in range(1, 6)]
@@ -1670,6 +1785,97 @@ def test_aretry_call_awaits_and_sleeps_asynchronously() -> None:
     policy = RetryPolicy(async_sleep=sleeps.asleep, sleep=lambda s: pytest.fail("sync sleep"))
     assert asyncio.run(aretry_call(fn, 21, policy=policy)) == 42
     assert sleeps.slept == [0.25]
+
+
+def test_aretry_call_awaits_the_policy_sleep_with_each_computed_delay() -> None:
+    sleeps = Sleeps()
+    awaited: list[str] = []
+
+    async def asleep(seconds: float) -> None:
+        await sleeps.asleep(seconds)
+        awaited.append(f"slept {seconds}")
+
+    errors: list[Exception] = [
+        status(503),
+        status(429, **{"retry-after": "4"}),
+        TimeoutError(),
+    ]
+
+    async def fn() -> str:
+        awaited.append("call")
+        if errors:
+            raise errors.pop(0)
+        return "done"
+
+    policy = RetryPolicy(
+        max_attempts=4,
+        base_delay=2.0,
+        rng=FixedRandom(0.5),
+        async_sleep=asleep,
+        sleep=lambda s: pytest.fail("sync sleep"),
+    )
+    assert asyncio.run(aretry_call(fn, policy=policy)) == "done"
+    # provider failure: attempt 1 -> 0.5 * 2; the hint; llm timeout: attempt 1 of its recipe -> 1.0
+    assert sleeps.slept == [1.0, 4.0, 1.0]
+    assert awaited == ["call", "slept 1.0", "call", "slept 4.0", "call", "slept 1.0", "call"]
+
+
+@pytest.mark.parametrize("entry", ["acall", "retrying"])
+def test_policy_acall_and_async_retrying_await_the_same_sleeps(entry: str) -> None:
+    sleeps = Sleeps()
+    errors: list[Exception] = [status(503), status(503)]
+    policy = RetryPolicy(
+        max_attempts=3, base_delay=1.0, rng=FixedRandom(0.75), async_sleep=sleeps.asleep
+    )
+
+    async def fn(x: int) -> int:
+        if errors:
+            raise errors.pop(0)
+        return x + 1
+
+    if entry == "acall":
+        result = asyncio.run(policy.acall(fn, 1))
+    else:
+        result = asyncio.run(retrying(policy=policy)(fn)(1))
+    assert result == 2
+    assert sleeps.slept == [0.75, 1.5]
+
+
+def test_aretry_call_skips_the_sleep_when_the_delay_is_zero() -> None:
+    sleeps = Sleeps()
+    errors: list[Exception] = [status(503)]
+
+    async def fn() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    policy = RetryPolicy(rng=FixedRandom(0.0), async_sleep=sleeps.asleep)
+    assert asyncio.run(aretry_call(fn, policy=policy)) == "ok"
+    assert errors == []
+    assert sleeps.slept == []
+
+
+def test_aretry_call_counts_stats_like_the_sync_loop() -> None:
+    stats = RetryStats()
+    errors: list[Exception] = [status(503)]
+
+    async def fn() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    policy = RetryPolicy(stats=stats, async_sleep=Sleeps().asleep)
+    assert asyncio.run(aretry_call(fn, policy=policy)) == "ok"
+    assert stats.snapshot() == {
+        "calls": 1,
+        "successes": 1,
+        "failures": 1,
+        "retries": 1,
+        "exhausted": 0,
+        "gave_up": 0,
+        "by_scenario": {"provider_failure": 1},
+    }
 
 
 def test_aretry_call_never_retries_cancellation() -> None:

@@ -282,6 +282,87 @@ def test_long_context_tier_applies_per_turn_not_to_the_sum() -> None:
     assert tracker.total_cost() == Decimal("0.000300") + Decimal("0.00101")
 
 
+def _distinct_rates() -> ModelPricing:
+    """Every token kind at a rate of its own, below and above a 1,000-token tier."""
+    tier = LongContextTier(
+        1_000,
+        "4",
+        "8",
+        cache_read_per_million="0.75",
+        cache_write_per_million="5",
+        reasoning_per_million="12",
+    )
+    return price_model(
+        "m",
+        "1",
+        "2",
+        cache_read_per_million="0.5",
+        cache_write_per_million="1.25",
+        reasoning_per_million="3",
+        long_context=tier,
+    )
+
+
+# (input, cache_read, cache_write, output, reasoning) -> exact USD. Base rates per
+# million: in 1, read 0.5, write 1.25, out 2, reasoning 3; above 1,000 input tokens
+# the whole turn is at in 4, read 0.75, write 5, out 8, reasoning 12.
+TIER_TABLE = [
+    ((999, 0, 0, 0, 0), "0.000999"),
+    ((1_000, 0, 0, 0, 0), "0.001"),
+    ((1_001, 0, 0, 0, 0), "0.004004"),
+    ((999, 999, 0, 0, 0), "0.0004995"),
+    ((1_000, 1_000, 0, 0, 0), "0.0005"),
+    ((1_001, 1_001, 0, 0, 0), "0.00075075"),
+    ((999, 0, 999, 0, 0), "0.00124875"),
+    ((1_000, 0, 1_000, 0, 0), "0.00125"),
+    ((1_001, 0, 1_001, 0, 0), "0.005005"),
+    ((0, 0, 0, 1_000, 0), "0.002"),
+    ((0, 0, 0, 1_000, 1_000), "0.003"),
+    ((1_000, 0, 0, 1_000, 1_000), "0.004"),
+    ((1_001, 0, 0, 1_000, 0), "0.012004"),
+    ((1_001, 0, 0, 1_000, 1_000), "0.016004"),
+    ((1_000, 300, 200, 500, 100), "0.002"),  # 500 + 150 + 250 + 800 + 300 (1e-6 USD)
+    ((1_001, 300, 200, 500, 100), "0.007629"),  # 2004 + 225 + 1000 + 3200 + 1200
+]
+
+
+@pytest.mark.parametrize(("counts", "expected"), TIER_TABLE)
+def test_each_token_kind_at_its_rate_either_side_of_the_tier(
+    counts: tuple[int, int, int, int, int], expected: str
+) -> None:
+    pricing = _distinct_rates()
+    usage = UsageSnapshot(*(counts[i] for i in (0, 3, 1, 2, 4)))
+    assert (usage.cache_read_tokens, usage.cache_write_tokens) == counts[1:3]
+    cost = Decimal(expected)
+    assert pricing.cost_usd(usage) == cost
+    first = UsageTracker()
+    assert first.record_turn("m", usage).cost_usd == cost  # first turn: the slow path
+    fast = UsageTracker()
+    fast.record_turn("m", UsageSnapshot.ZERO)
+    turn = fast.record_turn("m", usage)  # a known spelling: the fast path
+    assert turn.cost_usd == cost
+    assert turn.cost_femto_usd == int(cost * 10**15)
+    assert fast.cost_for_turn("m", usage) == cost
+    assert fast.total_cost() == cost
+    assert fast.total_usage() == usage
+    row = fast.per_model_summary()["m"]
+    assert row["cost_usd"] == str(cost)
+    assert row["cache_write_tokens"] == usage.cache_write_tokens
+    assert row["cache_read_tokens"] == usage.cache_read_tokens
+    assert row["reasoning_tokens"] == usage.reasoning_tokens
+
+
+def test_the_fast_path_bills_cache_writes_at_their_own_rate_turn_after_turn() -> None:
+    price_model("m", "3", "15", cache_write_per_million="3.75", cache_read_per_million="0.3")
+    tracker = UsageTracker()
+    writes = [UsageSnapshot(input_tokens=n, cache_write_tokens=n) for n in (1, 1_000, 400_000)]
+    costs = [tracker.record_turn("m", usage).cost_usd for usage in writes * 2]
+    assert costs == [Decimal("0.00000375"), Decimal("0.00375"), Decimal("1.5")] * 2
+    assert tracker.total_cost() == 2 * (Decimal("0.00000375") + Decimal("0.00375") + Decimal("1.5"))
+    assert tracker.total_usage().cache_write_tokens == 2 * 401_001
+    assert tracker.total_usage().cache_read_tokens == 0
+
+
 @pytest.mark.parametrize(
     ("femto_input", "expected"),
     [
