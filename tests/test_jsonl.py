@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -178,3 +178,131 @@ def test_jsonl_keeps_a_failed_batch_whole_and_writes_it_on_the_next_flush(
     monkeypatch.setattr(os, "write", real_write)
     sink.close()
     assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("size", [40, 200_000])
+def test_a_file_that_is_all_one_torn_line_is_emptied_on_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    path = tmp_path / "torn.jsonl"
+    path.write_bytes(b'{"kind":"event","name":"' + b"x" * size)  # no newline anywhere
+    assert read_jsonl(path) == []
+    with caplog.at_level(logging.WARNING, logger="techrevati.runtime.sinks"):
+        sink = JsonlSink(path)
+    (repaired,) = [r for r in caplog.records if getattr(r, "event", None) == "sink.repaired"]
+    assert repaired.bytes == size + 24  # type: ignore[attr-defined]
+    assert (
+        repaired.getMessage()
+        == f"sink.repaired: {path} ended in a partial line; dropped {size + 24} bytes"
+    )
+    assert path.read_bytes() == b""
+    with sink:
+        sink.write_event(event(i=1))
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1]
+
+
+def test_a_torn_tail_longer_than_one_read_is_cut_back_to_the_last_whole_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "long-tail.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=1))
+        sink.write_event(event(i=2))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"kind":"usage","model":"' + b"m" * 150_000)  # spans 3 reads
+    with JsonlSink(path) as sink:
+        assert path.read_bytes() == whole
+        sink.write_event(event(i=3))
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1, 2, 3]
+
+
+def test_a_file_that_ends_in_a_newline_is_opened_untouched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "whole.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=1))
+    whole = path.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="techrevati.runtime.sinks"):
+        JsonlSink(path).close()
+    assert path.read_bytes() == whole
+    assert caplog.records == []
+
+
+def test_read_jsonl_ignores_blank_lines_and_fills_in_omitted_fields(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.jsonl"
+    path.write_bytes(
+        b"\n"
+        b'{"kind":"event","name":"turn.completed","timestamp":"2026-01-01T12:00:00+00:00"}\n'
+        b"   \n"
+        b'{"kind":"usage","model":"m","timestamp":"2026-01-01T12:00:01+00:00"}\n'
+    )
+    first, second = read_jsonl(path)
+    assert first == AgentEvent(
+        name="turn.completed", timestamp=datetime(2026, 1, 1, 12, tzinfo=UTC)
+    )
+    assert second == UsageRecord(model="m", timestamp=datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (
+            b'{"kind":"event","name":"x","timestamp":"2026-01-01T12:00:00+00:00","data":[1]}',
+            "data must be an object, got list",
+        ),
+        (b'{"kind":"event","timestamp":"2026-01-01T12:00:00+00:00"}', "'name'"),
+        (b'{"kind":"usage","model":"m"}', "'timestamp'"),
+        (b'{"kind":"event","name":"x","timestamp":"yesterday"}', "Invalid isoformat"),
+    ],
+)
+def test_read_jsonl_names_what_is_wrong_with_a_record(
+    tmp_path: Path, line: bytes, message: str
+) -> None:
+    path = tmp_path / "wrong.jsonl"
+    path.write_bytes(b"\n" + line + b"\n")
+    with pytest.raises(CorruptRecordError, match=rf"wrong\.jsonl:2: .*{message}"):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    ("policy", "existed", "directory_syncs"),
+    [("batch", False, 1), ("batch", True, 0), ("always", False, 1), ("never", False, 0)],
+)
+def test_creating_the_file_syncs_its_directory_unless_fsync_is_never(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    existed: bool,
+    directory_syncs: int,
+) -> None:
+    path = tmp_path / "new.jsonl"
+    if existed:
+        path.write_bytes(b"")
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def watching_fsync(fd: int) -> None:
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watching_fsync)
+    sink = JsonlSink(path, fsync=policy)  # type: ignore[arg-type]
+    assert sink.fsync == policy
+    assert synced == [True] * directory_syncs
+    sink.close()
+
+
+def test_a_sink_that_cannot_sync_its_new_file_raises_and_leaves_no_descriptor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+
+    def refuse(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(OSError, match="I/O error"):
+        JsonlSink(tmp_path / "unsynced.jsonl")
+    assert len(os.listdir("/proc/self/fd")) == before

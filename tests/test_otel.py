@@ -389,3 +389,120 @@ def test_otel_sink_rejects_bad_arguments(traces: Traces) -> None:
         OtelSink(tracer_provider=traces.provider, tracer=traces.provider.get_tracer("x"))
     with pytest.raises(InvalidValueError, match="max_open_sessions must be an int >= 1, got 0"):
         OtelSink(tracer_provider=traces.provider, max_open_sessions=0)
+
+
+def test_by_default_spans_go_to_the_global_tracer_provider_even_one_set_later(
+    traces: Traces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # restored after the test
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    sink = OtelSink()  # no provider yet: the global proxy
+    trace.set_tracer_provider(traces.provider)
+    sink.write_event(ev("session.started", 0))
+    sink.write_event(ev("session.completed", 1))
+    (span,) = traces.spans()
+    assert span.name == "invoke_agent writer"
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "techrevati.runtime"
+
+
+def test_span_events_with_no_open_session_are_counted_as_orphaned(
+    traces: Traces, sink: OtelSink
+) -> None:
+    sink.write_event(ev("turn.retried", 1, session_id="never-started", attempt=1))
+    sink.write_event(ev("budget.exceeded", 2, session_id=""))
+    sink.write_event(ev("breaker.state_changed", 3, session_id="never-started", breaker="b"))
+    assert sink.orphaned == 3
+    sink.write_event(ev("session.started", 4, session_id="s1"))
+    sink.write_event(ev("breaker.state_changed", 5, session_id="s1", breaker="b", to_state=7))
+    sink.write_event(ev("handoff", 6, session_id="s1", detail="to reviewer", to="reviewer"))
+    sink.write_event(ev("session.completed", 7, session_id="s1"))
+    assert sink.orphaned == 3
+    (session,) = traces.spans()
+    assert [(e.name, dict(e.attributes or {})) for e in session.events] == [
+        ("breaker.state_changed", {"techrevati.breaker": "b"}),  # a non-text state is left out
+        ("handoff", {"techrevati.detail": "to reviewer", "techrevati.to": "reviewer"}),
+    ]
+    assert [e.timestamp for e in session.events] == [ns(5), ns(6)]
+
+
+def test_span_events_keep_only_scalar_data(traces: Traces, sink: OtelSink) -> None:
+    sink.write_event(ev("session.started", 0))
+    sink.write_event(
+        ev(
+            "turn.model_switched",
+            1,
+            failure=AgentFailureClass.RATE_LIMIT,
+            to_model="m2",
+            attempt=2,
+            ratio=0.5,
+            fallback=True,
+            models=["m1", "m2"],
+            extra={"k": 1},
+            nothing=None,
+        )
+    )
+    sink.write_event(ev("session.completed", 2))
+    (event,) = traces.named("invoke_agent writer").events
+    assert dict(event.attributes or {}) == {
+        "techrevati.failure_class": "rate_limit",
+        "techrevati.to_model": "m2",
+        "techrevati.attempt": 2,
+        "techrevati.ratio": 0.5,
+        "techrevati.fallback": True,
+    }
+
+
+def test_session_events_without_a_session_id_make_no_span(traces: Traces, sink: OtelSink) -> None:
+    sink.write_event(ev("session.started", 0, session_id=""))
+    sink.write_event(ev("session.failed", 1, session_id=""))
+    assert sink.open_sessions == 0
+    assert traces.spans() == []
+
+
+def test_a_session_started_again_ends_its_first_span_as_evicted(
+    traces: Traces, sink: OtelSink
+) -> None:
+    sink.write_event(ev("session.started", 0))
+    sink.write_event(ev("session.started", 1))
+    assert (sink.open_sessions, sink.evicted) == (1, 0)  # replaced, not evicted for room
+    (first,) = traces.spans()
+    assert attrs(first)["techrevati.evicted"] is True
+    assert first.start_time == ns(0)
+    sink.write_event(ev("session.completed", 2))
+    second = traces.spans()[1]
+    assert (second.start_time, second.end_time) == (ns(1), ns(2))
+    assert "techrevati.evicted" not in attrs(second)
+
+
+def test_spans_of_anonymous_events_carry_only_what_the_event_says(
+    traces: Traces, sink: OtelSink
+) -> None:
+    bare = AgentEvent(name="session.started", session_id="s", timestamp=at(0))
+    sink.write_event(bare)
+    sink.write_event(AgentEvent(name="turn.completed", session_id="s", timestamp=at(1)))
+    sink.write_event(AgentEvent(name="tool.completed", session_id="s", timestamp=at(2)))
+    sink.write_event(
+        AgentEvent(name="session.failed", session_id="s", timestamp=at(3), data={"error_type": ""})
+    )
+    session, turn, tool = (traces.named(n) for n in ("invoke_agent", "chat", "execute_tool"))
+    assert attrs(turn) == {"gen_ai.operation.name": "chat", "techrevati.session_id": "s"}
+    assert attrs(tool) == {"gen_ai.operation.name": "execute_tool", "techrevati.session_id": "s"}
+    assert attrs(session) == {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.conversation.id": "s",
+        "techrevati.session_id": "s",
+        "techrevati.status": "failed",
+        "error.type": "unknown",  # neither an error type nor a failure class
+    }
+    assert session.status.status_code is StatusCode.ERROR
+    assert session.status.description == "unknown"
+
+
+def test_otel_sink_repr_counts_its_open_sessions(sink: OtelSink) -> None:
+    sink.write_event(ev("session.started", 0))
+    assert repr(sink) == "OtelSink(open_sessions=1)"

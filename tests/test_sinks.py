@@ -368,3 +368,328 @@ def test_sinks_re_exports_every_public_name_of_the_jsonl_and_sqlite_modules() ->
     assert set(sinks.__all__) <= set(dir(sinks))
     with pytest.raises(AttributeError, match="has no attribute 'SqliteWriter'"):
         sinks.SqliteWriter  # noqa: B018
+
+
+def test_fanout_refuses_two_sinks_whose_names_read_the_same() -> None:
+    with pytest.raises(InvalidValueError, match=r"sink names must be unique, got \['1', '1'\]"):
+        SinkFanout({1: EventsOnly(), "1": EventsOnly()})
+
+
+def test_fanout_repr_names_its_sinks_and_counts_failures() -> None:
+    fanout = SinkFanout({"audit": Broken(), "memory": RingBufferSink()})
+    fanout.write_event(event())
+    assert repr(fanout) == "SinkFanout(['audit', 'memory'], failures=1)"
+
+
+def test_a_keyboard_interrupt_mid_batch_keeps_the_batch_and_is_not_logged_as_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ki.jsonl"
+    sink = JsonlSink(path, flush_every=100, background=False)
+    for i in range(3):
+        sink.write_event(event(i=i))
+    real_write = os.write
+
+    def half_then_interrupt(fd: int, data: bytes | memoryview) -> int:
+        if not path.read_bytes():
+            return real_write(fd, bytes(data)[:7])  # part of the batch reaches the file...
+        raise KeyboardInterrupt  # ...then Ctrl-C
+
+    monkeypatch.setattr(os, "write", half_then_interrupt)
+    with (
+        caplog.at_level(logging.DEBUG, logger="techrevati.runtime.sinks"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        sink.flush()
+    assert path.read_bytes() == b""  # the partial batch was cut off again
+    assert (sink.pending, sink.failed_flushes, sink.written, sink.batches) == (3, 1, 0, 0)
+    assert [getattr(r, "event", None) for r in caplog.records] == []
+    monkeypatch.setattr(os, "write", real_write)
+    sink.close()
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [0, 1, 2]
+
+
+def test_records_written_while_a_batch_fails_are_capped_at_max_pending_oldest_first(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fake_clock: FakeClock,
+) -> None:
+    path = tmp_path / "cap.jsonl"
+    sink = JsonlSink(path, flush_every=3, max_pending=3, background=False, clock=fake_clock)
+    real_write = os.write
+    arrived: list[bool] = []
+
+    def more_arrive_then_fail(fd: int, data: bytes | memoryview) -> int:
+        if not arrived:  # while the batch is being written, two more records come in
+            arrived.append(True)
+            sink.write_event(event(i=100))
+            sink.write_event(event(i=101))
+        raise OSError(28, "No space left on device")
+
+    sink.write_event(event(i=0))
+    sink.write_event(event(i=1))
+    monkeypatch.setattr(os, "write", more_arrive_then_fail)
+    with (
+        caplog.at_level(logging.ERROR, logger="techrevati.runtime.sinks"),
+        pytest.raises(SinkWriteError, match=r"could not write 3 records: OSError: .*No space"),
+    ):
+        sink.write_event(event(i=2))  # the batch is due: written inline, and it fails
+    assert (sink.pending, sink.dropped, sink.failed_flushes) == (3, 2, 1)
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "sink.flush_failed"]
+    assert [(r.records, r.pending, r.error_type) for r in failed] == [(3, 3, "OSError")]  # type: ignore[attr-defined]
+    monkeypatch.setattr(os, "write", real_write)
+    sink.close()
+    kept = [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)]
+    assert kept == [2, 100, 101]  # the two oldest of the failed batch made room
+
+
+def test_a_batch_is_due_after_flush_every_records_or_flush_interval_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
+) -> None:
+    clock = fake_clock
+    sink = JsonlSink(
+        tmp_path / "due.jsonl", flush_every=3, flush_interval=2.0, background=False, clock=clock
+    )
+    assert sink._due_in() is None  # nothing buffered: nothing is ever due
+    sink.write_event(event(i=0))
+    assert sink._due_in() == 2.0
+    clock.advance(0.5)
+    assert sink._due_in() == 1.5
+    clock.advance(5.0)
+    assert sink._due_in() == 0.0  # overdue is due now, never negative
+    sink.flush()
+    real_write = os.write
+
+    def refuse(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "write", refuse)
+    for i in range(1, 3):
+        sink.write_event(event(i=i))
+    with pytest.raises(SinkWriteError, match="could not write 3 records"):
+        sink.write_event(event(i=3))  # a full batch, and the disk refuses it
+    assert sink._due_in() == 2.0  # a failed batch waits flush_interval before its retry
+    clock.advance(0.75)
+    assert sink._due_in() == 1.25
+    clock.advance(1.25)
+    assert sink._due_in() == 0.0  # the pause is over and the batch is full
+    monkeypatch.setattr(os, "write", real_write)
+    sink.close()
+
+
+WAIT = 20.0  # seconds a test waits at most for the flusher thread (only a bug makes it wait)
+
+
+class FlusherWatchedClock(FakeClock):
+    """A fake clock that counts the calls the flusher thread makes, to wait on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flusher_calls = 0
+        self._seen = threading.Condition()
+
+    def __call__(self) -> float:
+        if threading.current_thread().name.endswith("-flusher"):
+            with self._seen:
+                self.flusher_calls += 1
+                self._seen.notify_all()
+        return self.now
+
+    def wait_for_flusher(self, calls: int) -> None:
+        with self._seen:
+            assert self._seen.wait_for(lambda: self.flusher_calls >= calls, WAIT)
+
+
+def test_the_flusher_thread_writes_a_batch_once_flush_interval_has_passed(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    path = tmp_path / "interval.jsonl"
+    sizes: list[int] = []
+    written = threading.Event()
+
+    def heard(size: int) -> None:
+        sizes.append(size)
+        written.set()
+
+    with JsonlSink(
+        path, flush_every=100, flush_interval=3600.0, clock=fake_clock, on_flush=heard
+    ) as sink:
+        sink.write_event(event(i=0))  # not due: the thread keeps waiting
+        fake_clock.advance(3600.0)
+        sink.write_event(event(i=1))  # due by the interval: the thread is woken
+        assert written.wait(WAIT)
+        assert sizes == [2]
+        assert len(read_jsonl(path)) == 2
+
+
+def test_after_a_failed_batch_the_flusher_thread_waits_flush_interval_before_retrying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="techrevati.runtime.sinks")
+    clock = FlusherWatchedClock()
+    path = tmp_path / "pause.jsonl"
+    real_write = os.write
+    attempts: list[int] = []
+    disk_full = True
+
+    def maybe_refuse(fd: int, data: bytes | memoryview) -> int:
+        if disk_full:
+            attempts.append(fd)
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    sizes: list[int] = []
+    written = threading.Event()
+
+    def heard(size: int) -> None:
+        sizes.append(size)
+        written.set()
+
+    monkeypatch.setattr(os, "write", maybe_refuse)
+    sink = JsonlSink(path, flush_every=1, flush_interval=3600.0, clock=clock, on_flush=heard)
+    try:
+        sink.write_event(event(i=0))
+        # the thread: is it due (1 call), the failed batch's retry time (2), how long to pause (3)
+        clock.wait_for_flusher(3)
+        assert len(attempts) == 1
+        sink.write_event(event(i=1))  # due by size, but the pause after the failure holds
+        clock.wait_for_flusher(4)  # the thread woke, looked at the clock, and waits on
+        assert len(attempts) == 1
+        assert sink.failed_flushes == 1
+        disk_full = False
+        clock.advance(3600.0)
+        sink.write_event(event(i=2))
+        assert written.wait(WAIT)
+        assert sizes == [3]  # the retry wrote the kept batch and the newer records together
+        assert (sink.written, sink.failed_flushes, sink.pending) == (3, 1, 0)
+    finally:
+        disk_full = False
+        sink.close()
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [0, 1, 2]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_sink_that_refuses_a_setting_leaves_no_file_open_and_is_not_registered(
+    tmp_path: Path,
+) -> None:
+    from techrevati.runtime import _sink_base
+
+    before, registered = open_fds(), set(_sink_base._OPEN_SINKS)
+    for bad in ({"flush_interval": 0}, {"max_pending": 0}, {"clock": None}, {"on_flush": 3}):
+        with pytest.raises(InvalidValueError):
+            JsonlSink(tmp_path / "j.jsonl", **bad)
+        with pytest.raises(InvalidValueError):
+            SqliteSink(tmp_path / "s.db", **bad)
+    assert open_fds() == before
+    assert set(_sink_base._OPEN_SINKS) == registered
+
+
+def test_a_sink_knows_its_path_and_says_in_its_repr_what_it_holds(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    path = tmp_path / "r.jsonl"
+    sink = JsonlSink(path, flush_every=10, background=False, clock=fake_clock)
+    sink.write_event(event())
+    sink.write_usage(usage())
+    assert sink.path == path
+    assert repr(sink) == f"JsonlSink({str(path)!r}, pending=2)"
+    sink.close()
+    assert repr(sink) == f"JsonlSink({str(path)!r}, closed)"
+
+
+def test_at_exit_every_open_sink_is_closed_and_one_that_cannot_flush_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from techrevati.runtime import _sink_base
+
+    monkeypatch.setattr(_sink_base, "_OPEN_SINKS", set())  # only this test's sinks
+    good = JsonlSink(tmp_path / "good.jsonl", flush_every=100, background=False)
+    bad = SqliteSink(tmp_path / "bad.db", flush_every=100, background=False)
+    closed_early = JsonlSink(tmp_path / "early.jsonl")
+    closed_early.close()
+    assert {good, bad} == _sink_base._OPEN_SINKS
+    good.write_event(event(i=1))
+    bad.write_event(event(i=2))
+
+    def refuse(batch: object) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(bad, "_write_batch", refuse)
+    with caplog.at_level(logging.ERROR, logger="techrevati.runtime.sinks"):
+        _sink_base._close_open_sinks()
+    assert good.closed
+    assert bad.closed
+    assert set() == _sink_base._OPEN_SINKS
+    assert [r.data["i"] for r in read_jsonl(tmp_path / "good.jsonl")] == [1]  # type: ignore[union-attr]
+    (at_exit,) = [r for r in caplog.records if r.getMessage().startswith("sink.failed: closing")]
+    assert at_exit.getMessage() == f"sink.failed: closing {bad!r} at exit"
+    assert at_exit.exc_info is not None
+    assert at_exit.exc_info[0] is SinkWriteError
+
+
+@pytest.mark.parametrize(
+    ("data", "duration", "cost", "turns"),
+    [
+        ({"duration_seconds": 2, "cost_usd": 3, "turns": 4}, 2.0, Decimal(3), 4),
+        (
+            {"duration_seconds": 2.5, "cost_usd": Decimal("0.25"), "turns": 1},
+            2.5,
+            Decimal("0.25"),
+            1,
+        ),
+        ({"duration_seconds": True, "cost_usd": True, "turns": True}, None, None, None),
+        ({"duration_seconds": "2", "cost_usd": "lots", "turns": 2.0}, None, None, None),
+        ({"cost_usd": Decimal("Infinity")}, None, None, None),
+        ({"cost_usd": "NaN"}, None, None, None),
+        ({"cost_usd": 0.5}, None, None, None),  # a float is no exact amount
+        ({}, None, None, None),
+    ],
+)
+def test_a_session_end_keeps_only_the_values_of_the_right_type(
+    data: dict[str, object],
+    duration: float | None,
+    cost: Decimal | None,
+    turns: int | None,
+) -> None:
+    (row,) = sessions_from_events(
+        [AgentEvent(name="session.completed", session_id="s", data=data, timestamp=T0)]
+    )
+    assert (row.duration_seconds, row.cost_usd, row.turns) == (duration, cost, turns)
+    assert type(row.duration_seconds) is (float if duration is not None else type(None))
+
+
+def test_session_events_without_a_session_id_and_other_events_make_no_row() -> None:
+    assert (
+        sessions_from_events(
+            [
+                AgentEvent(name="session.started", timestamp=T0),
+                AgentEvent(name="turn.completed", session_id="s", timestamp=T0),
+            ]
+        )
+        == []
+    )
+
+
+def test_session_row_to_dict_is_exact_text_and_iso_times() -> None:
+    (row,) = sessions_from_events(
+        session_events("x", "failed", start_at=T0, seconds=2.5, cost="1E-7")
+    )
+    assert row.to_dict() == {
+        "session_id": "x",
+        "status": "failed",
+        "started_at": "2026-01-01T12:00:00.000000+00:00",
+        "ended_at": "2026-01-01T12:00:02.500000+00:00",
+        "duration_seconds": 2.5,
+        "cost_usd": "0.0000001",
+        "turns": 3,
+        "role": "writer",
+        "phase": "draft",
+        "project_id": 42,
+        "worker_id": "w-x",
+        "failure_class": "rate_limit",
+        "error_type": "RateLimitError",
+    }

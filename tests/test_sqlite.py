@@ -555,3 +555,91 @@ def test_records_still_buffered_at_interpreter_exit_are_written(db: Path) -> Non
     out, err = proc.communicate(timeout=CHILD_TIMEOUT)
     assert (proc.returncode, out.strip()) == (0, "exiting"), err
     assert count_rows(db, "events") == 30
+
+
+def refuse_usage(path: Path, *, how: str = "ABORT", when: str = "1") -> None:
+    """Make the database refuse usage rows (``when`` is a condition on the ``NEW`` row)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            f"CREATE TRIGGER refuse_usage BEFORE INSERT ON usage WHEN {when} "
+            f"BEGIN SELECT RAISE({how}, 'usage refused'); END"
+        )
+
+
+def test_a_batch_whose_usage_insert_fails_stores_none_of_its_events_usage_or_sessions(
+    db: Path,
+) -> None:
+    sink = SqliteSink(db, background=False, flush_every=100)
+    refuse_usage(db, when="NEW.input_tokens = 1001")  # the second usage row of the batch
+    for e in session_events("s1", "completed", start_at=T0, seconds=3, cost="0.5"):
+        sink.write_event(e)
+    sink.write_event(event(i=1))
+    sink.write_usage(usage(0))
+    sink.write_usage(usage(1))
+    with pytest.raises(SinkWriteError, match="could not write 5 records: IntegrityError: usage"):
+        sink.flush()
+    assert (sink.pending, sink.written, sink.failed_flushes) == (5, 0, 1)
+    # a second connection sees nothing of the batch: its events, usage and session row
+    # were one transaction, rolled back together
+    assert [count_rows(db, table) for table in ("events", "usage", "sessions")] == [0, 0, 0]
+    with pytest.raises(SinkWriteError, match="could not write 5 records"):
+        sink.close()  # the batch still cannot be written: close says so, and releases the file
+    assert sink.closed
+    assert [count_rows(db, table) for table in ("events", "usage", "sessions")] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("how", ["ABORT", "ROLLBACK"])
+def test_after_a_failed_batch_the_connection_is_free_and_the_retry_commits_for_all_to_see(
+    db: Path, how: str
+) -> None:
+    # ABORT fails the statement and leaves the transaction open (the sink must roll it
+    # back); ROLLBACK ends the transaction itself (the sink must not roll back twice).
+    sink = SqliteSink(db, background=False, flush_every=100, busy_timeout=0)
+    refuse_usage(db, how=how)
+    sink.write_event(event(i=1))
+    sink.write_usage(usage(1))
+    with pytest.raises(SinkWriteError, match=r"IntegrityError: usage refused$"):
+        sink.flush()
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if the sink still held it
+        other.execute("DROP TRIGGER refuse_usage")
+        other.execute("COMMIT")
+        sink.write_event(event(i=2))
+        sink.flush()
+        assert (sink.pending, sink.written, sink.batches) == (0, 3, 1)
+        events = other.execute("SELECT detail FROM events ORDER BY id").fetchall()
+        assert events == [("detail 1",), ("detail 2",)]
+        assert other.execute("SELECT input_tokens FROM usage").fetchall() == [(1001,)]
+    finally:
+        other.close()
+        sink.close()
+
+
+def test_reopening_a_current_database_keeps_its_rows_and_logs_no_migration(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=1))
+    with caplog.at_level(logging.INFO, logger="techrevati.runtime.sinks"):
+        again = SqliteSink(db)
+    assert [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"] == []
+    with again:
+        again.write_event(event(i=2))
+        assert [e.data["i"] for e in again.read_events()] == [1, 2]
+        assert again.path == db
+    with SqliteReader(db) as reader:
+        assert reader.path == db
+        assert len(reader.read_events()) == 2
+
+
+def test_a_database_of_ours_missing_a_table_is_refused_by_name(db: Path) -> None:
+    SqliteSink(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE sessions")
+    with pytest.raises(
+        SchemaError, match=r"runs\.db has no techrevati sink schema \(missing \['sessions'\]\)"
+    ):
+        SqliteSink(db)
+    with pytest.raises(SchemaError, match=r"missing \['sessions'\]"):
+        SqliteReader(db)
