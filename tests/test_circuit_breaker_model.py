@@ -2,13 +2,17 @@
 
 The model restates the documented rules as plainly as possible: periods
 numbered from every transition, a dict of live probes, and the window as a
-list of outcomes filtered on demand. Rules make calls (through ``call``, a held
-permit, or ``with``), advance a fake clock, force the breaker open and reset
-it; after every step state, counters, window and listener log must agree.
+list of outcomes filtered on demand. Rules make calls (through ``call``,
+``acall``, a decorated sync or async function, a held permit from
+``try_acquire`` or ``acquire``, ``with`` or ``async with``), advance a fake
+clock, force the breaker open and reset it; every rejection must carry the
+model's state and wait, and after every step state, counters, rates, window
+and listener log must agree.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +38,8 @@ from tests.conftest import examples
 
 Outcome = Literal["success", "failure", "ignored"]
 OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "ignored")
+CallForm = Literal["call", "acall", "decorated", "decorated_async"]
+CALL_FORMS: tuple[CallForm, ...] = ("call", "acall", "decorated", "decorated_async")
 
 CLOSED, OPEN, HALF_OPEN, FORCED = (
     CircuitState.CLOSED,
@@ -188,6 +194,8 @@ class BreakerMachine(RuleBasedStateMachine):
         self.held: list[tuple[Permit, Ticket]] = []
         self.changes: list[tuple[CircuitState, CircuitState]] = []
         self.last_failure: BaseException | None = None
+        # One loop per run: the async forms must keep the same books as the sync ones.
+        self.loop = asyncio.new_event_loop()
 
     def make_window(self, data: st.DataObject) -> SlidingWindow | None:
         return None
@@ -229,56 +237,99 @@ class BreakerMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @rule(outcome=st.sampled_from(OUTCOMES), duration=st.sampled_from([0.0, 0.5, 1.0, 3.0]))
-    def call(self, outcome: Outcome, duration: float) -> None:
+    @rule(
+        form=st.sampled_from(CALL_FORMS),
+        outcome=st.sampled_from(OUTCOMES),
+        duration=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    )
+    def call(self, form: CallForm, outcome: Outcome, duration: float) -> None:
         clock = self.clock
         exc = self._exception(outcome)
+        args = (3,)
+        kwargs = {"scale": 2}
 
-        def fn() -> str:
+        def fn(x: int, *, scale: int) -> int:
             clock.now += duration
             if exc is not None:
                 raise exc
-            return "ok"
+            return x * scale
+
+        async def afn(x: int, *, scale: int) -> int:
+            return fn(x, scale=scale)
 
         ticket = self.model.admit(clock.now)
         raised: BaseException | None = None
         try:
-            assert self.breaker.call(fn) == "ok"
+            if form == "call":
+                result = self.breaker.call(fn, *args, **kwargs)
+            elif form == "acall":
+                result = self.loop.run_until_complete(self.breaker.acall(afn, *args, **kwargs))
+            elif form == "decorated":
+                result = self.breaker.decorate(fn)(*args, **kwargs)
+            else:
+                result = self.loop.run_until_complete(self.breaker(afn)(*args, **kwargs))
+            assert result == 6
         except (CircuitOpenError, ConnectionError, Ignored) as caught:
             raised = caught
         if isinstance(raised, CircuitOpenError):
             assert ticket is None, "the breaker rejected a call the model admits"
-            assert raised.retry_after == self.model.retry_after(clock.now)
-            assert raised.__cause__ is self.last_failure
+            self._check_rejection(raised)
             return
         assert raised is exc
         assert ticket is not None, "the breaker ran a call the model rejects"
         self._settle(ticket, outcome, exc)
 
-    @rule(outcome=st.sampled_from(OUTCOMES))
-    def with_block(self, outcome: Outcome) -> None:
+    @rule(
+        asynchronous=st.booleans(),
+        outcome=st.sampled_from(OUTCOMES),
+        duration=st.sampled_from([0.0, 1.0, 3.0]),
+    )
+    def with_block(self, asynchronous: bool, outcome: Outcome, duration: float) -> None:
         exc = self._exception(outcome)
         ticket = self.model.admit(self.clock.now)
         raised: BaseException | None = None
+
+        def body(permit: Permit) -> None:
+            assert permit.breaker is self.breaker
+            assert not permit.settled
+            self.clock.now += duration
+            if exc is not None:
+                raise exc
+
+        async def ablock() -> None:
+            async with self.breaker as permit:
+                body(permit)
+
         try:
-            with self.breaker:
-                if exc is not None:
-                    raise exc
+            if asynchronous:
+                self.loop.run_until_complete(ablock())
+            else:
+                with self.breaker as permit:
+                    body(permit)
         except (CircuitOpenError, ConnectionError, Ignored) as caught:
             raised = caught
         if isinstance(raised, CircuitOpenError):
             assert ticket is None
+            self._check_rejection(raised)
             return
         assert raised is exc
         assert ticket is not None
         self._settle(ticket, outcome, exc)
 
-    @rule()
-    def acquire(self) -> None:
+    @rule(raising=st.booleans())
+    def acquire(self, raising: bool) -> None:
         ticket = self.model.admit(self.clock.now)
-        permit = self.breaker.try_acquire()
+        permit: Permit | None = None
+        if raising:
+            try:
+                permit = self.breaker.acquire()
+            except CircuitOpenError as rejection:
+                self._check_rejection(rejection)
+        else:
+            permit = self.breaker.try_acquire()
         assert (permit is None) == (ticket is None)
         if permit is not None and ticket is not None:
+            assert not permit.settled
             self.held.append((permit, ticket))
 
     @precondition(lambda self: bool(self.held))
@@ -293,6 +344,8 @@ class BreakerMachine(RuleBasedStateMachine):
             assert permit.record_failure(exc)
         else:
             assert permit.record_ignored()
+        assert permit.settled
+        assert not permit.record_success(), "a permit settles once"
         self._settle(ticket, outcome, exc)
 
     @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 7.0]))
@@ -332,10 +385,29 @@ class BreakerMachine(RuleBasedStateMachine):
         assert metrics.opened_at == model.opened_at
         assert metrics.retry_after == model.retry_after(now)
         recent = model.in_window(now)
-        assert metrics.window_calls == len(recent)
-        assert metrics.window_failures == sum(o[1] for o in recent)
-        assert metrics.window_slow_calls == sum(o[2] for o in recent)
+        calls = len(recent)
+        failures = sum(o[1] for o in recent)
+        slow = sum(o[2] for o in recent)
+        assert (metrics.window_calls, metrics.window_failures) == (calls, failures)
+        assert metrics.window_slow_calls == slow
+        assert metrics.failure_rate == (failures / calls if calls else 0.0)
+        assert metrics.slow_call_rate == (slow / calls if calls else 0.0)
+        assert metrics.last_failure == (
+            None if self.last_failure is None else type(self.last_failure).__qualname__
+        )
+        assert self.breaker.last_failure is self.last_failure
         assert self.changes == model.changes
+
+    def _check_rejection(self, rejection: CircuitOpenError) -> None:
+        """A rejection carries the breaker's name, the model's state and wait, the last failure."""
+        now = self.clock.now
+        assert rejection.name == "model"
+        assert rejection.state is self.model.state
+        assert rejection.retry_after == self.model.retry_after(now)
+        assert rejection.__cause__ is self.last_failure
+
+    def teardown(self) -> None:
+        self.loop.close()
 
     @staticmethod
     def _exception(outcome: Outcome) -> Exception | None:
