@@ -11,7 +11,7 @@ shells around them, and retries come from the one
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final, TypeVar
 
@@ -473,6 +473,7 @@ class _TurnEngine(_SessionCore):
         duration: float,
         billed: UsageSnapshot | None,
         cost: TurnCost | None,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         name = EventName.TURN_FAILED
         data: dict[str, object] = {
@@ -488,6 +489,8 @@ class _TurnEngine(_SessionCore):
         if isinstance(exc, CircuitOpenError):
             name = EventName.BREAKER_REJECTED
             data["retry_after"] = exc.retry_after
+        if extra:  # a streamed turn's chunks and time to first token
+            data.update(extra)
         self._emit(name, failure_class=failure, detail=_short(exc), data=data)
 
 

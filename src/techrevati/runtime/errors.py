@@ -11,7 +11,8 @@ raises it (``techrevati.runtime.budget.BudgetExceededError``, ...) and from
     ├── InvalidValueError (ValueError)          a bad argument, named with its value
     ├── TransientRuntimeError                   the dependency failed; retried by a policy
     │   ├── TurnTimeoutError (TimeoutError)     a turn passed its deadline
-    │   └── EmptyResponseError                  an answer with no answer
+    │   ├── EmptyResponseError                  an answer with no answer
+    │   └── StreamFailedError                   a stream that reported a failure in-band
     ├── MaxIterationsExceededError              a session's turn limit
     ├── SessionStateError (RuntimeError)        a session not in the state for that
     ├── StreamResultError (TypeError)           a turn returned a stream
@@ -36,12 +37,15 @@ Three more live beside the state they describe: ``CircuitOpenError``
 (ValueError, :mod:`~techrevati.runtime.lifecycle`), and ``DuplicateRuleError``
 (ValueError) and ``PolicyEvaluationError``
 (:mod:`~techrevati.runtime.policy_engine`).
+
+One warning, outside the tree: :class:`PricingFileWarning` (``UserWarning``),
+what a pricing-file load rounded, skipped or ignored.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from techrevati.runtime._classify import FailureInfo
@@ -61,6 +65,8 @@ __all__ = [
     "MissingDependencyError",
     "PermissionDeniedError",
     "PricingFileError",
+    "PricingFileNote",
+    "PricingFileWarning",
     "ReportInputError",
     "ReservationError",
     "RetriesExhaustedError",
@@ -69,6 +75,7 @@ __all__ = [
     "SessionStateError",
     "SinkClosedError",
     "SinkWriteError",
+    "StreamFailedError",
     "StreamResultError",
     "TechrevatiError",
     "TransientRuntimeError",
@@ -148,7 +155,7 @@ class StreamResultError(TechrevatiError, TypeError):
     Consume the stream inside ``fn`` and return the final response (openai:
     ``client.chat.completions.stream(...)`` then ``get_final_completion()``;
     anthropic: ``client.messages.stream(...)`` then ``get_final_message()``),
-    or pass ``usage=`` to ``run_turn``.
+    or pass ``usage=`` to ``run_turn``, or stream it with ``session.stream_turn``.
     """
 
     def __init__(self, kind: str, stream: object = None) -> None:
@@ -157,7 +164,8 @@ class StreamResultError(TechrevatiError, TypeError):
         super().__init__(
             f"fn returned a stream ({kind}): its usage is only known once it is consumed. "
             "Consume it inside fn and return the final response (e.g. openai "
-            "get_final_completion(), anthropic get_final_message()), or pass usage= to run_turn"
+            "get_final_completion(), anthropic get_final_message()), or pass usage= to run_turn, "
+            "or stream it with session.stream_turn / astream_turn"
         )
 
 
@@ -175,6 +183,27 @@ class EmptyResponseError(TransientRuntimeError):
         self.reason = reason
         self.response = response
         super().__init__(f"empty model response: {reason}")
+
+
+class StreamFailedError(TransientRuntimeError):
+    """A streamed turn's provider reported a failure in an event instead of raising.
+
+    OpenAI's Responses API sends an ``error`` or ``response.failed`` event and
+    ends the stream; the event reaches the caller unchanged, then this is
+    raised where the stream ends, its partial usage charged. A breaker counts
+    it as a failure; it is classified ``provider_failure``, but a stream is
+    never retried once a chunk reached the caller. ``reason`` says what the
+    event said.
+    """
+
+    scenario = "provider_failure"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the stream failed: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason,))
 
 
 class SinkClosedError(TechrevatiError, RuntimeError):
@@ -303,18 +332,115 @@ class PricingFileError(TechrevatiError, ValueError):
     """A pricing file is malformed; nothing from it was registered.
 
     ``path`` is the file as given; ``entry`` the model entry at fault, or
-    ``None`` when the file as a whole is wrong (bad JSON/TOML, unknown schema).
+    ``None`` when the file as a whole is wrong (bad JSON/TOML, unknown schema)
+    or several entries are. ``problems`` lists every bad entry as ``(entry,
+    reason)`` pairs, in file order (empty for a file-level error); the message
+    shows them all.
     """
 
-    def __init__(self, message: str, path: str = "", entry: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        path: str = "",
+        entry: str | None = None,
+        problems: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.path = path
         self.entry = entry
         self.reason = message
+        self.problems = problems or (() if entry is None else ((entry, message),))
         where = path if entry is None else f"{path}: entry {entry!r}"
         super().__init__(f"{where}: {message}" if where else message)
 
-    def __reduce__(self) -> tuple[type[PricingFileError], tuple[str, str, str | None]]:
-        return type(self), (self.reason, self.path, self.entry)
+    @classmethod
+    def listing(cls, path: str, problems: tuple[tuple[str, str], ...]) -> PricingFileError:
+        """Return the error for ``problems`` (at least one): one line per bad entry."""
+        if len(problems) == 1:
+            entry, reason = problems[0]
+            return cls(reason, path, entry)
+        lines = "".join(f"\n  {entry!r}: {reason}" for entry, reason in problems)
+        count = len({entry for entry, _ in problems})
+        return cls(f"{count} bad entries ({len(problems)} problems):{lines}", path, None, problems)
+
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[PricingFileError], tuple[str, str, str | None, tuple[tuple[str, str], ...]]
+    ]:
+        return type(self), (self.reason, self.path, self.entry, self.problems)
+
+
+class PricingFileNote(NamedTuple):
+    """One thing a pricing-file load changed or left out, in the file's own words.
+
+    ``entry`` is the model entry, ``key`` the file's key (``input_cost_per_token``,
+    ``tiered_pricing[1].output_cost_per_token``, ``provider_specific_entry.us``),
+    ``text`` the value as the file spells it (``""`` when there is none), and
+    ``detail`` what was done: the rounded value, or why it was skipped or ignored.
+    """
+
+    entry: str
+    key: str
+    text: str
+    detail: str
+
+
+class PricingFileWarning(UserWarning):
+    """What a pricing-file load rounded, skipped or ignored: one warning per load.
+
+    Not an error (and not a :class:`TechrevatiError`): every entry it does not
+    list was registered as written. ``rounded`` lists rates finer than the
+    money grid (1e-15 USD per token) and the value each was rounded to
+    (half-even); ``skipped`` the entries whose pricing cannot be represented
+    (they stay unpriced); ``ignored`` the prices that apply only to some
+    requests (``provider_specific_entry`` multipliers, ``off_peak_pricing``
+    hours), which the registered standard rates leave out. All
+    three are tuples of :class:`PricingFileNote`, and the message lists every
+    one of them.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        rounded: tuple[PricingFileNote, ...] = (),
+        skipped: tuple[PricingFileNote, ...] = (),
+        ignored: tuple[PricingFileNote, ...] = (),
+    ) -> None:
+        self.path = path
+        self.rounded = rounded
+        self.skipped = skipped
+        self.ignored = ignored
+        parts = []
+        if rounded:
+            parts.append(
+                f"{len(rounded)} rates rounded half-even to 1e-15 USD per token (strict=True "
+                "refuses instead):"
+                + "".join(f"\n  {n.entry!r} {n.key}: {n.text} -> {n.detail}" for n in rounded)
+            )
+        if skipped:
+            parts.append(
+                f"{len(skipped)} entries skipped (left unpriced):"
+                + "".join(f"\n  {n.entry!r} {n.key}: {n.detail}" for n in skipped)
+            )
+        if ignored:
+            parts.append(
+                f"{len(ignored)} conditional prices ignored (the standard rates are registered):"
+                + "".join(f"\n  {n.entry!r} {n.key}: {n.text} ({n.detail})" for n in ignored)
+            )
+        super().__init__(f"{path}: " + "\n".join(parts))
+
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[PricingFileWarning],
+        tuple[
+            str,
+            tuple[PricingFileNote, ...],
+            tuple[PricingFileNote, ...],
+            tuple[PricingFileNote, ...],
+        ],
+    ]:
+        return type(self), (self.path, self.rounded, self.skipped, self.ignored)
 
 
 class ReportInputError(TechrevatiError, ValueError):

@@ -32,7 +32,8 @@ from techrevati.runtime._session_core import (
     _short,
     failure_class_of,
 )
-from techrevati.runtime._turns import UNNAMED_MODEL, _TurnEngine
+from techrevati.runtime._stream_turns import AsyncTurnStream, TurnStream, _StreamTurnEngine
+from techrevati.runtime._turns import UNNAMED_MODEL
 from techrevati.runtime._validate import (
     callable_or_none,
     instance_or_none,
@@ -80,6 +81,7 @@ from techrevati.runtime.usage import UsageSnapshot
 __all__ = [
     "DEFAULT_LAST_EVENTS",
     "UNNAMED_MODEL",
+    "AsyncTurnStream",
     "EmptyResponseError",
     "Handoff",
     "MaxIterationsExceededError",
@@ -87,6 +89,7 @@ __all__ = [
     "Session",
     "SessionStateError",
     "StreamResultError",
+    "TurnStream",
     "TurnTimeoutError",
 ]
 
@@ -223,7 +226,7 @@ class Orchestrator:
         return self._runner
 
 
-class Session(_TurnEngine):
+class Session(_StreamTurnEngine):
     """One agent task: a worker, a usage tracker, a recovery context and an event log.
 
     Use as ``with orch.session() as session:`` or ``async with orch.asession()``.
