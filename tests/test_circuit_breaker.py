@@ -520,6 +520,50 @@ def test_metrics_snapshot_is_frozen_and_json_serialisable(
         metrics.failures = 0  # type: ignore[misc]
 
 
+def test_metrics_to_dict_names_every_field_with_its_value(clock: FakeClock) -> None:
+    window = SlidingWindow(size=8, minimum_calls=8, slow_call_duration_seconds=1.0)
+    breaker = CircuitBreaker(
+        "api", window=window, exclude=KeyError, half_open_max_calls=2, clock=clock
+    )
+
+    def slow() -> str:
+        clock.advance(1.5)
+        return "late"
+
+    breaker.call(_ok)
+    breaker.call(slow)
+    with pytest.raises(KeyError):
+        breaker.call(_fail(KeyError("k")))
+    _trip(breaker, 2)
+    data = breaker.metrics().to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data == {
+        "name": "api",
+        "state": "closed",
+        "consecutive_failures": 2,
+        "window_calls": 4,
+        "window_failures": 2,
+        "window_slow_calls": 1,
+        "failure_rate": 0.5,
+        "slow_call_rate": 0.25,
+        "calls": 5,
+        "successes": 2,
+        "failures": 2,
+        "ignored": 1,
+        "rejections": 0,
+        "half_open_in_flight": 0,
+        "retry_after": 0.0,
+        "opened_at": None,
+        "last_failure": "ConnectionError",
+    }
+    breaker.force_open()
+    assert breaker.try_acquire() is None
+    forced = breaker.metrics().to_dict()
+    assert (forced["state"], forced["rejections"]) == ("forced_open", 1)
+    assert (forced["opened_at"], forced["retry_after"]) == (clock.now, None)
+    assert (forced["window_calls"], forced["consecutive_failures"]) == (4, 2)
+
+
 def test_metrics_retry_after_is_null_in_json_when_forced(breaker: CircuitBreaker) -> None:
     breaker.force_open()
     assert breaker.metrics().retry_after == math.inf
