@@ -175,6 +175,21 @@ def test_jsonl_keeps_a_failed_batch_whole_and_writes_it_on_the_next_flush(
     assert (sink.pending, sink.failed_flushes, sink.written) == (3, 1, 0)
     failed = [r for r in caplog.records if getattr(r, "event", None) == "sink.flush_failed"]
     assert [(r.records, r.pending) for r in failed] == [(3, 3)]  # type: ignore[attr-defined]
+    (record,) = failed
+    assert record.getMessage() == (
+        f"sink.flush_failed: {path} could not write 3 records: [Errno 28] No space left on device"
+    )
+    assert (record.sink, record.path, record.error_type) == ("JsonlSink", str(path), "OSError")  # type: ignore[attr-defined]
+    assert record.exc_info is not None
+    assert record.exc_info[1] is info.value.__cause__
+    assert (record.module, record.funcName) == ("_sink_base", "_write_error")  # not log_event
+    assert str(info.value) == (
+        f"JsonlSink({str(path)!r}) could not write 3 records: "
+        "OSError: [Errno 28] No space left on device"
+    )
+    with pytest.raises(SinkWriteError):
+        sink.flush()  # still full: a second failure, counted
+    assert (sink.pending, sink.failed_flushes) == (3, 2)
     monkeypatch.setattr(os, "write", real_write)
     sink.close()
     assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [0, 1, 2]
@@ -306,3 +321,39 @@ def test_a_sink_that_cannot_sync_its_new_file_raises_and_leaves_no_descriptor_op
     with pytest.raises(OSError, match="I/O error"):
         JsonlSink(tmp_path / "unsynced.jsonl")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("torn", [10, 65536, 65537])
+def test_a_torn_line_right_after_a_newline_at_the_start_of_the_file_keeps_that_newline(
+    tmp_path: Path, torn: int
+) -> None:
+    path = tmp_path / "blank-then-torn.jsonl"
+    path.write_bytes(b"\n" + b"x" * torn)  # the newline is the first byte of the file
+    JsonlSink(path).close()
+    assert path.read_bytes() == b"\n"
+
+
+def test_when_the_partial_batch_cannot_be_cut_off_the_write_error_is_still_the_one_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="techrevati.runtime.sinks")
+    path = tmp_path / "stuck.jsonl"
+    sink = JsonlSink(path, flush_every=100, background=False)
+    sink.write_event(event(i=1))
+
+    def refuse_write(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    def refuse_truncate(fd: int, length: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "write", refuse_write)
+    monkeypatch.setattr(os, "ftruncate", refuse_truncate)
+    with pytest.raises(SinkWriteError, match="No space left on device") as info:
+        sink.flush()
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == 28
+    assert sink.pending == 1
+    monkeypatch.undo()
+    sink.close()
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1]

@@ -131,6 +131,12 @@ def test_failing_sink_is_logged_counted_and_never_stops_the_others(
     ]
     assert records[1].sink_failures == 2  # type: ignore[attr-defined]
     assert records[0].name == "techrevati.runtime.sinks"
+    assert [r.getMessage() for r in records] == [
+        "sink.failed: Broken.write_event raised OSError: disk on fire",
+        "sink.failed: Broken.write_usage raised ValueError: bad record",
+    ]
+    assert [type(r.exc_info[1]) for r in records if r.exc_info] == [OSError, ValueError]
+    assert {(r.funcName, r.module) for r in records} == {("_failed", "sinks")}  # not log_event
 
 
 def test_fanout_lets_base_exceptions_such_as_keyboard_interrupt_through() -> None:
@@ -154,13 +160,42 @@ def test_fanout_names_repeated_classes_and_accepts_a_mapping_of_names() -> None:
     assert len(named.sinks) == 2
 
 
-def test_fanout_flush_and_close_reach_the_sinks_that_have_them_isolating_failures() -> None:
+def test_fanout_flush_and_close_reach_the_sinks_that_have_them_isolating_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenClose(Broken):
+        def close(self) -> None:
+            raise OSError("cannot close")
+
     both = Both()
-    with SinkFanout([Broken(), RingBufferSink(), both]) as fanout:
+    with (
+        caplog.at_level(logging.ERROR, logger="techrevati.runtime.sinks"),
+        SinkFanout([BrokenClose(), RingBufferSink(), both]) as fanout,
+    ):
         fanout.flush()
         assert both.flushed == 1
-        assert fanout.failures["Broken"] == 1
+        assert fanout.failures["BrokenClose"] == 1
     assert both.closed == 1
+    assert fanout.failures == {"BrokenClose": 2, "RingBufferSink": 0, "Both": 0}
+    records = [r for r in caplog.records if getattr(r, "event", None) == "sink.failed"]
+    assert [(r.operation, r.record, r.error_type) for r in records] == [  # type: ignore[attr-defined]
+        ("flush", None, "RuntimeError"),
+        ("close", None, "OSError"),
+    ]
+    assert [r.getMessage() for r in records] == [
+        "sink.failed: BrokenClose.flush raised RuntimeError: cannot flush",
+        "sink.failed: BrokenClose.close raised OSError: cannot close",
+    ]
+    assert [type(r.exc_info[1]) for r in records if r.exc_info] == [RuntimeError, OSError]
+
+
+@pytest.mark.parametrize("name", sorted(sinks._SQLITE_NAMES))
+def test_a_sqlite_name_is_imported_from_its_module_on_first_use_and_then_kept(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.delitem(vars(sinks), name, raising=False)  # as if never used (restored after)
+    assert getattr(sinks, name) is getattr(sqlite, name)
+    assert vars(sinks)[name] is getattr(sqlite, name)  # later lookups find it directly
 
 
 def test_fanout_counts_exact_failures_when_hammered_from_threads(

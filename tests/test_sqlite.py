@@ -346,7 +346,9 @@ def test_sqlite_refuses_files_that_are_not_its_own(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
     with sqlite3.connect(newer) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(SchemaError, match="schema version 99; this library knows 1 to 2"):
+    with pytest.raises(
+        SchemaError, match=f"schema version 99; this library knows 1 to {SCHEMA_VERSION}$"
+    ):
         SqliteSink(newer)
     other_app = tmp_path / "other.db"
     with sqlite3.connect(other_app) as conn:
@@ -643,3 +645,97 @@ def test_a_database_of_ours_missing_a_table_is_refused_by_name(db: Path) -> None
         SqliteSink(db)
     with pytest.raises(SchemaError, match=r"missing \['sessions'\]"):
         SqliteReader(db)
+
+
+def test_sqlite_sessions_filter_by_time_and_sort_newest_first(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        for n, sid in enumerate(["a", "b", "c"]):
+            start = T0 + timedelta(hours=n)
+            for e in session_events(sid, "completed", start_at=start, seconds=5, cost="1"):
+                sink.write_event(e)
+        late = session_events(
+            "d", "completed", start_at=T0 + timedelta(hours=5), seconds=1, cost="0"
+        )
+        sink.write_event(late[1])  # its start never stored: sorted by its end
+        ids = [r.session_id for r in sink.read_sessions()]
+        assert ids == ["a", "b", "c", "d"]
+        assert [r.session_id for r in sink.read_sessions(newest_first=True)] == ["d", "c", "b", "a"]
+        hour = timedelta(hours=1)
+        assert [r.session_id for r in sink.read_sessions(since=T0 + hour)] == ["b", "c", "d"]
+        assert [r.session_id for r in sink.read_sessions(until=T0 + hour)] == ["a"]
+        window = sink.read_sessions(since=T0 + hour, until=T0 + 2 * hour, phase="draft")
+        assert [r.session_id for r in window] == ["b"]
+        assert sink.read_sessions(status=SessionStatus.RUNNING) == []
+        assert [r.session_id for r in sink.read_sessions(limit=1, newest_first=True)] == ["d"]
+
+
+def test_sqlite_usage_filters_by_time_and_phase_and_sorts_newest_first(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        for i in range(4):
+            sink.write_usage(usage(i))
+        tokens = [r.input_tokens for r in sink.read_usage(newest_first=True)]
+        assert tokens == [1003, 1002, 1001, 1000]
+        since, until = T0 + timedelta(seconds=1), T0 + timedelta(seconds=3)
+        assert [r.input_tokens for r in sink.read_usage(since=since, until=until)] == [1001, 1002]
+        assert sink.read_usage(phase="review") == []
+        assert len(sink.read_usage(phase="draft")) == 4
+        assert len(sink.read_events(phase="draft")) == 0
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "found"),
+    [
+        (-7, "-7", True),
+        ("-7", -7, True),
+        (42, " 42 ", True),
+        (42, "42.0", False),
+        (42, "4-2", False),
+        (42, 43, False),
+        ("acme", "acme", True),
+    ],
+)
+def test_sqlite_project_filter_matches_an_int_and_its_decimal_text(
+    db: Path, stored: str | int, asked: str | int, found: bool
+) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_event(event(project_id=stored))
+        sink.write_usage(usage(project_id=stored))
+        assert len(sink.read_events(project=asked)) == int(found)
+        assert len(sink.read_usage(project=asked)) == int(found)
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("full", 2), ("normal", 1)])
+def test_sqlite_sets_its_busy_timeout_and_synchronous_level_on_the_connection(
+    db: Path, synchronous: str, level: int
+) -> None:
+    with SqliteSink(db, busy_timeout=2.5, synchronous=synchronous) as sink:  # type: ignore[arg-type]
+        conn = sink._conn
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def test_sqlite_reader_opens_any_path_read_only(tmp_path: Path) -> None:
+    folder = tmp_path / "runs #1 ?a=b %20"
+    folder.mkdir()
+    db = folder / "my runs.db"
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=1))
+    with SqliteReader(db) as reader:
+        assert [e.data["i"] for e in reader.read_events()] == [1]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader._conn.execute("DELETE FROM events")
+    assert count_rows(db, "events") == 1
+
+
+def test_a_file_sqlite_cannot_read_is_a_schema_error_naming_the_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_bytes(b"hello, this is not a database at all" * 40)
+    with pytest.raises(
+        SchemaError, match=r"notes\.db is not a usable SQLite database: file is not a database"
+    ) as info:
+        SqliteSink(text)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    with pytest.raises(
+        SchemaError, match=r"notes\.db is not a SQLite database: file is not a database"
+    ):
+        SqliteReader(text)
