@@ -6,6 +6,8 @@ When the script runs out it repeats the last reply (or a ``default``). A
 ``hang`` reply blocks its handler on an event, never on ``time.sleep``, until
 the test calls :meth:`ScriptedServer.release` or the server closes, so the
 client's own timeout fires; the wait is bounded by ``hang_limit`` either way.
+A ``cut`` reply is a stream cut short: its connection is dropped after the
+body, or held open until the client hangs up (which the test can wait for).
 
 Also here: realistic JSON bodies of each provider (successes and error
 envelopes) and factories for real SDK clients pointed at the server with the
@@ -19,13 +21,15 @@ import contextlib
 import functools
 import importlib
 import json
+import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import anthropic
@@ -40,14 +44,26 @@ HANG_LIMIT = 5.0
 JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
 
 
+CUT_SHORT_BYTES = 1 << 20
+"""How many more bytes than it sends a ``cut`` reply's Content-Length announces."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One scripted response; ``hang`` holds it back until released (then it is sent)."""
+    """One scripted response; ``hang`` holds it back until released (then it is sent).
+
+    ``cut`` makes ``body`` the start of a longer one (a stream cut mid-way): the
+    Content-Length announces :data:`CUT_SHORT_BYTES` more, and after the body
+    the server either drops the connection (``"drop"``: the client sees it cut)
+    or keeps it open until the client hangs up (``"hold"``: counted, see
+    :meth:`ScriptedServer.wait_for_hangup`), at most ``hang_limit`` seconds.
+    """
 
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     hang: bool = False
+    cut: Literal["drop", "hold"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +83,7 @@ def reply(
     headers: Mapping[str, str] | None = None,
     *,
     hang: bool = False,
+    cut: Literal["drop", "hold"] | None = None,
 ) -> Reply:
     """Build a :class:`Reply`: ``bytes``/``str`` bodies as is, anything else as JSON."""
     merged = dict(headers or {})
@@ -80,7 +97,7 @@ def reply(
         raw = json.dumps(body).encode()
         if not any(name.lower() == "content-type" for name in merged):
             merged.update(JSON_HEADERS)
-    return Reply(status, merged, raw, hang)
+    return Reply(status, merged, raw, hang, cut)
 
 
 NOTHING_SCRIPTED = reply(500, {"error": {"message": "nothing scripted", "type": "test_error"}})
@@ -101,6 +118,7 @@ class ScriptedServer:
         self._last: Reply | None = None
         self._requests: list[Recorded] = []
         self._released = threading.Event()
+        self._hangups = threading.Semaphore(0)
         self._closing = False
         self._httpd = _HTTPServer(self)
         host, port = self._httpd.server_address[:2]
@@ -137,13 +155,39 @@ class ScriptedServer:
         headers: Mapping[str, str] | None = None,
         *,
         hang: bool = False,
+        cut: Literal["drop", "hold"] | None = None,
     ) -> None:
         """Queue one reply (see :func:`reply`)."""
-        self.script(reply(status, body, headers, hang=hang))
+        self.script(reply(status, body, headers, hang=hang, cut=cut))
 
     def release(self) -> None:
         """Let every hanging handler, present and future, send its reply."""
         self._released.set()
+
+    def wait_for_hangup(self, timeout: float = HANG_LIMIT) -> bool:
+        """Wait until a client closes a connection held open by a ``cut="hold"`` reply.
+
+        Each hang-up is counted once; False if none came within ``timeout``.
+        """
+        return self._hangups.acquire(timeout=timeout)
+
+    def _await_hangup(self, connection: socket.socket) -> None:
+        """Keep a ``hold`` reply's connection open until the client closes it (EOF)."""
+        deadline = time.monotonic() + self.hang_limit
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._closing:
+                    return
+            readable, _, _ = select.select([connection], [], [], 0.02)
+            if not readable:
+                continue
+            try:
+                data = connection.recv(4096)
+            except OSError:
+                data = b""  # a reset: hung up all the same
+            if not data:
+                self._hangups.release()
+                return
 
     def close(self) -> None:
         """Drop hanging replies, stop serving and join the server's threads."""
@@ -224,10 +268,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(answer.status)
         for name, value in answer.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer.body)))
+        short = CUT_SHORT_BYTES if answer.cut is not None else 0
+        self.send_header("Content-Length", str(len(answer.body) + short))
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(answer.body)
+        if answer.cut == "hold":
+            self.wfile.flush()
+            self.server.scripted._await_hangup(self.connection)
 
 
 def _json_or_none(body: bytes) -> Any:
