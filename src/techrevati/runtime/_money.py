@@ -8,7 +8,7 @@ Private: pricing, budgets, the tracker and the orchestrator share it.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Final
 
 from techrevati.runtime.errors import InvalidValueError
@@ -30,11 +30,14 @@ _FORMAT_STEP: Final = 10**11
 
 
 def _to_decimal(value: object, name: str) -> Decimal:
-    """Return ``value`` as a finite Decimal >= 0, or raise naming ``name`` and the value."""
+    """Return ``value`` as a finite Decimal >= 0, or raise naming ``name`` and the value.
+
+    A Decimal subclass comes back as a plain Decimal (equal, same digits).
+    """
     if isinstance(value, bool):
         raise InvalidValueError(f"{name} must be a number, not a bool, got {value!r}")
     if isinstance(value, Decimal):
-        number = value
+        number = value if type(value) is Decimal else Decimal(value)
     elif isinstance(value, int):
         number = Decimal(value)
     elif isinstance(value, float):
@@ -58,16 +61,61 @@ def _to_decimal(value: object, name: str) -> Decimal:
 
 
 def _scaled(number: Decimal, power: int, name: str, unit: str) -> int:
-    """Return ``number * 10**power`` as an exact int, or raise if it is not whole."""
-    numerator, denominator = number.as_integer_ratio()
-    scale: int = 10**power
-    whole, rest = divmod(numerator * scale, denominator)
-    if rest:
+    """Return ``number * 10**power`` as an exact int, or raise if it is not whole.
+
+    Works on the digits and the exponent, never on ``10**-exponent``: an absurd
+    exponent (``1e-999999999``) is refused at once instead of building a
+    billion-digit integer.
+    """
+    digits, shift = _digits_and_shift(number, power, name)
+    if shift < 0:
         raise InvalidValueError(
-            f"{name} has more precision than {unit} can hold exactly, got {number:f} "
+            f"{name} has more precision than {unit} can hold exactly, got {_shown(number)} "
             "(refusing to round it)"
         )
-    return whole
+    return int(digits) * 10**shift if digits else 0
+
+
+def _rounded(number: Decimal, power: int) -> Decimal:
+    """Return ``number`` rounded half-even to a multiple of ``10**-power``, trailing zeros dropped.
+
+    ``number`` is finite, >= 0 and below 1e15 (what :func:`_to_decimal` returns).
+    The rounding runs in a private context, never the caller's.
+    """
+    quantum = Decimal((0, (1,), -power))
+    rounded = number.quantize(quantum, rounding=ROUND_HALF_EVEN, context=_WIDE)
+    digits, shift = _digits_and_shift(rounded, 0, "rate")
+    if shift >= 0:
+        return Decimal(int(digits or "0") * 10**shift)
+    return Decimal(f"{digits}E{shift}")
+
+
+def _digits_and_shift(number: Decimal, power: int, name: str) -> tuple[str, int]:
+    """Split ``number * 10**power`` into significant digits (no trailing zeros) and a power of 10.
+
+    ``("", 0)`` for zero. Refuses a non-finite number and one of 1e15 or more,
+    so a positive shift never builds a huge integer either.
+    """
+    _sign, digit_tuple, exponent = number.as_tuple()
+    if not isinstance(exponent, int):
+        raise InvalidValueError(f"{name} must be finite, got {number}")
+    if number.is_zero():
+        return "", 0
+    if number.adjusted() >= _MAX_ADJUSTED:
+        raise InvalidValueError(f"{name} is unreasonably large (>= 1e15), got {number}")
+    text = "".join(map(str, digit_tuple))
+    digits = text.rstrip("0")
+    return digits, exponent + len(text) - len(digits) + power
+
+
+def _shown(number: Decimal) -> str:
+    """Show ``number`` in plain notation, or in scientific when plain would be absurdly long."""
+    exponent = number.as_tuple().exponent
+    return f"{number:f}" if isinstance(exponent, int) and exponent >= -60 else str(number)
+
+
+_WIDE: Final = Context(prec=60, rounding=ROUND_HALF_EVEN)
+"""A private context wide enough for any amount below 1e15 to 1e-15 (30 digits)."""
 
 
 def _usd(femto: int) -> Decimal:
