@@ -20,6 +20,7 @@ from techrevati.runtime import (
     CircuitOpenError,
     EventName,
     GuardrailViolatedError,
+    InvalidValueError,
     MaxIterationsExceededError,
     ModelCall,
     Orchestrator,
@@ -36,6 +37,7 @@ from techrevati.runtime import (
     RetriesExhaustedError,
     RetryPolicy,
     RolePermissionConfig,
+    Session,
     SessionStateError,
     SqliteSink,
     ToolCall,
@@ -44,6 +46,8 @@ from techrevati.runtime import (
     UsageSnapshot,
 )
 from techrevati.runtime._runner import DeadlineRunner
+from techrevati.runtime._session_core import failure_class_of
+from techrevati.runtime.orchestrator import EmptyResponseError, StreamResultError
 from tests.conftest import FakeClock
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
@@ -591,3 +595,340 @@ def test_sqlite_sink_records_a_sessions_events_and_usage(tmp_path: Path) -> None
     assert row.turns == 3
     assert row.cost_usd == Decimal("0.0135")
     assert sum(e.name == EventName.TURN_COMPLETED for e in events) == 3
+
+
+# -- failure classes of what a session sees ------------------------------------------------
+
+
+def _denied() -> PermissionDeniedError:
+    enforcer = _enforced().permissions
+    assert enforcer is not None
+    return PermissionDeniedError(enforcer.check("writer", "shell"))
+
+
+FAILURE_CLASSES: list[tuple[BaseException, AgentFailureClass]] = [
+    (KeyboardInterrupt(), AgentFailureClass.CANCELLED),
+    (asyncio.CancelledError(), AgentFailureClass.CANCELLED),
+    (BudgetExceededError("over the cap"), AgentFailureClass.BUDGET_EXCEEDED),
+    (MaxIterationsExceededError(3), AgentFailureClass.BUDGET_EXCEEDED),
+    (_denied(), AgentFailureClass.PERMISSION_DENIED),
+    (GuardrailViolatedError("no secrets"), AgentFailureClass.VALIDATION_ERROR),
+    (InvalidValueError("bad"), AgentFailureClass.VALIDATION_ERROR),
+    (StreamResultError("openai Stream"), AgentFailureClass.VALIDATION_ERROR),
+    (CircuitOpenError("api", 5.0), AgentFailureClass.DEPENDENCY_FAILED),
+    (TurnTimeoutError(1.0, "m"), AgentFailureClass.LLM_TIMEOUT),
+    (EmptyResponseError("no choices", None), AgentFailureClass.PROVIDER_FAILURE),
+    (SystemExit(2), AgentFailureClass.UNKNOWN),
+    (StatusError(429), AgentFailureClass.RATE_LIMIT),
+    (StatusError(401), AgentFailureClass.AUTH_FAILURE),
+    (ValueError("whatever"), AgentFailureClass.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"), FAILURE_CLASSES, ids=[type(e).__name__ for e, _ in FAILURE_CLASSES]
+)
+def test_failure_class_of_every_kind_of_exception(
+    exc: BaseException, expected: AgentFailureClass
+) -> None:
+    assert failure_class_of(exc) is expected
+
+
+def test_failure_class_of_retries_exhausted_is_the_scenario_that_gave_up() -> None:
+    clock = FakeClock()
+    orch = _orch(retry=RetryPolicy(max_attempts=1), clock=clock, sleep=clock.sleep)
+    with pytest.raises(RetriesExhaustedError) as caught, orch.session() as session:
+        session.run_turn(lambda: (_ for _ in ()).throw(StatusError(429)), model="m")
+    assert failure_class_of(caught.value) is AgentFailureClass.RATE_LIMIT
+    assert session.summary()["failure_class"] == "rate_limit"
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome", "failure_class", "status"),
+    [
+        (_denied(), "failed", "permission_denied", AgentStatus.FAILED),
+        (GuardrailViolatedError("no secrets"), "failed", "validation_error", AgentStatus.FAILED),
+        (MaxIterationsExceededError(3), "failed", "budget_exceeded", AgentStatus.FAILED),
+        (KeyboardInterrupt(), "cancelled", "cancelled", AgentStatus.CANCELLED),
+    ],
+)
+def test_the_exception_that_ends_a_session_names_its_failure_class(
+    exc: BaseException, outcome: str, failure_class: str, status: AgentStatus
+) -> None:
+    with pytest.raises(type(exc)) as caught, _orch().session() as session:
+        raise exc
+    assert caught.value is exc
+    summary = session.summary()
+    assert (summary["outcome"], summary["failure_class"]) == (outcome, failure_class)
+    assert session.status is status
+    last = session.events()[-1]
+    assert last.failure_class is not None
+    assert last.failure_class.value == failure_class
+    if outcome == "failed":
+        assert last.name == EventName.SESSION_FAILED
+        assert last.data["error_type"] == type(exc).__name__
+        assert last.detail == str(exc)
+    else:
+        assert last.name == EventName.SESSION_CANCELLED
+
+
+# -- async tools and turns ---------------------------------------------------------------
+
+
+def test_a_failing_async_tool_raises_unchanged_and_is_recorded() -> None:
+    clock = FakeClock()
+    error = ValueError("bad input")
+
+    async def tool(x: int) -> int:
+        clock.advance(1.5)
+        raise error
+
+    async def main() -> Session:
+        async with _orch(clock=clock).asession() as session:
+            with pytest.raises(ValueError, match="bad input") as caught:
+                await session.arun_tool("parse", tool, 3)
+            assert caught.value is error
+            assert session.status is AgentStatus.RUNNING  # a tool's failure ends no session
+        return session
+
+    session = asyncio.run(main())
+    failed = [e for e in session.events() if e.name == EventName.TOOL_FAILED]
+    assert len(failed) == 1
+    assert failed[0].failure_class is AgentFailureClass.TOOL_ERROR
+    assert failed[0].detail == "ValueError: bad input"
+    assert failed[0].data == {"tool": "parse", "duration_seconds": 1.5, "error_type": "ValueError"}
+    summary = session.summary()
+    assert summary["failures"] == {"tool_error": 1}
+    assert summary["tool_calls"] == 1
+    assert summary["outcome"] == "completed"
+
+
+def test_a_cancelled_async_tool_is_recorded_as_cancelled() -> None:
+    async def tool() -> None:
+        raise asyncio.CancelledError
+
+    async def main() -> Session:
+        async with _orch().asession() as session:
+            with pytest.raises(asyncio.CancelledError):
+                await session.arun_tool("wait", tool)
+        return session
+
+    session = asyncio.run(main())
+    (failed,) = [e for e in session.events() if e.name == EventName.TOOL_FAILED]
+    assert failed.failure_class is AgentFailureClass.CANCELLED
+    assert session.summary()["failures"] == {"cancelled": 1}
+
+
+def test_a_denied_async_tool_is_not_called() -> None:
+    called: list[int] = []
+
+    async def shell() -> None:
+        called.append(1)
+
+    async def main() -> Session:
+        async with _enforced().asession() as session:
+            with pytest.raises(PermissionDeniedError):
+                await session.arun_tool("shell", shell)
+        return session
+
+    session = asyncio.run(main())
+    assert called == []
+    (denied,) = [e for e in session.events() if e.name == EventName.TOOL_DENIED]
+    assert denied.data["tool"] == "shell"
+    assert session.summary()["failures"] == {"permission_denied": 1}
+    assert session.summary()["tool_calls"] == 0
+
+
+def test_arun_turn_goes_through_the_breaker() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=2, recovery_timeout_seconds=10, clock=clock)
+
+    async def down() -> str:
+        raise StatusError(503)
+
+    async def up() -> str:
+        return "up"
+
+    async def main() -> Session:
+        async with _orch(circuit_breaker=breaker, clock=clock).asession() as session:
+            assert (await session.arun_turn(up, model="m", usage=USAGE))[0] == "up"
+            for _ in range(2):
+                with pytest.raises(StatusError):
+                    await session.arun_turn(down, model="m", usage=USAGE)
+            with pytest.raises(CircuitOpenError) as rejected:
+                await session.arun_turn(up, model="m", usage=USAGE)
+            assert rejected.value.retry_after == 10.0
+            clock.advance(10)
+            assert (await session.arun_turn(up, model="m", usage=USAGE))[0] == "up"
+        return session
+
+    session = asyncio.run(main())
+    metrics = breaker.metrics()
+    assert (metrics.successes, metrics.failures, metrics.state) == (2, 2, "closed")
+    (rejected_event,) = [e for e in session.events() if e.name == EventName.BREAKER_REJECTED]
+    assert rejected_event.failure_class is AgentFailureClass.DEPENDENCY_FAILED
+    assert rejected_event.data["retry_after"] == 10.0
+    assert rejected_event.data["error_type"] == "CircuitOpenError"
+    changes = [e.data for e in session.events() if e.name == EventName.BREAKER_STATE_CHANGED]
+    assert [(c["from_state"], c["to_state"]) for c in changes] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+    assert session.summary()["failures"] == {"provider_failure": 2, "dependency_failed": 1}
+
+
+# -- hooks that replace calls and results -----------------------------------------------------
+
+
+class Calls(BaseHook):
+    """Records every model call it sees and replaces the tool call's arguments and result."""
+
+    def __init__(self) -> None:
+        self.model_calls: list[ModelCall] = []
+
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        self.model_calls.append(call)
+        return None
+
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        return ToolCall(
+            name=call.name,
+            args=(10,),
+            kwargs={"scale": 3},
+            role=call.role,
+            phase=call.phase,
+            session_id=call.session_id,
+        )
+
+    def after_tool(self, call: ToolCall, result: object) -> object | None:
+        return {"tool": call.name, "args": call.args, "result": result}
+
+
+def test_a_before_tool_hook_replaces_the_arguments_and_after_tool_the_result() -> None:
+    def calc(x: int, scale: int = 1) -> int:
+        return x * scale
+
+    async def acalc(x: int, scale: int = 1) -> int:
+        return x * scale
+
+    async def main(session: Session) -> object:
+        return await session.arun_tool("calc", acalc, 1, scale=1)
+
+    with _orch(hooks=[Calls()]).session() as session:
+        replaced: object = session.run_tool("calc", calc, 1, scale=1)
+        assert replaced == {"tool": "calc", "args": (10,), "result": 30}
+        assert asyncio.run(main(session)) == {"tool": "calc", "args": (10,), "result": 30}
+    assert session.summary()["tool_calls"] == 2
+
+
+def test_model_hooks_see_each_attempt_of_each_turn() -> None:
+    clock = FakeClock()
+    hook = Calls()
+    failures = [StatusError(503)]
+
+    def fn() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    orch = _orch(hooks=[hook], retry=RetryPolicy(max_attempts=2), clock=clock, sleep=clock.sleep)
+    with orch.session() as session:
+        session.run_turn(lambda: "first", model="m", usage=USAGE)
+        assert session.run_turn(fn, model="m", usage=USAGE)[0] == "ok"
+    seen = [(c.model, c.turn, c.attempt, c.role, c.phase, c.session_id) for c in hook.model_calls]
+    assert seen == [
+        ("m", 1, 1, "writer", "draft", session.id),
+        ("m", 2, 1, "writer", "draft", session.id),
+        ("m", 2, 2, "writer", "draft", session.id),
+    ]
+
+
+class WrongType(BaseHook):
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        return "gpt-other"  # type: ignore[return-value]
+
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        return {"name": call.name}  # type: ignore[return-value]
+
+
+def test_a_hook_that_returns_the_wrong_type_is_a_guardrail_naming_it() -> None:
+    called: list[int] = []
+    with _orch(hooks=[WrongType()]).session() as session:
+        with pytest.raises(GuardrailViolatedError) as model_caught:
+            session.run_turn(lambda: called.append(1), model="m", usage=USAGE)
+        with pytest.raises(GuardrailViolatedError) as tool_caught:
+            session.run_tool("calc", lambda: called.append(1))
+    assert called == []
+    assert (model_caught.value.hook, model_caught.value.point) == ("WrongType", "before_model")
+    assert model_caught.value.reason == "before_model returned str, not ModelCall"
+    assert (tool_caught.value.hook, tool_caught.value.point) == ("WrongType", "before_tool")
+    assert tool_caught.value.reason == "before_tool returned dict, not ToolCall"
+    # Recorded as the vetoes they are, like a hook that raises.
+    assert session.summary()["failures"] == {"validation_error": 2}
+    vetoed = [e for e in session.events() if e.name == EventName.HOOK_VETOED]
+    assert [(e.failure_class, e.detail, e.data) for e in vetoed] == [
+        (
+            AgentFailureClass.VALIDATION_ERROR,
+            "before_model returned str, not ModelCall",
+            {"hook": "WrongType", "point": "before_model"},
+        ),
+        (
+            AgentFailureClass.VALIDATION_ERROR,
+            "before_tool returned dict, not ToolCall",
+            {"hook": "WrongType", "point": "before_tool"},
+        ),
+    ]
+    assert session.summary()["tool_calls"] == 0
+
+
+class Veto(BaseHook):
+    def __init__(self, error: GuardrailViolatedError) -> None:
+        self.error = error
+
+    def after_model(self, call: ModelCall, result: object) -> object | None:
+        raise self.error
+
+
+def test_a_hooks_own_guardrail_is_named_after_the_hook_and_the_point() -> None:
+    plain = GuardrailViolatedError("no secrets in answers")
+    with (
+        _orch(hooks=[Veto(plain)]).session() as session,
+        pytest.raises(GuardrailViolatedError) as caught,
+    ):
+        session.run_turn(lambda: "the secret", model="m", usage=USAGE)
+    assert caught.value is not plain
+    assert caught.value.__cause__ is plain
+    assert (caught.value.reason, caught.value.hook, caught.value.point) == (
+        "no secrets in answers",
+        "Veto",
+        "after_model",
+    )
+    assert str(caught.value) == "guardrail violated (Veto at after_model): no secrets in answers"
+    (vetoed,) = [e for e in session.events() if e.name == EventName.HOOK_VETOED]
+    assert vetoed.failure_class is AgentFailureClass.VALIDATION_ERROR
+    assert vetoed.detail == "no secrets in answers"
+    assert vetoed.data == {"hook": "Veto", "point": "after_model"}
+    assert session.summary()["failures"] == {"validation_error": 1}
+
+
+def test_a_guardrail_that_names_its_hook_is_raised_as_it_is() -> None:
+    named = GuardrailViolatedError("pii", hook="PiiFilter", point="after_model")
+    with (
+        _orch(hooks=[Veto(named)]).session() as session,
+        pytest.raises(GuardrailViolatedError) as caught,
+    ):
+        session.run_turn(lambda: "an address", model="m", usage=USAGE)
+    assert caught.value is named
+    (vetoed,) = [e for e in session.events() if e.name == EventName.HOOK_VETOED]
+    assert vetoed.data == {"hook": "PiiFilter", "point": "after_model"}
+
+
+def test_a_hook_that_raises_is_a_veto_naming_the_error() -> None:
+    with (
+        _orch(hooks=[Explodes()]).session() as session,
+        pytest.raises(GuardrailViolatedError) as caught,
+    ):
+        session.run_tool("t", lambda: None)
+    assert caught.value.reason == "hook raised KeyError: 'boom'"
+    assert (caught.value.hook, caught.value.point) == ("Explodes", "before_tool")

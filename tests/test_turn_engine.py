@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -35,9 +35,11 @@ from techrevati.runtime import (
     UsageSnapshot,
     aretry_call,
     retry_call,
+    testing,
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime.orchestrator import EmptyResponseError, StreamResultError
+from tests.conftest import FakeClock
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 COST = Decimal("0.0045")  # 1000 * 3e-6 + 100 * 15e-6
@@ -342,24 +344,6 @@ def test_async_timeouts_open_the_breaker_and_count_as_failures() -> None:
     metrics = breaker.metrics()
     assert (metrics.failures, metrics.ignored, metrics.successes) == (2, 0, 1)
     assert breaker.state is CircuitState.CLOSED
-
-
-def test_timeouts_are_retried_by_the_policy() -> None:
-    hang = Hang()
-    answers: Iterator[Callable[[], str]] = iter([hang, lambda: "second try"])
-
-    def fn() -> str:
-        return next(answers)()
-
-    sleeps = Sleeps()
-    try:
-        with _orch(retry=RetryPolicy(max_attempts=2, sleep=sleeps)).session() as session:
-            result, _ = session.run_turn(fn, model="m", usage=USAGE, timeout=0.02)
-    finally:
-        hang.release.set()
-    assert result == "second try"
-    assert len(sleeps.slept) == 1
-    assert session.summary()["recovery"]["retries"] == 1  # type: ignore[index]
 
 
 def test_sync_turn_error_inside_the_deadline_passes_through_unchanged() -> None:
@@ -836,3 +820,314 @@ def test_a_failed_attempt_gives_its_hold_on_the_session_cap_back() -> None:
         session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)
         with pytest.raises(BudgetExceededError):
             session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)
+
+
+# -- a timeout under a retry policy, an error inside the deadline, the async sleep ------
+
+
+def _turn_events(session: Any) -> list[tuple[str, str | None, dict[str, object]]]:
+    """The turn's own events: name, failure class and data (session and status events left out)."""
+    kept = {
+        EventName.TURN_FAILED,
+        EventName.TURN_RETRIED,
+        EventName.TURN_COMPLETED,
+        EventName.BREAKER_REJECTED,
+        EventName.MODEL_SWITCHED,
+    }
+    return [
+        (str(e.name), None if e.failure_class is None else e.failure_class.value, dict(e.data))
+        for e in session.events()
+        if e.name in kept
+    ]
+
+
+def _completed(attempt: int, model: str = "m", duration: float = 0.0) -> dict[str, object]:
+    return {
+        "model": model,
+        "attempt": attempt,
+        "duration_seconds": duration,
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_usd": "0.0045",
+        "usage_unknown": False,
+    }
+
+
+def _no_sync_sleep(seconds: float) -> None:
+    raise AssertionError(f"an async turn slept {seconds}s with the sync sleep")
+
+
+def test_a_turn_that_times_out_then_succeeds_is_retried_once_with_its_backoff() -> None:
+    """Every attempt has the whole deadline: 0.5 s, so the second makes it on a busy machine."""
+    clock = FakeClock()
+    hang = Hang()
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        return hang() if len(calls) == 1 else "second try"
+
+    policy = RetryPolicy(max_attempts=3, base_delay=0.25, jitter="none")
+    orch = _orch(retry=policy, clock=clock, sleep=clock.sleep, runner=DeadlineRunner())
+    try:
+        with orch.session() as session:
+            result, usage = session.run_turn(fn, model="m", usage=USAGE, timeout=0.5)
+            assert session.policy_context().timed_out is True
+    finally:
+        hang.release.set()
+    assert (result, usage) == ("second try", USAGE)
+    assert len(calls) == 2
+    assert clock.slept == [0.25]  # the backoff of retry 1, slept once
+    assert _turn_events(session) == [
+        (
+            "turn.failed",
+            "llm_timeout",
+            {"model": "m", "attempt": 1, "duration_seconds": 0.0, "error_type": "TurnTimeoutError"},
+        ),
+        (
+            "turn.retried",
+            "llm_timeout",
+            {"model": "m", "attempt": 1, "delay_seconds": 0.25, "scenario": "llm_timeout"},
+        ),
+        ("turn.completed", None, _completed(attempt=2)),
+    ]
+    failed = next(e for e in session.events() if e.name == EventName.TURN_FAILED)
+    assert failed.detail == "TurnTimeoutError: turn on model 'm' did not finish within 0.5 seconds"
+    summary = session.summary()
+    assert summary["turns"] == 1
+    assert summary["failures"] == {"llm_timeout": 1}
+    assert summary["recovery"] == {
+        "retries": 1,
+        "retries_exhausted": False,
+        "max_total_retries": None,
+    }
+    assert session.tracker.total_cost() == COST  # charged once: the timed-out call billed nothing
+
+
+def test_a_timed_out_turn_moves_to_the_fallback_model() -> None:
+    clock = FakeClock()
+    hang = Hang()
+    seen: list[str] = []
+
+    def complete(model: str) -> str:
+        seen.append(model)
+        return hang() if model == "m" else f"answer from {model}"
+
+    policy = RetryPolicy(max_attempts=3, base_delay=0.5, jitter="none")
+    orch = _orch(retry=policy, clock=clock, sleep=clock.sleep, runner=DeadlineRunner())
+    try:
+        with orch.session() as session:
+            result, _ = session.run_turn(
+                complete, model="m", fallback_models=["backup"], usage=USAGE, timeout=0.5
+            )
+    finally:
+        hang.release.set()
+    assert result == "answer from backup"
+    assert seen == ["m", "backup"]
+    assert clock.slept == [0.5]
+    assert [(name, data.get("model")) for name, _, data in _turn_events(session)] == [
+        ("turn.failed", "m"),
+        ("turn.model_switched", "backup"),
+        ("turn.retried", "backup"),
+        ("turn.completed", "backup"),
+    ]
+
+
+def test_timeouts_exhaust_the_policy_with_every_attempt_recorded() -> None:
+    clock = FakeClock()
+    hang = Hang()
+    policy = RetryPolicy(max_attempts=2, base_delay=0.25, jitter="none")
+    orch = _orch(retry=policy, clock=clock, sleep=clock.sleep, runner=DeadlineRunner())
+    try:
+        with pytest.raises(RetriesExhaustedError) as caught, orch.session() as session:
+            session.run_turn(hang, model="m", usage=USAGE, timeout=0.02)
+    finally:
+        hang.release.set()
+    assert caught.value.attempts == 2
+    assert isinstance(caught.value.__cause__, TurnTimeoutError)
+    assert caught.value.scenario.value == "llm_timeout"
+    assert clock.slept == [0.25]
+    assert [(name, data["attempt"]) for name, _, data in _turn_events(session)] == [
+        ("turn.failed", 1),
+        ("turn.retried", 1),
+        ("turn.failed", 2),
+    ]
+    summary = session.summary()
+    assert summary["failures"] == {"llm_timeout": 2}
+    assert summary["recovery"]["retries_exhausted"] is True  # type: ignore[index]
+    assert summary["failure_class"] == "llm_timeout"
+
+
+class UnavailableError(Exception):
+    """A provider's 503, as an SDK raises it."""
+
+    status_code = 503
+
+
+def test_an_error_raised_inside_a_timed_turn_is_classified_and_retried() -> None:
+    """The deadline runner hands fn's exception back: it is this 503 that is retried."""
+    clock = FakeClock()
+    first = UnavailableError("overloaded")
+    script: list[object] = [first, "recovered"]
+
+    def fn() -> object:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    policy = RetryPolicy(max_attempts=3, base_delay=0.25, jitter="none")
+    orch = _orch(retry=policy, clock=clock, sleep=clock.sleep, runner=DeadlineRunner())
+    with orch.session() as session:
+        result, _ = session.run_turn(fn, model="m", usage=USAGE, timeout=5)
+    assert result == "recovered"
+    assert clock.slept == [0.25]
+    assert _turn_events(session) == [
+        (
+            "turn.failed",
+            "provider_failure",
+            {"model": "m", "attempt": 1, "duration_seconds": 0.0, "error_type": "UnavailableError"},
+        ),
+        (
+            "turn.retried",
+            "provider_failure",
+            {"model": "m", "attempt": 1, "delay_seconds": 0.25, "scenario": "provider_failure"},
+        ),
+        ("turn.completed", None, _completed(attempt=2)),
+    ]
+    assert session.summary()["failures"] == {"provider_failure": 1}
+    assert session.policy_context().timed_out is False  # an error inside the deadline is no timeout
+
+
+def test_an_error_raised_inside_a_timed_turn_surfaces_unchanged_without_a_policy() -> None:
+    error = UnavailableError("overloaded")
+
+    def fn(model: str) -> str:
+        raise error
+
+    orch = _orch(runner=DeadlineRunner(), clock=FakeClock())
+    with pytest.raises(UnavailableError) as caught, orch.session() as s:
+        s.run_turn(fn, model="m", usage=USAGE, timeout=5)
+    assert caught.value is error
+    assert caught.value.__cause__ is None  # not wrapped, not chained to a timeout
+    assert _turn_events(s) == [
+        (
+            "turn.failed",
+            "provider_failure",
+            {"model": "m", "attempt": 1, "duration_seconds": 0.0, "error_type": "UnavailableError"},
+        )
+    ]
+    assert s.summary()["failure_class"] == "provider_failure"
+    assert s.policy_context().timed_out is False
+
+
+def test_arun_turn_awaits_the_injected_async_sleep_with_each_backoff() -> None:
+    clock = FakeClock()
+    script: list[object] = [UnavailableError("down"), UnavailableError("still down"), "up"]
+
+    async def fn() -> object:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    policy = RetryPolicy(max_attempts=3, base_delay=0.25, jitter="none")
+    orch = _orch(retry=policy, clock=clock, sleep=_no_sync_sleep, async_sleep=clock.asleep)
+
+    async def main() -> tuple[object, Any]:
+        async with orch.asession() as session:
+            result, _ = await session.arun_turn(fn, model="m", usage=USAGE)
+        return result, session
+
+    result, session = asyncio.run(main())
+    assert result == "up"
+    assert clock.slept == [0.25, 0.5]  # awaited, with the delays the policy computed
+    retried = [data for name, _, data in _turn_events(session) if name == "turn.retried"]
+    assert [(d["attempt"], d["delay_seconds"]) for d in retried] == [(1, 0.25), (2, 0.5)]
+    assert session.summary()["recovery"]["retries"] == 2
+
+
+def test_arun_turn_uses_the_policys_async_sleep_when_the_orchestrator_has_none() -> None:
+    clock = FakeClock()
+    failures = [UnavailableError("down")]
+
+    async def fn() -> str:
+        if failures:
+            raise failures.pop()
+        return "up"
+
+    policy = RetryPolicy(
+        base_delay=0.75, jitter="none", sleep=_no_sync_sleep, async_sleep=clock.asleep
+    )
+
+    async def main() -> str:
+        async with _orch(retry=policy).asession() as session:
+            return (await session.arun_turn(fn, model="m", usage=USAGE))[0]
+
+    assert asyncio.run(main()) == "up"
+    assert clock.slept == [0.75]
+
+
+def test_a_retry_with_no_wait_does_not_sleep_at_all() -> None:
+    """Testing mode makes every delay 0: neither loop calls its sleep for a zero wait."""
+    failures = [UnavailableError("down"), UnavailableError("down")]
+
+    def fn() -> str:
+        if failures:
+            raise failures.pop()
+        return "up"
+
+    async def afn() -> str:
+        return fn()
+
+    policy = RetryPolicy(
+        max_attempts=3, sleep=_no_sync_sleep, async_sleep=_never_awaited_sleep, base_delay=1
+    )
+
+    async def main() -> str:
+        async with _orch(retry=policy).asession() as session:
+            return (await session.arun_turn(afn, model="m", usage=USAGE))[0]
+
+    with testing(attempts=3):
+        with _orch(retry=policy).session() as session:
+            assert session.run_turn(fn, model="m", usage=USAGE)[0] == "up"
+        failures.extend([UnavailableError("down"), UnavailableError("down")])
+        assert asyncio.run(main()) == "up"
+    assert session.summary()["recovery"]["retries"] == 2  # type: ignore[index]
+
+
+async def _never_awaited_sleep(seconds: float) -> None:
+    raise AssertionError(f"slept {seconds}s for a zero wait")
+
+
+def test_a_timed_async_turn_that_times_out_then_succeeds_is_retried() -> None:
+    clock = FakeClock()
+
+    async def main() -> tuple[str, Any]:
+        never = asyncio.Event()
+        calls: list[int] = []
+
+        async def fn() -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                await never.wait()
+            return "second try"
+
+        policy = RetryPolicy(max_attempts=3, base_delay=0.25, jitter="none")
+        orch = _orch(retry=policy, clock=clock, sleep=_no_sync_sleep, async_sleep=clock.asleep)
+        async with orch.asession() as session:
+            result, _ = await session.arun_turn(fn, model="m", usage=USAGE, timeout=0.02)
+        assert len(calls) == 2
+        return result, session
+
+    result, session = asyncio.run(main())
+    assert result == "second try"
+    assert clock.slept == [0.25]
+    assert [(name, fc, data["attempt"]) for name, fc, data in _turn_events(session)] == [
+        ("turn.failed", "llm_timeout", 1),
+        ("turn.retried", "llm_timeout", 1),
+        ("turn.completed", None, 2),
+    ]

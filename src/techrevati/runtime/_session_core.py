@@ -226,6 +226,10 @@ class _SessionCore:
                 f"hook raised {type(exc).__name__}: {exc}", hook=type(hook).__name__, point=point
             )
             error.__cause__ = exc
+        raise self._vetoed(error)
+
+    def _vetoed(self, error: GuardrailViolatedError) -> GuardrailViolatedError:
+        """Record a hook's veto (a failure and a ``hook.vetoed`` event); return it to raise."""
         self._record_failure(AgentFailureClass.VALIDATION_ERROR)
         self._emit(
             EventName.HOOK_VETOED,
@@ -233,18 +237,23 @@ class _SessionCore:
             detail=error.reason,
             data={"hook": error.hook, "point": error.point},
         )
-        raise error
+        return error
 
     def _replaced_by_hooks(self, point: str, call: _C, kind: type[_C]) -> _C:
-        """Pass ``call`` through the ``point`` hooks; each may return a replacement ``kind``."""
+        """Pass ``call`` through the ``point`` hooks; each may return a replacement ``kind``.
+
+        A replacement of another type is the hook's veto, recorded as one.
+        """
         for hook in self._orch._points[point]:
             replaced = self._run_hook(hook, point, getattr(hook, point), call)
             if replaced is not None:
                 if not isinstance(replaced, kind):
-                    raise GuardrailViolatedError(
-                        f"{point} returned {type(replaced).__name__}, not {kind.__name__}",
-                        hook=type(hook).__name__,
-                        point=point,
+                    raise self._vetoed(
+                        GuardrailViolatedError(
+                            f"{point} returned {type(replaced).__name__}, not {kind.__name__}",
+                            hook=type(hook).__name__,
+                            point=point,
+                        )
                     )
                 call = replaced
         return call
