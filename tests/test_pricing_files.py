@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from techrevati.runtime.errors import TechrevatiError
+from techrevati.runtime.errors import PricingFileWarning, TechrevatiError
 from techrevati.runtime.usage import (
-    LOGGER_NAME,
     LongContextTier,
     ModelPricing,
     PricingFileError,
@@ -179,12 +177,14 @@ def test_litellm_file_registers_token_priced_models_exactly(tmp_path: Path) -> N
         "15",
         cache_read_per_million="0.3",
         cache_write_per_million="3.75",
+        cache_write_1h_per_million="6",
         long_context=LongContextTier(
             200_000,
             "6",
             "22.5",
             cache_read_per_million="0.6",
             cache_write_per_million="3.75",  # no "above" rate: the base rate stays
+            cache_write_1h_per_million="6",
         ),
     )
     nova = get_pricing("nova-like")
@@ -210,28 +210,31 @@ def test_litellm_long_context_tier_bills_whole_turn_above_200k(tmp_path: Path) -
 
 
 def test_litellm_entries_we_cannot_represent_are_skipped_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
 ) -> None:
     data = {
-        "two-tiers": {
-            "input_cost_per_token": 1e-06,
-            "output_cost_per_token": 2e-06,
-            "input_cost_per_token_above_128k_tokens": 2e-06,
-            "input_cost_per_token_above_256k_tokens": 3e-06,
+        "unpriced-range": {
+            "output_cost_per_token": 4e-07,
+            "tiered_pricing": [{"range": [0, 256000], "output_cost_per_token": 5e-08}],
         },
         "ranged": {
             "input_cost_per_token": 5e-08,
             "output_cost_per_token": 4e-07,
-            "tiered_pricing": [{"range": [0, 256000], "input_cost_per_token": 5e-08}],
+            "tiered_pricing": [{"range": [0, 256000], "cache_read_input_token_cost": 5e-08}],
         },
         "plain": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06},
     }
-    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
-    assert load_pricing_from_file(_write(tmp_path, "l.json", json.dumps(data))) == ["plain"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME]
-    assert len(warnings) == 1
-    assert "two-tiers" in warnings[0]
-    assert "ranged" in warnings[0]
+    with pytest.warns(PricingFileWarning) as caught:
+        names = load_pricing_from_file(_write(tmp_path, "l.json", json.dumps(data)))
+    assert names == ["plain"]
+    assert len(caught) == 1
+    warning = caught[0].message
+    assert isinstance(warning, PricingFileWarning)
+    assert [(n.entry, n.key) for n in warning.skipped] == [
+        ("unpriced-range", "tiered_pricing[0]"),
+        ("ranged", "tiered_pricing[0]"),
+    ]
+    assert "'unpriced-range' tiered_pricing[0]: a tiered_pricing tier without" in str(warning)
 
 
 def test_litellm_string_costs_are_accepted(tmp_path: Path) -> None:
@@ -364,17 +367,21 @@ def test_a_bad_litellm_entry_refuses_the_whole_file(tmp_path: Path) -> None:
     assert error.reason.startswith("input_cost_per_token")
 
 
-def test_a_float_artifact_in_litellm_is_refused_rather_than_rounded(tmp_path: Path) -> None:
+def test_a_float_artifact_in_litellm_is_refused_under_strict(tmp_path: Path) -> None:
     text = (
         '{"good": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06},'
         ' "artifact": {"input_cost_per_token": 2.4999999999999998e-06,'
         ' "output_cost_per_token": 1e-05}}'
     )
-    _assert_refused(
-        _write(tmp_path, "l.json", text),
-        entry="artifact",
-        match="input_per_million has more precision",
+    path = _write(tmp_path, "l.json", text)
+    with pytest.raises(PricingFileError) as info:
+        load_pricing_from_file(path, strict=True)
+    assert info.value.entry == "artifact"
+    assert info.value.reason == (
+        "input_cost_per_token: 2.4999999999999998e-06 has more precision than the money "
+        "grid (1e-15 USD per token) holds; strict=True refuses to round it"
     )
+    assert not has_pricing("good")
 
 
 def test_litellm_non_object_entry_is_refused(tmp_path: Path) -> None:

@@ -364,6 +364,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "PolicyEvaluationError": "techrevati.runtime.policy_engine",
     "PolicyRule": "techrevati.runtime.policy_engine",
     "PricingFileError": "techrevati.runtime.pricing",
+    "PricingFileNote": "techrevati.runtime.pricing",
+    "PricingFileWarning": "techrevati.runtime.pricing",
     "QualityAt": "techrevati.runtime.policy_engine",
     "QualityGate": "techrevati.runtime.quality_gate",
     "QualityGateOutcome": "techrevati.runtime.quality_gate",

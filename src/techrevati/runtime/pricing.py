@@ -1,22 +1,19 @@
 """Model pricing: per-token rates, the registry that holds them, and pricing files.
 
-:class:`ModelPricing` (with an optional :class:`LongContextTier`) turns a
+:class:`ModelPricing` (with optional :class:`LongContextTier` tiers) turns a
 turn's tokens into exact money. Register one per model name with
 :func:`register_pricing` (thread-safe), or load many from our JSON/TOML schema
-or LiteLLM's price file with :func:`load_pricing_from_file`. A model without
-pricing costs zero and is warned about once per process.
+or LiteLLM's price file with :func:`load_pricing_from_file` (the reading
+itself lives in the private ``_price_file`` module, loaded on first use). A
+model without pricing costs zero and is warned about once per process.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import threading
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from techrevati.runtime._log import get_logger
@@ -28,7 +25,12 @@ from techrevati.runtime._money import (
     _usd,
 )
 from techrevati.runtime._validate import non_empty_str
-from techrevati.runtime.errors import InvalidValueError, PricingFileError
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    PricingFileError,
+    PricingFileNote,
+    PricingFileWarning,
+)
 
 if TYPE_CHECKING:
     from techrevati.runtime.usage import UsageSnapshot
@@ -39,6 +41,8 @@ __all__ = [
     "LongContextTier",
     "ModelPricing",
     "PricingFileError",
+    "PricingFileNote",
+    "PricingFileWarning",
     "clear_pricing",
     "get_pricing",
     "has_pricing",
@@ -60,8 +64,14 @@ _RATE_FIELDS: Final = (
     "output_per_million",
     "cache_read_per_million",
     "cache_write_per_million",
+    "cache_write_1h_per_million",
     "reasoning_per_million",
 )
+
+_Rates = tuple[int, int, int, int, int]
+"""Femto-dollars per token: input, cache-read extra, cache-write extra, output, reasoning extra."""
+_FullRates = tuple[int, int, int, int, int, int]
+""":data:`_Rates` and the one-hour cache-write extra (over the five-minute write rate)."""
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -70,8 +80,11 @@ class LongContextTier:
 
     A turn is billed entirely at these rates when its ``input_tokens`` is
     strictly greater than ``threshold_tokens`` (``>``, as LiteLLM and the
-    vendors do). Rates are USD per million tokens; unset cache rates default
-    to this tier's input rate and an unset reasoning rate to its output rate.
+    vendors do). ``above`` optionally chains the next tier, at a higher
+    threshold, which takes over past its own threshold (a price list with
+    several steps). Rates are USD per million tokens; unset cache rates default
+    to this tier's input rate, an unset one-hour cache-write rate to this
+    tier's cache-write rate, and an unset reasoning rate to its output rate.
     """
 
     threshold_tokens: int
@@ -79,8 +92,11 @@ class LongContextTier:
     output_per_million: Decimal
     cache_read_per_million: Decimal | None
     cache_write_per_million: Decimal | None
+    cache_write_1h_per_million: Decimal | None
     reasoning_per_million: Decimal | None
-    _rates: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    above: LongContextTier | None
+    _rates: _Rates = field(init=False, repr=False, compare=False)
+    _full: _FullRates = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -90,7 +106,9 @@ class LongContextTier:
         *,
         cache_read_per_million: MoneyInput | None = None,
         cache_write_per_million: MoneyInput | None = None,
+        cache_write_1h_per_million: MoneyInput | None = None,
         reasoning_per_million: MoneyInput | None = None,
+        above: LongContextTier | None = None,
     ) -> None:
         if (
             not isinstance(threshold_tokens, int)
@@ -100,6 +118,13 @@ class LongContextTier:
             raise InvalidValueError(
                 f"threshold_tokens must be an int >= 0, got {threshold_tokens!r}"
             )
+        if above is not None and (
+            not isinstance(above, LongContextTier) or above.threshold_tokens <= threshold_tokens
+        ):
+            raise InvalidValueError(
+                "above must be None or a LongContextTier with a higher threshold_tokens "
+                f"than {threshold_tokens}, got {above!r}"
+            )
         _init_rates(
             self,
             (
@@ -107,10 +132,12 @@ class LongContextTier:
                 output_per_million,
                 cache_read_per_million,
                 cache_write_per_million,
+                cache_write_1h_per_million,
                 reasoning_per_million,
             ),
         )
         object.__setattr__(self, "threshold_tokens", threshold_tokens)
+        object.__setattr__(self, "above", above)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -120,21 +147,30 @@ class ModelPricing:
     Rates accept ``int``, ``float`` (converted through ``repr``, so ``3.0``
     becomes ``Decimal('3.0')`` exactly), ``str`` or ``Decimal`` and are stored
     as ``Decimal``. Unset cache read/write rates default to the input rate, an
+    unset one-hour cache-write rate (``cache_write_1h_per_million``, charged on
+    :attr:`UsageSnapshot.cache_write_1h_tokens`) to the cache-write rate, an
     unset reasoning rate to the output rate. Each rate must be finite, >= 0,
     and exact to 1e-15 USD per token (at most 9 decimal places per million);
     anything else raises :class:`InvalidValueError` naming the field, never a
-    silent rounding. ``long_context`` optionally re-prices long turns whole.
+    silent rounding. ``long_context`` optionally re-prices long turns whole
+    (a :class:`LongContextTier`, which may chain higher ones); :attr:`tiers`
+    lists every tier, lowest threshold first.
     """
 
     input_per_million: Decimal
     output_per_million: Decimal
     cache_read_per_million: Decimal | None
     cache_write_per_million: Decimal | None
+    cache_write_1h_per_million: Decimal | None
     reasoning_per_million: Decimal | None
     long_context: LongContextTier | None
-    _rates: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
-    _tier: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    tiers: tuple[LongContextTier, ...] = field(init=False, repr=False, compare=False)
+    """Every long-context tier, lowest threshold first: ``long_context`` and its ``above`` chain."""
+    _rates: _Rates = field(init=False, repr=False, compare=False)
+    _tier: _Rates = field(init=False, repr=False, compare=False)
     _threshold: int = field(init=False, repr=False, compare=False)
+    _full: _FullRates = field(init=False, repr=False, compare=False)
+    _above: tuple[tuple[int, _FullRates], ...] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -143,30 +179,42 @@ class ModelPricing:
         *,
         cache_read_per_million: MoneyInput | None = None,
         cache_write_per_million: MoneyInput | None = None,
+        cache_write_1h_per_million: MoneyInput | None = None,
         reasoning_per_million: MoneyInput | None = None,
         long_context: LongContextTier | None = None,
     ) -> None:
-        rates = _init_rates(
+        _init_rates(
             self,
             (
                 input_per_million,
                 output_per_million,
                 cache_read_per_million,
                 cache_write_per_million,
+                cache_write_1h_per_million,
                 reasoning_per_million,
             ),
         )
-        if long_context is None:
-            tier, threshold = rates, _NO_TIER
-        elif isinstance(long_context, LongContextTier):
-            tier, threshold = long_context._rates, long_context.threshold_tokens
-        else:
+        if long_context is not None and not isinstance(long_context, LongContextTier):
             raise InvalidValueError(
                 f"long_context must be a LongContextTier or None, got {long_context!r}"
             )
+        tiers: list[LongContextTier] = []
+        tier = long_context
+        while tier is not None:
+            tiers.append(tier)
+            tier = tier.above
         object.__setattr__(self, "long_context", long_context)
-        object.__setattr__(self, "_tier", tier)
-        object.__setattr__(self, "_threshold", threshold)
+        object.__setattr__(self, "tiers", tuple(tiers))
+        # Highest threshold first: _femto takes the first tier the input is above.
+        above = tuple((tier.threshold_tokens, tier._full) for tier in reversed(tiers))
+        object.__setattr__(self, "_above", above)
+        # The lowest tier, as the five-rate view the tracker's fast path reads.
+        if long_context is None:
+            object.__setattr__(self, "_tier", self._rates)
+            object.__setattr__(self, "_threshold", _NO_TIER)
+        else:
+            object.__setattr__(self, "_tier", long_context._rates)
+            object.__setattr__(self, "_threshold", long_context.threshold_tokens)
 
     def cost_usd(self, usage: UsageSnapshot) -> Decimal:
         """Return the exact cost of one turn with ``usage`` at these rates."""
@@ -223,28 +271,36 @@ def clear_pricing() -> None:
         _WARNED.clear()
 
 
-def load_pricing_from_file(path: str | os.PathLike[str]) -> list[str]:
+def load_pricing_from_file(path: str | os.PathLike[str], *, strict: bool = False) -> list[str]:
     r"""Register every model priced in a JSON or TOML file; return their names in file order.
 
     ``.toml`` files are read as TOML, anything else as JSON; numbers are read
-    as exact decimals. Two schemas are accepted: ours,
-    ``{"models": {name: {"input_per_million": ..., "output_per_million": ...,
-    "cache_read_per_million", "cache_write_per_million",
+    as exact decimals, and a JSON object that repeats a key is an error naming
+    it. Two schemas are accepted: ours, ``{"models": {name: {"input_per_million":
+    ..., "output_per_million": ..., "cache_read_per_million",
+    "cache_write_per_million", "cache_write_1h_per_million",
     "reasoning_per_million", "long_context": {"threshold_tokens": ...,
-    ...rates}}}}`` (numbers or strings), and LiteLLM's
-    ``model_prices_and_context_window.json`` (USD per token; see the usage
-    docs for which keys are read and which entries are skipped). All or
-    nothing: any bad entry raises one :class:`PricingFileError` naming the
-    file and the entry, and nothing is registered. A missing file raises
-    ``FileNotFoundError`` (other ``OSError``\ s pass through too).
+    ...rates} or a list of such tables}}}`` (numbers or strings), and LiteLLM's
+    ``model_prices_and_context_window.json`` (USD per token; see the usage docs
+    for which keys are read).
+
+    A LiteLLM rate finer than the money grid (1e-15 USD per token: a float
+    artefact such as ``2.9999900000000002e-06``) is rounded to it half-even;
+    entries whose pricing cannot be represented are skipped, and
+    ``provider_specific_entry`` multipliers are ignored. All three are reported
+    in one :class:`PricingFileWarning` per load, naming each entry, its key and
+    its text. ``strict=True`` refuses to round instead. Any other bad entry
+    (a negative, NaN or non-number rate, a repeated key, an unknown key in our
+    schema, an over-precise rate in our schema or under ``strict``) raises one
+    :class:`PricingFileError` listing every bad entry, and nothing is
+    registered. A missing file raises ``FileNotFoundError`` (other
+    ``OSError``\ s pass through too).
     """
-    where = os.fspath(path)
-    file = Path(where)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PricingFileError(f"not UTF-8 text: {exc}", path=where) from exc
-    parsed = _parse_pricing_text(text, where, toml=file.suffix.lower() == ".toml")
+    if not isinstance(strict, bool):
+        raise InvalidValueError(f"strict must be a bool, got {strict!r}")
+    from techrevati.runtime._price_file import read_pricing_file  # noqa: PLC0415 (json, tomllib)
+
+    parsed = read_pricing_file(os.fspath(path), strict=strict)
     with _REGISTRY_LOCK:
         _PRICES.update(parsed)
     return list(parsed)
@@ -279,26 +335,35 @@ def _cost_femto(model: str, usage: UsageSnapshot) -> int:
 
 def _femto(pricing: ModelPricing, usage: UsageSnapshot) -> int:
     """Return the exact cost of ``usage`` in femto-dollars (disjoint parts, whole-turn tier)."""
-    rates = pricing._tier if usage.input_tokens > pricing._threshold else pricing._rates
-    rate_in, extra_read, extra_write, rate_out, extra_reasoning = rates
+    inp = usage.input_tokens
+    rates = pricing._full
+    if inp > pricing._threshold:
+        for threshold, rates in pricing._above:  # noqa: B007 (the loop picks ``rates``)
+            if inp > threshold:
+                break
+    rate_in, extra_read, extra_write, rate_out, extra_reasoning, extra_1h = rates
     return (
-        usage.input_tokens * rate_in
+        inp * rate_in
         + usage.cache_read_tokens * extra_read
         + usage.cache_write_tokens * extra_write
+        + usage.cache_write_1h_tokens * extra_1h
         + usage.output_tokens * rate_out
         + usage.reasoning_tokens * extra_reasoning
     )
 
 
 def _init_rates(
-    target: ModelPricing | LongContextTier, given: tuple[object, object, object, object, object]
-) -> tuple[int, int, int, int, int]:
-    """Validate and store the five rates of ``target``; store and return its integer rates.
+    target: ModelPricing | LongContextTier,
+    given: tuple[object, object, object, object, object, object],
+) -> _FullRates:
+    """Validate and store the six rates of ``target``; store its integer rates and return them.
 
     The integer rates are femto-dollars per token, arranged so that
-    ``in*r0 + cache_read*r1 + cache_write*r2 + out*r3 + reasoning*r4`` equals
-    uncached input at the input rate + cache reads + cache writes + non-reasoning
-    output at the output rate + reasoning, each at its own rate.
+    ``in*r0 + cache_read*r1 + cache_write*r2 + out*r3 + reasoning*r4 +
+    cache_write_1h*r5`` equals uncached input at the input rate + cache reads +
+    cache writes (the one-hour ones at their own rate) + non-reasoning output
+    at the output rate + reasoning, each at its own rate. ``_rates`` keeps the
+    first five, the tracker's fast path.
     """
     femto: dict[str, int] = {}
     for name, value in zip(_RATE_FIELDS, given, strict=True):
@@ -309,197 +374,15 @@ def _init_rates(
         object.__setattr__(target, name, rate)
     rate_in = femto["input_per_million"]
     rate_out = femto["output_per_million"]
+    rate_write = femto.get("cache_write_per_million", rate_in)
     rates = (
         rate_in,
         femto.get("cache_read_per_million", rate_in) - rate_in,
-        femto.get("cache_write_per_million", rate_in) - rate_in,
+        rate_write - rate_in,
         rate_out,
         femto.get("reasoning_per_million", rate_out) - rate_out,
+        femto.get("cache_write_1h_per_million", rate_write) - rate_write,
     )
-    object.__setattr__(target, "_rates", rates)
+    object.__setattr__(target, "_rates", rates[:5])
+    object.__setattr__(target, "_full", rates)
     return rates
-
-
-_OUR_RATE_KEYS: Final = frozenset(
-    {
-        "input_per_million",
-        "output_per_million",
-        "cache_read_per_million",
-        "cache_write_per_million",
-        "reasoning_per_million",
-    }
-)
-_OUR_MODEL_KEYS: Final = _OUR_RATE_KEYS | {"long_context"}
-_OUR_TIER_KEYS: Final = _OUR_RATE_KEYS | {"threshold_tokens"}
-_LITELLM_BASE: Final = {
-    "input_cost_per_token": "input_per_million",
-    "output_cost_per_token": "output_per_million",
-    "cache_read_input_token_cost": "cache_read_per_million",
-    "cache_creation_input_token_cost": "cache_write_per_million",
-    "output_cost_per_reasoning_token": "reasoning_per_million",
-}
-_LITELLM_TIER: Final = re.compile(
-    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
-    r"|cache_creation_input_token_cost|output_cost_per_reasoning_token)_above_(\d+)k_tokens$"
-)
-_LITELLM_SKIP: Final = "sample_spec"
-
-
-def _parse_pricing_text(text: str, path: str, *, toml: bool) -> dict[str, ModelPricing]:
-    """Parse and validate a whole pricing file; return name -> pricing in file order."""
-    data: object
-    try:
-        if toml:
-            data = tomllib.loads(text, parse_float=Decimal)
-        else:
-            data = json.loads(text, parse_float=Decimal, parse_constant=Decimal)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        kind = "TOML" if toml else "JSON"
-        raise PricingFileError(f"invalid {kind}: {exc}", path=path) from exc
-    if not isinstance(data, dict):
-        raise PricingFileError(f"expected a top-level object, got {type(data).__name__}", path=path)
-    if "models" in data:
-        extra = sorted(set(data) - {"models"})
-        if extra:
-            raise PricingFileError(f"unknown top-level keys {extra} beside 'models'", path=path)
-        models = data["models"]
-        if not isinstance(models, dict):
-            raise PricingFileError(
-                f"'models' must be a table of model entries, got {type(models).__name__}",
-                path=path,
-            )
-        entries = [(name, _our_entry(name, entry, path)) for name, entry in models.items()]
-    elif _looks_like_litellm(data):
-        entries = _litellm_entries(data, path)
-    else:
-        raise PricingFileError(
-            "unknown schema: expected {'models': {...}} or LiteLLM's "
-            "model_prices_and_context_window.json",
-            path=path,
-        )
-    result: dict[str, ModelPricing] = {}
-    for raw, pricing in entries:
-        name = raw.strip()
-        if not name:
-            raise PricingFileError("model name must not be empty", path=path, entry=raw)
-        if name in result:
-            raise PricingFileError("model listed twice (names are stripped)", path=path, entry=raw)
-        result[name] = pricing
-    return result
-
-
-def _our_entry(name: str, entry: object, path: str) -> ModelPricing:
-    if not isinstance(entry, dict):
-        raise PricingFileError(
-            f"entry must be a table of rates, got {type(entry).__name__}", path=path, entry=name
-        )
-    unknown = sorted(set(entry) - _OUR_MODEL_KEYS)
-    if unknown:
-        raise PricingFileError(f"unknown keys {unknown}", path=path, entry=name)
-    missing = sorted({"input_per_million", "output_per_million"} - set(entry))
-    if missing:
-        raise PricingFileError(f"missing required keys {missing}", path=path, entry=name)
-    try:
-        tier = None
-        raw_tier = entry.get("long_context")
-        if raw_tier is not None:
-            if not isinstance(raw_tier, dict):
-                raise InvalidValueError(
-                    f"long_context must be a table, got {type(raw_tier).__name__}"
-                )
-            unknown = sorted(set(raw_tier) - _OUR_TIER_KEYS)
-            if unknown:
-                raise InvalidValueError(f"unknown long_context keys {unknown}")
-            missing = sorted(
-                {"threshold_tokens", "input_per_million", "output_per_million"} - set(raw_tier)
-            )
-            if missing:
-                raise InvalidValueError(f"long_context is missing required keys {missing}")
-            tier = LongContextTier(**raw_tier)
-        rates = {key: value for key, value in entry.items() if key != "long_context"}
-        return ModelPricing(**rates, long_context=tier)
-    except InvalidValueError as exc:
-        raise PricingFileError(str(exc), path=path, entry=name) from exc
-
-
-def _looks_like_litellm(data: dict[str, object]) -> bool:
-    return any(
-        name == _LITELLM_SKIP
-        or (
-            isinstance(entry, dict)
-            and ("litellm_provider" in entry or any(key in entry for key in _LITELLM_BASE))
-        )
-        for name, entry in data.items()
-    )
-
-
-def _litellm_entries(data: dict[str, object], path: str) -> list[tuple[str, ModelPricing]]:
-    entries: list[tuple[str, ModelPricing]] = []
-    unsupported: list[str] = []
-    for name, entry in data.items():
-        if name == _LITELLM_SKIP:
-            continue
-        if not isinstance(entry, dict):
-            raise PricingFileError(
-                f"entry must be an object, got {type(entry).__name__}", path=path, entry=name
-            )
-        try:
-            pricing = _litellm_pricing(entry)
-        except InvalidValueError as exc:
-            raise PricingFileError(str(exc), path=path, entry=name) from exc
-        if pricing is _UNSUPPORTED:
-            unsupported.append(name)
-        elif isinstance(pricing, ModelPricing):
-            entries.append((name, pricing))
-    if unsupported:
-        _LOG.warning(
-            "%s: skipped %d LiteLLM entries whose pricing cannot be represented "
-            "(tiered_pricing, or several long-context thresholds): %s",
-            path,
-            len(unsupported),
-            ", ".join(unsupported[:10]) + (", ..." if len(unsupported) > 10 else ""),
-        )
-    return entries
-
-
-_UNSUPPORTED: Final = object()
-
-
-def _litellm_pricing(entry: dict[str, object]) -> ModelPricing | object | None:
-    """Return the pricing of one LiteLLM entry, None to skip it, or _UNSUPPORTED."""
-    base = {
-        ours: _per_token(entry[key], key)
-        for key, ours in _LITELLM_BASE.items()
-        if entry.get(key) is not None
-    }
-    if "input_per_million" not in base and "output_per_million" not in base:
-        return None  # not priced per token (image, audio, per-request models)
-    if entry.get("tiered_pricing") is not None:
-        return _UNSUPPORTED
-    tiers: dict[int, dict[str, Decimal]] = {}
-    for key, value in entry.items():
-        match = _LITELLM_TIER.match(key)
-        if match is None or value is None:
-            continue
-        threshold = int(match.group(2)) * LONG_CONTEXT_LITELLM_UNIT
-        tiers.setdefault(threshold, {})[_LITELLM_BASE[match.group(1)]] = _per_token(value, key)
-    if len(tiers) > 1:
-        return _UNSUPPORTED
-    base.setdefault("input_per_million", Decimal(0))
-    base.setdefault("output_per_million", Decimal(0))
-    tier = None
-    for threshold, above in tiers.items():
-        rates = {**base, **above}  # a kind without an "above" rate keeps its base rate
-        tier = LongContextTier(threshold, **rates)
-    return ModelPricing(**base, long_context=tier)
-
-
-def _per_token(value: object, key: str) -> Decimal:
-    """Convert a LiteLLM USD-per-token value to USD per million, exactly."""
-    number = _to_decimal(value, key)
-    if number.is_zero():
-        return number
-    sign, digits, exponent = number.as_tuple()
-    assert isinstance(exponent, int)  # finite, checked by _to_decimal
-    shifted = Decimal((sign, digits, exponent + 6))
-    return Decimal(int(shifted)) if exponent + 6 >= 0 else shifted

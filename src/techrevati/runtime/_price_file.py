@@ -1,0 +1,522 @@
+"""Pricing files read into :class:`~techrevati.runtime.pricing.ModelPricing`: ours and LiteLLM's.
+
+Private: :func:`techrevati.runtime.pricing.load_pricing_from_file` is the way
+in, and it imports this module on first use (so ``json`` and ``tomllib`` stay
+out of the pricing module's import path). Everything is validated before
+anything is registered: every bad entry is collected into one
+:class:`PricingFileError`, and what a load rounded, skipped or ignored into one
+:class:`PricingFileWarning`.
+
+LiteLLM's rules, read from its ``cost_per_token`` (litellm 1.110) and mirrored
+here so a loaded model costs what LiteLLM says it costs:
+
+- ``<kind>_above_<N>[k]_tokens`` keys re-price the whole turn once its input
+  exceeds the threshold (``>=`` for xAI); with several thresholds each crossed
+  one overrides the kinds it names, the others keep the lower tier's rate.
+- ``tiered_pricing`` ranges pick one tier for the whole turn by input,
+  ``start < input <= end``, the last tier past the highest range; a tier's
+  unset cache rates are its input rate, an unset output rate is the model's.
+- ``cache_creation_input_token_cost_above_1hr`` is the one-hour cache write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import warnings
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from techrevati.runtime._money import _RATE_POWER, _rounded, _scaled, _to_decimal
+from techrevati.runtime.errors import (
+    InvalidValueError,
+    PricingFileError,
+    PricingFileNote,
+    PricingFileWarning,
+)
+from techrevati.runtime.pricing import LONG_CONTEXT_LITELLM_UNIT, LongContextTier, ModelPricing
+
+__all__ = ["parse_pricing_text", "read_pricing_file"]
+
+_OUR_RATE_KEYS: Final = frozenset(
+    {
+        "input_per_million",
+        "output_per_million",
+        "cache_read_per_million",
+        "cache_write_per_million",
+        "cache_write_1h_per_million",
+        "reasoning_per_million",
+    }
+)
+_OUR_MODEL_KEYS: Final = _OUR_RATE_KEYS | {"long_context"}
+_OUR_TIER_KEYS: Final = _OUR_RATE_KEYS | {"threshold_tokens"}
+_LITELLM_BASE: Final = {
+    "input_cost_per_token": "input_per_million",
+    "output_cost_per_token": "output_per_million",
+    "cache_read_input_token_cost": "cache_read_per_million",
+    "cache_creation_input_token_cost": "cache_write_per_million",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_1h_per_million",
+    "output_cost_per_reasoning_token": "reasoning_per_million",
+}
+_LITELLM_THRESHOLD: Final = re.compile(
+    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
+    r"|cache_creation_input_token_cost|cache_creation_input_token_cost_above_1hr)"
+    r"_above_(\d+)(k?)_tokens$"
+)
+"""The threshold keys LiteLLM reads (a reasoning rate is never re-priced by a threshold)."""
+_LITELLM_SKIP: Final = "sample_spec"
+_INCLUSIVE_PROVIDERS: Final = frozenset({"xai"})
+"""Providers whose ``_above_`` thresholds bill from the threshold itself (``>=``)."""
+_GRID: Final = "1e-15 USD per token"
+_IMAGE_OUTPUT: Final = "output_cost_per_image_token"
+_CACHE_READ: Final = "cache_read_input_token_cost"
+_PER_TOKEN_TO_MILLION: Final = 6
+
+
+class _FileNumber(Decimal):
+    """A JSON number exactly as the file spells it: a Decimal whose repr is that text."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _FileNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Object(dict[str, object]):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    __slots__ = ("repeated",)
+    repeated: tuple[str, ...]
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object()
+    repeated = []
+    for key, value in pairs:
+        if key in obj and key not in repeated:
+            repeated.append(key)
+        obj[key] = value
+    obj.repeated = tuple(repeated)
+    return obj
+
+
+def read_pricing_file(path: str, *, strict: bool) -> dict[str, ModelPricing]:
+    """Read and validate the pricing file at ``path``; warn once about what was not kept as is."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PricingFileError(f"not UTF-8 text: {exc}", path=path) from exc
+    parsed, warning = parse_pricing_text(
+        text, path, toml=file.suffix.lower() == ".toml", strict=strict
+    )
+    if warning is not None:
+        # user -> load_pricing_from_file -> read_pricing_file: point at the user's call
+        warnings.warn(warning, stacklevel=3)
+    return parsed
+
+
+def parse_pricing_text(
+    text: str, path: str, *, toml: bool, strict: bool
+) -> tuple[dict[str, ModelPricing], PricingFileWarning | None]:
+    """Parse and validate a whole pricing file: name -> pricing in file order, and the warning."""
+    data: object
+    try:
+        if toml:
+            data = tomllib.loads(text, parse_float=Decimal)
+        else:
+            data = json.loads(
+                text,
+                parse_float=_FileNumber,
+                parse_constant=_FileNumber,
+                object_pairs_hook=_json_object,
+            )
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "TOML" if toml else "JSON"
+        raise PricingFileError(f"invalid {kind}: {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise PricingFileError(f"expected a top-level object, got {type(data).__name__}", path=path)
+    reader = _Reader(strict=strict)
+    if "models" in data:
+        extra = sorted(set(data) - {"models"})
+        if extra:
+            raise PricingFileError(f"unknown top-level keys {extra} beside 'models'", path=path)
+        if getattr(data, "repeated", ()):
+            raise PricingFileError("key 'models' appears twice in the file", path=path)
+        models = data["models"]
+        if not isinstance(models, dict):
+            raise PricingFileError(
+                f"'models' must be a table of model entries, got {type(models).__name__}",
+                path=path,
+            )
+        reader.repeated(models, "")
+        entries = reader.ours(models)
+    elif _looks_like_litellm(data):
+        reader.repeated(data, "")
+        entries = reader.litellm(data)
+    else:
+        raise PricingFileError(
+            "unknown schema: expected {'models': {...}} or LiteLLM's "
+            "model_prices_and_context_window.json",
+            path=path,
+        )
+    result: dict[str, ModelPricing] = {}
+    for raw, pricing in entries:
+        name = raw.strip()
+        if not name:
+            reader.problem(raw, "model name must not be empty")
+        elif name in result:
+            reader.problem(raw, "model listed twice (names are stripped)")
+        else:
+            result[name] = pricing
+    if reader.problems:
+        raise PricingFileError.listing(path, tuple(reader.problems))
+    warning = None
+    if reader.rounded or reader.skipped or reader.ignored:
+        warning = PricingFileWarning(
+            path, tuple(reader.rounded), tuple(reader.skipped), tuple(reader.ignored)
+        )
+    return result, warning
+
+
+def _looks_like_litellm(data: dict[str, object]) -> bool:
+    return any(
+        name == _LITELLM_SKIP
+        or (
+            isinstance(entry, dict)
+            and (
+                "litellm_provider" in entry
+                or "tiered_pricing" in entry
+                or any(key in entry for key in _LITELLM_BASE)
+            )
+        )
+        for name, entry in data.items()
+    )
+
+
+class _Skip(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """Signal that an entry's pricing cannot be represented: skip it, say why in the warning."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+
+
+class _Reader:
+    """One load's state: the problems found, and what was rounded, skipped or ignored."""
+
+    def __init__(self, *, strict: bool) -> None:
+        self.strict = strict
+        self.problems: list[tuple[str, str]] = []
+        self.rounded: list[PricingFileNote] = []
+        self.skipped: list[PricingFileNote] = []
+        self.ignored: list[PricingFileNote] = []
+
+    def problem(self, entry: str, reason: str) -> None:
+        self.problems.append((entry, reason))
+
+    def repeated(self, obj: object, entry: str, where: str = "") -> None:
+        """Report every key that a JSON object inside ``obj`` repeats (``entry`` "" = top level)."""
+        if isinstance(obj, dict):
+            for key in getattr(obj, "repeated", ()):
+                if entry:
+                    self.problem(entry, f"key {where + key!r} appears twice in the file")
+                else:
+                    self.problem(key, "model listed twice in the file")
+            if entry:
+                for key, value in obj.items():
+                    self.repeated(value, entry, f"{where}{key}.")
+        elif isinstance(obj, list) and entry:
+            for index, value in enumerate(obj):
+                self.repeated(value, entry, f"{where[:-1]}[{index}].")
+
+    # -- our schema ---------------------------------------------------------------
+
+    def ours(self, models: dict[str, object]) -> list[tuple[str, ModelPricing]]:
+        entries = []
+        for name, entry in models.items():
+            self.repeated(entry, name)
+            try:
+                entries.append((name, _our_entry(entry)))
+            except InvalidValueError as exc:
+                self.problem(name, str(exc))
+        return entries
+
+    # -- LiteLLM's price file ---------------------------------------------------------
+
+    def litellm(self, data: dict[str, object]) -> list[tuple[str, ModelPricing]]:
+        entries = []
+        for name, entry in data.items():
+            if name == _LITELLM_SKIP:
+                continue
+            if not isinstance(entry, dict):
+                self.problem(name, f"entry must be an object, got {type(entry).__name__}")
+                continue
+            self.repeated(entry, name)
+            count = len(self.problems)
+            try:
+                pricing = self._litellm_entry(name, entry)
+            except InvalidValueError as exc:
+                self.problem(name, str(exc))
+                continue
+            except _Skip as skip:
+                self.skipped.append(PricingFileNote(name, skip.key, "", skip.reason))
+                continue
+            if pricing is not None and len(self.problems) == count:
+                entries.append((name, pricing))
+                self._conditional(name, entry)
+        return entries
+
+    def _litellm_entry(self, name: str, entry: dict[str, object]) -> ModelPricing | None:
+        """Return the pricing of one LiteLLM entry, or None when it is not priced per token."""
+        base = self._rates(name, entry, "")
+        ranged = entry.get("tiered_pricing")
+        # Ranges that price tokens decide every turn with input; the _above_ keys then never do.
+        tiers = None if ranged is None else self._ranged_tiers(name, ranged, base)
+        if tiers is None:
+            if "input_per_million" not in base and "output_per_million" not in base:
+                return None  # not priced per token (image, audio, per-request, per-query models)
+            self._litellm_defaults(name, entry, base)
+            inclusive = entry.get("litellm_provider") in _INCLUSIVE_PROVIDERS
+            tiers = self._threshold_tiers(name, entry, base, inclusive=inclusive)
+        base.setdefault("input_per_million", Decimal(0))
+        base.setdefault("output_per_million", Decimal(0))
+        return ModelPricing(**base, long_context=_chained(tiers))
+
+    def _litellm_defaults(
+        self, name: str, entry: dict[str, object], base: dict[str, Decimal]
+    ) -> None:
+        """Fill in the two rates LiteLLM's code, not its file, supplies."""
+        image_output = entry.get(_IMAGE_OUTPUT)
+        if not base.get("output_per_million") and image_output is not None:
+            # An image model's output tokens are image tokens (cost_per_token does the same).
+            base["output_per_million"] = self._per_token(name, _IMAGE_OUTPUT, image_output)
+        if (
+            entry.get("litellm_provider") == "fireworks_ai"
+            and "cache_read_per_million" not in base
+            and "input_per_million" in base
+        ):
+            # Fireworks bills cached input at half the input rate when the file names none.
+            femto = _scaled(base["input_per_million"], _RATE_POWER, "input", _GRID)
+            half = Decimal(f"{femto * 5}E-10")  # exact, whatever the caller's context
+            text = "(unset: half of input_cost_per_token, as for fireworks_ai)"
+            base["cache_read_per_million"] = self._on_grid(name, _CACHE_READ, half, text)
+
+    def _rates(self, name: str, source: dict[str, object], where: str) -> dict[str, Decimal]:
+        """Read the base rate keys of ``source`` (an entry or one tier) as USD per million."""
+        return {
+            ours: self._per_token(name, f"{where}{key}", value)
+            for key, ours in _LITELLM_BASE.items()
+            if (value := source.get(key)) is not None
+        }
+
+    def _threshold_tiers(
+        self, name: str, entry: dict[str, object], base: dict[str, Decimal], *, inclusive: bool
+    ) -> list[tuple[int, dict[str, Decimal]]]:
+        above: dict[int, dict[str, Decimal]] = {}
+        for key, value in entry.items():
+            match = _LITELLM_THRESHOLD.match(key)
+            if match is None or value is None:
+                continue
+            threshold = int(match.group(2)) * (LONG_CONTEXT_LITELLM_UNIT if match.group(3) else 1)
+            rate = self._per_token(name, key, value)
+            above.setdefault(threshold, {})[_LITELLM_BASE[match.group(1)]] = rate
+        tiers = []
+        rates = dict(base)
+        for threshold in sorted(above):
+            rates = {**rates, **above[threshold]}  # a kind it does not name keeps its rate
+            if inclusive and threshold == 0:
+                raise _Skip(f"*_above_{threshold}_tokens", "an inclusive threshold of 0 tokens")
+            tiers.append((threshold - 1 if inclusive else threshold, rates))
+        return tiers
+
+    def _ranged_tiers(
+        self, name: str, ranged: object, base: dict[str, Decimal]
+    ) -> list[tuple[int, dict[str, Decimal]]] | None:
+        """Turn ``tiered_pricing`` ranges into whole-turn tiers; None if no range prices tokens."""
+        if not isinstance(ranged, list) or not ranged:
+            raise InvalidValueError(f"tiered_pricing must be a non-empty list, got {ranged!r}")
+        ranges: list[tuple[int, int, dict[str, Decimal], bool]] = []
+        for index, tier in enumerate(ranged):
+            where = f"tiered_pricing[{index}]"
+            if not isinstance(tier, dict):
+                raise InvalidValueError(f"{where} must be an object, got {tier!r}")
+            if not any(key in tier for key in _LITELLM_BASE):
+                return None  # e.g. search priced per query by result count
+            if tier.get("input_cost_per_token") is None:
+                raise _Skip(where, "a tiered_pricing tier without input_cost_per_token")
+            start, end = _token_range(where, tier.get("range"))
+            rates = self._rates(name, tier, f"{where}.")
+            ranges.append((start, end, rates, tier.get("output_cost_per_token") is not None))
+        # LiteLLM: sorted by start (stable), the first range with start < input <= end
+        # wins, and an input past every range takes the last one.
+        ranges.sort(key=lambda item: item[0])
+
+        def chosen(tokens: int) -> int:
+            for index, (start, end, _, _) in enumerate(ranges):
+                if start < tokens <= end:
+                    return index
+            return len(ranges) - 1
+
+        # The choice is constant between two consecutive bounds, so one tier per change.
+        bounds = sorted({0, *(item[0] for item in ranges), *(item[1] for item in ranges)})
+        steps: list[tuple[int, int]] = []
+        for bound in bounds:
+            index = chosen(bound + 1)
+            if not steps or steps[-1][1] != index:
+                steps.append((bound, index))
+        tiers = []
+        for threshold, index in steps:
+            _, _, declared, declares_output = ranges[index]
+            rates = dict(declared)
+            # An unset output rate is the model's; so is an unset reasoning rate then.
+            if not declares_output:
+                rates["output_per_million"] = base.get("output_per_million", Decimal(0))
+                if "reasoning_per_million" in base:
+                    rates.setdefault("reasoning_per_million", base["reasoning_per_million"])
+            tiers.append((threshold, rates))
+        return tiers
+
+    def _per_token(self, name: str, key: str, value: object) -> Decimal:
+        """Convert USD per token to USD per million; round to the grid unless strict."""
+        number = _to_decimal(value, key)
+        return self._on_grid(name, key, _shifted(number, _PER_TOKEN_TO_MILLION), repr(value))
+
+    def _on_grid(self, name: str, key: str, per_million: Decimal, text: str) -> Decimal:
+        """Return ``per_million`` if the grid holds it; else round it (noted) or, strict, refuse."""
+        try:
+            _scaled(per_million, _RATE_POWER, key, _GRID)
+        except InvalidValueError:
+            if self.strict:
+                self.problem(
+                    name,
+                    f"{key}: {text} has more precision than the money grid ({_GRID}) holds; "
+                    "strict=True refuses to round it",
+                )
+                return Decimal(0)
+            rounded = _rounded(per_million, _RATE_POWER)
+            if rounded.is_zero():
+                raise InvalidValueError(
+                    f"{key}: {text} is below the money grid ({_GRID}): rounding would make it free"
+                ) from None
+            per_token = _shifted(rounded, -_PER_TOKEN_TO_MILLION)
+            self.rounded.append(PricingFileNote(name, key, text, f"{per_token:f}"))
+            return rounded
+        return per_million
+
+    def _conditional(self, name: str, entry: dict[str, object]) -> None:
+        """Note the prices of a registered entry that apply only to some requests."""
+        if isinstance(entry.get("off_peak_pricing"), dict):
+            self.ignored.append(
+                PricingFileNote(
+                    name, "off_peak_pricing", "", "lower rates at some hours; not applied"
+                )
+            )
+        self._multipliers(name, entry)
+
+    def _multipliers(self, name: str, entry: dict[str, object]) -> None:
+        """Note the numeric ``provider_specific_entry`` multipliers of a registered entry."""
+        specific = entry.get("provider_specific_entry")
+        if not isinstance(specific, dict):
+            return
+        for key, value in specific.items():
+            if isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value != 1:
+                self.ignored.append(
+                    PricingFileNote(
+                        name,
+                        f"provider_specific_entry.{key}",
+                        repr(value),
+                        "a multiplier for requests routed that way; not applied",
+                    )
+                )
+
+
+def _token_range(where: str, value: object) -> tuple[int, int]:
+    """Return a ``[start, end]`` range of whole token counts, or raise naming it."""
+    if isinstance(value, list) and len(value) == 2:
+        bounds = []
+        for bound in value:
+            if isinstance(bound, bool) or not isinstance(bound, (int, Decimal, str)):
+                break
+            try:
+                number = _to_decimal(bound, f"{where}.range")
+            except InvalidValueError:
+                break
+            if number != number.to_integral_value():
+                break
+            bounds.append(int(number))
+        else:
+            start, end = bounds
+            if start <= end:
+                return start, end
+    raise InvalidValueError(
+        f"{where}.range must be [start, end], whole token counts with start <= end, got {value!r}"
+    )
+
+
+def _shifted(number: Decimal, places: int) -> Decimal:
+    """Return ``number * 10**places`` exactly (an exponent shift, no arithmetic context)."""
+    if number.is_zero():
+        return Decimal(0)
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked by _to_decimal
+    shifted = Decimal((sign, digits, exponent + places))
+    return Decimal(int(shifted)) if exponent + places >= 0 else shifted
+
+
+def _our_entry(entry: object) -> ModelPricing:
+    """Return one entry of our schema as a pricing, or raise naming what is wrong."""
+    if not isinstance(entry, dict):
+        raise InvalidValueError(f"entry must be a table of rates, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - _OUR_MODEL_KEYS)
+    if unknown:
+        raise InvalidValueError(f"unknown keys {unknown}")
+    missing = sorted({"input_per_million", "output_per_million"} - set(entry))
+    if missing:
+        raise InvalidValueError(f"missing required keys {missing}")
+    raw_tiers = entry.get("long_context")
+    tiers = []
+    if raw_tiers is not None:
+        listed = raw_tiers if isinstance(raw_tiers, list) else [raw_tiers]
+        tiers = [_our_tier(raw_tier) for raw_tier in listed]
+    thresholds = [threshold for threshold, _ in tiers]
+    if len(set(thresholds)) != len(thresholds):
+        raise InvalidValueError(f"long_context tiers share a threshold_tokens: {thresholds}")
+    rates = {key: value for key, value in entry.items() if key != "long_context"}
+    return ModelPricing(**rates, long_context=_chained(tiers))
+
+
+def _chained(tiers: Sequence[tuple[int, Mapping[str, object]]]) -> LongContextTier | None:
+    """Build the chain of tiers (each one's ``above`` the next higher), lowest first."""
+    chain = None
+    for threshold, rates in sorted(tiers, key=lambda item: item[0], reverse=True):
+        tier_rates = {"input_per_million": Decimal(0), "output_per_million": Decimal(0), **rates}
+        chain = LongContextTier(threshold, **tier_rates, above=chain)  # type: ignore[arg-type]
+    return chain
+
+
+def _our_tier(raw_tier: object) -> tuple[int, dict[str, object]]:
+    if not isinstance(raw_tier, dict):
+        raise InvalidValueError(
+            f"long_context must be a table or a list of tables, got {type(raw_tier).__name__}"
+        )
+    unknown = sorted(set(raw_tier) - _OUR_TIER_KEYS)
+    if unknown:
+        raise InvalidValueError(f"unknown long_context keys {unknown}")
+    missing = sorted(
+        {"threshold_tokens", "input_per_million", "output_per_million"} - set(raw_tier)
+    )
+    if missing:
+        raise InvalidValueError(f"long_context is missing required keys {missing}")
+    threshold = raw_tier["threshold_tokens"]
+    LongContextTier(threshold, 0, 0)  # validates the threshold, naming it
+    return threshold, {key: value for key, value in raw_tier.items() if key != "threshold_tokens"}
