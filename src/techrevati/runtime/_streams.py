@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any, Final
 
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
@@ -63,6 +64,7 @@ _ANTHROPIC_COUNTS: Final = (
     "cache_read_input_tokens",
 )
 """The counts a ``message_delta`` may update; ``output_tokens`` it always carries."""
+_ABSENT: Final = object()
 _GEMINI_SNAKE: Final = (
     "prompt_token_count",
     "tool_use_prompt_token_count",
@@ -300,36 +302,57 @@ class _Events(StreamReader):
 
 
 class _Gemini(StreamReader):
-    """Gemini chunks: each ``usage_metadata`` a running total, with fields that may drop out."""
+    """Gemini chunks: each ``usage_metadata`` a running total, with fields that may drop out.
 
-    __slots__ = ("_counts", "_names", "_source")
+    Each field keeps the largest count seen (a running total never goes
+    down), so a field missing from the last chunk keeps its earlier value.
+    """
+
+    __slots__ = ("_counts", "_items", "_names", "_seen", "_source")
 
     def __init__(self, names: tuple[str, ...], source: str) -> None:
         super().__init__()
         self._names = names
+        self._items = itemgetter(*names)
         self._source = source  # "usage_metadata" (the SDK's objects) or "usageMetadata" (REST)
-        self._counts: list[int] | None = None
+        self._counts = [0] * len(names)
+        self._seen = False
 
     def feed(self, chunk: object) -> None:
         try:
-            usage = _field(chunk, self._source)
+            source = self._source
+            usage = chunk.get(source) if type(chunk) is dict else getattr(chunk, source, None)
             if usage is None:
                 return
-            counts = self._counts
-            if counts is None:
-                counts = self._counts = [0] * len(self._names)
-            for index, name in enumerate(self._names):
-                value = _field(usage, name)
-                if type(value) is int and value > counts[index]:
-                    counts[index] = value
-        except Exception:  # a chunk of an unknown shape tells nothing
+            # A pydantic model keeps its fields in __dict__: read all five in C, with no
+            # attribute hooks (a dict may leave some out: None, like an unset field).
+            names = self._names
+            if type(usage) is dict:
+                prompt, tool, candidates, cached, thoughts = map(usage.get, names)
+            else:
+                try:
+                    prompt, tool, candidates, cached, thoughts = self._items(usage.__dict__)
+                except (AttributeError, KeyError, TypeError):  # no pydantic model
+                    prompt, tool, candidates, cached, thoughts = (_field(usage, n) for n in names)
+            counts = self._counts  # unrolled: this runs once per chunk
+            if prompt is not None and prompt > counts[0]:
+                counts[0] = prompt
+            if tool is not None and tool > counts[1]:
+                counts[1] = tool
+            if candidates is not None and candidates > counts[2]:
+                counts[2] = candidates
+            if cached is not None and cached > counts[3]:
+                counts[3] = cached
+            if thoughts is not None and thoughts > counts[4]:
+                counts[4] = thoughts
+            self._seen = True
+        except Exception:  # a chunk of an unknown shape (a count that is no number)
             pass
 
     def usage(self) -> UsageSnapshot | None:
-        counts = self._counts
-        if counts is None:
+        if not self._seen:
             return None
-        return _parsed(dict(zip(self._names, counts, strict=True)))
+        return _parsed(dict(zip(self._names, self._counts, strict=True)))
 
 
 class _Bedrock(StreamReader):
@@ -382,12 +405,19 @@ def _mapping_reader(chunk: Mapping[Any, Any]) -> StreamReader:
 
 
 def _field(obj: object, name: str) -> Any:
-    """``obj[name]`` of a mapping or ``obj.name``; None when absent (or obj is None)."""
-    if obj is None:
-        return None
+    """``obj[name]`` of a mapping or ``obj.name``; None when absent (or obj is None).
+
+    The attribute is tried first: ``isinstance(obj, Mapping)`` is slow for
+    the SDKs' pydantic models, and no mapping has these names as attributes.
+    """
+    if type(obj) is dict:
+        return obj.get(name)
+    value = getattr(obj, name, _ABSENT)
+    if value is not _ABSENT:
+        return value
     if isinstance(obj, Mapping):
         return obj.get(name)
-    return getattr(obj, name, None)
+    return None
 
 
 def _message(obj: object) -> str:
