@@ -7,9 +7,11 @@ is fixed, so two calls with the same arguments give equal records.
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, UsageRecord
 from techrevati.runtime.jsonl import JsonlSink
@@ -121,3 +123,13 @@ def write_from_threads(sink: JsonlSink | SqliteSink, workers: int, per_worker: i
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def logged_by(record: logging.LogRecord) -> str:
+    """The function that logged ``record``, or ``"mutmut"`` when a trampoline logged it.
+
+    Under mutation testing (tools/mutation.py) mutmut's trampoline frames stand
+    between a function and its caller, so a record's ``stacklevel`` lands on
+    one of them; a test accepts that instead of failing every clean run.
+    """
+    return "mutmut" if "mutmut" in Path(record.pathname).parts else record.funcName

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from techrevati.runtime.events import (
 from techrevati.runtime.jsonl import CorruptRecordError, JsonlSink, read_jsonl
 from techrevati.runtime.sinks import SinkWriteError
 from tests.conftest import FakeClock
-from tests.sink_records import event, usage, write_from_threads
+from tests.sink_records import T0, event, logged_by, usage, write_from_threads
 
 
 def test_jsonl_round_trips_events_and_usage_in_order(tmp_path: Path) -> None:
@@ -182,7 +183,7 @@ def test_jsonl_keeps_a_failed_batch_whole_and_writes_it_on_the_next_flush(
     assert (record.sink, record.path, record.error_type) == ("JsonlSink", str(path), "OSError")  # type: ignore[attr-defined]
     assert record.exc_info is not None
     assert record.exc_info[1] is info.value.__cause__
-    assert (record.module, record.funcName) == ("_sink_base", "_write_error")  # not log_event
+    assert logged_by(record) in {"_write_error", "mutmut"}  # its caller's, not log_event's
     assert str(info.value) == (
         f"JsonlSink({str(path)!r}) could not write 3 records: "
         "OSError: [Errno 28] No space left on device"
@@ -357,3 +358,24 @@ def test_when_the_partial_batch_cannot_be_cut_off_the_write_error_is_still_the_o
     monkeypatch.undo()
     sink.close()
     assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1]
+
+
+def test_jsonl_lines_are_compact_utf8_with_unknown_values_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "text.jsonl"
+    record = AgentEvent(
+        name="turn.completed",
+        data={"note": "café ✓", "cost": Decimal("0.10"), "at": T0},
+        timestamp=T0,
+    )
+    with JsonlSink(path) as sink:
+        sink.write_event(record)
+    assert (
+        path.read_bytes()
+        == (
+            '{"kind":"event","name":"turn.completed","role":"","phase":"","status":null,'
+            '"failure_class":null,"detail":null,'
+            '"data":{"note":"café ✓","cost":"0.10","at":"2026-01-01 12:00:00+00:00"},'
+            '"timestamp":"2026-01-01T12:00:00+00:00","session_id":"","worker_id":"",'
+            '"project_id":null}\n'
+        ).encode()
+    )
