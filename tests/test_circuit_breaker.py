@@ -11,7 +11,7 @@ import pickle
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -596,6 +596,52 @@ def test_count_window_trips_on_the_rate_not_a_streak(clock: FakeClock) -> None:
     assert _state(breaker) is CircuitState.OPEN
 
 
+def test_count_window_evicts_slow_and_failed_outcomes_by_their_own_counts(
+    clock: FakeClock,
+) -> None:
+    window = SlidingWindow(
+        size=3,
+        minimum_calls=3,
+        failure_rate_threshold=1.0,
+        slow_call_duration_seconds=1.0,
+        slow_call_rate_threshold=1.0,
+    )
+    breaker = CircuitBreaker("api", window=window, clock=clock)
+
+    def outcome(*, slow: bool, failed: bool) -> Callable[[], str]:
+        def fn() -> str:
+            if slow:
+                clock.advance(1.5)
+            if failed:
+                raise ConnectionError("down")
+            return "ok"
+
+        return fn
+
+    def counts() -> tuple[int, int, int]:
+        metrics = breaker.metrics()
+        return (metrics.window_calls, metrics.window_failures, metrics.window_slow_calls)
+
+    steps = [
+        # (slow, failed) of the new call -> (calls, failures, slow) of the window after it
+        ((True, False), (1, 0, 1)),
+        ((False, True), (2, 1, 1)),
+        ((True, True), (3, 2, 2)),
+        ((False, False), (3, 2, 1)),  # evicts the slow success
+        ((False, False), (3, 1, 1)),  # evicts the fast failure
+        ((False, False), (3, 0, 0)),  # evicts the slow failure
+        ((True, False), (3, 0, 1)),
+        ((False, False), (3, 0, 1)),
+    ]
+    for (slow, failed), expected in steps:
+        try:
+            breaker.call(outcome(slow=slow, failed=failed))
+        except ConnectionError:
+            assert failed
+        assert counts() == expected, (slow, failed)
+        assert _state(breaker) is CircuitState.CLOSED
+
+
 def test_count_window_evicts_the_oldest_outcomes(clock: FakeClock) -> None:
     window = SlidingWindow(size=3, minimum_calls=3, failure_rate_threshold=1.0)
     breaker = CircuitBreaker("api", window=window, clock=clock)
@@ -723,13 +769,32 @@ def test_decorating_a_coroutine_function_gives_a_coroutine_function(
     assert asyncio.run(fetch(21)) == 42
     assert breaker.metrics().successes == 1
 
+    async def scaled(x: int, *, by: int) -> int:
+        """Scale."""
+        return x * by
+
+    wrapped = breaker(scaled)
+    assert (wrapped.__name__, wrapped.__doc__) == ("scaled", "Scale.")
+    assert wrapped.__wrapped__ is scaled  # type: ignore[attr-defined]
+    assert str(inspect.signature(wrapped)) == "(x: 'int', *, by: 'int') -> 'int'"
+    assert asyncio.run(wrapped(3, by=4)) == 12
+    assert breaker.metrics().successes == 2
+
 
 def test_decorating_a_generator_function_is_refused(breaker: CircuitBreaker) -> None:
     def numbers() -> Iterator[int]:
         yield 1
 
-    with pytest.raises(InvalidValueError, match="must not be a generator function"):
-        breaker(numbers)
+    async def anumbers() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (numbers, anumbers):
+        with pytest.raises(InvalidValueError) as caught:
+            breaker(fn)
+        assert str(caught.value) == (
+            f"fn must not be a generator function, got {fn!r}; "
+            "guard the code that consumes it with `with breaker:` instead"
+        )
     with pytest.raises(InvalidValueError, match="fn must be callable, got 3"):
         breaker.decorate(3)  # type: ignore[arg-type]
 
@@ -909,9 +974,17 @@ def test_permit_async_context_manager(breaker: CircuitBreaker) -> None:
         assert permit is not None
         async with permit:
             await asyncio.sleep(0)
+        assert permit.settled
+        for exc in (ConnectionError("down"), BadRequestError()):
+            with pytest.raises(type(exc)):
+                async with breaker.acquire():
+                    raise exc
 
     asyncio.run(main())
-    assert breaker.metrics().successes == 1
+    metrics = breaker.metrics()
+    assert (metrics.successes, metrics.failures, metrics.ignored) == (1, 1, 1)
+    assert metrics.consecutive_failures == 1
+    assert metrics.last_failure == "ConnectionError"
 
 
 def test_permit_without_duration_uses_the_time_since_granted(clock: FakeClock) -> None:
