@@ -281,6 +281,20 @@ def test_a_generic_bad_request_yields_only_to_a_specific_cause() -> None:
     assert classify_exception(bad_request(SdkError(status_code=404))) is S.BAD_REQUEST
     info = inspect_exception(bad_request(ValueError("plain")))
     assert (info.scenario, info.status_code) == (S.BAD_REQUEST, 400)
+    # Found below a wrapper with no signal of its own: kept, unless a specific cause follows.
+    wrapped = _chain(RuntimeError("step"), SdkError("invalid", status_code=400), ValueError("x"))
+    info = inspect_exception(wrapped)
+    assert (info.scenario, info.status_code, info.exception_type) == (
+        S.BAD_REQUEST,
+        400,
+        "SdkError",
+    )
+    deeper = _chain(
+        RuntimeError("step"),
+        SdkError("invalid", status_code=400),
+        SdkError("too long", code="context_length_exceeded"),
+    )
+    assert classify_exception(deeper) is S.CONTEXT_OVERFLOW
 
 
 def test_wrappers_are_followed_to_the_attempt_they_hold() -> None:
@@ -445,6 +459,13 @@ class Raw:
         self.raw = raw
 
 
+class GetOnly:
+    """A header object with a ``get`` that finds nothing and no ``items`` to scan."""
+
+    def get(self, name: str) -> None:
+        return None
+
+
 class Exploding(Mapping[str, str]):
     def __getitem__(self, key: str) -> str:
         raise RuntimeError("lookup")
@@ -466,7 +487,9 @@ class Exploding(Mapping[str, str]):
         ({"X-Should-Retry": "false", "Retry-After": "3"}, ("false", None, "3")),  # scanned
         ({"other": "1"}, (None, None, None)),
         ({}, (None, None, None)),
-        ({1: "x", "retry-after": 5}, (None, None, None)),  # not text: no value
+        ({"retry-after": 5}, (None, None, None)),  # not text: no value
+        ({1: "x", "Retry-After": "5"}, (None, None, "5")),  # scanned past a key that is no str
+        (GetOnly(), (None, None, None)),
         ({"retry-after": b"4"}, (None, None, "4")),
         (CaseSensitive({"Retry-After-Ms": "250"}), (None, "250", None)),  # scanned
         (CaseInsensitiveDict({"Retry-After": "9"}), (None, None, None)),  # trusted, no scan
@@ -554,6 +577,7 @@ def test_genai_response_json_holds_its_details_under_error() -> None:
     assert _retry_info({"error": "text", "details": [_retry_detail("4s")]}) == 4.0
     assert _retry_info({"error": {"details": "none"}}) is None
     assert _retry_info(None) is None
+    assert _retry_info(Exploding()) is None
     assert _retry_info("13s") is None
 
 
@@ -712,7 +736,12 @@ def test_is_dependency_failure_survives_hostile_exceptions() -> None:
         def __len__(self) -> int:
             return 0
 
+    class HostileInt(int):
+        def __int__(self) -> int:
+            raise RuntimeError("no int")
+
     assert is_dependency_failure(HostileError()) is True
+    assert is_dependency_failure(SdkError(status_code=HostileInt(404))) is True  # conservative
     assert is_dependency_failure(SdkError(status_code=400, response=BadMapping())) is False
     assert is_dependency_failure(SdkError(response=BadMapping())) is True
 
