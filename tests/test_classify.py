@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from techrevati.runtime import _classify_reading
+from techrevati.runtime._failure_signals import _phrases, _tier
 from techrevati.runtime._sdk import is_dependency_failure, safe_getattr
 from techrevati.runtime._wait_hints import _header_wait, _hint_headers, _retry_info
 from techrevati.runtime.errors import InvalidValueError
@@ -323,6 +324,13 @@ def test_wrappers_are_followed_to_the_attempt_they_hold() -> None:
     assert classify_exception(RetryError(limited)) is S.RATE_LIMIT  # the exception itself
     assert classify_exception(RetryError(Attempt(limited, done=False))) is S.LLM_ERROR
     assert classify_exception(RetryError(Attempt(None))) is S.LLM_ERROR
+    assert classify_exception(RetryError(Attempt("not an exception"))) is S.LLM_ERROR  # type: ignore[arg-type]
+
+    class NoDone:  # exception() only: read as finished
+        def exception(self) -> BaseException:
+            return limited
+
+    assert classify_exception(RetryError(NoDone())) is S.RATE_LIMIT
     assert classify_exception(RetryError(Broken())) is S.LLM_ERROR
     assert classify_exception(RetryError("not an attempt")) is S.LLM_ERROR
     api_core = SdkError("Deadline of 120s exceeded", cause=SdkError(status_code=503))
@@ -606,6 +614,8 @@ class ErrorInfo:
         (timedelta(0), None),
         (timedelta(seconds=-1), None),
         (Duration(2, 500_000_000), 2.5),
+        (Duration(0, 500_000_000), 0.5),
+        (timedelta(milliseconds=250), 0.25),
         (Duration(2, "500"), 2.0),  # nanos that are no int are left out
         (Duration(0, 0), None),
         (Duration(-2), None),
@@ -645,6 +655,25 @@ def test_a_quota_phrase_on_a_hinted_429_is_a_rate_limit() -> None:
     assert classify_exception(by_details) is S.RATE_LIMIT
     zero_hint = SdkError(words, status_code=429, headers={"retry-after": "0"})
     assert classify_exception(zero_hint) is S.QUOTA_EXHAUSTED
+    by_millis = SdkError(words, status_code=429, headers={"retry-after-ms": "13000"})
+    assert classify_exception(by_millis) is S.RATE_LIMIT
+    dated = SdkError(
+        words, status_code=429, headers={"retry-after": "Fri, 01 Jan 2100 00:00:00 GMT"}
+    )
+    assert classify_exception(dated) is S.RATE_LIMIT  # measured against the real wall clock
+
+
+def test_phrase_patterns_are_case_insensitive_alternations_compiled_on_first_use() -> None:
+    rate = _phrases("rate limit", r"\bthrottled\b")
+    assert rate.pattern == r"(?:rate limit)|(?:\bthrottled\b)"
+    assert rate.search("we were THROTTLED") is not None
+    assert rate.search("Rate Limit reached") is not None
+    assert rate.search("unthrottledness") is None
+    quota = _phrases("quota")
+    combined, groups = _tier((rate, S.RATE_LIMIT), (quota, S.QUOTA_EXHAUSTED))
+    assert combined.pattern == r"(?:(?:rate limit)|(?:\bthrottled\b))|(?:(?:quota))"
+    assert groups == ((rate, S.RATE_LIMIT), (quota, S.QUOTA_EXHAUSTED))
+    assert combined.search("over QUOTA") is not None
 
 
 # -- bounded caches ----------------------------------------------------------------------------
