@@ -15,11 +15,13 @@ import math
 import pickle
 import random
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from techrevati.runtime import retry_policy as rp
-from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+from techrevati.runtime.errors import InvalidValueError, TechrevatiError, TransientRuntimeError
 from techrevati.runtime.events import AgentFailureClass
 from techrevati.runtime.retry_policy import (
     AUTOMATIC_STEPS,
@@ -212,6 +214,33 @@ def test_every_scenario_has_a_default_recipe_of_its_own() -> None:
     assert set(DEFAULT_RECIPES) == set(FailureScenario)
     for scenario, recipe in DEFAULT_RECIPES.items():
         assert recipe.scenario is scenario
+
+
+def _recipe_table() -> dict[str, list[str]]:
+    """The rows of docs/retry_policy.md's table of scenarios, by scenario."""
+    text = (Path(__file__).parent.parent / "docs" / "retry_policy.md").read_text("utf-8")
+    section = text.split("## Scenarios and their default recipes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
+    return {cells[0].strip(" `"): [cell.strip(" `") for cell in cells[1:]] for cells in rows}
+
+
+def test_default_recipes_are_the_documented_table() -> None:
+    table = _recipe_table()
+    # The paragraph after the table gives output_truncated's recipe: one caller's step.
+    table.setdefault(
+        "output_truncated", ["no", "raise_output_limit", "1", "abort", "OUTPUT_TRUNCATED"]
+    )
+    assert set(table) == {scenario.value for scenario in FailureScenario}
+    for name, (retryable, steps, attempts, escalation, failure_class) in table.items():
+        scenario = FailureScenario(name)
+        assert DEFAULT_RECIPES[scenario].to_dict() == {
+            "scenario": name,
+            "steps": steps.split(", "),
+            "max_attempts": int(attempts),
+            "escalation_policy": escalation,
+        }, name
+        assert (scenario in RETRYABLE_SCENARIOS) is (retryable == "yes"), name
+        assert failure_class_for(scenario) is AgentFailureClass[failure_class], name
 
 
 @pytest.mark.parametrize(
@@ -1459,6 +1488,27 @@ def test_policy_names_bad_fields(kwargs: dict[str, object], message: str) -> Non
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+def test_policy_defaults_are_the_documented_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for policy in (RetryPolicy(), rp.DEFAULT_POLICY):
+        assert policy.max_attempts == 3
+        assert (policy.base_delay, policy.max_delay) == (0.5, 30.0)
+        assert policy.jitter == "full"
+        assert policy.max_retry_after == 60.0 == rp.DEFAULT_MAX_RETRY_AFTER
+        assert (policy.seed, policy.rng) == (None, None)
+        assert dict(policy.recipes) == {}
+        assert (policy.retry_on, policy.on_retry, policy.stats) == (None, None, None)
+        assert policy.sleep is time.sleep
+        assert policy.clock is time.time
+    waited: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    asyncio.run(RetryPolicy().async_sleep(2.5))
+    assert waited == [2.5]
+
+
 def test_policy_seed_makes_the_jitter_reproducible() -> None:
     one, two = RetryPolicy(seed=4), RetryPolicy(seed=4)
     assert [one.backoff(n) for n in range(1, 6)] == [two.backoff(n) for n in range(1, 6)]
@@ -1646,6 +1696,126 @@ def test_retry_on_honours_hints_and_their_limit() -> None:
     assert caught.value is too_long
 
 
+def test_retry_on_accepts_a_hint_of_exactly_max_retry_after_and_says_why() -> None:
+    sleeps = Sleeps()
+    seen: list[RetryAttempt] = []
+    policy = RetryPolicy(
+        sleep=sleeps, on_retry=seen.append, retry_on=lambda exc: True, max_retry_after=10.0
+    )
+    _, fn = flaky([status(400, **{"retry-after": "10"}), ValueError("odd")])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert sleeps.slept[0] == 10.0
+    assert [a.steps for a in seen] == [
+        (RecoveryStep.WAIT_FOR_RETRY_AFTER,),
+        (RecoveryStep.RETRY_WITH_BACKOFF,),
+    ]
+    assert seen[0].reason == "retry_on accepted APIStatusError; wait 10.000s"
+    assert seen[1].reason == f"retry_on accepted ValueError; wait {sleeps.slept[1]:.3f}s"
+    assert [a.attempt for a in seen] == [1, 2]
+    assert [a.delay_seconds for a in seen] == sleeps.slept
+
+
+def test_retry_on_feeds_the_previous_delay_to_decorrelated_jitter() -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(
+        max_attempts=4,
+        base_delay=1.0,
+        max_delay=100.0,
+        jitter="decorrelated",
+        rng=FixedRandom(1.0),
+        sleep=sleeps,
+        retry_on=lambda exc: True,
+    )
+    _, fn = flaky([ValueError(), ValueError(), ValueError()])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert sleeps.slept == [3.0, 9.0, 27.0]  # 3 * previous each time
+
+
+def test_the_recipe_path_feeds_the_previous_delay_per_scenario_too() -> None:
+    sleeps = Sleeps()
+    policy = RetryPolicy(
+        max_attempts=4,
+        base_delay=1.0,
+        max_delay=100.0,
+        jitter="decorrelated",
+        rng=FixedRandom(1.0),
+        sleep=sleeps,
+    )
+    _, fn = flaky([status(503), status(503), status(503)])
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    assert sleeps.slept == [3.0, 9.0, 27.0]
+
+
+def test_a_runtime_detected_failure_is_read_as_its_own_scenario() -> None:
+    seen: list[RetryAttempt] = []
+
+    class Silent(TransientRuntimeError):
+        scenario = "dependency_timeout"
+
+    _, fn = flaky([Silent("no answer")])
+    policy = RetryPolicy(sleep=Sleeps(), on_retry=seen.append, jitter="none")
+    assert retry_call(fn, policy=policy) == "ok()[]"
+    [attempt] = seen
+    assert attempt.failure == FailureInfo(
+        S.DEPENDENCY_TIMEOUT, retryable=True, exception_type="Silent"
+    )
+    assert attempt.delay_seconds == 0.5
+
+
+def test_the_runtimes_own_refusals_are_never_retried() -> None:
+    stats = RetryStats()
+    refusal = TechrevatiError("refused")
+    _, fn = flaky([refusal])
+    policy = RetryPolicy(sleep=Sleeps(), stats=stats, retry_on=lambda exc: True)
+    with pytest.raises(TechrevatiError) as caught:
+        retry_call(fn, policy=policy)
+    assert caught.value is refusal
+    assert (stats.failures, stats.gave_up, stats.retries, stats.exhausted) == (1, 1, 0, 0)
+
+
+def test_a_shared_cap_ends_runs_once_its_retries_are_used() -> None:
+    stats = RetryStats()
+    cap = RecoveryContext(max_total_attempts=1)
+    policy = RetryPolicy(max_attempts=5, stats=stats, jitter="none")
+    first = rp.RetryRun(policy, cap=cap)
+    assert first.failed(status(503)) is not None
+    second = rp.RetryRun(policy, cap=cap)
+    last = status(503)
+    with pytest.raises(
+        RetriesExhaustedError, match="all 1 retries shared across runs used"
+    ) as info:
+        second.failed(last)
+    assert info.value.__cause__ is last
+    assert second.exhausted is True
+    assert first.exhausted is False
+    assert (cap.total_attempts, cap.escalations) == (1, 1)
+    assert cap.attempts(S.PROVIDER_FAILURE) == 1
+    assert (stats.retries, stats.exhausted) == (1, 1)
+
+
+def test_public_names_say_they_live_in_retry_policy() -> None:
+    for name in rp.__all__:
+        value = getattr(rp, name)
+        if isinstance(value, type):
+            assert value.__module__ in (
+                "techrevati.runtime.retry_policy",
+                "techrevati.runtime.errors",
+            ), name
+    for cls in (
+        RetryAttempt,
+        rp.RetryRun,
+        RetryStats,
+        RecoveryContext,
+        RecoveryRecipe,
+        rp.RecoveryResult,
+        rp.RecoveryRecord,
+        RecoveryStep,
+        EscalationPolicy,
+        RecoveryOutcome,
+    ):
+        assert cls.__module__ == "techrevati.runtime.retry_policy", cls
+
+
 def test_a_failing_hook_is_logged_and_the_retry_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     def hook(attempt: RetryAttempt) -> None:
         raise RuntimeError("hook broke")
@@ -1654,7 +1824,12 @@ def test_a_failing_hook_is_logged_and_the_retry_goes_on(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="techrevati.runtime.retry_policy"):
         assert retry_call(fn, policy=RetryPolicy(on_retry=hook, sleep=Sleeps())) == "ok()[]"
     assert len(calls) == 2
-    assert "on_retry hook failed" in caplog.text
+    [record] = caplog.records
+    assert record.name == "techrevati.runtime.retry_policy"
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "on_retry hook failed; retrying anyway"
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "hook broke"
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), asyncio.CancelledError(), SystemExit(2)])
