@@ -228,6 +228,24 @@ def test_async_openai_chat_stream_is_charged_exactly_at_its_end(
     assert session.tracker.total_cost() == _cost(900, 100)
 
 
+def test_openai_chat_stream_manager_is_entered_and_its_chunk_events_read(
+    scripted_server: ScriptedServer, openai_client: openai.OpenAI
+) -> None:
+    scripted_server.script(openai_chat("Hel", "lo", usage=(700, 70)))
+
+    def open_stream() -> Any:
+        return openai_client.chat.completions.stream(
+            model="m", messages=MESSAGES, stream_options={"include_usage": True}
+        )
+
+    with _orch().session() as session:
+        turn = session.stream_turn(open_stream, model="m")
+        kinds = {event.type for event in turn}
+    assert {"chunk", "content.delta", "content.done"} <= kinds  # the helper's own events
+    assert turn.usage == UsageSnapshot(700, 70)
+    assert session.tracker.total_cost() == _cost(700, 70)
+
+
 @pytest.mark.parametrize("style", ["raw", "manager"])
 def test_anthropic_stream_is_charged_exactly_at_its_end(
     scripted_server: ScriptedServer, anthropic_client: anthropic.Anthropic, style: str
