@@ -1505,7 +1505,8 @@ def test_policy_defaults_are_the_documented_knobs(monkeypatch: pytest.MonkeyPatc
         waited.append(seconds)
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
-    asyncio.run(RetryPolicy().async_sleep(2.5))
+    asyncio.run(rp._asyncio_sleep(2.5))
+    assert RetryPolicy().async_sleep is rp._asyncio_sleep
     assert waited == [2.5]
 
 
@@ -1749,15 +1750,15 @@ def test_the_recipe_path_feeds_the_previous_delay_per_scenario_too() -> None:
 def test_a_runtime_detected_failure_is_read_as_its_own_scenario() -> None:
     seen: list[RetryAttempt] = []
 
-    class Silent(TransientRuntimeError):
+    class SilentAnswerError(TransientRuntimeError):
         scenario = "dependency_timeout"
 
-    _, fn = flaky([Silent("no answer")])
+    _, fn = flaky([SilentAnswerError("no answer")])
     policy = RetryPolicy(sleep=Sleeps(), on_retry=seen.append, jitter="none")
     assert retry_call(fn, policy=policy) == "ok()[]"
     [attempt] = seen
     assert attempt.failure == FailureInfo(
-        S.DEPENDENCY_TIMEOUT, retryable=True, exception_type="Silent"
+        S.DEPENDENCY_TIMEOUT, retryable=True, exception_type="SilentAnswerError"
     )
     assert attempt.delay_seconds == 0.5
 
