@@ -716,7 +716,52 @@ def test_slow_call_rate_trip_happens_on_the_call_that_crosses(clock: FakeClock) 
     assert _state(breaker) is CircuitState.OPEN
 
 
-def test_a_slow_probe_reopens(clock: FakeClock) -> None:
+def _probe_taking(breaker: CircuitBreaker, clock: FakeClock, form: str, seconds: float) -> None:
+    """Run one successful probe through ``form`` that takes ``seconds`` on ``clock``."""
+
+    def work(x: int, *, by: int) -> int:
+        clock.advance(seconds)
+        return x * by
+
+    async def awork(x: int, *, by: int) -> int:
+        return work(x, by=by)
+
+    async def ablock() -> None:
+        async with breaker:
+            work(1, by=1)
+
+    if form == "call":
+        assert breaker.call(work, 2, by=3) == 6
+    elif form == "acall":
+        assert asyncio.run(breaker.acall(awork, 2, by=3)) == 6
+    elif form == "with":
+        with breaker:
+            work(1, by=1)
+    elif form == "async with":
+        asyncio.run(ablock())
+    else:
+        with breaker.acquire():
+            work(1, by=1)
+
+
+@pytest.mark.parametrize("form", ["call", "acall", "with", "async with", "permit"])
+def test_a_slow_probe_reopens(clock: FakeClock, form: str) -> None:
+    window = SlidingWindow(size=2, minimum_calls=1, slow_call_duration_seconds=1.0)
+    breaker = CircuitBreaker("api", recovery_timeout_seconds=5, window=window, clock=clock)
+    _trip(breaker, 1)
+    clock.advance(5)
+    _probe_taking(breaker, clock, form, 3.0)
+    assert _state(breaker) is CircuitState.OPEN
+    assert breaker.metrics().opened_at == clock.now
+    clock.advance(5)
+    _probe_taking(breaker, clock, form, 0.5)
+    assert _state(breaker) is CircuitState.CLOSED
+    metrics = breaker.metrics()
+    assert metrics.window_calls == 0  # a fresh window after closing
+    assert (metrics.successes, metrics.failures, metrics.half_open_in_flight) == (2, 1, 0)
+
+
+def test_a_slow_probe_settled_by_hand_reopens(clock: FakeClock) -> None:
     window = SlidingWindow(size=2, minimum_calls=1, slow_call_duration_seconds=1.0)
     breaker = CircuitBreaker("api", recovery_timeout_seconds=5, window=window, clock=clock)
     _trip(breaker, 1)
@@ -730,7 +775,6 @@ def test_a_slow_probe_reopens(clock: FakeClock) -> None:
     assert permit is not None
     permit.record_success(duration=0.5)
     assert _state(breaker) is CircuitState.CLOSED
-    assert breaker.metrics().window_calls == 0  # a fresh window after closing
 
 
 def test_ignored_calls_stay_out_of_the_window(clock: FakeClock) -> None:
