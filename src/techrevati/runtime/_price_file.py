@@ -25,7 +25,7 @@ import json
 import re
 import tomllib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
@@ -158,10 +158,8 @@ def parse_pricing_text(
                 f"'models' must be a table of model entries, got {type(models).__name__}",
                 path=path,
             )
-        reader.repeated(models, "")
         entries = reader.ours(models)
     elif _looks_like_litellm(data):
-        reader.repeated(data, "")
         entries = reader.litellm(data)
     else:
         raise PricingFileError(
@@ -225,25 +223,29 @@ class _Reader:
         self.problems.append((entry, reason))
 
     def repeated(self, obj: object, entry: str, where: str = "") -> None:
-        """Report every key that a JSON object inside ``obj`` repeats (``entry`` "" = top level)."""
+        """Report every key that a JSON object inside ``entry``'s ``obj`` repeats."""
         if isinstance(obj, dict):
             for key in getattr(obj, "repeated", ()):
-                if entry:
-                    self.problem(entry, f"key {where + key!r} appears twice in the file")
-                else:
-                    self.problem(key, "model listed twice in the file")
-            if entry:
-                for key, value in obj.items():
-                    self.repeated(value, entry, f"{where}{key}.")
-        elif isinstance(obj, list) and entry:
+                self.problem(entry, f"key {where + key!r} appears twice in the file")
+            for key, value in obj.items():
+                self.repeated(value, entry, f"{where}{key}.")
+        elif isinstance(obj, list):
             for index, value in enumerate(obj):
                 self.repeated(value, entry, f"{where[:-1]}[{index}].")
+
+    def entries(self, table: dict[str, object]) -> Iterator[tuple[str, object]]:
+        """Yield the entries of a models table in file order, reporting a name given twice."""
+        twice = set(getattr(table, "repeated", ()))
+        for name, entry in table.items():
+            if name in twice:
+                self.problem(name, "model listed twice in the file")
+            yield name, entry
 
     # -- our schema ---------------------------------------------------------------
 
     def ours(self, models: dict[str, object]) -> list[tuple[str, ModelPricing]]:
         entries = []
-        for name, entry in models.items():
+        for name, entry in self.entries(models):
             self.repeated(entry, name)
             try:
                 entries.append((name, _our_entry(entry)))
@@ -255,7 +257,7 @@ class _Reader:
 
     def litellm(self, data: dict[str, object]) -> list[tuple[str, ModelPricing]]:
         entries = []
-        for name, entry in data.items():
+        for name, entry in self.entries(data):
             if name == _LITELLM_SKIP:
                 continue
             if not isinstance(entry, dict):
