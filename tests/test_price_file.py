@@ -297,6 +297,18 @@ def test_a_repeated_key_is_an_error_naming_it(
     assert list(info.value.problems) == problems
 
 
+def test_repeated_keys_are_listed_in_file_order_with_the_other_problems(tmp_path: Path) -> None:
+    text = """{
+      "a": {"input_cost_per_token": 1e-06, "input_cost_per_token": 2e-06},
+      "b": {"input_cost_per_token": -1e-06},
+      "c": {"input_cost_per_token": 1e-06},
+      "c": {"input_cost_per_token": 2e-06}
+    }"""
+    with pytest.raises(PricingFileError) as info:
+        load_pricing_from_file(_write(tmp_path, text))
+    assert [entry for entry, _ in info.value.problems] == ["a", "b", "c"]
+
+
 def test_models_given_twice_is_a_file_level_error(tmp_path: Path) -> None:
     with pytest.raises(PricingFileError, match="key 'models' appears twice") as info:
         load_pricing_from_file(_write(tmp_path, '{"models": {}, "models": {}}'))
