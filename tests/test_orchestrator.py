@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from techrevati.runtime import (
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime._session_core import failure_class_of
-from techrevati.runtime.orchestrator import EmptyResponseError, StreamResultError
+from techrevati.runtime.orchestrator import EmptyResponseError, Handoff, StreamResultError
 from tests.conftest import FakeClock
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
@@ -932,3 +933,314 @@ def test_a_hook_that_raises_is_a_veto_naming_the_error() -> None:
         session.run_tool("t", lambda: None)
     assert caught.value.reason == "hook raised KeyError: 'boom'"
     assert (caught.value.hook, caught.value.point) == ("Explodes", "before_tool")
+
+
+# -- the summary, the policy facts and the session's own checks -----------------------------
+
+STAMP = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_the_summary_holds_every_aggregate_exactly() -> None:
+    clock = FakeClock()
+    failures = [StatusError(503)]
+
+    def fn() -> str:
+        clock.advance(2)
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    orch = Orchestrator(
+        "writer",
+        "draft",
+        "p1",
+        retry=RetryPolicy(base_delay=0.5, jitter="none"),
+        clock=clock,
+        sleep=clock.sleep,
+        wall_clock=lambda: STAMP,
+        budget_usd="1",
+        max_total_retries=4,
+        event_capacity=9,
+    )
+    with orch.session(metadata={"ticket": 9}) as session:
+        session.run_turn(fn, model="m", usage=USAGE)
+        session.run_tool("calc", lambda: 3)
+        session.run_turn(lambda: "x", model="m")
+    summary = session.summary(last_events=2)
+    assert json.loads(json.dumps(summary)) == summary
+    worker = summary.pop("worker")
+    usage = summary.pop("usage")
+    last = summary.pop("last_events")
+    assert summary == {
+        "session_id": session.id,
+        "role": "writer",
+        "phase": "draft",
+        "project_id": "p1",
+        "outcome": "completed",
+        "failure_class": None,
+        "duration_seconds": 4.5,  # two calls of 2 s and the 0.5 s backoff
+        "turns": 2,
+        "turns_without_usage": 1,
+        "tool_calls": 1,
+        "cost_usd": "0.0045",
+        "cost": "$0.0045",
+        "budget_usd": "1",
+        "budget_warnings": 0,
+        "failures": {"provider_failure": 1},
+        "recovery": {"retries": 1, "retries_exhausted": False, "max_total_retries": 4},
+        "event_counts": {
+            "session.started": 1,
+            "worker.status_changed": 3,
+            "turn.failed": 1,
+            "turn.retried": 1,
+            "tool.completed": 1,
+            "session.completed": 1,
+            "turn.completed": 2,
+        },
+        "events_dropped": 1,  # 10 written, 9 kept
+        "sink_failures": 0,
+        "handoff": None,
+    }
+    assert isinstance(worker, dict)
+    assert session.worker is not None
+    assert (worker["id"], worker["status"]) == (session.worker.id, "completed")
+    assert isinstance(usage, dict)
+    assert (usage["turns"], usage["cost_usd"]) == (2, "0.0045")
+    assert last == [
+        {
+            "name": "worker.status_changed",
+            "role": "writer",
+            "phase": "draft",
+            "status": "completed",
+            "failure_class": None,
+            "detail": None,
+            "data": {"to": "completed"},
+            "timestamp": "2026-11-01T00:00:00+00:00",
+            "session_id": session.id,
+            "worker_id": session.worker.id,
+            "project_id": "p1",
+        },
+        {
+            "name": "session.completed",
+            "role": "writer",
+            "phase": "draft",
+            "status": "completed",
+            "failure_class": None,
+            "detail": None,
+            "data": {"duration_seconds": 4.5, "cost_usd": "0.0045", "turns": 2},
+            "timestamp": "2026-11-01T00:00:00+00:00",
+            "session_id": session.id,
+            "worker_id": session.worker.id,
+            "project_id": "p1",
+        },
+    ]
+    assert session.events()[0].name == EventName.STATUS_CHANGED  # session.started was dropped
+
+
+def test_a_summary_before_the_session_starts() -> None:
+    session = _orch().session()
+    summary = session.summary()
+    assert (summary["outcome"], summary["worker"], summary["duration_seconds"]) == (
+        "not_started",
+        None,
+        None,
+    )
+    assert summary["last_events"] == []
+    assert session.status is None
+
+
+def test_a_running_sessions_duration_is_measured_to_now() -> None:
+    clock = FakeClock()
+    with _orch(clock=clock).session() as session:
+        clock.advance(3)
+        assert session.summary()["duration_seconds"] == 3.0
+        assert session.summary()["outcome"] == "running"
+        clock.advance(1)
+    clock.advance(10)
+    assert session.summary()["duration_seconds"] == 4.0  # ended: no longer growing
+
+
+@pytest.mark.parametrize("last", [-1, True, 1.5, "2"])
+def test_events_last_must_be_a_non_negative_int(last: object) -> None:
+    with _orch().session() as session:
+        with pytest.raises(InvalidValueError) as caught:
+            session.events(last)  # type: ignore[arg-type]
+        assert str(caught.value) == f"last must be an int >= 0 or None, got {last!r}"
+
+
+def test_events_last_keeps_the_newest() -> None:
+    with _orch().session() as session:
+        for _ in range(3):
+            session.run_tool("t", lambda: None)
+    everything = session.events()
+    assert len(everything) == 8  # started, 2 status changes, 3 tools, 1 status change, completed
+    assert session.events(0) == []
+    assert session.events(2) == everything[-2:]
+    assert session.events(100) == everything
+    assert session.events(None) == everything
+
+
+def test_policy_context_carries_the_sessions_facts() -> None:
+    gate = QualityGate(QualityLevel.STRICT)
+    with _orch(quality_gate=gate).session() as session:
+        quiet = session.policy_context()
+        assert (quiet.failed_roles, quiet.completed_roles) == ({}, frozenset())
+        assert (quiet.retries_exhausted, quiet.timed_out, quiet.phase) == (False, False, "draft")
+        assert quiet.all_roles == frozenset({"writer"})
+        with pytest.raises(StatusError):
+            session.run_turn(lambda: (_ for _ in ()).throw(StatusError(401)), model="m")
+        failed = session.policy_context(phase_completed=True)
+    assert failed.failures == {AgentFailureClass.AUTH_FAILURE: 1}
+    assert set(failed.failed_roles) == {"writer"}
+    assert failed.phase_completed is True
+    assert failed.gate_required is QualityLevel.STRICT
+    done = session.policy_context()
+    assert done.completed_roles == frozenset({"writer"})
+    assert session.policy_context(phase="review").phase == "review"  # a fact overrides
+
+
+def test_without_an_engine_or_a_gate_evaluating_them_is_refused() -> None:
+    with _orch().session() as session:
+        with pytest.raises(SessionStateError) as no_engine:
+            session.evaluate_policy()
+        with pytest.raises(SessionStateError) as no_gate:
+            session.evaluate_gate("strict")
+    assert str(no_engine.value) == "no policy engine: pass policy_engine= to the Orchestrator"
+    assert str(no_gate.value) == "no quality gate: pass quality_gate= to the Orchestrator"
+
+
+def test_evaluations_are_recorded_as_events() -> None:
+    engine = PolicyEngine(
+        [
+            PolicyRule(
+                name="advance",
+                condition=PhaseCompleted(),
+                actions=[PolicyActionData(PolicyAction.ADVANCE_PHASE)],
+            )
+        ]
+    )
+    gate = QualityGate(QualityLevel.STANDARD)
+    with _orch(quality_gate=gate).session() as session:
+        session.evaluate_policy(engine, phase_completed=True)
+        outcome = session.evaluate_gate("strict")
+    policy_event, gate_event = [
+        e
+        for e in session.events()
+        if e.name in (EventName.POLICY_EVALUATED, EventName.GATE_EVALUATED)
+    ]
+    assert policy_event.data == {"actions": ["advance_phase"]}
+    assert gate_event.data == outcome.to_dict()
+
+
+def test_input_is_provided_only_while_waiting_for_it() -> None:
+    with _orch().session() as session:
+        with pytest.raises(SessionStateError) as caught:
+            session.provide_input("too early")
+        assert str(caught.value) == f"session {session.id} is running, not waiting for input"
+        session.pause_for_input()
+        session.provide_input()
+        session.pause_for_input("tone?")
+        session.provide_input("formal")
+    asked = [(e.name, e.detail) for e in session.events() if "input" in str(e.name)]
+    assert asked == [
+        (EventName.INPUT_REQUESTED, None),
+        (EventName.INPUT_PROVIDED, None),
+        (EventName.INPUT_REQUESTED, "tone?"),
+        (EventName.INPUT_PROVIDED, "formal"),
+    ]
+    statuses = [e.data["to"] for e in session.events() if e.name == EventName.STATUS_CHANGED]
+    assert statuses == [
+        "initializing",
+        "running",
+        "waiting_for_input",
+        "running",
+        "waiting_for_input",
+        "running",
+        "completed",
+    ]
+
+
+def test_a_session_is_entered_once() -> None:
+    session = _orch().session()
+    with session:
+        pass
+    with pytest.raises(SessionStateError) as caught:
+        session.__enter__()
+    assert str(caught.value) == (
+        f"session {session.id} was already started: a session is entered once"
+    )
+
+
+def test_a_turn_before_the_start_and_after_the_end_says_why() -> None:
+    session = _orch().session()
+    with pytest.raises(SessionStateError) as early:
+        session.run_turn(lambda: 1)
+    assert str(early.value) == (
+        f"session {session.id} is not started: use it as 'with orch.session() as s:'"
+    )
+    with session:
+        pass
+    with pytest.raises(SessionStateError) as late:
+        session.run_tool("t", lambda: 1)
+    assert str(late.value) == f"session {session.id} is completed; turns need it RUNNING"
+
+
+def test_an_error_after_a_handoff_fails_the_session_but_keeps_the_worker_completed() -> None:
+    registry = AgentRegistry()
+    session = _orch(registry=registry).session()
+
+    def work() -> Handoff:
+        with session:
+            handoff = session.handoff_to("reviewer", "draft ready")
+            raise RuntimeError(handoff.to_worker_id)
+
+    with pytest.raises(RuntimeError) as caught:
+        work()
+    handoff = session.summary()["handoff"]
+    assert isinstance(handoff, dict)
+    assert str(caught.value) == handoff["to_worker_id"]
+    assert session.status is AgentStatus.COMPLETED  # terminal already: not moved to FAILED
+    summary = session.summary()
+    assert (summary["outcome"], summary["failure_class"]) == ("failed", "unknown")
+    assert session.events()[-1].name == EventName.SESSION_FAILED
+    assert session.worker is not None
+    assert handoff == {
+        "from_worker_id": session.worker.id,
+        "to_worker_id": handoff["to_worker_id"],
+        "from_role": "writer",
+        "to_role": "reviewer",
+        "reason": "draft ready",
+        "context": {},
+        "timestamp": handoff["timestamp"],
+    }
+    assert registry.get(str(handoff["to_worker_id"])).status is AgentStatus.IDLE
+    (event,) = [e for e in session.events() if e.name == EventName.HANDOFF]
+    assert (event.detail, event.data) == (
+        "draft ready",
+        {"to_role": "reviewer", "to_worker_id": handoff["to_worker_id"]},
+    )
+
+
+def test_a_cancel_after_a_handoff_keeps_the_worker_completed() -> None:
+    session = _orch().session()
+
+    def work() -> None:
+        with session:
+            session.handoff_to("reviewer", "draft ready")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    assert session.status is AgentStatus.COMPLETED
+    assert session.summary()["outcome"] == "cancelled"
+    assert session.events()[-1].name == EventName.SESSION_CANCELLED
+
+
+class KeepsResult(BaseHook):
+    def after_tool(self, call: ToolCall, result: object) -> object | None:
+        return None
+
+
+def test_an_after_tool_hook_that_returns_none_keeps_the_result() -> None:
+    with _orch(hooks=[KeepsResult()]).session() as session:
+        assert session.run_tool("calc", lambda: 42) == 42
