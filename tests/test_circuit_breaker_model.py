@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -446,8 +447,19 @@ class TimeWindowMachine(BreakerMachine):
         )
 
 
+# Under mutation testing (tools/mutation.py sets MUTANT_UNDER_TEST in every run)
+# only whether a run fails matters: shrinking a failing run of 40 steps would
+# spend the mutant's whole time budget for nothing.
+_PHASES = (
+    tuple(phase for phase in Phase if phase is not Phase.shrink)
+    if os.environ.get("MUTANT_UNDER_TEST")
+    else tuple(Phase)
+)
 _SETTINGS = settings(
-    max_examples=examples(120), stateful_step_count=40, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(120),
+    stateful_step_count=40,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=_PHASES,
 )
 
 TestConsecutiveBreaker = BreakerMachine.TestCase
