@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 from techrevati.runtime import (
     AgentStatus,
+    BaseHook,
     Budget,
     BudgetExceededError,
     CircuitBreaker,
@@ -25,6 +29,8 @@ from techrevati.runtime import (
     EventName,
     GuardrailViolatedError,
     InvalidValueError,
+    MaxIterationsExceededError,
+    ModelCall,
     Orchestrator,
     RetriesExhaustedError,
     RetryAttempt,
@@ -32,6 +38,7 @@ from techrevati.runtime import (
     RetryStats,
     SessionStateError,
     TurnTimeoutError,
+    UsageRecord,
     UsageSnapshot,
     aretry_call,
     retry_call,
@@ -1131,3 +1138,430 @@ def test_a_timed_async_turn_that_times_out_then_succeeds_is_retried() -> None:
         ("turn.retried", "llm_timeout", 1),
         ("turn.completed", None, 2),
     ]
+
+
+# -- the async deadline: a cancelled caller, a late failure, a call that honours it -------
+
+
+def test_a_caller_cancelled_while_its_timed_turn_waits_cancels_the_call_too() -> None:
+    async def main() -> tuple[list[str], Any]:
+        seen: list[str] = []
+        started = asyncio.Event()
+
+        async def slow() -> str:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            return "never"
+
+        async with _orch().asession() as session:
+            task = asyncio.ensure_future(session.arun_turn(slow, model="m", timeout=30))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return seen, session
+
+    seen, session = asyncio.run(main())
+    assert seen == ["cancelled"]
+    (failed,) = [e for e in session.events() if e.name == EventName.TURN_FAILED]
+    assert failed.failure_class is not None
+    assert failed.failure_class.value == "cancelled"
+    assert failed.data["error_type"] == "CancelledError"
+    assert session.summary()["failures"] == {"cancelled": 1}
+
+
+def test_a_late_call_that_fails_after_its_deadline_is_logged_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="techrevati.runtime.orchestrator")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def stubborn() -> str:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await stop.wait()  # ignores the cancellation, then fails
+            raise ValueError("failed late")
+
+        async with _orch().asession() as session:
+            with pytest.raises(TurnTimeoutError) as caught:
+                await session.arun_turn(stubborn, model="m", usage=USAGE, timeout=0.01)
+            assert str(caught.value) == "turn on model 'm' did not finish within 0.01 seconds"
+            stop.set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    asyncio.run(main())
+    late = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "a turn's late call failed after its deadline"
+    ]
+    assert len(late) == 1
+    assert late[0].exc_info is not None
+    assert str(late[0].exc_info[1]) == "failed late"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        "turn on model 'm' passed its 0.01s deadline and ignored the cancellation; "
+        "it finished later and its result was dropped"
+    ) in warned
+
+
+def test_a_call_that_stops_when_cancelled_at_its_deadline_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="techrevati.runtime.orchestrator")
+
+    async def main() -> None:
+        async def polite() -> str:
+            await asyncio.Event().wait()
+            return "never"
+
+        async with _orch().asession() as session:
+            with pytest.raises(TurnTimeoutError):
+                await session.arun_turn(polite, model="m", usage=USAGE, timeout=0.01)
+            past = asyncio.Event()  # past the second deadline: no "still running" report
+            asyncio.get_running_loop().call_later(0.03, past.set)
+            await past.wait()
+
+    asyncio.run(main())
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "ignored the cancellation" not in messages
+    assert "did not stop when cancelled" not in messages
+    assert "late call failed" not in messages
+
+
+def test_a_still_running_call_is_reported_once_with_its_model_and_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        reported = asyncio.Event()
+
+        async def deaf(model: str) -> str:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop.wait()
+            return "late"
+
+        async with _orch().asession() as session:
+            with pytest.raises(TurnTimeoutError):
+                await session.arun_turn(deaf, model="gpt-x", usage=USAGE, timeout=0.02)
+            asyncio.get_running_loop().call_later(0.06, reported.set)
+            await reported.wait()
+            stop.set()
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+    asyncio.run(main())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        warned.count(
+            "turn on model 'gpt-x' passed its 0.02s deadline and did not stop when cancelled; "
+            "it runs on in the background and its result will be dropped"
+        )
+        == 1
+    )
+
+
+# -- what a turn writes: usage records, failure data, budget events ------------------------
+
+
+class UsageSink:
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def write_usage(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+STAMP = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_every_billed_attempt_writes_its_usage_record() -> None:
+    clock = FakeClock()
+    sink = UsageSink()
+    script: list[object] = [BilledError("length limit reached"), "ok"]
+
+    def fn() -> object:
+        clock.advance(1.25)
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    orch = _orch(
+        project_id="p1",
+        sinks=[sink],
+        clock=clock,
+        wall_clock=lambda: STAMP,
+        retry=RetryPolicy(
+            max_attempts=2,
+            sleep=clock.sleep,
+            retry_on=lambda exc: True,
+            base_delay=0.5,
+            jitter="none",
+        ),
+    )
+    with orch.session() as session:
+        session.run_turn(fn, model="m", usage=USAGE)
+    worker_id = session.worker.id if session.worker else ""
+    common: dict[str, Any] = {
+        "model": "m",
+        "duration_seconds": 1.25,
+        "role": "writer",
+        "phase": "draft",
+        "session_id": session.id,
+        "worker_id": worker_id,
+        "project_id": "p1",
+        "timestamp": STAMP,
+        "priced": True,
+    }
+    assert sink.records == [
+        UsageRecord(
+            input_tokens=1000, output_tokens=13_500, cost_usd=Decimal("0.2055"), **common
+        ),  # the failed attempt's bill, read from its exception
+        UsageRecord(input_tokens=1000, output_tokens=100, cost_usd=COST, **common),
+    ]
+    failed = next(e for e in session.events() if e.name == EventName.TURN_FAILED)
+    assert failed.data == {
+        "model": "m",
+        "attempt": 1,
+        "duration_seconds": 1.25,
+        "error_type": "BilledError",
+        "input_tokens": 1000,
+        "output_tokens": 13_500,
+        "cost_usd": "0.2055",
+    }
+    assert session.tracker.total_cost() == Decimal("0.2055") + COST
+
+
+def test_budget_refusals_are_events_whether_enforced_or_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = UsageSnapshot(input_tokens=1_000_000)  # $3
+    with (
+        _orch(budget_usd="1").session() as enforced,
+        pytest.raises(BudgetExceededError) as caught,
+    ):
+        enforced.run_turn(lambda: "never", model="m", estimate=big)
+    (refused,) = [e for e in enforced.events() if e.name == EventName.BUDGET_EXCEEDED]
+    assert refused.failure_class is not None
+    assert refused.failure_class.value == "budget_exceeded"
+    assert (refused.detail, refused.data) == (str(caught.value), {"model": "m", "enforced": True})
+    assert enforced.summary()["failures"] == {"budget_exceeded": 1}
+    assert enforced.summary()["budget_warnings"] == 0
+
+    with _orch(budget_usd="1", enforce_budget=False).session() as warned:
+        assert warned.run_turn(lambda: "ran", model="m", estimate=big, usage=USAGE)[0] == "ran"
+    (noted,) = [e for e in warned.events() if e.name == EventName.BUDGET_EXCEEDED]
+    assert noted.failure_class is None
+    assert noted.data == {"model": "m", "enforced": False}
+    assert warned.summary()["failures"] == {}
+    assert warned.summary()["budget_warnings"] == 1
+    assert f"budget exceeded (not enforced): {noted.detail}" in caplog.text
+
+
+def test_the_session_cap_expects_the_last_cost_of_a_model_and_refuses_before_calling() -> None:
+    called: list[str] = []
+
+    def fn(model: str) -> str:
+        called.append(model)
+        return model
+
+    with _orch(budget_usd=COST * Decimal("1.5")).session() as session:
+        session.run_turn(fn, model="m", usage=USAGE)  # nothing known yet: held at nothing
+        with pytest.raises(BudgetExceededError):
+            session.run_turn(fn, model="m", usage=USAGE)  # expects COST again: over the cap
+        session.run_turn(fn, model="free", usage=USAGE)  # unpriced: free, still room for it
+    assert called == ["m", "free"]
+
+
+def test_a_spent_cap_refuses_even_a_turn_that_looks_free() -> None:
+    called: list[int] = []
+    with _orch(budget_usd=COST).session() as session:
+        session.run_turn(lambda: "one", model="m", usage=USAGE)  # exactly the cap
+        with pytest.raises(BudgetExceededError):
+            session.run_turn(lambda: called.append(1), model="free", usage=USAGE)
+    assert called == []
+
+
+def test_the_default_estimate_is_held_when_a_model_has_no_history() -> None:
+    called: list[int] = []
+    big = UsageSnapshot(input_tokens=1_000_000)  # $3
+    orch = _orch(budget_usd="1", default_estimate=big)
+    with orch.session() as session, pytest.raises(BudgetExceededError):
+        session.run_turn(lambda: called.append(1), model="m", usage=USAGE)
+    assert called == []
+
+
+class FlakyBudget(Budget):
+    """A budget whose hold or settlement fails once with an error of its own."""
+
+    def __init__(self, *, hold: bool = False, settle: bool = False) -> None:
+        super().__init__(max_usd="10")
+        self.fail_hold = hold
+        self.fail_settle = settle
+
+    def _hold(self, model: str, estimate: UsageSnapshot | None) -> Any:
+        if self.fail_hold:
+            self.fail_hold = False
+            raise RuntimeError("hold failed")
+        return super()._hold(model, estimate)
+
+    def _settle_hold(self, *args: Any) -> None:
+        if self.fail_settle:
+            self.fail_settle = False
+            raise RuntimeError("settle failed")
+        super()._settle_hold(*args)
+
+
+def test_a_hold_that_fails_gives_the_caps_hold_back_and_raises() -> None:
+    budget = FlakyBudget(hold=True)
+    with _orch(budget=budget, budget_usd=COST).session() as session:
+        with pytest.raises(RuntimeError, match="hold failed"):
+            session.run_turn(lambda: "never", model="m", estimate=USAGE)
+        # the cap's hold was given back: the whole cap is free for the next turn
+        assert session.run_turn(lambda: "ok", model="m", estimate=USAGE, usage=USAGE)[0] == "ok"
+    assert budget.reserved_usd == 0
+    assert budget.spent_usd == COST
+
+
+def test_a_settlement_that_fails_releases_the_holds_and_raises() -> None:
+    budget = FlakyBudget(settle=True)
+    with _orch(budget=budget).session() as session:
+        with pytest.raises(RuntimeError, match="settle failed"):
+            session.run_turn(lambda: "ok", model="m", estimate=USAGE, usage=USAGE)
+        assert budget.reserved_usd == 0
+        assert budget.reserved_requests == 0
+        session.run_turn(lambda: "ok", model="m", estimate=USAGE, usage=USAGE)
+    assert budget.reserved_usd == 0
+    assert budget.spent_usd == COST
+
+
+def test_a_retry_on_a_fallback_model_is_announced_with_both_models() -> None:
+    clock = FakeClock()
+
+    def complete(model: str) -> str:
+        if model == "m":
+            raise StatusError(503)
+        return model
+
+    policy = RetryPolicy(max_attempts=3, sleep=clock.sleep, base_delay=0.5, jitter="none")
+    with _orch(retry=policy, clock=clock).session() as session:
+        assert (
+            session.run_turn(complete, model="m", fallback_models=["backup", "third"], usage=USAGE)[
+                0
+            ]
+            == "backup"
+        )
+    (switched,) = [e for e in session.events() if e.name == EventName.MODEL_SWITCHED]
+    assert (switched.detail, switched.data) == (
+        "m -> backup",
+        {"from_model": "m", "model": "backup"},
+    )
+    (retried,) = [e for e in session.events() if e.name == EventName.TURN_RETRIED]
+    assert retried.detail == (
+        "provider_failure: recovery attempt 1 of 3; retry_with_backoff, switch_provider; "
+        "wait 0.500s"
+    )
+    assert session.tracker.per_model_summary()["backup"]["turns"] == 1
+    assert "m" not in session.tracker.per_model_summary()
+
+
+class Redirect(BaseHook):
+    """Moves the first attempt to ``backup``; records every call it is shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def before_model(self, call: ModelCall) -> ModelCall | None:
+        self.seen.append((call.model, call.attempt))
+        return replace(call, model="backup") if call.attempt == 1 else None
+
+
+def test_a_retry_shows_the_hooks_the_next_attempt_on_the_model_they_chose() -> None:
+    clock = FakeClock()
+    hook = Redirect()
+    seen: list[str] = []
+
+    def fn(model: str) -> str:
+        seen.append(model)
+        if len(seen) == 1:
+            raise StatusError(503)
+        return model
+
+    policy = RetryPolicy(max_attempts=2, sleep=clock.sleep)
+    with _orch(hooks=[hook], retry=policy, clock=clock).session() as session:
+        assert session.run_turn(fn, model="m", usage=USAGE)[0] == "backup"
+    assert hook.seen == [("m", 1), ("backup", 2)]
+    assert seen == ["backup", "backup"]
+
+
+def test_the_iteration_limit_is_a_budget_failure_named_in_the_error() -> None:
+    with _orch(max_iterations=1).session() as session:
+        session.run_turn(lambda: "one")
+        with pytest.raises(MaxIterationsExceededError) as caught:
+            session.run_turn(lambda: "two")
+    assert caught.value.max_iterations == 1
+    assert session.summary()["failures"] == {"budget_exceeded": 1}
+    assert session.summary()["turns"] == 1
+
+
+# -- which callables get the model ----------------------------------------------------------
+
+
+class Client:
+    def complete(self, model: str) -> str:
+        return f"method:{model}"
+
+    def __call__(self, model: str) -> str:
+        return f"object:{model}"
+
+
+def _takes_model(prefix: str, model: str) -> str:
+    return f"{prefix}:{model}"
+
+
+def _keyword_only(*, model: str = "default") -> str:
+    return f"kw:{model}"
+
+
+def test_every_kind_of_callable_that_takes_model_gets_it() -> None:
+    calls: list[Callable[..., str]] = [
+        Client().complete,
+        Client(),
+        functools.partial(_takes_model, "partial"),
+        _keyword_only,
+        lambda model: f"lambda:{model}",
+    ]
+    with _orch().session() as session:
+        results = [session.run_turn(fn, model="gpt-x")[0] for fn in calls]
+        assert session.run_turn(lambda: "no model")[0] == "no model"
+        assert session.run_turn(functools.partial(str, "text"))[0] == "text"
+    assert results == [
+        "method:gpt-x",
+        "object:gpt-x",
+        "partial:gpt-x",
+        "kw:gpt-x",
+        "lambda:gpt-x",
+    ]
+
+
+def test_a_callable_without_a_signature_is_called_without_the_model() -> None:
+    from techrevati.runtime._turns import _accepts_model
+
+    assert _accepts_model(dict) is False  # a class: no code object, no usable signature
+    assert _accepts_model(print) is False
+    assert _accepts_model(_takes_model) is True
+    assert _accepts_model(_takes_model) is True  # cached the second time
+    assert _accepts_model(Client().complete) is True
+    assert _accepts_model(lambda models: models) is False
