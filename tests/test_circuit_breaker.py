@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from techrevati.runtime.circuit_breaker import (
+    _ENTERED,
     CircuitBreaker,
     CircuitBreakerMetrics,
     CircuitOpenError,
@@ -67,6 +68,24 @@ def _trip(breaker: CircuitBreaker, times: int | None = None) -> ConnectionError:
         with pytest.raises(ConnectionError):
             breaker.call(_fail(last))
     return last
+
+
+class BrokenClockError(RuntimeError):
+    """What a :class:`BreakingClock` raises."""
+
+
+class BreakingClock(FakeClock):
+    """A FakeClock whose next ``breaks`` readings raise: a clock is caller code too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.breaks = 0
+
+    def __call__(self) -> float:
+        if self.breaks:
+            self.breaks -= 1
+            raise BrokenClockError("clock broke")
+        return self.now
 
 
 @pytest.fixture
@@ -252,6 +271,36 @@ def test_exceptions_from_fn_pass_through_as_the_same_object(breaker: CircuitBrea
         breaker.call(fn)
     assert info.value is original
     assert traceback.extract_tb(original.__traceback__)[-1].name == "fn"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["call", "acall"])
+def test_the_fast_path_adds_one_frame_to_the_traceback_of_fn(
+    breaker: CircuitBreaker, asynchronous: bool
+) -> None:
+    def fn() -> None:
+        raise BadRequestError("boom")
+
+    async def afn() -> None:
+        fn()
+
+    def depth(run: Callable[..., object], *args: object) -> int:
+        with pytest.raises(BadRequestError, match="boom") as caught:
+            run(*args)
+        return _frames(caught.value)
+
+    through: list[int] = []
+    if asynchronous:
+        direct = depth(asyncio.run, afn())
+        through.append(depth(asyncio.run, breaker.acall(afn)))
+        breaker.reset()  # a later period takes the same path
+        through.append(depth(asyncio.run, breaker.acall(afn)))
+    else:
+        direct = depth(fn)
+        through.append(depth(breaker.call, fn))
+        breaker.reset()
+        through.append(depth(breaker.call, fn))
+    assert through == [direct + 1, direct + 1]  # the breaker's one frame: call or acall
+    assert breaker.metrics().ignored == 2  # a 400 is not the dependency's fault
 
 
 def test_arguments_and_result_pass_through(breaker: CircuitBreaker) -> None:
@@ -874,6 +923,77 @@ def test_nested_with_blocks_of_two_breakers_settle_their_own(clock: FakeClock) -
         work()
     assert inner.metrics().successes == 1
     assert _state(outer) is CircuitState.OPEN
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["with", "async with"])
+def test_a_failed_entry_leaves_the_enclosing_block_of_the_same_breaker_entered(
+    asynchronous: bool,
+) -> None:
+    clock = BreakingClock()
+    window = SlidingWindow(size=10, minimum_calls=10, slow_call_duration_seconds=5.0)
+    breaker = CircuitBreaker("api", window=window, clock=clock)
+
+    def inner() -> None:
+        with pytest.raises(BrokenClockError), breaker:
+            raise AssertionError("the block ran although its entry failed")
+
+    async def ainner() -> None:
+        with pytest.raises(BrokenClockError):
+            async with breaker:
+                raise AssertionError("the block ran although its entry failed")
+
+    async def amain() -> None:
+        async with breaker as outer:
+            clock.breaks = 1  # the inner entry's reading of its start time
+            await ainner()
+            assert _ENTERED.get() == (outer,)
+
+    if asynchronous:
+        asyncio.run(amain())
+    else:
+        with breaker as outer:
+            clock.breaks = 1
+            inner()
+            assert _ENTERED.get() == (outer,)
+    assert _ENTERED.get() == ()
+    metrics = breaker.metrics()
+    assert (metrics.successes, metrics.failures, metrics.ignored) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("form", ["record_success", "record_failure", "with", "async with"])
+def test_a_clock_breaking_as_a_probe_settles_still_frees_its_slot(form: str) -> None:
+    clock = BreakingClock()
+    window = SlidingWindow(size=1, minimum_calls=1, slow_call_duration_seconds=1.0)
+    breaker = CircuitBreaker("api", recovery_timeout_seconds=5, window=window, clock=clock)
+    _trip(breaker, 1)
+    clock.advance(5)
+    permit = breaker.acquire()
+    assert breaker.metrics().half_open_in_flight == 1
+    clock.breaks = 1  # the settlement's reading of the end time
+
+    def settle_in_with() -> None:
+        with permit:
+            pass
+
+    async def settle_in_async_with() -> None:
+        async with permit:
+            pass
+
+    settle: Callable[[], object] = {
+        "record_success": permit.record_success,
+        "record_failure": lambda: permit.record_failure(ConnectionError("down")),
+        "with": settle_in_with,
+        "async with": lambda: asyncio.run(settle_in_async_with()),
+    }[form]
+    with pytest.raises(BrokenClockError, match="clock broke"):
+        settle()
+    assert permit.settled
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.half_open_in_flight) == (CircuitState.HALF_OPEN, 0)
+    assert (metrics.successes, metrics.failures, metrics.ignored) == (0, 1, 1)
+    assert not permit.record_success()  # given back as ignored: settled once
+    assert breaker.call(_ok) == "ok"  # the slot is free for the next probe
+    assert _state(breaker) is CircuitState.CLOSED
 
 
 def test_exit_without_enter_is_an_error(breaker: CircuitBreaker) -> None:
