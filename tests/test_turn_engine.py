@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,6 +45,12 @@ from techrevati.runtime import (
     aretry_call,
     retry_call,
     testing,
+)
+from techrevati.runtime._responses import (
+    aclose_refused,
+    check_response,
+    usage_from_exception,
+    usage_from_result,
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime.orchestrator import EmptyResponseError, StreamResultError
@@ -1565,3 +1573,239 @@ def test_a_callable_without_a_signature_is_called_without_the_model() -> None:
     assert _accepts_model(_takes_model) is True  # cached the second time
     assert _accepts_model(Client().complete) is True
     assert _accepts_model(lambda models: models) is False
+
+
+# -- reading what fn returned or raised (_responses) -------------------------------------------
+
+
+def _ns(**fields: object) -> Any:
+    return SimpleNamespace(**fields)
+
+
+class Candidate:
+    def __init__(self, finish_reason: object) -> None:
+        self.finish_reason = finish_reason
+
+
+class FinishReason:
+    """google-genai's FinishReason enum member: a ``.name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+SILENT: list[tuple[object, str | None]] = [
+    # OpenAI Chat Completions
+    (_ns(choices=[]), "no choices and no output tokens"),
+    (_ns(choices=[Choice(None)]), "finish_reason None, no output tokens"),
+    (_ns(choices=[Choice("weird")]), "finish_reason 'weird', no output tokens"),
+    (_ns(choices=[Choice("stop")]), None),
+    (_ns(choices=[Choice("length")]), None),
+    (_ns(choices=[Choice("tool_calls")]), None),
+    (_ns(choices=[Choice("content_filter")]), None),
+    (_ns(choices=[Choice("function_call")]), None),
+    (_ns(choices=5), "no choices and no output tokens"),  # not iterable
+    # Anthropic
+    (_ns(stop_reason=None, content=[]), "stop_reason None, no output tokens"),
+    (_ns(stop_reason="end_turn", content=[]), None),
+    (_ns(stop_reason="refusal", content=[]), None),
+    (_ns(stop_reason="pause_turn", content=[]), None),
+    (_ns(stop_reason="model_context_window_exceeded", content=[]), None),
+    (_ns(stop_reason="aborted", content=[]), "stop_reason 'aborted', no output tokens"),
+    (_ns(stop_reason=None), None),  # no content: not an Anthropic message
+    # Gemini
+    (_ns(candidates=[]), "no candidates and no output tokens"),
+    (_ns(candidates=None), "no candidates and no output tokens"),
+    (_ns(candidates=[Candidate(None)]), "finish_reason None, no output tokens"),
+    (
+        _ns(candidates=[Candidate(FinishReason("FINISH_REASON_UNSPECIFIED"))]),
+        "finish_reason 'FINISH_REASON_UNSPECIFIED', no output tokens",
+    ),
+    (_ns(candidates=[Candidate(FinishReason("STOP"))]), None),
+    (_ns(candidates=[Candidate("SAFETY")]), None),
+    (_ns(candidates=[_ns()]), "finish_reason None, no output tokens"),
+    (_ns(candidates=[], prompt_feedback=_ns(block_reason="SAFETY")), None),  # blocked: said why
+    (
+        _ns(candidates=[], prompt_feedback=_ns(block_reason=None)),
+        "no candidates and no output tokens",
+    ),
+    (_ns(candidates=[], prompt_feedback=None), "no candidates and no output tokens"),
+    # Bedrock Converse
+    ({"ResponseMetadata": {}, "output": {}, "stopReason": "end_turn"}, None),
+    ({"ResponseMetadata": {}, "output": {}, "stopReason": "guardrail_intervened"}, None),
+    ({"ResponseMetadata": {}, "output": {}, "stopReason": "malformed_tool_use"}, None),
+    (
+        {"ResponseMetadata": {}, "output": {}, "stopReason": "odd"},
+        "stopReason 'odd', no output tokens",
+    ),
+    ({"ResponseMetadata": {}}, "Bedrock response without output"),
+    ({"output": {}}, None),  # a plain dict of the caller's
+    # anything else
+    (_ns(text="hi"), None),
+    (object(), None),
+]
+
+
+@pytest.mark.parametrize(("result", "reason"), SILENT)
+def test_a_silent_failure_is_told_from_a_finished_answer(
+    result: object, reason: str | None
+) -> None:
+    if reason is None:
+        check_response(result, None)
+        check_response(result, UsageSnapshot.ZERO)
+        return
+    for usage in (None, UsageSnapshot.ZERO, UsageSnapshot(input_tokens=50)):
+        with pytest.raises(EmptyResponseError) as caught:
+            check_response(result, usage)
+        assert caught.value.reason == reason
+        assert caught.value.response is result
+        assert str(caught.value) == f"empty model response: {reason}"
+    check_response(result, UsageSnapshot(output_tokens=1))  # output tokens: an answer
+
+
+@pytest.mark.parametrize("plain", ["text", b"bytes", 3, 2.5, True, None, [1], (1,)])
+def test_plain_results_are_never_checked_or_read(plain: object) -> None:
+    check_response(plain, None)
+    assert usage_from_result(plain) is None
+
+
+class OpenAIStream:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+OpenAIStream.__name__ = "Stream"
+OpenAIStream.__module__ = "openai._streaming"
+
+
+class MessageStreamManager:
+    def close(self) -> None:
+        raise RuntimeError("already closed")  # best effort: the refusal is what matters
+
+
+def test_a_returned_stream_is_named_and_closed() -> None:
+    stream = OpenAIStream()
+    with pytest.raises(StreamResultError) as caught:
+        check_response(stream, None)
+    assert caught.value.kind == "openai Stream"
+    assert caught.value.stream is stream
+    assert stream.closed == 1
+    check_response(stream, USAGE)  # usage given: the caller's stream, not refused
+    assert stream.closed == 1
+    with pytest.raises(StreamResultError) as managed:
+        check_response(MessageStreamManager(), None)
+    assert managed.value.kind == f"{__name__.split('.')[0]} MessageStreamManager"
+
+
+def test_generators_and_bedrock_event_streams_are_streams_too() -> None:
+    def chunks() -> Generator[str, None, None]:
+        yield "a"
+
+    generator = chunks()
+    with pytest.raises(StreamResultError) as caught:
+        check_response(generator, None)
+    assert caught.value.kind == "generator"
+    assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
+
+    class EventStream:
+        def __init__(self) -> None:
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    events = EventStream()
+    bedrock = {"ResponseMetadata": {}, "stream": events}
+    with pytest.raises(StreamResultError) as caught:
+        check_response(bedrock, None)
+    assert caught.value.kind == "botocore EventStream"
+    assert events.closed
+    check_response({"stream": "not a stream"}, None)
+
+
+def test_a_refused_async_stream_is_closed_by_awaiting_it() -> None:
+    class AsyncStream:
+        def __init__(self) -> None:
+            self.closed: list[str] = []
+
+        async def aclose(self) -> None:
+            self.closed.append("aclose")
+
+        async def close(self) -> None:
+            self.closed.append("close")
+
+    class Closes:
+        def __init__(self) -> None:
+            self.closed: list[str] = []
+
+        async def close(self) -> None:
+            self.closed.append("close")
+            raise RuntimeError("connection gone")
+
+    both, only_close = AsyncStream(), Closes()
+    asyncio.run(aclose_refused(StreamResultError("x", both)))
+    asyncio.run(aclose_refused(StreamResultError("x", only_close)))
+    asyncio.run(aclose_refused(StreamResultError("x", {"stream": only_close})))
+    asyncio.run(aclose_refused(StreamResultError("x", object())))
+    assert both.closed == ["aclose"]  # one close, aclose first
+    assert only_close.closed == ["close", "close"]
+
+
+class CarriesUsageError(Exception):
+    def __init__(self, **carriers: object) -> None:
+        super().__init__("billed")
+        for name, value in carriers.items():
+            setattr(self, name, value)
+
+
+def test_the_usage_a_billed_exception_carries_is_read_where_the_sdks_put_it() -> None:
+    usage = {"prompt_tokens": 7, "completion_tokens": 3}
+    read = UsageSnapshot(input_tokens=7, output_tokens=3)
+    assert usage_from_exception(CarriesUsageError(completion=_ns(usage=usage))) == read
+    assert usage_from_exception(CarriesUsageError(response=_ns(usage=usage))) == read
+    assert usage_from_exception(CarriesUsageError(body={"usage": usage})) == read
+    # the first carrier with tokens decides; empty, plain or missing ones are skipped
+    empty = _ns(usage={"prompt_tokens": 0, "completion_tokens": 0})
+    assert usage_from_exception(CarriesUsageError(completion=empty, body={"usage": usage})) == read
+    assert (
+        usage_from_exception(CarriesUsageError(completion="text", response=[1], body=None)) is None
+    )
+    assert usage_from_exception(CarriesUsageError(response=_ns(status_code=429))) is None
+    assert usage_from_exception(ValueError("plain")) is None
+
+    class RaisingError(Exception):
+        @property
+        def completion(self) -> object:
+            raise RuntimeError("unset")
+
+    assert usage_from_exception(RaisingError()) is None
+
+
+def test_a_result_whose_usage_cannot_be_read_has_none() -> None:
+    assert usage_from_result(_ns(usage="garbage")) is None
+    assert usage_from_result(_ns(text="no usage at all")) is None
+    assert usage_from_result({"usage": {"prompt_tokens": 2, "completion_tokens": 1}}) == (
+        UsageSnapshot(input_tokens=2, output_tokens=1)
+    )
+
+
+def test_a_response_whose_attributes_raise_is_not_a_silent_failure() -> None:
+    class Hostile:
+        @property
+        def choices(self) -> object:
+            raise RuntimeError("lazy")
+
+        @property
+        def candidates(self) -> object:
+            raise RuntimeError("lazy")
+
+    check_response(Hostile(), None)
+
+    class BadMapping(dict[str, object]):
+        def get(self, key: str, default: object = None) -> object:
+            raise RuntimeError("no")
+
+    check_response(BadMapping(ResponseMetadata={}), None)
