@@ -601,7 +601,7 @@ def test_an_unrepresentable_tier_is_skipped_and_the_rest_loads(tmp_path: Path) -
             "a tiered_pricing tier without input_cost_per_token",
         ),
     )
-    assert "1 entries skipped (left unpriced):\n  'partial' tiered_pricing[0]: a tiered" in str(
+    assert "1 entry skipped (left unpriced):\n  'partial' tiered_pricing[0]: a tiered" in str(
         warning
     )
 

@@ -359,14 +359,14 @@ class PricingFileError(TechrevatiError, ValueError):
             entry, reason = problems[0]
             return cls(reason, path, entry)
         lines = "".join(f"\n  {entry!r}: {reason}" for entry, reason in problems)
-        count = len({entry for entry, _ in problems})
-        return cls(f"{count} bad entries ({len(problems)} problems):{lines}", path, None, problems)
+        head = _counted(len({entry for entry, _ in problems}), "bad entry", "bad entries")
+        if len(problems) > len({entry for entry, _ in problems}):
+            head += f" ({len(problems)} problems)"
+        return cls(f"{head}:{lines}", path, None, problems)
 
     def __reduce__(
         self,
-    ) -> tuple[
-        type[PricingFileError], tuple[str, str, str | None, tuple[tuple[str, str], ...]]
-    ]:
+    ) -> tuple[type[PricingFileError], tuple[str, str, str | None, tuple[tuple[str, str], ...]]]:
         return type(self), (self.reason, self.path, self.entry, self.problems)
 
 
@@ -413,18 +413,20 @@ class PricingFileWarning(UserWarning):
         parts = []
         if rounded:
             parts.append(
-                f"{len(rounded)} rates rounded half-even to 1e-15 USD per token (strict=True "
-                "refuses instead):"
+                _counted(len(rounded), "rate", "rates")
+                + " rounded half-even to 1e-15 USD per token (strict=True refuses instead):"
                 + "".join(f"\n  {n.entry!r} {n.key}: {n.text} -> {n.detail}" for n in rounded)
             )
         if skipped:
             parts.append(
-                f"{len(skipped)} entries skipped (left unpriced):"
+                _counted(len(skipped), "entry", "entries")
+                + " skipped (left unpriced):"
                 + "".join(f"\n  {n.entry!r} {n.key}: {n.detail}" for n in skipped)
             )
         if ignored:
             parts.append(
-                f"{len(ignored)} conditional prices ignored (the standard rates are registered):"
+                _counted(len(ignored), "conditional price", "conditional prices")
+                + " ignored (the standard rates are registered):"
                 + "".join(f"\n  {n.entry!r} {n.key}: {n.text} ({n.detail})" for n in ignored)
             )
         super().__init__(f"{path}: " + "\n".join(parts))
@@ -441,6 +443,11 @@ class PricingFileWarning(UserWarning):
         ],
     ]:
         return type(self), (self.path, self.rounded, self.skipped, self.ignored)
+
+
+def _counted(count: int, one: str, many: str) -> str:
+    """``"1 rate"``, ``"2 rates"``: a count and its noun, in the right number."""
+    return f"{count} {one if count == 1 else many}"
 
 
 class ReportInputError(TechrevatiError, ValueError):
