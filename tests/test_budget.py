@@ -311,3 +311,70 @@ def test_concurrent_reservations_never_overshoot_and_totals_are_exact() -> None:
     assert budget.requests == done
     assert budget.reserved_usd == 0
     assert budget.reserved_requests == 0
+
+
+def test_charge_returns_the_turn_cost_and_adds_exact_figures() -> None:
+    price_model("m", "3", "15")
+    budget = Budget()
+    usage = UsageSnapshot(1000, 100)
+    cost = budget.charge("  m ", usage)
+    assert cost == ("m", usage, 4_500_000_000_000, True)
+    assert cost.usage is usage
+    assert cost.cost_usd == Decimal("0.0045")
+    unpriced = budget.charge("mystery", UsageSnapshot(7, 3))
+    assert unpriced == ("mystery", UsageSnapshot(7, 3), 0, False)
+    assert budget.spent_usd == Decimal("0.0045")
+    assert budget.spent_tokens == 1100 + 10
+    assert budget.requests == 2
+
+
+def test_a_charged_call_is_what_the_models_next_call_holds() -> None:
+    price_model("m", "1", "0")
+    budget = Budget(max_usd="1")
+    budget.charge(" m", UsageSnapshot(input_tokens=200_000, output_tokens=50))
+    with budget.reserve("m") as reservation:  # no estimate: the last charge's figures
+        assert reservation.reserved_usd == Decimal("0.2")
+        assert reservation.reserved_tokens == 200_050
+        assert budget.reserved_usd == Decimal("0.2")
+    unseen = budget.reserve("other")
+    assert (unseen.reserved_usd, unseen.reserved_tokens) == (0, 0)
+
+
+def test_check_after_names_the_token_limit_it_went_over() -> None:
+    budget = Budget(max_total_tokens=100)
+    budget.charge("m", UsageSnapshot(60, 40))
+    budget.check_after()  # exactly the limit: reached, not over
+    budget.charge("m", UsageSnapshot(1, 0))
+    with pytest.raises(BudgetExceededError) as info:
+        budget.check_after()
+    assert (info.value.limit_kind, info.value.limit, info.value.spent) == ("tokens", 100, 101)
+    assert str(info.value) == "budget exceeded (tokens): spent 101 tokens > limit 100"
+
+
+def test_budget_summary_reports_every_figure() -> None:
+    price_model()
+    budget = Budget(max_usd="2", max_total_tokens=50_000, max_requests=10)
+    budget.charge("m", UsageSnapshot(1000, 100))
+    budget.reserve("m", UsageSnapshot(1000, 10))
+    assert budget.summary() == {
+        "max_usd": "2",
+        "max_total_tokens": 50_000,
+        "max_requests": 10,
+        "spent_usd": "0.0045",
+        "reserved_usd": "0.00315",
+        "spent_tokens": 1100,
+        "reserved_tokens": 1010,
+        "requests": 1,
+        "reserved_requests": 1,
+    }
+    assert Budget().summary() == {
+        "max_usd": None,
+        "max_total_tokens": None,
+        "max_requests": None,
+        "spent_usd": "0",
+        "reserved_usd": "0",
+        "spent_tokens": 0,
+        "reserved_tokens": 0,
+        "requests": 0,
+        "reserved_requests": 0,
+    }
