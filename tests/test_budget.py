@@ -337,7 +337,7 @@ def test_a_charged_call_is_what_the_models_next_call_holds() -> None:
         assert reservation.reserved_tokens == 200_050
         assert budget.reserved_usd == Decimal("0.2")
     unseen = budget.reserve("other")
-    assert (unseen.reserved_usd, unseen.reserved_tokens) == (0, 0)
+    assert (unseen.reserved_usd, unseen.reserved_tokens) == (Decimal(0), 0)
 
 
 def test_check_after_names_the_token_limit_it_went_over() -> None:
