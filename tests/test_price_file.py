@@ -584,7 +584,7 @@ def test_an_unrepresentable_tier_is_skipped_and_the_rest_loads(tmp_path: Path) -
     text = json.dumps(
         {
             "partial": {
-                "output_cost_per_token": 1e-06,
+                "output_cost_per_token": 1.0000000000000001e-06,
                 "tiered_pricing": [{"range": [0, 100], "output_cost_per_token": 2e-06}],
             },
             "m": {"input_cost_per_token": 1e-06},
@@ -593,6 +593,7 @@ def test_an_unrepresentable_tier_is_skipped_and_the_rest_loads(tmp_path: Path) -
     names, warning = _load(_write(tmp_path, text))
     assert names == ["m"]
     assert warning is not None
+    assert warning.rounded == ()  # the skipped entry's artefact is not reported as rounded
     assert warning.skipped == (
         PricingFileNote(
             "partial",

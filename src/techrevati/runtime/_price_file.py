@@ -264,13 +264,14 @@ class _Reader:
                 self.problem(name, f"entry must be an object, got {type(entry).__name__}")
                 continue
             self.repeated(entry, name)
-            count = len(self.problems)
+            count, rounded = len(self.problems), len(self.rounded)
             try:
                 pricing = self._litellm_entry(name, entry)
             except InvalidValueError as exc:
                 self.problem(name, str(exc))
                 continue
             except _Skip as skip:
+                del self.rounded[rounded:]  # not registered: nothing of it was rounded
                 self.skipped.append(PricingFileNote(name, skip.key, "", skip.reason))
                 continue
             if pricing is not None and len(self.problems) == count:
