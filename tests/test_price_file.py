@@ -146,6 +146,18 @@ def test_a_rate_that_would_round_to_zero_is_an_error(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_absurdly_large_rate_is_an_error_naming_the_files_key(
+    tmp_path: Path, strict: bool
+) -> None:
+    text = '{"m": {"input_cost_per_token": 1e-06, "output_cost_per_token": 1.5e9}}'
+    with pytest.raises(PricingFileError) as info:
+        load_pricing_from_file(_write(tmp_path, text), strict=strict)
+    assert info.value.problems == (
+        ("m", "output_cost_per_token: 1.5e9 is unreasonably large (1e9 USD per token or more)"),
+    )
+
+
 def test_strict_refuses_and_lists_every_over_precise_rate(tmp_path: Path) -> None:
     path = _write(tmp_path, ARTEFACTS)
     with pytest.raises(PricingFileError) as info:

@@ -30,7 +30,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
-from techrevati.runtime._money import _RATE_POWER, _rounded, _scaled, _to_decimal
+from techrevati.runtime._money import (
+    _MAX_ADJUSTED,
+    _RATE_POWER,
+    _rounded,
+    _scaled,
+    _to_decimal,
+)
 from techrevati.runtime.errors import (
     InvalidValueError,
     PricingFileError,
@@ -396,6 +402,10 @@ class _Reader:
 
     def _on_grid(self, name: str, key: str, per_million: Decimal, text: str) -> Decimal:
         """Return ``per_million`` if the grid holds it; else round it (noted) or, strict, refuse."""
+        if not per_million.is_zero() and per_million.adjusted() >= _MAX_ADJUSTED:
+            raise InvalidValueError(
+                f"{key}: {text} is unreasonably large (1e9 USD per token or more)"
+            )
         try:
             _scaled(per_million, _RATE_POWER, key, _GRID)
         except InvalidValueError:
