@@ -63,6 +63,17 @@ def test_load_pricing_from_file_is_the_same_function_everywhere() -> None:
     assert pricing_module.PricingFileNote is PricingFileNote
 
 
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"prices.json"
+
+
+@pytest.mark.parametrize("path", [3, None, b"prices.json", _BytesPath()])
+def test_path_must_be_a_str_path(path: object) -> None:
+    with pytest.raises(InvalidValueError, match=r"path must be a str or a str os\.PathLike"):
+        load_pricing_from_file(path)  # type: ignore[arg-type]
+
+
 def test_strict_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(InvalidValueError, match="strict must be a bool, got 1"):
         load_pricing_from_file(tmp_path / "absent.json", strict=1)  # type: ignore[arg-type]

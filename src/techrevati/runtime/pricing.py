@@ -286,8 +286,9 @@ def load_pricing_from_file(path: str | os.PathLike[str], *, strict: bool = False
 
     A LiteLLM rate finer than the money grid (1e-15 USD per token: a float
     artefact such as ``2.9999900000000002e-06``) is rounded to it half-even;
-    entries whose pricing cannot be represented are skipped, and
-    ``provider_specific_entry`` multipliers are ignored. All three are reported
+    entries whose pricing cannot be represented are skipped, and prices for
+    some requests only (``provider_specific_entry`` multipliers,
+    ``off_peak_pricing`` hours) are ignored. All three are reported
     in one :class:`PricingFileWarning` per load, naming each entry, its key and
     its text. ``strict=True`` refuses to round instead. Any other bad entry
     (a negative, NaN or non-number rate, a repeated key, an unknown key in our
@@ -296,11 +297,14 @@ def load_pricing_from_file(path: str | os.PathLike[str], *, strict: bool = False
     registered. A missing file raises ``FileNotFoundError`` (other
     ``OSError``\ s pass through too).
     """
+    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(where, str):
+        raise InvalidValueError(f"path must be a str or a str os.PathLike, got {path!r}")
     if not isinstance(strict, bool):
         raise InvalidValueError(f"strict must be a bool, got {strict!r}")
     from techrevati.runtime._price_file import read_pricing_file  # noqa: PLC0415 (json, tomllib)
 
-    parsed = read_pricing_file(os.fspath(path), strict=strict)
+    parsed = read_pricing_file(where, strict=strict)
     with _REGISTRY_LOCK:
         _PRICES.update(parsed)
     return list(parsed)
