@@ -75,14 +75,20 @@ class BrokenClockError(RuntimeError):
 
 
 class BreakingClock(FakeClock):
-    """A FakeClock whose next ``breaks`` readings raise: a clock is caller code too."""
+    """A FakeClock that raises on ``breaks`` readings after the next ``intact`` ones.
+
+    A clock is caller code too: the breaker must survive it raising anywhere.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.intact = 0
         self.breaks = 0
 
     def __call__(self) -> float:
-        if self.breaks:
+        if self.intact:
+            self.intact -= 1
+        elif self.breaks:
             self.breaks -= 1
             raise BrokenClockError("clock broke")
         return self.now
@@ -958,6 +964,45 @@ def test_a_failed_entry_leaves_the_enclosing_block_of_the_same_breaker_entered(
     assert _ENTERED.get() == ()
     metrics = breaker.metrics()
     assert (metrics.successes, metrics.failures, metrics.ignored) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("form", ["acquire", "try_acquire", "call", "acall", "with", "async with"])
+def test_a_clock_breaking_as_a_probe_is_admitted_gives_the_lease_back(form: str) -> None:
+    clock = BreakingClock()
+    window = SlidingWindow(size=1, minimum_calls=1, slow_call_duration_seconds=1.0)
+    breaker = CircuitBreaker("api", recovery_timeout_seconds=5, window=window, clock=clock)
+    _trip(breaker, 1)
+    clock.advance(5)
+    clock.intact, clock.breaks = 1, 1  # admission reads the clock, then the start time breaks
+
+    def enter() -> None:
+        with breaker:
+            raise AssertionError("the block ran although its entry failed")
+
+    async def aenter() -> None:
+        async with breaker:
+            raise AssertionError("the block ran although its entry failed")
+
+    async def never() -> str:
+        raise AssertionError("the call ran although its admission failed")
+
+    admit: Callable[[], object] = {
+        "acquire": breaker.acquire,
+        "try_acquire": breaker.try_acquire,
+        "call": lambda: breaker.call(_ok),
+        "acall": lambda: asyncio.run(breaker.acall(never)),
+        "with": enter,
+        "async with": lambda: asyncio.run(aenter()),
+    }[form]
+    with pytest.raises(BrokenClockError, match="clock broke"):
+        admit()
+    assert _ENTERED.get() == ()
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.half_open_in_flight) == (CircuitState.HALF_OPEN, 0)
+    # The admitted probe that never ran is given back as ignored.
+    assert (metrics.successes, metrics.failures, metrics.ignored) == (0, 1, 1)
+    assert breaker.call(_ok) == "ok"  # the slot is free for the next probe
+    assert _state(breaker) is CircuitState.CLOSED
 
 
 @pytest.mark.parametrize("form", ["record_success", "record_failure", "with", "async with"])
