@@ -33,7 +33,8 @@ EVENT_COLUMNS: Final = (
 )
 USAGE_COLUMNS: Final = (
     "ts, session_id, worker_id, project_id, role, phase, model, input_tokens, output_tokens, "
-    "cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, priced, duration_seconds"
+    "cache_read_tokens, cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, "
+    "priced, duration_seconds"
 )
 _SESSION_FIELDS: Final = (
     "session_id",
@@ -55,7 +56,7 @@ _INSERT_EVENT: Final = (
     "INSERT INTO events (ts, name, session_id, worker_id, project_id, role, phase, status, "
     "failure_class, detail, model, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_USAGE: Final = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT_USAGE: Final = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _UPSERT_SESSION: Final = (
     f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(_SESSION_FIELDS))})"
@@ -127,7 +128,7 @@ def event_from_row(row: Sequence[object]) -> AgentEvent:
 def usage_from_row(row: Sequence[object]) -> UsageRecord:
     """Return the usage record a ``usage`` row in :data:`USAGE_COLUMNS` order holds."""
     (ts, session_id, worker_id, project_id, role, phase, model) = row[:7]
-    (inp, out, cache_read, cache_write, reasoning, cost, priced, duration) = row[7:]
+    (inp, out, cache_read, cache_write, reasoning, one_hour, cost, priced, duration) = row[7:]
     return UsageRecord(
         model=cast(str, model),
         input_tokens=cast(int, inp),
@@ -135,6 +136,7 @@ def usage_from_row(row: Sequence[object]) -> UsageRecord:
         cache_read_tokens=cast(int, cache_read),
         cache_write_tokens=cast(int, cache_write),
         reasoning_tokens=cast(int, reasoning),
+        cache_write_1h_tokens=cast(int, one_hour),
         cost_usd=Decimal(cast(str, cost)),
         priced=bool(priced),
         duration_seconds=cast("float | None", duration),
@@ -211,6 +213,7 @@ def _usage_row(record: UsageRecord) -> tuple[object, ...]:
         record.cache_read_tokens,
         record.cache_write_tokens,
         record.reasoning_tokens,
+        record.cache_write_1h_tokens,
         decimal_text(record.cost_usd),
         int(record.priced),
         record.duration_seconds,

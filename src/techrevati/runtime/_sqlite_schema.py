@@ -29,16 +29,16 @@ from techrevati.runtime.errors import SchemaError
 if TYPE_CHECKING:
     import sqlite3
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The SQLite schema version this library writes (``PRAGMA user_version``)."""
 
 SQLITE_APPLICATION_ID: Final = 0x54524556
 """``PRAGMA application_id`` of our databases (ASCII ``TREV``)."""
 
 
-# Version 2 (current). ``project_id`` has no declared type on purpose: SQLite
+# Version 3 (current). ``project_id`` has no declared type on purpose: SQLite
 # keeps 42 an integer and "42" a string, so records read back unchanged.
-_SCHEMA_V2: Final = (
+_SCHEMA_V3: Final = (
     """CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         ts TEXT NOT NULL,
@@ -68,6 +68,7 @@ _SCHEMA_V2: Final = (
         cache_read_tokens INTEGER NOT NULL DEFAULT 0,
         cache_write_tokens INTEGER NOT NULL DEFAULT 0,
         reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
         cost_usd TEXT NOT NULL DEFAULT '0',
         priced INTEGER NOT NULL DEFAULT 1,
         duration_seconds REAL
@@ -105,9 +106,14 @@ _MIGRATE_1_TO_2: Final = (
     "ALTER TABLE usage ADD COLUMN priced INTEGER NOT NULL DEFAULT 1",
     _SESSIONS_TABLE,
 )
+# Version 2 had no usage.cache_write_1h_tokens; old rows read as 0 one-hour writes.
+_MIGRATE_2_TO_3: Final = (
+    "ALTER TABLE usage ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0",
+)
 _REQUIRED_TABLES: Final[Mapping[int, frozenset[str]]] = {
     1: frozenset({"events", "usage"}),
     2: frozenset({"events", "usage", "sessions"}),
+    3: frozenset({"events", "usage", "sessions"}),
 }
 
 
@@ -116,10 +122,13 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
     with write_transaction(conn):
         version = check_schema(conn, path)
         if version == 0:
-            for statement in (*_SCHEMA_V2, _SESSIONS_TABLE, *_INDEXES):
+            for statement in (*_SCHEMA_V3, _SESSIONS_TABLE, *_INDEXES):
                 conn.execute(statement)
-        elif version == 1:
+        if version == 1:
             _migrate_1_to_2(conn)
+        if version in (1, 2):
+            for statement in _MIGRATE_2_TO_3:
+                conn.execute(statement)
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")

@@ -392,6 +392,7 @@ class _TurnEngine(_SessionCore):
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
                 reasoning_tokens=usage.reasoning_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
                 cost_usd=cost.cost_usd,
                 priced=cost.priced,
                 duration_seconds=duration,

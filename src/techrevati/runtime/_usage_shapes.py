@@ -3,7 +3,8 @@
 Private: :meth:`UsageSnapshot.from_response <techrevati.runtime.usage.UsageSnapshot.from_response>`
 is the public face. Duck-typed, no SDK imported. The counts come back in
 ``UsageSnapshot``'s field order (input, output, cache read, cache write,
-reasoning), with the name of the shape they were read as.
+reasoning, one-hour cache write), with the name of the shape they were read as.
+docs/usage.md has the table of which field each count comes from.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from techrevati.runtime.errors import UsageParseError
 
 __all__ = ["usage_fields"]
 
-_Fields = tuple[int, int, int, int, int]
+_Fields = tuple[int, int, int, int, int, int]
 _MISSING: Final = object()
+
+_WRAPPERS: Final = ("usage", "usage_metadata", "usageMetadata")
+"""Where a response keeps its usage: OpenAI, Anthropic and Bedrock; google-genai; Gemini REST."""
+_BEDROCK_STREAM_EVENT: Final = "metadata"
+"""Bedrock ConverseStream's last event, ``{"metadata": {"usage": {...}, "metrics": ...}}``."""
 
 
 def usage_fields(obj: object) -> tuple[_Fields, str]:
@@ -28,28 +34,40 @@ def usage_fields(obj: object) -> tuple[_Fields, str]:
     found = _fields_of(obj)
     if found is not None:
         return found
-    for key in ("usage", "usage_metadata", "usageMetadata"):
+    for key in _WRAPPERS:
         inner = _read(obj, key)
-        if inner is _MISSING:
-            continue
-        where = f"{type(obj).__name__}.{key}"
-        if inner is None:
-            raise UsageParseError(
-                f"{where} is None: the response carries no usage "
-                "(a stream without usage, or an aborted call?)"
-            )
-        found = _fields_of(inner)
-        if found is None:
-            raise UsageParseError(
-                f"unrecognised usage shape {type(inner).__name__} in {where}: expected "
-                "OpenAI, Anthropic, Gemini or Bedrock Converse token fields"
-            )
-        return found
+        if inner is not _MISSING:
+            return _wrapped(inner, f"{type(obj).__name__}.{key}")
+    event = _read(obj, _BEDROCK_STREAM_EVENT)
+    if event is not _MISSING and event is not None and not _is_scalar(event):
+        inner = _read(event, "usage")
+        if inner is not _MISSING:
+            return _wrapped(inner, f"{type(obj).__name__}.{_BEDROCK_STREAM_EVENT}.usage")
     raise UsageParseError(
         f"cannot read token usage from {type(obj).__name__}: expected a response with "
-        ".usage or .usage_metadata, or an OpenAI, Anthropic, Gemini or Bedrock usage "
-        "object or dict"
+        ".usage or .usage_metadata, a Bedrock ConverseStream metadata event, or an "
+        "OpenAI, Anthropic, Gemini or Bedrock usage object or dict"
     )
+
+
+def _wrapped(inner: object, where: str) -> tuple[_Fields, str]:
+    """Return the counts of the usage found at ``where`` (a response's usage attribute or key)."""
+    if inner is None:
+        raise UsageParseError(
+            f"{where} is None: the response carries no usage "
+            "(a stream without usage, or an aborted call?)"
+        )
+    found = _fields_of(inner)
+    if found is None:
+        raise UsageParseError(
+            f"unrecognised usage shape {type(inner).__name__} in {where}: expected "
+            "OpenAI, Anthropic, Gemini or Bedrock Converse token fields"
+        )
+    return found
+
+
+def _is_scalar(obj: object) -> bool:
+    return obj is None or isinstance(obj, (str, bytes, bytearray, int, float))
 
 
 def _read(obj: object, name: str) -> object:
@@ -64,26 +82,40 @@ def _read(obj: object, name: str) -> object:
         ) from exc
 
 
-def _count(obj: object, name: str, source: str) -> int:
-    """Return the token count ``name`` of ``obj`` (0 when missing or None)."""
+def _optional(obj: object, name: str, source: str) -> int | None:
+    """Return the token count ``name`` of ``obj``, or None when it is missing or None."""
     value = _read(obj, name)
     if value is _MISSING or value is None:
-        return 0
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise UsageParseError(f"{source} field {name} must be an int >= 0, got {value!r}")
     return value
 
 
+def _count(obj: object, name: str, source: str) -> int:
+    """Return the token count ``name`` of ``obj`` (0 when missing or None)."""
+    value = _optional(obj, name, source)
+    return 0 if value is None else value
+
+
+def _details(obj: object, name: str) -> object:
+    """Return the nested object ``obj.name``, or None when it is missing or None."""
+    details = _read(obj, name)
+    return None if details is _MISSING else details
+
+
 def _nested(obj: object, name: str, field_name: str, source: str) -> int:
     """Return ``obj.name.field_name`` as a count (0 when either level is missing)."""
-    details = _read(obj, name)
-    if details is _MISSING or details is None:
-        return 0
-    return _count(details, field_name, f"{source} {name}")
+    details = _details(obj, name)
+    return 0 if details is None else _count(details, field_name, f"{source} {name}")
 
 
 def _has(obj: object, *names: str) -> bool:
     return any(_read(obj, name) is not _MISSING for name in names)
+
+
+def _inconsistent(source: str, detail: str) -> UsageParseError:
+    return UsageParseError(f"{source} is inconsistent: {detail}")
 
 
 _OPENAI_CHAT: Final = (
@@ -103,15 +135,51 @@ _OPENAI_RESPONSES: Final = (
 
 
 def _openai_fields(usage: object, names: tuple[str, ...], source: str) -> _Fields:
-    """Read OpenAI usage: cached and cache-write counts inside the input details."""
+    """Read OpenAI-shaped usage, with DeepSeek's cache counts and xAI's separate reasoning.
+
+    ``output`` includes reasoning, as OpenAI reports it, unless ``total_tokens``
+    shows that it does not: xAI's ``total_tokens`` is input + output + reasoning.
+    """
     inputs, outputs, input_details, output_details = names
-    return (
-        _count(usage, inputs, source),
-        _count(usage, outputs, source),
-        _nested(usage, input_details, "cached_tokens", source),
-        _nested(usage, input_details, "cache_write_tokens", source),
-        _nested(usage, output_details, "reasoning_tokens", source),
-    )
+    given = _optional(usage, inputs, source)
+    inp = 0 if given is None else given
+    out = _count(usage, outputs, source)
+    cache_read = _nested(usage, input_details, "cached_tokens", source)
+    reasoning = _nested(usage, output_details, "reasoning_tokens", source)
+    if inputs == "prompt_tokens":
+        inp, cache_read = _deepseek_cache(usage, given, cache_read, source)
+    if reasoning and _optional(usage, "total_tokens", source) == inp + out + reasoning:
+        out += reasoning  # xAI: reasoning outside completion_tokens, inside total_tokens
+    cache_write = _nested(usage, input_details, "cache_write_tokens", source)
+    return (inp, out, cache_read, cache_write, reasoning, 0)
+
+
+def _deepseek_cache(usage: object, prompt: int | None, cached: int, source: str) -> tuple[int, int]:
+    """Return input and cache reads, reading DeepSeek's ``prompt_cache_hit/miss_tokens``.
+
+    DeepSeek's ``prompt_tokens`` is hits + misses. When the counts contradict
+    each other (or ``prompt_tokens_details.cached_tokens``) none can be
+    trusted, and the usage is refused.
+    """
+    inp = 0 if prompt is None else prompt
+    hit = _optional(usage, "prompt_cache_hit_tokens", source)
+    miss = _optional(usage, "prompt_cache_miss_tokens", source)
+    if prompt is None:
+        inp = (hit or 0) + (miss or 0)
+    elif hit is not None and miss is not None and hit + miss != prompt:
+        raise _inconsistent(
+            source,
+            f"prompt_cache_hit_tokens + prompt_cache_miss_tokens ({hit} + {miss}) "
+            f"!= prompt_tokens ({prompt})",
+        )
+    if hit is None:
+        return inp, cached
+    if cached and cached != hit:
+        raise _inconsistent(
+            source,
+            f"prompt_cache_hit_tokens ({hit}) != prompt_tokens_details.cached_tokens ({cached})",
+        )
+    return inp, hit
 
 
 _GEMINI_SNAKE: Final = (
@@ -137,12 +205,93 @@ def _gemini_fields(usage: object, names: tuple[str, ...], source: str) -> _Field
     prompt, tool_prompt, candidates, cached, thoughts = (
         _count(usage, name, source) for name in names
     )
-    return (prompt + tool_prompt, candidates + thoughts, cached, 0, thoughts)
+    return (prompt + tool_prompt, candidates + thoughts, cached, 0, thoughts, 0)
+
+
+def _cache_writes(total: int | None, split: tuple[int, int] | None, source: str) -> tuple[int, int]:
+    """Return all cache writes and the one-hour part, from a total and a (1h, 5m) split.
+
+    Either may be missing. The split may not exceed the total; tokens of the
+    total the split does not cover were written with the default five-minute life.
+    """
+    if split is None:
+        return (total or 0), 0
+    one_hour, five_minutes = split
+    if total is None:
+        return one_hour + five_minutes, one_hour
+    if one_hour + five_minutes > total:
+        raise _inconsistent(
+            source,
+            f"one-hour + five-minute cache writes ({one_hour} + {five_minutes}) exceed "
+            f"all cache writes ({total})",
+        )
+    return total, one_hour
+
+
+def _anthropic_fields(usage: object, source: str) -> _Fields:
+    """Read Anthropic usage: input excludes the cache; ``cache_creation`` splits the writes."""
+    cache_read = _count(usage, "cache_read_input_tokens", source)
+    creation = _details(usage, "cache_creation")
+    split = None
+    if creation is not None:
+        where = f"{source} cache_creation"
+        split = (
+            _count(creation, "ephemeral_1h_input_tokens", where),
+            _count(creation, "ephemeral_5m_input_tokens", where),
+        )
+    total = _optional(usage, "cache_creation_input_tokens", source)
+    cache_write, one_hour = _cache_writes(total, split, source)
+    out = _count(usage, "output_tokens", source)
+    thinking = _nested(usage, "output_tokens_details", "thinking_tokens", source)
+    return (
+        _count(usage, "input_tokens", source) + cache_read + cache_write,
+        out,
+        cache_read,
+        cache_write,
+        min(thinking, out),  # documented as <= output_tokens; an approximation
+        one_hour,
+    )
+
+
+def _bedrock_fields(usage: object, source: str) -> _Fields:
+    """Read Bedrock Converse usage: input excludes the cache; ``cacheDetails`` splits writes."""
+    cache_read = _count(usage, "cacheReadInputTokens", source)
+    details = _details(usage, "cacheDetails")
+    split = None
+    if details is not None:
+        split = _bedrock_ttl_split(details, f"{source} cacheDetails")
+    total = _optional(usage, "cacheWriteInputTokens", source)
+    cache_write, one_hour = _cache_writes(total, split, source)
+    return (
+        _count(usage, "inputTokens", source) + cache_read + cache_write,
+        _count(usage, "outputTokens", source),
+        cache_read,
+        cache_write,
+        0,
+        one_hour,
+    )
+
+
+def _bedrock_ttl_split(details: object, source: str) -> tuple[int, int]:
+    """Return the (one-hour, five-minute) cache writes of a ``cacheDetails`` list."""
+    if not isinstance(details, (list, tuple)):
+        raise UsageParseError(f"{source} must be a list, got {type(details).__name__}")
+    one_hour = five_minutes = 0
+    for detail in details:
+        ttl = _read(detail, "ttl")
+        if ttl == "1h":
+            one_hour += _count(detail, "inputTokens", source)
+        elif ttl == "5m":
+            five_minutes += _count(detail, "inputTokens", source)
+        else:
+            shown = "no ttl" if ttl is _MISSING else repr(ttl)
+            raise UsageParseError(f"{source} ttl must be '1h' or '5m', got {shown}")
+    return one_hour, five_minutes
 
 
 def _fields_of(usage: object) -> tuple[_Fields, str] | None:
     """Return the counts of a usage object/dict of a known shape and its name, else None."""
-    if isinstance(usage, (str, bytes, bytearray, int, float)) or usage is None:
+    if _is_scalar(usage):
         return None
     kind = type(usage).__name__
     if _has(usage, *_OPENAI_CHAT[:2]):
@@ -156,29 +305,11 @@ def _fields_of(usage: object) -> tuple[_Fields, str] | None:
         fields = _gemini_fields(usage, _GEMINI_CAMEL, source)
     elif _has(usage, "inputTokens", "outputTokens"):
         source = f"Bedrock Converse usage ({kind})"
-        cache_read = _count(usage, "cacheReadInputTokens", source)
-        cache_write = _count(usage, "cacheWriteInputTokens", source)
-        fields = (
-            _count(usage, "inputTokens", source) + cache_read + cache_write,
-            _count(usage, "outputTokens", source),
-            cache_read,
-            cache_write,
-            0,
-        )
+        fields = _bedrock_fields(usage, source)
     elif _has(usage, "input_tokens", "output_tokens"):
-        if _has(usage, "cache_creation_input_tokens", "cache_read_input_tokens"):
+        if _has(usage, "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"):
             source = f"Anthropic usage ({kind})"
-            cache_read = _count(usage, "cache_read_input_tokens", source)
-            cache_write = _count(usage, "cache_creation_input_tokens", source)
-            out = _count(usage, "output_tokens", source)
-            thinking = _nested(usage, "output_tokens_details", "thinking_tokens", source)
-            fields = (
-                _count(usage, "input_tokens", source) + cache_read + cache_write,
-                out,
-                cache_read,
-                cache_write,
-                min(thinking, out),  # documented as <= output_tokens; an approximation
-            )
+            fields = _anthropic_fields(usage, source)
         else:
             source = f"OpenAI Responses usage ({kind})"
             fields = _openai_fields(usage, _OPENAI_RESPONSES, source)

@@ -149,7 +149,9 @@ class UsageRecord:
     """The tokens and exact cost of one model turn, as durable sinks store it.
 
     Token fields follow ``usage.UsageSnapshot``'s meaning: ``input_tokens``
-    includes cache reads and writes; ``output_tokens`` includes reasoning.
+    includes cache reads and writes; ``output_tokens`` includes reasoning;
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with
+    a one-hour life.
     """
 
     model: str
@@ -158,6 +160,7 @@ class UsageRecord:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     priced: bool = True
     duration_seconds: float | None = None
@@ -175,6 +178,7 @@ class UsageRecord:
             "cache_read_tokens",
             "cache_write_tokens",
             "reasoning_tokens",
+            "cache_write_1h_tokens",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -197,6 +201,7 @@ class UsageRecord:
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
             "cost_usd": str(self.cost_usd),
             "priced": self.priced,
             "duration_seconds": self.duration_seconds,

@@ -225,6 +225,7 @@ def _record_from_json(line: bytes) -> AgentEvent | UsageRecord:
             cache_read_tokens=obj.get("cache_read_tokens", 0),
             cache_write_tokens=obj.get("cache_write_tokens", 0),
             reasoning_tokens=obj.get("reasoning_tokens", 0),
+            cache_write_1h_tokens=obj.get("cache_write_1h_tokens", 0),
             cost_usd=Decimal(str(obj.get("cost_usd", "0"))),
             priced=bool(obj.get("priced", True)),
             duration_seconds=obj.get("duration_seconds"),

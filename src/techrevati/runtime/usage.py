@@ -12,10 +12,13 @@ their names stay importable from here too.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, cast
 
 from techrevati.runtime._money import (
     _USD_POWER,
@@ -98,18 +101,33 @@ _TOKEN_FIELDS: Final = (
     "cache_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
 )
+_Counts = tuple[int, int, int, int, int, int]
+
+
+class _CountsSlot:
+    """A hidden slot for :class:`UsageSnapshot`'s counts as one tuple (not a dataclass field).
+
+    Set once when a snapshot is made; the tracker's hot path reads it in one
+    step, and folds many turns' tuples with C-level ``zip``/``sum``.
+    """
+
+    __slots__ = ("_counts",)
+    _counts: _Counts
 
 
 @dataclass(frozen=True, slots=True)
-class UsageSnapshot:
+class UsageSnapshot(_CountsSlot):
     """The tokens of one model turn (or a sum of turns), in one meaning for every SDK.
 
     ``input_tokens`` counts ALL input tokens, cache reads and writes included;
     ``cache_read_tokens`` and ``cache_write_tokens`` are parts of it.
-    ``output_tokens`` counts all output tokens, reasoning included;
-    ``reasoning_tokens`` is part of it. All are ints >= 0, and the parts never
-    exceed their whole. ``+`` adds snapshots field by field;
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written
+    with a one-hour life (Anthropic and Bedrock bill it at a higher rate than
+    the default five minutes). ``output_tokens`` counts all output tokens,
+    reasoning included; ``reasoning_tokens`` is part of it. All are ints >= 0,
+    and the parts never exceed their whole. ``+`` adds snapshots field by field;
     :data:`UsageSnapshot.ZERO` is the all-zero snapshot (what a turn whose
     usage is unknown is counted as). Immutable, so safe to share.
     """
@@ -119,27 +137,61 @@ class UsageSnapshot:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     ZERO: ClassVar[UsageSnapshot]
     """All fields zero."""
 
     def __post_init__(self) -> None:
-        for name in _TOKEN_FIELDS:
-            value = getattr(self, name)
+        counts = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+            self.cache_write_1h_tokens,
+        )
+        inp, out, cache_read, cache_write, reasoning, one_hour = counts
+        if (
+            type(inp) is int
+            and type(out) is int
+            and type(cache_read) is int
+            and type(cache_write) is int
+            and type(reasoning) is int
+            and type(one_hour) is int
+            and cache_read >= 0
+            and 0 <= one_hour <= cache_write
+            and cache_read + cache_write <= inp
+            and 0 <= reasoning <= out
+        ):  # the usual case, checked at once; anything else is checked one by one below
+            object.__setattr__(self, "_counts", counts)
+            return
+        for name, value in zip(_TOKEN_FIELDS, counts, strict=True):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidValueError(f"{name} must be an int >= 0, got {value!r}")
-        cached = self.cache_read_tokens + self.cache_write_tokens
-        if cached > self.input_tokens:
+        if cache_read + cache_write > inp:
             raise InvalidValueError(
                 "cache_read_tokens + cache_write_tokens must not exceed input_tokens "
-                f"(input_tokens includes them), got {self.cache_read_tokens} + "
-                f"{self.cache_write_tokens} > {self.input_tokens}"
+                f"(input_tokens includes them), got {cache_read} + {cache_write} > {inp}"
             )
-        if self.reasoning_tokens > self.output_tokens:
+        if reasoning > out:
             raise InvalidValueError(
                 "reasoning_tokens must not exceed output_tokens (output_tokens includes "
-                f"them), got {self.reasoning_tokens} > {self.output_tokens}"
+                f"them), got {reasoning} > {out}"
             )
+        if one_hour > cache_write:
+            raise InvalidValueError(
+                "cache_write_1h_tokens must not exceed cache_write_tokens (cache_write_tokens "
+                f"includes them), got {one_hour} > {cache_write}"
+            )
+        object.__setattr__(self, "_counts", counts)
+
+    def __setstate__(self, state: Sequence[int]) -> None:
+        # A pickle from before cache_write_1h_tokens existed has five counts.
+        counts = (*state, 0) if len(state) == 5 else tuple(state)
+        for name, value in zip(_TOKEN_FIELDS, counts, strict=True):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_counts", counts)
 
     @property
     def total_tokens(self) -> int:
@@ -149,22 +201,17 @@ class UsageSnapshot:
     def __add__(self, other: UsageSnapshot) -> UsageSnapshot:
         if not isinstance(other, UsageSnapshot):
             return NotImplemented
-        return UsageSnapshot(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_read_tokens + other.cache_read_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-        )
+        return UsageSnapshot(*map(sum, zip(self._counts, other._counts, strict=True)))
 
     def to_dict(self) -> dict[str, int]:
-        """Return the five counts and ``total_tokens`` as a JSON-serialisable dict."""
+        """Return the six counts and ``total_tokens`` as a JSON-serialisable dict."""
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
             "total_tokens": self.input_tokens + self.output_tokens,
         }
 
@@ -174,13 +221,17 @@ class UsageSnapshot:
 
         Duck-typed, no SDK imported. Recognised shapes: OpenAI Chat Completions
         (``prompt_tokens``...), OpenAI Responses (``input_tokens`` with
-        ``input_tokens_details``), Anthropic (``input_tokens`` that excludes the
+        ``input_tokens_details``), DeepSeek's and xAI's variants of the Chat
+        shape, Anthropic (``input_tokens`` that excludes the
         ``cache_*_input_tokens``), Gemini ``usage_metadata`` (snake or camel
         case) and Bedrock Converse (``inputTokens``...). A response is
-        unwrapped through ``.usage`` / ``.usage_metadata`` (or those dict keys).
-        Missing and ``None`` counts are 0. Raises :class:`UsageParseError`
-        naming the type for anything else, including a response whose usage is
-        ``None`` (a stream without usage) and an attribute that raises.
+        unwrapped through ``.usage`` / ``.usage_metadata`` (or those dict keys),
+        a Bedrock ConverseStream ``{"metadata": {"usage": ...}}`` event through
+        both. docs/usage.md lists the fields read for each provider. Missing
+        and ``None`` counts are 0. Raises :class:`UsageParseError` naming the
+        type for anything else, including a response whose usage is ``None``
+        (a stream without usage), counts that contradict each other, and an
+        attribute that raises.
         """
         fields, source = usage_fields(obj)
         try:
@@ -211,31 +262,64 @@ class TurnCost(NamedTuple):
         return _usd(self.cost_femto_usd)
 
 
-class _ModelTotals:
-    """Running sums for one model inside a tracker (guarded by the tracker's lock)."""
+_FOLD_AT: Final = 256
+"""Turns a model's pending list holds before the recording thread folds it into the sums."""
 
-    __slots__ = (
-        "cache_read",
-        "cache_write",
-        "femto",
-        "input",
-        "name",
-        "output",
-        "reasoning",
-        "turns",
-        "unpriced_turns",
-    )
+
+class _ModelTotals:
+    """Running sums for one model inside a tracker (guarded by the tracker's lock).
+
+    ``pending`` holds the ``TurnCost`` of fast-path turns not yet added to the
+    sums: appending to a list is atomic, so the hot path takes no lock, and
+    :func:`_fold` adds the list in one locked step before any sum is read.
+    """
+
+    __slots__ = ("counts", "femto", "name", "pending", "turns", "unpriced_turns")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.turns = 0
-        self.input = 0
-        self.output = 0
-        self.cache_read = 0
-        self.cache_write = 0
-        self.reasoning = 0
+        self.counts: _Counts = (0, 0, 0, 0, 0, 0)
         self.femto = 0
         self.unpriced_turns = 0
+        self.pending: list[TurnCost] = []
+
+
+class _Rates:
+    """What the hot path needs to price one spelling of a model with no call and no lock.
+
+    The fields of a :class:`_Plan` read off ``built_for`` (the registered
+    :class:`ModelPricing` object), flattened into slots, and where the turns go.
+    ``pricing`` is ``built_for``, or None when no plan could be read (every
+    turn then takes the slow path).
+    """
+
+    __slots__ = (
+        "base",
+        "built_for",
+        "ceiling",
+        "pending",
+        "pricing",
+        "scale",
+        "threshold",
+        "tier",
+        "totals",
+    )
+
+    def __init__(self, pricing: ModelPricing) -> None:
+        plan = _plan_of(pricing)
+        self.built_for = pricing
+        self.pricing = None if plan is None else pricing
+        self.threshold, self.ceiling, self.base, self.tier, self.scale = plan or _NO_PLAN
+
+    def attach(self, totals: _ModelTotals) -> _Rates:
+        """Point these rates at the totals (and pending list) their turns go to; return self."""
+        self.totals = totals
+        self.pending = totals.pending
+        return self
+
+
+_NO_PLAN: Final = (0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0), 0)
 
 
 class UsageTracker:
@@ -243,15 +327,16 @@ class UsageTracker:
 
     ``record_turn`` prices a turn with the pricing registered for its model
     *at that moment* (re-registering later changes later turns only) and adds
-    it to per-model running sums; no per-turn list is kept, so memory is
-    bounded by the number of models. A model without pricing costs zero, is
-    listed in :attr:`unpriced_models`, and is warned about once per process on
-    the ``techrevati.runtime.usage`` logger. With ``budget=``, every recorded
-    turn is also charged to that :class:`Budget` (never refused: check the
-    budget before the call). Safe to share between threads.
+    it to per-model running sums; no per-turn list is kept beyond a bounded
+    buffer per model, so memory is bounded by the number of models. A model
+    without pricing costs zero, is listed in :attr:`unpriced_models`, and is
+    warned about once per process on the ``techrevati.runtime.usage`` logger.
+    With ``budget=``, every recorded turn is also charged to that
+    :class:`Budget` (never refused: check the budget before the call). Safe to
+    share between threads.
     """
 
-    __slots__ = ("_budget", "_by_key", "_by_name", "_lock")
+    __slots__ = ("_budget", "_by_key", "_by_name", "_fast", "_lock")
 
     def __init__(self, *, budget: Budget | None = None) -> None:
         if budget is not None:
@@ -264,6 +349,8 @@ class UsageTracker:
         # Every spelling of a model name seen -> its totals; and stripped name -> totals.
         self._by_key: dict[str, _ModelTotals] = {}
         self._by_name: dict[str, _ModelTotals] = {}
+        # A registered name as spelt in the registry -> its rates (written under the lock).
+        self._fast: dict[str, _Rates] = {}
 
     @property
     def budget(self) -> Budget | None:
@@ -276,41 +363,39 @@ class UsageTracker:
         Raises :class:`InvalidValueError` if ``model`` is not a non-empty str or
         ``usage`` not a :class:`UsageSnapshot`.
         """
-        if type(usage) is not UsageSnapshot:
-            _require_snapshot(usage)
         try:
+            rates = self._fast[model]
             pricing = _PRICES[model]
-            totals = self._by_key[model]
         except (KeyError, TypeError):
             # First turn of this spelling, an unpriced model, a name to strip, or not a str.
             return self._record_slow(model, usage)
-        inp = usage.input_tokens
-        out = usage.output_tokens
-        cache_read = usage.cache_read_tokens
-        cache_write = usage.cache_write_tokens
-        reasoning = usage.reasoning_tokens
-        rate_in, extra_read, extra_write, rate_out, extra_reasoning = (
-            pricing._tier if inp > pricing._threshold else pricing._rates
-        )
+        if pricing is not rates.pricing or type(usage) is not UsageSnapshot:
+            return self._record_slow(model, usage)  # re-registered, or a subclass or no snapshot
+        inp, out, cache_read, cache_write, reasoning, one_hour = usage._counts
+        if inp > rates.threshold:
+            if inp > rates.ceiling:
+                return self._record_slow(model, usage)  # a pricing with a second tier
+            rate_in, rate_out, extra_read, extra_write, extra_reasoning, extra_1h = rates.tier
+        else:
+            rate_in, rate_out, extra_read, extra_write, extra_reasoning, extra_1h = rates.base
         femto = inp * rate_in + out * rate_out
-        if cache_read or cache_write or reasoning:
+        if cache_read or cache_write or reasoning:  # one_hour is part of cache_write
             femto += (
-                cache_read * extra_read + cache_write * extra_write + reasoning * extra_reasoning
+                cache_read * extra_read
+                + cache_write * extra_write
+                + reasoning * extra_reasoning
+                + one_hour * extra_1h
             )
-        # ``with`` (not lock.acquire()): no thread switch can happen between taking
-        # the lock and the first addition, which keeps contended trackers fast.
-        with self._lock:
-            totals.turns += 1
-            totals.input += inp
-            totals.output += out
-            totals.femto += femto
-            if cache_read or cache_write or reasoning:
-                totals.cache_read += cache_read
-                totals.cache_write += cache_write
-                totals.reasoning += reasoning
+        femto *= rates.scale
+        cost = _new_turn_cost(TurnCost, (model, usage, femto, True))
+        pending = rates.pending
+        pending.append(cost)  # atomic: the sums take it in at the next fold
+        if len(pending) >= _FOLD_AT:
+            with self._lock:
+                _fold(rates.totals)
         if self._budget is not None:
             self._budget._add_spend(model, femto, inp + out)
-        return _new_turn_cost(TurnCost, (model, usage, femto, True))
+        return cost
 
     def cost_for_turn(self, model: str, usage: UsageSnapshot) -> Decimal:
         """Return what ``usage`` would cost for ``model`` now, without recording it."""
@@ -320,21 +405,16 @@ class UsageTracker:
 
     def total_cost(self) -> Decimal:
         """Return the exact total cost of every recorded turn."""
-        with self._lock:
-            femto = sum(t.femto for t in self._by_name.values())
-        return _usd(femto)
+        return _usd(self._rows()[1][6])
 
     def total_usage(self) -> UsageSnapshot:
         """Return the summed tokens of every recorded turn."""
-        with self._lock:
-            rows = [_totals_tuple(t) for t in self._by_name.values()]
-        return UsageSnapshot(*(sum(r[i] for r in rows) for i in range(1, 6)))
+        return UsageSnapshot(*self._rows()[1][:6])
 
     @property
     def turns(self) -> int:
         """How many turns were recorded."""
-        with self._lock:
-            return sum(t.turns for t in self._by_name.values())
+        return self._rows()[1][7]
 
     @property
     def unpriced_models(self) -> frozenset[str]:
@@ -345,13 +425,11 @@ class UsageTracker:
     def per_model_summary(self) -> dict[str, dict[str, object]]:
         """Return per-model totals (JSON-serialisable; ``cost_usd`` as an exact string).
 
-        Keys per model: ``turns``, the five token counts, ``total_tokens``,
+        Keys per model: ``turns``, the six token counts, ``total_tokens``,
         ``cost_usd``, ``priced`` (every turn was priced) and ``unpriced_turns``.
         Models appear in the order first recorded.
         """
-        with self._lock:
-            rows = [(t.name, _totals_tuple(t)) for t in self._by_name.values()]
-        return {name: _model_row(row) for name, row in rows}
+        return {name: _model_row(row) for name, row in self._rows()[0]}
 
     def format_cost(self) -> str:
         """Return the total cost like ``"$0.0330"``.
@@ -359,9 +437,7 @@ class UsageTracker:
         Four decimals, rounded half up; ``"<$0.0001"`` for a non-zero total
         that would round to zero, ``"$0.0000"`` for exactly zero.
         """
-        with self._lock:
-            femto = sum(t.femto for t in self._by_name.values())
-        return _format_usd(femto)
+        return _format_usd(self._rows()[1][6])
 
     def is_over_budget(self, budget_usd: MoneyInput) -> bool:
         """Return True when the total cost is strictly greater than ``budget_usd``.
@@ -372,65 +448,218 @@ class UsageTracker:
         limit = _scaled(
             _to_decimal(budget_usd, "budget_usd"), _USD_POWER, "budget_usd", "1e-15 USD"
         )
-        with self._lock:
-            femto = sum(t.femto for t in self._by_name.values())
-        return femto > limit
+        return self._rows()[1][6] > limit
 
     def summary(self) -> dict[str, object]:
         """Return totals, per-model rows and unpriced models as a JSON-serialisable dict.
 
-        Keys: ``turns``, the five token counts, ``total_tokens``, ``cost_usd``
+        Keys: ``turns``, the six token counts, ``total_tokens``, ``cost_usd``
         (exact string), ``cost`` (as :meth:`format_cost`), ``models``
         (as :meth:`per_model_summary`) and ``unpriced_models`` (sorted list).
         All read under one lock, so the figures agree with each other.
         """
-        with self._lock:
-            rows = [(t.name, _totals_tuple(t)) for t in self._by_name.values()]
-        sums = [sum(row[i] for _, row in rows) for i in range(8)]
+        rows, sums = self._rows()
         return {
-            "turns": sums[0],
-            "input_tokens": sums[1],
-            "output_tokens": sums[2],
-            "cache_read_tokens": sums[3],
-            "cache_write_tokens": sums[4],
-            "reasoning_tokens": sums[5],
-            "total_tokens": sums[1] + sums[2],
+            "turns": sums[7],
+            **dict(zip(_TOKEN_FIELDS, sums[:6], strict=True)),
+            "total_tokens": sums[0] + sums[1],
             "cost_usd": str(_usd(sums[6])),
             "cost": _format_usd(sums[6]),
             "models": {name: _model_row(row) for name, row in rows},
-            "unpriced_models": sorted(name for name, row in rows if row[7]),
+            "unpriced_models": sorted(name for name, row in rows if row[8]),
         }
 
     def __repr__(self) -> str:
         return f"UsageTracker(turns={self.turns}, cost={self.format_cost()})"
 
+    def _rows(self) -> tuple[list[tuple[str, _Row]], _Row]:
+        """Fold every model's pending turns; return each model's row and their sums, in one lock.
+
+        A row is the six counts, femto-dollars, turns and unpriced turns.
+        """
+        with self._lock:
+            for totals in self._by_name.values():
+                _fold(totals)
+            rows = [
+                (t.name, (*t.counts, t.femto, t.turns, t.unpriced_turns))
+                for t in self._by_name.values()
+            ]
+        sums = tuple(map(sum, zip(*(row for _, row in rows), strict=True))) if rows else _NO_ROW
+        return rows, cast(_Row, sums)
+
     def _record_slow(self, model: str, usage: UsageSnapshot) -> TurnCost:
-        """First turn of a spelling, an unpriced model, or a name needing a strip."""
+        """First turn of a spelling, an unpriced model, a name needing a strip, or a bad call."""
+        _require_snapshot(usage)
         name = _model_name(model)
         pricing = _lookup(name)
         femto = 0 if pricing is None else _femto(pricing, usage)
+        rates = self._fast.get(model)
+        if pricing is None or name != model:
+            rates = None
+        elif rates is None or rates.built_for is not pricing:
+            rates = _Rates(pricing)  # reads the rates off: slow, so outside the lock
         with self._lock:
             totals = self._by_key.get(model)
             if totals is None:
-                totals = self._by_name.get(name)
-                if totals is None:
-                    totals = self._by_name[name] = _ModelTotals(name)
-                self._by_key[model] = totals
+                totals = self._by_key[model] = self._totals(name)
             totals.turns += 1
-            totals.input += usage.input_tokens
-            totals.output += usage.output_tokens
-            totals.cache_read += usage.cache_read_tokens
-            totals.cache_write += usage.cache_write_tokens
-            totals.reasoning += usage.reasoning_tokens
+            totals.counts = _added(totals.counts, usage._counts)
             totals.femto += femto
             if pricing is None:
                 totals.unpriced_turns += 1
+            if rates is None:
+                self._fast.pop(model, None)
+            else:
+                self._fast[model] = rates.attach(totals)
         if self._budget is not None:
             self._budget._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return TurnCost(name, usage, femto, pricing is not None)
 
+    def _totals(self, name: str) -> _ModelTotals:
+        """Return the totals of the stripped ``name``, made on first use (under the lock)."""
+        totals = self._by_name.get(name)
+        if totals is None:
+            totals = self._by_name[name] = _ModelTotals(name)
+        return totals
 
+
+_Row = tuple[int, int, int, int, int, int, int, int, int]
+_NO_ROW: Final[_Row] = (0, 0, 0, 0, 0, 0, 0, 0, 0)
 _new_turn_cost: Final = tuple.__new__
+_COST_FEMTO: Final = itemgetter(2)
+_USAGE_COUNTS: Final = attrgetter("usage._counts")
+
+
+def _fold(totals: _ModelTotals) -> None:
+    """Add a model's pending turns to its sums (the caller holds the tracker's lock).
+
+    Only folds remove from ``pending`` (under the lock); the hot path only
+    appends, so the first ``n`` items stay the ones copied. From the ``del`` to
+    the last assignment no call is made, so no signal handler (Ctrl-C) can run
+    between taking the turns out of the list and adding them.
+    """
+    pending = totals.pending
+    n = len(pending)
+    if not n:
+        return
+    batch = pending[:n]
+    femto = sum(map(_COST_FEMTO, batch))
+    counts = _added(totals.counts, *map(_USAGE_COUNTS, batch))
+    del pending[:n]
+    totals.counts = counts
+    totals.femto += femto
+    totals.turns += n
+
+
+def _added(*counts: _Counts) -> _Counts:
+    """Return the column sums of some six-count tuples."""
+    return cast(_Counts, tuple(map(sum, zip(*counts, strict=True))))
+
+
+class _Plan(NamedTuple):
+    """Exact rates for the hot path, read off one :class:`ModelPricing` (see :func:`_plan_for`).
+
+    A turn with ``input_tokens`` up to ``threshold`` is priced with ``base``,
+    one above it and up to ``ceiling`` with ``tier``; a longer one (a pricing
+    with more tiers) takes the slow path. ``base`` and ``tier`` hold six small
+    ints (per input, output, cache-read, cache-write, reasoning and one-hour
+    write token; the parts as the difference from their whole's rate) whose dot
+    product with the counts, times ``scale``, is the cost in femto-dollars.
+    """
+
+    threshold: int
+    ceiling: int
+    base: _Counts
+    tier: _Counts
+    scale: int
+
+
+_NO_CEILING: Final = 1 << 256
+"""A ceiling no token count reaches (the pricing has at most one tier)."""
+_PLANS: dict[ModelPricing, _Plan | None] = {}
+"""Plans already read, by pricing value: every session's tracker reads the same few."""
+_PLANS_KEPT: Final = 1024
+
+
+def _plan_of(pricing: ModelPricing) -> _Plan | None:
+    """Return :func:`_plan_for` of ``pricing``, read once per equal pricing (a bounded cache)."""
+    try:
+        return _PLANS[pricing]
+    except KeyError:
+        pass
+    plan = _plan_for(pricing)
+    if len(_PLANS) >= _PLANS_KEPT:
+        _PLANS.clear()
+    _PLANS[pricing] = plan
+    return plan
+
+
+def _plan_for(pricing: ModelPricing) -> _Plan | None:
+    """Return a :class:`_Plan` that prices exactly as ``pricing`` does, or None.
+
+    The rates are read off :func:`~techrevati.runtime.pricing._femto` itself,
+    the one definition of a turn's cost, with one-token probes below the first
+    long-context threshold and just above it (``_femto`` is linear in the
+    counts within a tier), then divided by their greatest common divisor so
+    the hot path multiplies small ints. As a guard, the plan must also agree
+    with ``_femto`` on mixed turns around the threshold and below the ceiling.
+    None (every turn priced by ``_femto`` on the slow path) for a pricing the
+    probes cannot read: a first threshold of 0, or any disagreement.
+    """
+    thresholds = []
+    tier = pricing.long_context
+    while tier is not None:
+        thresholds.append(tier.threshold_tokens)
+        tier = getattr(tier, "above", None)
+    threshold = thresholds[0] if thresholds else _NO_CEILING
+    ceiling = thresholds[1] if len(thresholds) > 1 else _NO_CEILING
+    if threshold < 1:
+        return None
+    base = _coefficients(pricing, 1)
+    tier_rates = _coefficients(pricing, threshold + 1)
+    if base is None or tier_rates is None:
+        return None
+    scale = math.gcd(*base, *tier_rates) or 1
+    plan = _Plan(
+        threshold,
+        ceiling,
+        cast(_Counts, tuple(c // scale for c in base)),
+        cast(_Counts, tuple(c // scale for c in tier_rates)),
+        scale,
+    )
+    for inp in {1, 9, threshold, threshold + 1, min(2 * threshold + 3, ceiling), ceiling}:
+        usage = UsageSnapshot(inp, 5 + inp // 3, inp // 5, inp // 4, 3, inp // 9)
+        if _planned(plan, usage) != _femto(pricing, usage):
+            return None
+    return plan
+
+
+def _coefficients(pricing: ModelPricing, inp: int) -> _Counts | None:
+    """Return the cost per token of each count for turns of ``inp`` input tokens, or None."""
+    at = _femto(pricing, UsageSnapshot(inp))
+    rate_in, left = divmod(at, inp)
+    if left:
+        return None
+
+    def extra(*counts: int) -> int:
+        return _femto(pricing, UsageSnapshot(inp, *counts)) - at
+
+    rate_out = extra(1)
+    write = extra(0, 0, 1)
+    return (
+        rate_in,
+        rate_out,
+        extra(0, 1),
+        write,
+        extra(1, 0, 0, 1) - rate_out,
+        extra(0, 0, 1, 0, 1) - write,
+    )
+
+
+def _planned(plan: _Plan, usage: UsageSnapshot) -> int:
+    """Return the cost the hot path computes for ``usage`` with ``plan``."""
+    rates = plan.tier if usage.input_tokens > plan.threshold else plan.base
+    return plan.scale * sum(count * rate for count, rate in zip(usage._counts, rates, strict=True))
 
 
 def _require_snapshot(usage: object) -> None:
@@ -438,29 +667,12 @@ def _require_snapshot(usage: object) -> None:
         raise InvalidValueError(f"usage must be a UsageSnapshot, got {usage!r}")
 
 
-def _totals_tuple(totals: _ModelTotals) -> tuple[int, int, int, int, int, int, int, int]:
-    return (
-        totals.turns,
-        totals.input,
-        totals.output,
-        totals.cache_read,
-        totals.cache_write,
-        totals.reasoning,
-        totals.femto,
-        totals.unpriced_turns,
-    )
-
-
-def _model_row(row: tuple[int, int, int, int, int, int, int, int]) -> dict[str, object]:
-    turns, inp, out, cache_read, cache_write, reasoning, femto, unpriced = row
+def _model_row(row: _Row) -> dict[str, object]:
+    *counts, femto, turns, unpriced = row
     return {
         "turns": turns,
-        "input_tokens": inp,
-        "output_tokens": out,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "reasoning_tokens": reasoning,
-        "total_tokens": inp + out,
+        **dict(zip(_TOKEN_FIELDS, counts, strict=True)),
+        "total_tokens": counts[0] + counts[1],
         "cost_usd": str(_usd(femto)),
         "priced": unpriced == 0,
         "unpriced_turns": unpriced,
