@@ -492,28 +492,30 @@ class UsageTracker:
         _require_snapshot(usage)
         name = _model_name(model)
         pricing = _lookup(name)
-        femto = 0 if pricing is None else _femto(pricing, usage)
-        rates = self._fast.get(model)
-        if pricing is None or name != model:
-            rates = None
-        elif rates is None or rates.built_for is not pricing:
-            rates = _Rates(pricing)  # reads the rates off: slow, so outside the lock
+        if pricing is None:
+            femto, rates = 0, None
+        else:
+            femto, rates = _femto(pricing, usage), None
+            if name == model:  # only a name spelt as registered takes the fast path
+                rates = self._fast.get(model)
+                if rates is None or rates.built_for is not pricing:
+                    rates = _Rates(pricing)  # reads the rates off: slow, so outside the lock
         with self._lock:
             totals = self._by_key.get(model)
             if totals is None:
                 totals = self._by_key[model] = self._totals(name)
             totals.turns += 1
-            totals.counts = _added(totals.counts, usage._counts)
+            totals.counts = _plus(totals.counts, usage._counts)
             totals.femto += femto
             if pricing is None:
                 totals.unpriced_turns += 1
-            if rates is None:
-                self._fast.pop(model, None)
-            else:
+            if rates is not None:
                 self._fast[model] = rates.attach(totals)
+            elif model in self._fast:  # unregistered since
+                del self._fast[model]
         if self._budget is not None:
             self._budget._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
-        return TurnCost(name, usage, femto, pricing is not None)
+        return _new_turn_cost(TurnCost, (name, usage, femto, pricing is not None))
 
     def _totals(self, name: str) -> _ModelTotals:
         """Return the totals of the stripped ``name``, made on first use (under the lock)."""
@@ -552,8 +554,15 @@ def _fold(totals: _ModelTotals) -> None:
 
 
 def _added(*counts: _Counts) -> _Counts:
-    """Return the column sums of some six-count tuples."""
+    """Return the column sums of many six-count tuples."""
     return cast(_Counts, tuple(map(sum, zip(*counts, strict=True))))
+
+
+def _plus(a: _Counts, b: _Counts) -> _Counts:
+    """Return the sum of two six-count tuples (:func:`_added` for two, without its overhead)."""
+    a0, a1, a2, a3, a4, a5 = a
+    b0, b1, b2, b3, b4, b5 = b
+    return (a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5)
 
 
 class _Plan(NamedTuple):
