@@ -25,7 +25,9 @@ from techrevati.runtime.pricing import LongContextTier, ModelPricing, load_prici
 from techrevati.runtime.usage import UsageTracker
 from tests.conftest import examples
 
-pytestmark = [pytest.mark.timeout(5), pytest.mark.usefixtures("empty_pricing")]
+pytestmark = pytest.mark.usefixtures("empty_pricing")
+AT_ONCE = pytest.mark.timeout(5)
+"""A refusal that must not hang: each of these does one conversion (the property tests do not)."""
 
 TINY = "1e-999999999"
 HUGE = "1e999999999"
@@ -40,6 +42,7 @@ SCALED_ENTRY_POINTS: dict[str, Callable[[str], object]] = {
 }
 
 
+@AT_ONCE
 @pytest.mark.parametrize("entry", sorted(SCALED_ENTRY_POINTS))
 @pytest.mark.parametrize("text", [TINY, "1E-999999999", "0." + "0" * 100_000 + "1"])
 def test_a_vanishingly_small_amount_is_refused_at_once_as_too_precise(
@@ -50,6 +53,7 @@ def test_a_vanishingly_small_amount_is_refused_at_once_as_too_precise(
     assert len(str(info.value)) < 400  # named in scientific notation, not a billion zeros
 
 
+@AT_ONCE
 @pytest.mark.parametrize("entry", sorted(SCALED_ENTRY_POINTS))
 @pytest.mark.parametrize("text", [HUGE, "9" * 100_000])
 def test_a_vast_amount_is_refused_at_once_as_unreasonably_large(entry: str, text: str) -> None:
@@ -57,12 +61,14 @@ def test_a_vast_amount_is_refused_at_once_as_unreasonably_large(entry: str, text
         SCALED_ENTRY_POINTS[entry](text)
 
 
+@AT_ONCE
 @pytest.mark.parametrize("entry", sorted(SCALED_ENTRY_POINTS))
 def test_long_spellings_of_exact_amounts_are_accepted(entry: str) -> None:
     SCALED_ENTRY_POINTS[entry]("0E-999999999")
     SCALED_ENTRY_POINTS[entry]("3." + "0" * 100_000)  # trailing zeros: exactly 3
 
 
+@AT_ONCE
 def test_the_long_spellings_scale_to_the_exact_integer() -> None:
     assert _scaled(_to_decimal("3." + "0" * 100_000, "x"), 15, "x", "1e-15 USD") == 3 * 10**15
     assert _scaled(_to_decimal("0E-999999999", "x"), 15, "x", "1e-15 USD") == 0
@@ -100,6 +106,7 @@ def test_rounded_is_half_even_to_the_grid_whatever_the_callers_context(number: D
     _scaled(rounded, 9, "x", "u")  # on the grid
 
 
+@AT_ONCE
 def test_rounding_a_vanishing_rate_gives_zero_at_once() -> None:
     assert _rounded(Decimal(TINY), 9) == 0
     assert _rounded(Decimal("2.5E-9"), 9) == Decimal("2E-9")  # half to even
@@ -112,6 +119,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@AT_ONCE
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_litellm_file_with_a_vanishing_rate_is_refused_at_once(
     tmp_path: Path, strict: bool
@@ -127,6 +135,7 @@ def test_a_litellm_file_with_a_vanishing_rate_is_refused_at_once(
     assert expected in info.value.reason
 
 
+@AT_ONCE
 def test_a_file_in_our_schema_with_a_vanishing_rate_is_refused_at_once(tmp_path: Path) -> None:
     models = {"m": {"input_per_million": TINY, "output_per_million": HUGE}}
     path = _write(tmp_path, json.dumps({"models": models}))
