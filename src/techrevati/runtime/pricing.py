@@ -58,7 +58,7 @@ LONG_CONTEXT_LITELLM_UNIT: Final = 1000
 """LiteLLM's ``*_above_200k_tokens`` means above ``200 * 1000`` input tokens."""
 _LOG: Final = get_logger(LOGGER_NAME)
 _NO_TIER: Final = 1 << 62
-"""Threshold used when a pricing has no long-context tier (the tier rates equal the base)."""
+"""The ``_threshold`` of a pricing without a long-context tier: no turn is above it."""
 _RATE_FIELDS: Final = (
     "input_per_million",
     "output_per_million",
@@ -68,10 +68,9 @@ _RATE_FIELDS: Final = (
     "reasoning_per_million",
 )
 
-_Rates = tuple[int, int, int, int, int]
-"""Femto-dollars per token: input, cache-read extra, cache-write extra, output, reasoning extra."""
 _FullRates = tuple[int, int, int, int, int, int]
-""":data:`_Rates` and the one-hour cache-write extra (over the five-minute write rate)."""
+"""Femto-dollars per token: input, cache-read extra, cache-write extra, output, reasoning
+extra, one-hour cache-write extra (each extra over its whole's rate)."""
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -95,7 +94,6 @@ class LongContextTier:
     cache_write_1h_per_million: Decimal | None
     reasoning_per_million: Decimal | None
     above: LongContextTier | None
-    _rates: _Rates = field(init=False, repr=False, compare=False)
     _full: _FullRates = field(init=False, repr=False, compare=False)
 
     def __init__(
@@ -166,8 +164,6 @@ class ModelPricing:
     long_context: LongContextTier | None
     tiers: tuple[LongContextTier, ...] = field(init=False, repr=False, compare=False)
     """Every long-context tier, lowest threshold first: ``long_context`` and its ``above`` chain."""
-    _rates: _Rates = field(init=False, repr=False, compare=False)
-    _tier: _Rates = field(init=False, repr=False, compare=False)
     _threshold: int = field(init=False, repr=False, compare=False)
     _full: _FullRates = field(init=False, repr=False, compare=False)
     _above: tuple[tuple[int, _FullRates], ...] = field(init=False, repr=False, compare=False)
@@ -208,13 +204,8 @@ class ModelPricing:
         # Highest threshold first: _femto takes the first tier the input is above.
         above = tuple((tier.threshold_tokens, tier._full) for tier in reversed(tiers))
         object.__setattr__(self, "_above", above)
-        # The lowest tier, as the five-rate view the tracker's fast path reads.
-        if long_context is None:
-            object.__setattr__(self, "_tier", self._rates)
-            object.__setattr__(self, "_threshold", _NO_TIER)
-        else:
-            object.__setattr__(self, "_tier", long_context._rates)
-            object.__setattr__(self, "_threshold", long_context.threshold_tokens)
+        threshold = _NO_TIER if long_context is None else long_context.threshold_tokens
+        object.__setattr__(self, "_threshold", threshold)  # turns up to it take the base rates
 
     def cost_usd(self, usage: UsageSnapshot) -> Decimal:
         """Return the exact cost of one turn with ``usage`` at these rates."""
@@ -366,8 +357,7 @@ def _init_rates(
     ``in*r0 + cache_read*r1 + cache_write*r2 + out*r3 + reasoning*r4 +
     cache_write_1h*r5`` equals uncached input at the input rate + cache reads +
     cache writes (the one-hour ones at their own rate) + non-reasoning output
-    at the output rate + reasoning, each at its own rate. ``_rates`` keeps the
-    first five, the tracker's fast path.
+    at the output rate + reasoning, each at its own rate.
     """
     femto: dict[str, int] = {}
     for name, value in zip(_RATE_FIELDS, given, strict=True):
@@ -387,6 +377,5 @@ def _init_rates(
         femto.get("reasoning_per_million", rate_out) - rate_out,
         femto.get("cache_write_1h_per_million", rate_write) - rate_write,
     )
-    object.__setattr__(target, "_rates", rates[:5])
     object.__setattr__(target, "_full", rates)
     return rates
