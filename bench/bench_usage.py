@@ -1,6 +1,8 @@
 """UsageTracker.record_turn with exact (femto-dollar) money, next to a bare call and LiteLLM.
 
-Run: ``.venv/bin/python -m bench.bench_usage``
+Run: ``.venv/bin/python -m bench.bench_usage`` (add ``--cpu`` to time each row by
+the CPU time of its thread, ``time.thread_time``, instead of the wall clock: on
+a shared machine that leaves out the time the process waits for a core)
 
 One interleaved run (``bench._timing.interleaved``: every row once per round,
 the minimum kept), so the ratios compare rows measured under the same load.
@@ -22,6 +24,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+import time
+import timeit
 import warnings
 from collections.abc import Callable
 from decimal import Decimal, localcontext
@@ -173,6 +178,9 @@ def _pricing(model: str) -> ModelPricing:
 
 
 def _measure(fn: Callable[[], object], number: int) -> Callable[[], float]:
+    if "--cpu" in sys.argv[1:]:
+        timer = timeit.Timer(fn, timer=time.thread_time)  # timeit turns the GC off too
+        return lambda: timer.timeit(number) / number * 1e9
     return lambda: sync_loop_ns(fn, number)
 
 
