@@ -38,8 +38,8 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 class SdkError(Exception):
     """An exception with whatever attributes an SDK would set (only those given)."""
 
-    def __init__(self, message: str = "failed", **attributes: object) -> None:
-        super().__init__(message)
+    def __init__(self, text: str = "failed", /, **attributes: object) -> None:
+        super().__init__(text)
         for name, value in attributes.items():
             setattr(self, name, value)
 
@@ -104,6 +104,45 @@ def test_the_status_and_codes_are_read_from_the_body(
     assert (info.scenario, info.status_code, info.provider_code) == expected
 
 
+def test_a_message_or_details_attribute_alone_is_read() -> None:
+    quota = SdkError("failed", message="You exceeded your current quota")
+    assert classify_exception(quota) is S.QUOTA_EXHAUSTED
+    reasons = [{"@type": ERROR_INFO, "reason": "API_KEY_INVALID"}]
+    info = inspect_exception(SdkError("failed", details=reasons))
+    assert (info.scenario, info.provider_code) == (S.AUTH_FAILURE, "API_KEY_INVALID")
+
+
+def test_of_equally_specific_codes_the_first_read_is_named() -> None:
+    body = {"error": {"code": "throttling", "type": "rate_limit_exceeded"}}
+    info = inspect_exception(SdkError("failed", body=body))
+    assert (info.scenario, info.provider_code) == (S.RATE_LIMIT, "throttling")
+    body = {"error": {"code": "rate_limit_exceeded", "type": "insufficient_quota"}}
+    info = inspect_exception(SdkError("failed", body=body))
+    assert (info.scenario, info.provider_code) == (S.QUOTA_EXHAUSTED, "insufficient_quota")
+
+
+def test_a_strong_class_name_yields_to_a_code_as_specific_and_names_that_code() -> None:
+    context_window = type("ContextWindowExceededError", (Exception,), {})
+    exc = context_window("too long")
+    exc.body = {"error": {"code": "some_other", "type": "context_length_exceeded"}}
+    info = inspect_exception(exc)
+    assert (info.scenario, info.provider_code) == (S.CONTEXT_OVERFLOW, "context_length_exceeded")
+    exc = context_window("too long")
+    exc.body = {"error": {"code": "insufficient_quota"}}
+    assert classify_exception(exc) is S.QUOTA_EXHAUSTED  # more specific than the name
+    exc = context_window("too long")
+    exc.body = {"error": {"code": "rate_limit_exceeded"}}
+    assert classify_exception(exc) is S.CONTEXT_OVERFLOW  # the name says more
+
+
+def test_only_the_first_4096_characters_are_searched_for_phrases() -> None:
+    phrase = "rate limit exceeded"
+    within = " " * (4096 - len(phrase)) + phrase
+    assert classify_exception(ValueError(within)) is S.RATE_LIMIT
+    beyond = " " * (4097 - len(phrase)) + phrase
+    assert classify_exception(ValueError(beyond)) is S.LLM_ERROR
+
+
 def test_the_messages_of_the_body_are_phrases_too() -> None:
     body: dict[str, object] = {
         "error": {"code": 400, "message": "This model's maximum context length is 8192"}
@@ -133,6 +172,9 @@ def test_the_messages_of_the_body_are_phrases_too() -> None:
         ({"code": "deadline_exceeded"}, (S.LLM_TIMEOUT, None, "deadline_exceeded")),
         ({"code": ""}, (S.LLM_ERROR, None, None)),
         ({"code": "some_new_code"}, (S.LLM_ERROR, None, "some_new_code")),
+        ({"type": "429"}, (S.LLM_ERROR, None, "429")),  # digits in .type: a code, no status
+        ({"type": 429}, (S.LLM_ERROR, None, None)),
+        ({"error_code": 503}, (S.LLM_ERROR, None, None)),
         ({"response": Response(503)}, (S.PROVIDER_FAILURE, 503, None)),
         ({"response": Response("503")}, (S.LLM_ERROR, None, None)),
         (
