@@ -151,6 +151,7 @@ def test_replace_revalidates_and_reprices() -> None:
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_1h_tokens": 0,
     }
 
 

@@ -86,6 +86,7 @@ def test_snapshot_to_dict_is_json_ready() -> None:
         "output_tokens": 2,
         "cache_read_tokens": 1,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
         "reasoning_tokens": 1,
         "total_tokens": 5,
     }
@@ -166,6 +167,7 @@ def test_totals_and_per_model_rows_add_up() -> None:
         "output_tokens": 1_000_001,
         "cache_read_tokens": 500_000,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
         "reasoning_tokens": 250_000,
         "total_tokens": 2_000_002,
         "cost_usd": "3.250003",
