@@ -1244,3 +1244,64 @@ class KeepsResult(BaseHook):
 def test_an_after_tool_hook_that_returns_none_keeps_the_result() -> None:
     with _orch(hooks=[KeepsResult()]).session() as session:
         assert session.run_tool("calc", lambda: 42) == 42
+
+
+# -- construction: every argument checked, the message naming it and its value -------------
+
+_OPAQUE = object()
+CONSTRUCTION_ERRORS: list[tuple[str, object, str]] = [
+    ("role", "", "role must be a non-empty str, got ''"),
+    ("phase", 3, "phase must be a non-empty str, got 3"),
+    ("project_id", 1.5, "project_id must be a str, an int or None, got 1.5"),
+    ("project_id", True, "project_id must be a str, an int or None, got True"),
+    ("retry", "three", "retry must be a RetryPolicy or None, got 'three'"),
+    ("budget", 5.0, "budget must be a Budget or None, got 5.0"),
+    ("permissions", ["w"], "permissions must be a PermissionEnforcer or None, got ['w']"),
+    ("circuit_breaker", "b", "circuit_breaker must be a CircuitBreaker or None, got 'b'"),
+    ("quality_gate", "strict", "quality_gate must be a QualityGate or None, got 'strict'"),
+    ("policy_engine", [], "policy_engine must be a PolicyEngine or None, got []"),
+    ("registry", {}, "registry must be a AgentRegistry or None, got {}"),
+    ("clock", 5, "clock must be callable or None, got 5"),
+    ("wall_clock", "now", "wall_clock must be callable or None, got 'now'"),
+    ("sleep", 0, "sleep must be callable or None, got 0"),
+    ("async_sleep", 0, "async_sleep must be callable or None, got 0"),
+    ("enforce_budget", "no", "enforce_budget must be a bool, got 'no'"),
+    ("max_iterations", 0, "max_iterations must be None or an int >= 1, got 0"),
+    ("max_total_retries", -1, "max_total_retries must be None or an int >= 0, got -1"),
+    ("event_capacity", 0, "event_capacity must be an int >= 1, got 0"),
+    (
+        "default_estimate",
+        {"input_tokens": 1},
+        "default_estimate must be a UsageSnapshot or None, got {'input_tokens': 1}",
+    ),
+    ("runner", _OPAQUE, f"runner must be a DeadlineRunner or None, got {_OPAQUE!r}"),
+    ("hooks", "hooks", "hooks must be an iterable of hook objects, got 'hooks'"),
+    ("budget_usd", "-1", "budget_usd must be finite and >= 0, got '-1'"),
+    ("budget_usd", "lots", "budget_usd must be a decimal number, got 'lots'"),
+    (
+        "budget_usd",
+        "0.0000000000000001",
+        "budget_usd has more precision than 1e-15 USD can hold exactly, "
+        "got 0.0000000000000001 (refusing to round it)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), CONSTRUCTION_ERRORS)
+def test_a_wrong_argument_is_refused_with_a_message_naming_it(
+    name: str, value: object, message: str
+) -> None:
+    arguments: dict[str, object] = {"role": "writer", "phase": "draft", name: value}
+    with pytest.raises(InvalidValueError) as caught:
+        Orchestrator(**arguments)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_the_session_cap_is_kept_as_an_exact_decimal() -> None:
+    orch = _orch(budget_usd="0.50")
+    assert orch.budget_usd == Decimal("0.50")
+    assert orch._budget_femto == 5 * 10**14
+    assert _orch(budget_usd=2).budget_usd == Decimal(2)
+    assert _orch().budget_usd is None
+    with orch.session() as session:
+        assert session.summary()["budget_usd"] == "0.50"

@@ -16,11 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._log import get_logger
-from techrevati.runtime._money import MoneyInput
+from techrevati.runtime._money import _USD_POWER, MoneyInput, _scaled, _to_decimal
 from techrevati.runtime._responses import (
     EmptyResponseError,
     StreamResultError,
@@ -43,7 +44,7 @@ from techrevati.runtime._validate import (
     required_callable,
     strict_bool,
 )
-from techrevati.runtime.budget import Budget, UsageLimits
+from techrevati.runtime.budget import Budget
 from techrevati.runtime.circuit_breaker import CircuitBreaker
 from techrevati.runtime.errors import (
     InvalidValueError,
@@ -181,9 +182,12 @@ class Orchestrator:
         self.circuit_breaker = instance_or_none("circuit_breaker", circuit_breaker, CircuitBreaker)
         self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
         self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
-        limits = None if budget_usd is None else UsageLimits(max_usd=budget_usd)
-        self.budget_usd = None if limits is None else limits.max_usd
-        self._budget_femto = None if limits is None else limits._max_femto
+        if budget_usd is None:
+            self.budget_usd: Decimal | None = None
+            self._budget_femto: int | None = None
+        else:  # checked here, so that an error names budget_usd (not UsageLimits' max_usd)
+            self.budget_usd = _to_decimal(budget_usd, "budget_usd")
+            self._budget_femto = _scaled(self.budget_usd, _USD_POWER, "budget_usd", "1e-15 USD")
         self.budget = instance_or_none("budget", budget, Budget)
         self.enforce_budget = strict_bool("enforce_budget", enforce_budget)
         if default_estimate is not None and type(default_estimate) is not UsageSnapshot:
