@@ -354,6 +354,72 @@ def test_each_token_kind_at_its_rate_either_side_of_the_tier(
     assert row["reasoning_tokens"] == usage.reasoning_tokens
 
 
+# (input, cache_read, cache_write, of which one-hour, output, reasoning) -> exact USD,
+# under two chained tiers. Per million: base in 1, read 0.5, write 1.25, one-hour
+# write 2, out 2, reasoning 3; above 1,000 input tokens in 4, read 0.75, write 5,
+# one-hour 6, out 8, reasoning 12; above 2,000 in 6, read 1, write 7, one-hour 9,
+# out 10, reasoning 15.
+CHAINED_TABLE = [
+    ((999, 0, 999, 500, 0, 0), "0.00162375"),  # 499 * 1.25 + 500 * 2
+    ((1_000, 0, 1_000, 1_000, 0, 0), "0.002"),
+    ((1_001, 0, 1_001, 1_001, 0, 0), "0.006006"),
+    ((1_999, 0, 0, 0, 0, 0), "0.007996"),
+    ((2_000, 0, 0, 0, 0, 0), "0.008"),
+    ((2_001, 0, 0, 0, 0, 0), "0.012006"),
+    ((2_001, 2_001, 0, 0, 0, 0), "0.002001"),
+    ((2_001, 0, 2_001, 0, 0, 0), "0.014007"),
+    ((2_001, 0, 2_001, 2_001, 0, 0), "0.018009"),
+    ((2_001, 0, 0, 0, 1_000, 1_000), "0.027006"),
+    ((2_000, 500, 500, 200, 100, 50), "0.008075"),  # 4000 + 375 + 1500 + 1200 + 400 + 600
+    ((2_001, 500, 500, 200, 100, 50), "0.011656"),  # 6006 + 500 + 2100 + 1800 + 500 + 750
+]
+
+
+@pytest.mark.parametrize(("counts", "expected"), CHAINED_TABLE)
+def test_each_token_kind_at_its_rate_in_every_chained_tier(
+    counts: tuple[int, int, int, int, int, int], expected: str
+) -> None:
+    inp, read, write, one_hour, out, reasoning = counts
+    top = LongContextTier(
+        2_000,
+        "6",
+        "10",
+        cache_read_per_million="1",
+        cache_write_per_million="7",
+        cache_write_1h_per_million="9",
+        reasoning_per_million="15",
+    )
+    middle = LongContextTier(
+        1_000,
+        "4",
+        "8",
+        cache_read_per_million="0.75",
+        cache_write_per_million="5",
+        cache_write_1h_per_million="6",
+        reasoning_per_million="12",
+        above=top,
+    )
+    pricing = price_model(
+        "m",
+        "1",
+        "2",
+        cache_read_per_million="0.5",
+        cache_write_per_million="1.25",
+        cache_write_1h_per_million="2",
+        reasoning_per_million="3",
+        long_context=middle,
+    )
+    usage = UsageSnapshot(inp, out, read, write, reasoning, one_hour)
+    cost = Decimal(expected)
+    assert pricing.cost_usd(usage) == cost
+    tracker = UsageTracker()
+    assert tracker.record_turn("m", usage).cost_usd == cost  # the slow path
+    assert tracker.record_turn("m", usage).cost_usd == cost  # the fast path, if any
+    assert tracker.record_turn("m", UsageSnapshot.ZERO).cost_usd == 0
+    assert tracker.total_cost() == 2 * cost
+    assert tracker.total_usage() == usage + usage
+
+
 def test_the_fast_path_bills_cache_writes_at_their_own_rate_turn_after_turn() -> None:
     price_model("m", "3", "15", cache_write_per_million="3.75", cache_read_per_million="0.3")
     tracker = UsageTracker()
