@@ -1809,3 +1809,73 @@ def test_a_response_whose_attributes_raise_is_not_a_silent_failure() -> None:
             raise RuntimeError("no")
 
     check_response(BadMapping(ResponseMetadata={}), None)
+
+
+TURN_ARGUMENT_ERRORS: list[tuple[str, object, str]] = [
+    (
+        "fallback_models",
+        "model-b",
+        "fallback_models must be a sequence of model names (a list, not a str), got 'model-b'",
+    ),
+    (
+        "fallback_models",
+        5,
+        "fallback_models must be a sequence of model names (a list, not a str), got 5",
+    ),
+    (
+        "fallback_models",
+        ["ok", ""],
+        "fallback_models must hold non-empty str model names, got '' in ['ok', '']",
+    ),
+    (
+        "fallback_models",
+        ["ok", 3],
+        "fallback_models must hold non-empty str model names, got 3 in ['ok', 3]",
+    ),
+    (
+        "fallback_models",
+        ["ok", "  "],
+        "fallback_models must hold non-empty str model names, got '  ' in ['ok', '  ']",
+    ),
+    ("timeout", 0, "timeout must be None or a number of seconds > 0 and <= 9.22337e+09, got 0"),
+    ("model", 5, "model must be a str, got 5"),
+    ("estimate", 5, "estimate must be a UsageSnapshot or None, got 5"),
+    ("usage", {"input": 5}, "usage must be a UsageSnapshot or None, got {'input': 5}"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), TURN_ARGUMENT_ERRORS)
+def test_a_wrong_turn_argument_is_refused_with_a_message_naming_it(
+    name: str, value: object, message: str
+) -> None:
+    async def afn() -> str:
+        return "never"
+
+    async def main(session: Any) -> None:
+        with pytest.raises(InvalidValueError) as caught:
+            await session.arun_turn(afn, **{name: value})
+        assert str(caught.value) == message
+
+    wrong: dict[str, Any] = {name: value}
+    with _orch().session() as session:
+        with pytest.raises(InvalidValueError) as caught:
+            session.run_turn(lambda: "never", **wrong)
+        assert str(caught.value) == message
+        asyncio.run(main(session))
+        assert session.summary()["turns"] == 0
+
+
+def test_fallback_models_may_be_any_sequence_of_names() -> None:
+    clock = FakeClock()
+    seen: list[str] = []
+
+    def complete(model: str) -> str:
+        seen.append(model)
+        if len(seen) < 3:
+            raise StatusError(503)
+        return model
+
+    policy = RetryPolicy(max_attempts=3, sleep=clock.sleep)
+    with _orch(retry=policy).session() as session:
+        assert session.run_turn(complete, model="m", fallback_models=("b1", "b2"))[0] == "b2"
+    assert seen == ["m", "b1", "b2"]
