@@ -1305,3 +1305,150 @@ def test_the_session_cap_is_kept_as_an_exact_decimal() -> None:
     assert _orch().budget_usd is None
     with orch.session() as session:
         assert session.summary()["budget_usd"] == "0.50"
+
+
+def test_arun_tool_refuses_what_is_not_callable_before_counting_a_call() -> None:
+    async def main() -> Session:
+        async with _orch().asession() as session:
+            with pytest.raises(InvalidValueError) as caught:
+                await session.arun_tool("calc", 3)  # type: ignore[arg-type]
+            assert str(caught.value) == "fn must be callable, got 3"
+        return session
+
+    session = asyncio.run(main())
+    assert session.summary()["tool_calls"] == 0
+    assert session.summary()["failures"] == {}
+
+
+# -- what the session logs ---------------------------------------------------------------------
+
+
+def test_every_event_is_logged_at_its_level_with_its_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="techrevati.runtime.orchestrator")
+    clock = FakeClock()
+    orch = _orch(project_id="p1", permissions=_enforced().permissions, clock=clock)
+    session = orch.session()
+
+    def work() -> None:
+        with session:
+            session.run_turn(lambda: "ok", model="m", usage=USAGE)
+            session.run_tool("read", lambda: None)
+            with pytest.raises(PermissionDeniedError):
+                session.run_tool("shell", lambda: None)
+            session.run_turn(lambda: (_ for _ in ()).throw(StatusError(429, "slow")), model="m")
+
+    with pytest.raises(StatusError):
+        work()
+    levels = [(r.levelname, r.event) for r in caplog.records if hasattr(r, "event")]
+    assert levels == [
+        ("INFO", "session.started"),
+        ("DEBUG", "worker.status_changed"),
+        ("DEBUG", "worker.status_changed"),
+        ("DEBUG", "turn.completed"),
+        ("DEBUG", "tool.completed"),
+        ("WARNING", "tool.denied"),
+        ("WARNING", "turn.failed"),
+        ("DEBUG", "worker.status_changed"),
+        ("ERROR", "session.failed"),
+    ]
+    completed = next(r for r in caplog.records if getattr(r, "event", "") == "turn.completed")
+    assert completed.getMessage() == "turn.completed "
+    assert (completed.role, completed.phase, completed.project_id) == ("writer", "draft", "p1")  # type: ignore[attr-defined]
+    assert (completed.session_id, completed.model, completed.cost) == (session.id, "m", "0.0045")  # type: ignore[attr-defined]
+    assert completed.worker_id == session.worker.id  # type: ignore[attr-defined,union-attr]
+    assert completed.failure_class is None  # type: ignore[attr-defined]
+    failed = next(r for r in caplog.records if getattr(r, "event", "") == "turn.failed")
+    assert failed.getMessage() == "turn.failed StatusError: slow"
+    assert failed.failure_class == "rate_limit"  # type: ignore[attr-defined]
+
+
+def test_nothing_is_logged_below_the_loggers_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="techrevati.runtime.orchestrator")
+    with _orch().session() as session:
+        session.run_turn(lambda: "ok", model="m", usage=USAGE)
+    assert [r for r in caplog.records if r.name == "techrevati.runtime.orchestrator"] == []
+
+
+def test_a_long_error_is_cut_to_200_characters_in_its_event() -> None:
+    long, exact = "x" * 300, "y" * (200 - len("ValueError: "))
+    with _orch().session() as session:
+        for message in (long, exact):
+            with pytest.raises(ValueError, match=r"^[xy]+$"):
+                session.run_turn(lambda m=message: (_ for _ in ()).throw(ValueError(m)))
+    details = [e.detail for e in session.events() if e.name == EventName.TURN_FAILED]
+    assert details == [f"ValueError: {'x' * 185}...", f"ValueError: {exact}"]
+    assert [len(d or "") for d in details] == [200, 200]
+
+
+def test_the_breakers_changes_are_session_events() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=1, recovery_timeout_seconds=5, clock=clock)
+    with _orch(circuit_breaker=breaker).session() as session, pytest.raises(StatusError):
+        session.run_turn(lambda: (_ for _ in ()).throw(StatusError(503)))
+    (changed,) = [e for e in session.events() if e.name == EventName.BREAKER_STATE_CHANGED]
+    assert changed.detail == "api: closed -> open"
+    assert changed.data == {"breaker": "api", "from_state": "closed", "to_state": "open"}
+    breaker.reset()  # the session ended: it no longer listens
+    assert [e.name for e in session.events()].count(EventName.BREAKER_STATE_CHANGED) == 1
+
+
+def test_the_sessions_metadata_opens_its_log_and_is_a_copy() -> None:
+    metadata = {"ticket": 9}
+    with _orch().session(metadata=metadata) as session:
+        metadata["ticket"] = 10
+    assert session.metadata == {"ticket": 9}
+    first = session.events()[0]
+    assert (first.name, first.data, first.status) == (
+        EventName.SESSION_STARTED,
+        {"ticket": 9},
+        "idle",
+    )
+    assert _orch().session().metadata == {}
+
+
+class AfterOnly(BaseHook):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+
+    def after_model(self, call: ModelCall, result: object) -> object | None:
+        self.calls.append((call.model, call.turn, call.attempt))
+        return None
+
+
+def test_an_after_model_hook_alone_sees_each_turns_call() -> None:
+    hook = AfterOnly()
+    with _orch(hooks=[hook]).session() as session:
+        assert session.run_turn(lambda: "a", model="m", usage=USAGE)[0] == "a"
+        assert session.run_turn(lambda: "b", model="backup", usage=USAGE)[0] == "b"
+    assert hook.calls == [("m", 1, 1), ("backup", 2, 1)]
+
+
+class EventSinkOnly:
+    def __init__(self) -> None:
+        self.events: list[AgentEvent] = []
+
+    def write_event(self, event: AgentEvent) -> None:
+        self.events.append(event)
+
+
+def test_an_event_sink_gets_each_turn_completed_as_it_happens() -> None:
+    sink = EventSinkOnly()
+    with _orch(sinks=[sink], wall_clock=lambda: STAMP).session() as session:
+        session.run_turn(lambda: "ok", model="m", usage=USAGE)
+        (completed,) = [e for e in sink.events if e.name == EventName.TURN_COMPLETED]
+    assert completed == session.events()[3]
+    assert completed.timestamp == STAMP
+    assert completed.data["cost_usd"] == "0.0045"
+    assert completed.status == "running"
+
+
+def test_a_turn_completed_with_the_default_wall_clock_is_stamped_now_in_utc() -> None:
+    before = datetime.now(UTC)
+    with _orch().session() as session:
+        session.run_turn(lambda: "ok", model="m", usage=USAGE)
+    after = datetime.now(UTC)
+    (completed,) = [e for e in session.events() if e.name == EventName.TURN_COMPLETED]
+    assert before <= completed.timestamp <= after
+    assert completed.timestamp.tzinfo is UTC

@@ -277,6 +277,7 @@ class Session(_StreamTurnEngine):
         self, name: str, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
         """Async twin of :meth:`run_tool`: ``fn`` returns an awaitable."""
+        required_callable("fn", fn)
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
