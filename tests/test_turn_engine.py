@@ -1879,3 +1879,80 @@ def test_fallback_models_may_be_any_sequence_of_names() -> None:
     with _orch(retry=policy).session() as session:
         assert session.run_turn(complete, model="m", fallback_models=("b1", "b2"))[0] == "b2"
     assert seen == ["m", "b1", "b2"]
+
+
+def test_a_timeout_names_its_deadline_and_the_model_and_hides_the_runners_error() -> None:
+    hang = Hang()
+    try:
+        with (
+            _orch(runner=DeadlineRunner()).session() as session,
+            pytest.raises(TurnTimeoutError) as caught,
+        ):
+            session.run_turn(hang, model="gpt-x", usage=USAGE, timeout=0.02)
+    finally:
+        hang.release.set()
+    error = caught.value
+    assert (error.timeout, error.model, error.started) == (0.02, "gpt-x", True)
+    assert error.__cause__ is None
+    assert error.__suppress_context__ is True  # the runner's DeadlineExceededError is internal
+
+
+def test_an_async_stream_returned_by_fn_is_refused_and_closed() -> None:
+    class AsyncStream:
+        def __init__(self) -> None:
+            self.closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    stream = AsyncStream()
+
+    async def fn() -> AsyncStream:
+        return stream
+
+    async def main() -> None:
+        async with _orch().asession() as session:
+            with pytest.raises(StreamResultError) as caught:
+                await session.arun_turn(fn, model="m")
+            assert caught.value.kind == f"{__name__.split('.')[0]} AsyncStream"
+
+    asyncio.run(main())
+    assert stream.closed
+
+
+def test_a_given_usage_is_charged_rather_than_the_one_in_the_response() -> None:
+    response = {"usage": {"prompt_tokens": 9, "completion_tokens": 9}}
+    with _orch().session() as session:
+        given = session.run_turn(lambda: response, model="m", usage=USAGE)[1]
+        read = session.run_turn(lambda: response, model="m")[1]
+    assert given == USAGE
+    assert read == UsageSnapshot(input_tokens=9, output_tokens=9)
+    assert session.summary()["turns_without_usage"] == 0
+
+
+def test_no_hold_on_the_session_cap_outlives_its_attempt() -> None:
+    clock = FakeClock()
+    failures: list[Exception] = []
+    big = UsageSnapshot(input_tokens=2_000_000)  # $6: over the cap
+
+    def flaky() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    for enforce in (True, False):
+        orch = _orch(
+            budget_usd=COST * 3,
+            enforce_budget=enforce,
+            retry=RetryPolicy(max_attempts=2, sleep=clock.sleep),
+        )
+        with orch.session() as session:
+            session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=USAGE)
+            failures.append(StatusError(503))
+            session.run_turn(flaky, model="m", usage=USAGE, estimate=USAGE)  # retried once
+            with contextlib.suppress(StatusError):
+                session.run_turn(lambda: (_ for _ in ()).throw(StatusError(400)), model="m")
+            with contextlib.suppress(BudgetExceededError):
+                session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=big)
+            assert session._cap_held == 0
+            assert session._cap_spent == int(COST * 10**15) * (2 if enforce else 3)
