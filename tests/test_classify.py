@@ -826,3 +826,53 @@ def test_safe_getattr_turns_a_raising_property_into_none() -> None:
     assert safe_getattr(Request(), "request") is None
     assert safe_getattr(SdkError(code=5), "code") == 5
     assert safe_getattr(SdkError(), "missing") is None
+
+
+# -- the scenario types ---------------------------------------------------------------------
+
+
+def test_failure_info_refuses_a_wrong_scenario_or_wait_naming_the_value() -> None:
+    with pytest.raises(InvalidValueError) as caught:
+        FailureInfo("rate_limit", retryable=True)  # type: ignore[arg-type]
+    assert str(caught.value) == "scenario must be a FailureScenario, got 'rate_limit'"
+    for bad in (-1.0, math.inf, math.nan, "5"):
+        with pytest.raises(InvalidValueError) as caught:
+            FailureInfo(S.RATE_LIMIT, retryable=True, retry_after=bad)  # type: ignore[arg-type]
+        assert str(caught.value) == f"retry_after must be a finite float >= 0, got {bad!r}"
+    assert FailureInfo(S.RATE_LIMIT, True, retry_after=0).retry_after == 0
+    assert FailureInfo(S.RATE_LIMIT, True, retry_after=2).retry_after == 2
+
+
+def test_failure_class_for_refuses_what_is_no_scenario() -> None:
+    from techrevati.runtime.retry_policy import failure_class_for
+
+    for bad in ("no_such_scenario", None, ["rate_limit"]):
+        with pytest.raises(InvalidValueError) as caught:
+            failure_class_for(bad)  # type: ignore[arg-type]
+        assert str(caught.value) == f"scenario must be a FailureScenario, got {bad!r}"
+        assert caught.value.__cause__ is None
+    assert failure_class_for(S.DEPENDENCY_TIMEOUT).value == "dependency_failed"
+
+
+def test_every_scenario_has_its_value_class_and_retry_rule() -> None:
+    from techrevati.runtime.retry_policy import RETRYABLE_SCENARIOS
+
+    table = {
+        s.value: (FailureInfo(s, False).failure_class.value, s in RETRYABLE_SCENARIOS) for s in S
+    }
+    assert table == {
+        "llm_timeout": ("llm_timeout", True),
+        "rate_limit": ("rate_limit", True),
+        "context_overflow": ("context_overflow", False),
+        "output_truncated": ("output_truncated", False),
+        "provider_failure": ("provider_failure", True),
+        "auth_failure": ("auth_failure", False),
+        "bad_request": ("bad_request", False),
+        "content_policy": ("content_policy", False),
+        "quota_exhausted": ("quota_exhausted", False),
+        "tool_execution_error": ("tool_error", True),
+        "dependency_timeout": ("dependency_failed", True),
+        "memory_corruption": ("memory_corruption", False),
+        "llm_error": ("unknown", True),
+    }
+    assert S.__module__ == FailureInfo.__module__ == "techrevati.runtime.retry_policy"
