@@ -798,3 +798,75 @@ def test_folding_a_session_first_start_and_last_end_win_and_blanks_never_erase()
         "reviewer",
     )
     assert running.ended_at is None
+
+
+def test_the_flusher_thread_wakes_by_itself_when_flush_interval_has_passed(
+    tmp_path: Path,
+) -> None:
+    clock = FlusherWatchedClock()
+    written = threading.Event()
+    path = tmp_path / "timed.jsonl"
+    with JsonlSink(
+        path, flush_every=100, flush_interval=0.01, clock=clock, on_flush=lambda n: written.set()
+    ) as sink:
+        sink.write_event(event(i=0))
+        clock.wait_for_flusher(1)  # it has seen the record and waits the rest of the interval
+        clock.advance(0.01)  # no write wakes it: only its own timed wait can
+        assert written.wait(WAIT)
+        assert sink.written == 1
+    assert len(read_jsonl(path)) == 1
+
+
+def test_an_infinite_flush_interval_writes_by_size_only(tmp_path: Path) -> None:
+    clock = FlusherWatchedClock()
+    written = threading.Event()
+    path = tmp_path / "by-size.jsonl"
+    with JsonlSink(
+        path,
+        flush_every=2,
+        flush_interval=float("inf"),
+        clock=clock,
+        on_flush=lambda n: written.set(),
+    ) as sink:
+        sink.write_event(event(i=0))
+        clock.wait_for_flusher(1)  # it has seen one record: never due by time, it waits on
+        clock.advance(1e9)
+        assert sink.pending == 1
+        sink.write_event(event(i=1))  # the second record makes the batch due
+        assert written.wait(WAIT)
+        assert (sink.written, sink.batches) == (2, 1)
+
+
+def test_a_failed_flush_of_the_callers_is_retried_by_the_flusher_thread_after_the_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="techrevati.runtime.sinks")
+    clock = FlusherWatchedClock()
+    path = tmp_path / "retry.jsonl"
+    real_write = os.write
+    disk_full = True
+
+    def maybe_refuse(fd: int, data: bytes | memoryview) -> int:
+        if disk_full:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    written = threading.Event()
+    monkeypatch.setattr(os, "write", maybe_refuse)
+    sink = JsonlSink(
+        path, flush_every=100, flush_interval=0.01, clock=clock, on_flush=lambda n: written.set()
+    )
+    try:
+        sink.write_event(event(i=0))
+        with pytest.raises(SinkWriteError):
+            sink.flush()  # the caller's flush fails; the record is kept
+        calls = clock.flusher_calls
+        clock.wait_for_flusher(calls + 1)  # the thread times the retry, no write needed
+        disk_full = False
+        clock.advance(0.01)
+        assert written.wait(WAIT)
+        assert (sink.written, sink.pending, sink.failed_flushes) == (1, 0, 1)
+    finally:
+        disk_full = False
+        sink.close()
+    assert len(read_jsonl(path)) == 1

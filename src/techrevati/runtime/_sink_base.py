@@ -250,8 +250,10 @@ class BufferedSink(ClosesOnExit):
             due = size >= self._flush_every or (
                 self._clock() - self._last_flush >= self._flush_interval
             )
-            if due and not self._inline:
-                self._cond.notify()  # the thread honours the pause after a failure
+            if (due or size == 1) and not self._inline:
+                # A first record starts the interval the thread must time: it waits
+                # unbounded while the buffer is empty. It honours a failure's pause.
+                self._cond.notify()
         if dropped and (dropped == 1 or dropped % _DROP_LOG_EVERY == 0):
             log_event(
                 logging.WARNING,
@@ -340,6 +342,7 @@ class BufferedSink(ClosesOnExit):
             self._drop_oldest()
             self._failed_flushes += 1
             self._retry_at = self._clock() + self._flush_interval
+            self._cond.notify()  # a failed flush() of the caller's: the thread times the retry
             return len(self._buffer)
 
     def _write_error(self, batch: list[Record], pending: int, exc: Exception) -> SinkWriteError:
