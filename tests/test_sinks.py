@@ -306,10 +306,36 @@ def test_a_session_end_without_its_start_still_makes_a_row() -> None:
     rows = sessions_from_events(
         session_events("x", "cancelled", start_at=T0, seconds=4, cost="0.5")[1:]
     )
-    assert len(rows) == 1
-    assert rows[0].status is SessionStatus.CANCELLED
-    assert rows[0].started_at is None
-    assert rows[0].failure_class is AgentFailureClass.CANCELLED
+    assert rows == [
+        SessionRow(
+            session_id="x",
+            status=SessionStatus.CANCELLED,
+            started_at=None,
+            ended_at=T0 + timedelta(seconds=4),
+            duration_seconds=4.0,
+            cost_usd=Decimal("0.5"),
+            turns=3,
+            role="writer",
+            phase="draft",
+            project_id=42,
+            worker_id="w-x",
+            failure_class=AgentFailureClass.CANCELLED,
+            error_type=None,
+        )
+    ]
+
+
+def test_a_session_end_names_its_error_type_only_as_text_and_fills_a_missing_project() -> None:
+    start = AgentEvent(name="session.started", session_id="s", timestamp=T0)
+    end = AgentEvent(
+        name="session.failed",
+        session_id="s",
+        project_id=7,
+        data={"error_type": 500},
+        timestamp=T0 + timedelta(seconds=1),
+    )
+    (row,) = sessions_from_events([start, end])
+    assert (row.project_id, row.error_type) == (7, None)
 
 
 def test_session_row_validates_its_fields() -> None:

@@ -667,6 +667,18 @@ def test_sqlite_sessions_filter_by_time_and_sort_newest_first(db: Path) -> None:
         assert [r.session_id for r in window] == ["b"]
         assert sink.read_sessions(status=SessionStatus.RUNNING) == []
         assert [r.session_id for r in sink.read_sessions(limit=1, newest_first=True)] == ["d"]
+        other = AgentEvent(
+            name="session.started",
+            session_id="e",
+            role="reviewer",
+            phase="review",
+            timestamp=T0 + timedelta(hours=9),
+        )
+        sink.write_event(other)
+        assert [r.session_id for r in sink.read_sessions(role="reviewer")] == ["e"]
+        assert [r.session_id for r in sink.read_sessions(phase="review")] == ["e"]
+        assert [r.session_id for r in sink.read_sessions(role="writer")] == ["a", "b", "c", "d"]
+        assert [r.session_id for r in sink.read_sessions(status="running")] == ["e"]
 
 
 def test_sqlite_usage_filters_by_time_and_phase_and_sorts_newest_first(db: Path) -> None:
