@@ -43,6 +43,7 @@ from techrevati.runtime.retry_policy import (
     RecoveryContext,
     RecoveryOutcome,
     RecoveryRecipe,
+    RecoveryResult,
     RecoveryStep,
     RetriesExhaustedError,
     RetryAfterTooLongError,
@@ -914,6 +915,20 @@ def test_recipes_validate_their_fields() -> None:
             RecoveryRecipe(**fields)  # type: ignore[arg-type]
 
 
+def test_escalate_may_only_come_last_and_alone_is_fine() -> None:
+    alone = RecoveryRecipe(S.BAD_REQUEST, (RecoveryStep.ESCALATE,), 0)
+    assert alone.steps == (RecoveryStep.ESCALATE,)
+    last = RecoveryRecipe(S.BAD_REQUEST, (RecoveryStep.RETRY_TOOL, RecoveryStep.ESCALATE), 1)
+    assert last.steps[-1] is RecoveryStep.ESCALATE
+    middle = (RecoveryStep.RETRY_TOOL, RecoveryStep.ESCALATE, RecoveryStep.REDUCE_CONTEXT)
+    with pytest.raises(InvalidValueError) as info:
+        RecoveryRecipe(S.BAD_REQUEST, middle, 1)
+    assert str(info.value) == f"ESCALATE must be the last step, got {middle!r}"
+    with pytest.raises(InvalidValueError) as info:
+        RecoveryRecipe(S.BAD_REQUEST, (), 1)
+    assert str(info.value) == "steps must not be empty, got ()"
+
+
 def test_recipe_to_dict_is_plain() -> None:
     assert DEFAULT_RECIPES[S.RATE_LIMIT].to_dict() == {
         "scenario": "rate_limit",
@@ -1155,6 +1170,77 @@ def test_recovery_result_to_dict_is_json_ready() -> None:
     assert data["outcome"] == "recovered"
     assert data["recovered_steps"] == ["retry_with_backoff", "switch_provider"]
     assert data["scenario"] == "provider_failure"
+
+
+def test_recovery_results_to_dict_hold_every_field() -> None:
+    policy = RetryPolicy(jitter="none", base_delay=2.0)
+    ctx = RecoveryContext()
+    hinted = inspect_exception(status(429, **{"retry-after": "7"}))
+    assert attempt_recovery(S.RATE_LIMIT, ctx, failure=hinted, policy=policy).to_dict() == {
+        "outcome": "recovered",
+        "scenario": "rate_limit",
+        "recovered_steps": ["wait_for_retry_after"],
+        "remaining_steps": [],
+        "reason": "rate_limit: recovery attempt 1 of 5; wait_for_retry_after; wait 7.000s "
+        "(server hint)",
+        "delay_seconds": 7.0,
+        "attempt": 1,
+        "max_attempts": 5,
+        "retry_after": 7.0,
+        "exhausted": False,
+        "escalation_policy": "abort",
+    }
+    assert attempt_recovery(S.AUTH_FAILURE, ctx, policy=policy).to_dict() == {
+        "outcome": "escalation_required",
+        "scenario": "auth_failure",
+        "recovered_steps": [],
+        "remaining_steps": ["refresh_credentials"],
+        "reason": "auth_failure is not retryable; escalate (alert_human)",
+        "delay_seconds": 0.0,
+        "attempt": 0,
+        "max_attempts": 0,
+        "retry_after": None,
+        "exhausted": False,
+        "escalation_policy": "alert_human",
+    }
+    attempt_recovery(S.LLM_ERROR, ctx, policy=policy)
+    used_up = attempt_recovery(S.LLM_ERROR, ctx, policy=policy)
+    assert used_up.recovered_steps == ()
+    assert used_up.to_dict() == {
+        "outcome": "escalation_required",
+        "scenario": "llm_error",
+        "recovered_steps": [],
+        "remaining_steps": ["retry_with_backoff"],
+        "reason": "all 1 recovery attempt(s) for llm_error used; escalate (abort)",
+        "delay_seconds": 0.0,
+        "attempt": 1,
+        "max_attempts": 1,
+        "retry_after": None,
+        "exhausted": True,
+        "escalation_policy": "abort",
+    }
+
+
+def test_the_async_twin_passes_the_failure_and_the_policy_on() -> None:
+    ctx = RecoveryContext()
+    policy = RetryPolicy(jitter="none", base_delay=3.0, max_retry_after=5.0)
+    hinted = inspect_exception(status(429, **{"retry-after": "4"}))
+    too_long = inspect_exception(status(429, **{"retry-after": "6"}))
+
+    async def main() -> list[RecoveryResult]:
+        return [
+            await aattempt_recovery(S.RATE_LIMIT, ctx, failure=hinted, policy=policy),
+            await aattempt_recovery(S.PROVIDER_FAILURE, ctx, policy=policy),
+            await aattempt_recovery(S.RATE_LIMIT, ctx, failure=too_long, policy=policy),
+        ]
+
+    hint, backoff, refused = asyncio.run(main())
+    assert (hint.delay_seconds, hint.retry_after) == (4.0, 4.0)
+    assert backoff.delay_seconds == 3.0
+    assert refused.outcome is RecoveryOutcome.ESCALATION_REQUIRED
+    assert refused.reason == (
+        "the server asks to wait 6s, more than max_retry_after=5s; escalate (abort)"
+    )
 
 
 def test_async_twin_shares_the_budget() -> None:
@@ -1435,6 +1521,37 @@ def test_backoff_without_rng_uses_the_random_module() -> None:
     assert backoff_delay(4) == first
 
 
+def test_a_hint_of_exactly_the_limit_is_accepted_and_returned_as_a_float() -> None:
+    assert accepts_retry_after(60.0)
+    assert accepts_retry_after(5, max_retry_after=5)
+    assert not accepts_retry_after(5.000001, max_retry_after=5)
+    delay = backoff_delay(1, retry_after=5, max_retry_after=5)
+    assert (delay, type(delay)) == (5.0, float)
+    with pytest.raises(RetryAfterTooLongError) as info:
+        backoff_delay(1, retry_after=6, max_retry_after=5)
+    assert (info.value.retry_after, info.value.max_retry_after) == (6.0, 5.0)
+    assert type(info.value.retry_after) is float
+    assert type(info.value.max_retry_after) is float
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retry_after": -1.0}, "retry_after must be a finite number >= 0, got -1.0"),
+        ({"retry_after": math.inf}, "retry_after must be a finite number >= 0, got inf"),
+        (
+            {"retry_after": 1.0, "max_retry_after": -2.0},
+            "max_retry_after must be a number >= 0 (inf allowed), got -2.0",
+        ),
+    ],
+)
+def test_accepts_retry_after_names_bad_arguments(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(InvalidValueError) as info:
+        accepts_retry_after(**kwargs)
+    assert str(info.value) == message
+    assert accepts_retry_after(1.0, max_retry_after=math.inf)
+
+
 def test_accepts_retry_after_without_a_hint() -> None:
     assert accepts_retry_after(None)
     assert not accepts_retry_after(61.0)
@@ -1528,6 +1645,18 @@ def test_delay_for_follows_the_recovery() -> None:
     strict = RetryPolicy(max_retry_after=5.0)
     with pytest.raises(RetryAfterTooLongError):
         strict.delay_for(1, attempt_recovery(S.RATE_LIMIT, ctx, failure=hinted))
+
+
+def test_delay_for_takes_a_hint_of_exactly_the_limit_and_the_previous_delay() -> None:
+    policy = RetryPolicy(max_retry_after=7.0)
+    hinted = inspect_exception(status(429, **{"retry-after": "7"}))
+    recovery = attempt_recovery(S.RATE_LIMIT, RecoveryContext(), failure=hinted)
+    assert policy.delay_for(1, recovery) == 7.0
+    decorrelated = RetryPolicy(
+        jitter="decorrelated", base_delay=1.0, max_delay=100.0, rng=FixedRandom(1.0)
+    )
+    assert decorrelated.delay_for(2, previous=10.0) == 30.0
+    assert decorrelated.delay_for(2) == 3.0
 
 
 def test_new_context_carries_the_policy_recipes() -> None:
@@ -1716,6 +1845,21 @@ def test_retry_on_accepts_a_hint_of_exactly_max_retry_after_and_says_why() -> No
     assert [a.delay_seconds for a in seen] == sleeps.slept
 
 
+def test_retry_on_hands_the_error_to_the_hook_and_chains_exhaustion_from_the_last() -> None:
+    seen: list[RetryAttempt] = []
+    errors: list[Exception] = [ValueError("one"), ValueError("two")]
+    first, last = errors
+    policy = RetryPolicy(
+        max_attempts=2, sleep=Sleeps(), on_retry=seen.append, retry_on=lambda exc: True
+    )
+    _, fn = flaky(list(errors))
+    with pytest.raises(RetriesExhaustedError, match="max_attempts=2 reached") as info:
+        retry_call(fn, policy=policy)
+    assert info.value.__cause__ is last
+    assert info.value.attempts == 2
+    assert [a.exception for a in seen] == [first]
+
+
 def test_retry_on_feeds_the_previous_delay_to_decorrelated_jitter() -> None:
     sleeps = Sleeps()
     policy = RetryPolicy(
@@ -1893,6 +2037,8 @@ def test_testing_blocks_nest_and_restore() -> None:
 
 
 def test_set_testing_switches_and_validates() -> None:
+    set_testing(True)
+    assert RetryPolicy(max_attempts=9).attempt_limit() == 1
     set_testing(True, attempts=3)
     assert RetryPolicy(max_attempts=9).attempt_limit() == 3
     set_testing(False)
@@ -2052,6 +2198,19 @@ def test_aretry_call_counts_stats_like_the_sync_loop() -> None:
         "gave_up": 0,
         "by_scenario": {"provider_failure": 1},
     }
+
+
+def test_aretry_call_passes_keywords_on_and_uses_the_default_policy_without_one() -> None:
+    errors: list[Exception] = [status(503)]
+
+    async def fn(x: int, *, times: int) -> int:
+        if errors:
+            raise errors.pop(0)
+        return x * times
+
+    with testing(attempts=2):
+        assert asyncio.run(aretry_call(fn, 4, times=5)) == 20
+    assert errors == []
 
 
 def test_aretry_call_never_retries_cancellation() -> None:
