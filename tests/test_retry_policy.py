@@ -2036,6 +2036,17 @@ def test_testing_blocks_nest_and_restore() -> None:
     assert not is_testing()
 
 
+def test_the_process_settings_start_at_the_defaults() -> None:
+    from techrevati.runtime._retry_settings import _Settings, _Testing
+
+    fresh = _Settings()
+    assert fresh.recipes is DEFAULT_RECIPES
+    assert fresh.testing == _Testing(enabled=False, attempts=1)
+    with fresh.lock:
+        assert fresh.lock.locked()
+    assert not fresh.lock.locked()
+
+
 def test_set_testing_switches_and_validates() -> None:
     set_testing(True)
     assert RetryPolicy(max_attempts=9).attempt_limit() == 1
