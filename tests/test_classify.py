@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -876,3 +877,140 @@ def test_every_scenario_has_its_value_class_and_retry_rule() -> None:
         "llm_error": ("unknown", True),
     }
     assert S.__module__ == FailureInfo.__module__ == "techrevati.runtime.retry_policy"
+
+
+# -- any mapping, not only dicts; odd values in the right places ---------------------------
+
+
+def test_read_only_mappings_are_read_like_dicts() -> None:
+    frozen = MappingProxyType
+    body = frozen(
+        {"error": frozen({"code": 429, "details": frozen({"error_code": "billing_error"})})}
+    )
+    info = inspect_exception(SdkError("failed", body=body))
+    assert (info.scenario, info.status_code, info.provider_code) == (
+        S.QUOTA_EXHAUSTED,
+        429,
+        "billing_error",
+    )
+    response = frozen(
+        {
+            "Error": frozen({"Code": "ThrottlingException"}),
+            "ResponseMetadata": frozen({"HTTPStatusCode": 400}),
+        }
+    )
+    info = inspect_exception(SdkError("throttled", response=response))
+    assert (info.scenario, info.status_code, info.provider_code) == (
+        S.RATE_LIMIT,
+        400,
+        "ThrottlingException",
+    )
+    assert _retry_info(frozen({"error": frozen({"details": [_retry_detail("5s")]})})) == 5.0
+
+
+class WithGet:
+    """Not a mapping, but it has a ``get``: never read as one."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.value
+
+
+def test_objects_that_only_look_like_mappings_are_not_read() -> None:
+    response = {"ResponseMetadata": WithGet(503), "Error": WithGet("ThrottlingException")}
+    info = inspect_exception(SdkError("failed", response=response))
+    assert (info.scenario, info.status_code, info.provider_code) == (S.LLM_ERROR, None, None)
+    throttled = SdkError("throttled", status_code=400, response={"Error": WithGet("Throttling")})
+    assert is_dependency_failure(throttled) is False
+
+
+def test_a_mapping_response_with_its_own_status_keeps_it() -> None:
+    class MappingResponse(dict[str, object]):
+        status_code = 503
+
+    response = MappingResponse(ResponseMetadata={"HTTPStatusCode": 400})
+    info = inspect_exception(SdkError("failed", response=response))
+    assert (info.scenario, info.status_code) == (S.PROVIDER_FAILURE, 503)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ({"code": "4290", "status": 503}, (S.PROVIDER_FAILURE, 503, "4290")),  # 4 digits: a code
+        ({"code": "abc", "status": 503}, (S.PROVIDER_FAILURE, 503, "abc")),  # three letters: a code
+        ({"code": 429, "message": 5}, (S.RATE_LIMIT, 429, None)),  # a message that is no str
+        ({"code": 503, "details": {"error_code": 5}}, (S.PROVIDER_FAILURE, 503, None)),
+    ],
+)
+def test_odd_values_in_a_body_are_skipped(
+    error: dict[str, object], expected: tuple[object, ...]
+) -> None:
+    info = inspect_exception(SdkError("failed", body={"error": error}))
+    assert (info.scenario, info.status_code, info.provider_code) == expected
+
+
+def test_error_info_reasons_are_found_after_other_details() -> None:
+    reason = {"@type": ERROR_INFO, "reason": "API_KEY_INVALID"}
+    for details in (
+        [_retry_detail("1s"), reason],
+        ["text", reason],
+        [{"@type": 7}, reason],
+        [ErrorInfo(5), reason],
+    ):
+        info = inspect_exception(SdkError("bad key", code=400, details=details))
+        assert (info.scenario, info.provider_code) == (S.AUTH_FAILURE, "API_KEY_INVALID")
+
+
+def test_a_class_that_declares_no_signal_is_decided_without_reading_attributes() -> None:
+    reads: list[str] = []
+
+    class SpiedError(Exception):
+        def __getattribute__(self, name: str) -> Any:
+            if name in _classify_reading._ATTRIBUTES:
+                reads.append(name)
+            return super().__getattribute__(name)
+
+    class SpiedTimeoutError(SpiedError, TimeoutError):
+        pass
+
+    assert classify_exception(SpiedTimeoutError("slow")) is S.LLM_TIMEOUT
+    assert classify_exception(SpiedError("plain")) is S.LLM_ERROR
+    assert reads == []
+
+
+def test_attributes_made_by_a_parents_getattr_are_read() -> None:
+    class DynamicError(Exception):
+        def __getattr__(self, name: str) -> object:
+            if name == "status_code":
+                return 429
+            raise AttributeError(name)
+
+    class ChildError(DynamicError):
+        pass
+
+    class GrandChildError(ChildError):
+        pass
+
+    assert classify_exception(ChildError()) is S.RATE_LIMIT
+    assert classify_exception(GrandChildError()) is S.RATE_LIMIT
+
+
+def test_the_caches_are_emptied_when_full_and_hold_what_was_decided() -> None:
+    names = _classify_reading._NAME_CACHE
+    declared = _classify_reading._DECLARED_CACHE
+    names.clear()
+    declared.clear()
+    made = [type(f"Made{i}Error", (Exception,), {}) for i in range(1025)]
+    for cls in made[:1024]:
+        classify_exception(cls("x"))
+    assert (len(names), len(declared)) == (1024, 1024)
+    assert names[made[0]] == (None, None)
+    assert declared[made[0]] == frozenset()
+    classify_exception(made[1024]("x"))
+    assert (len(names), len(declared)) == (1, 1)  # emptied, then the newest kept
+    timeout = type("Made429Error", (TimeoutError,), {"status_code": 429})
+    classify_exception(timeout("x"))
+    assert names[timeout] == (None, S.LLM_TIMEOUT)
+    assert declared[timeout] == frozenset({"status_code"})
