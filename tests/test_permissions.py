@@ -178,13 +178,23 @@ def test_from_configs_keys_by_role_and_rejects_duplicates() -> None:
     )
     assert list(policy.role_configs) == ["a"]
     assert policy.default_requirement is M.FULL_ACCESS
-    with pytest.raises(InvalidValueError, match="share the role 'a'"):
+    assert policy.tool_requirements == {"t": M.FULL_ACCESS}
+    assert policy.requirement_for("T") is M.FULL_ACCESS
+    with pytest.raises(InvalidValueError) as caught:
         PermissionPolicy.from_configs(
             [
                 RolePermissionConfig(role="a", mode=M.READ_ONLY),
-                RolePermissionConfig(role="a", mode=M.FULL_ACCESS),
+                RolePermissionConfig(role="b", mode=M.READ_ONLY),
+                RolePermissionConfig(role="b", mode=M.FULL_ACCESS),
             ]
         )
+    assert str(caught.value) == "two configs share the role 'b'"
+
+
+def test_role_config_refuses_a_non_str_naming_it() -> None:
+    with pytest.raises(InvalidValueError) as caught:
+        seed_policy().role_config(3)  # type: ignore[arg-type]
+    assert str(caught.value) == "role must be a str, got 3"
 
 
 def test_requirement_for_takes_the_strictest_matching_entry() -> None:
@@ -245,6 +255,172 @@ def test_seed_example_allows_and_denies_as_documented() -> None:
         "and the role has only READ_ONLY"
     )
     assert enforcer.check("reader", "any_tool").allowed
+
+
+def table_policy() -> PermissionPolicy:
+    """The seed policy plus a role with an allow-list."""
+    return PermissionPolicy(
+        role_configs={
+            **seed_policy().role_configs,
+            "agent": RolePermissionConfig(
+                role="agent",
+                mode=M.READ_ONLY,
+                allowed_tools=["fs.*", "deploy"],
+                denied_tools=["fs.rm*"],
+            ),
+        },
+        tool_requirements={"dangerous_tool": M.FULL_ACCESS, "deploy": M.FULL_ACCESS},
+    )
+
+
+# Every rule the policy can decide by, with the whole outcome it must give.
+EVERY_RULE: list[tuple[object, object, PermissionOutcome]] = [
+    (
+        3,
+        "x",
+        PermissionOutcome(False, "role must be a str, got int; denied", "invalid_role", "", "x"),
+    ),
+    (
+        None,
+        b"x",
+        PermissionOutcome(False, "role must be a str, got NoneType; denied", "invalid_role"),
+    ),
+    (
+        "writer",
+        None,
+        PermissionOutcome(
+            False, "tool must be a str, got NoneType; denied", "invalid_tool", "writer", ""
+        ),
+    ),
+    (
+        " \n",
+        "x",
+        PermissionOutcome(False, "role ' \\n' is empty; denied", "invalid_role", " \n", "x"),
+    ),
+    (
+        "writer",
+        "\u200b",
+        PermissionOutcome(
+            False,
+            "tool '\\u200b' requested by role 'writer' is empty; denied",  # escaped
+            "invalid_tool",
+            "writer",
+            "\u200b",
+        ),
+    ),
+    (
+        "Admin",
+        "any_tool",
+        PermissionOutcome(
+            False,
+            "role 'Admin' has no permission config, so tool 'any_tool' is denied by default",
+            "unknown_role",
+            "Admin",
+            "any_tool",
+        ),
+    ),
+    (
+        "Writer",
+        "Dangerous_Tool ",
+        PermissionOutcome(
+            False,
+            "tool 'Dangerous_Tool ' is denied to role 'Writer' by its denied_tools entry "
+            "'dangerous_tool'",
+            "denied_tools:dangerous_tool",
+            "Writer",
+            "Dangerous_Tool ",
+        ),
+    ),
+    (
+        "agent",
+        "FS.rmdir",
+        PermissionOutcome(
+            False,
+            "tool 'FS.rmdir' is denied to role 'agent' by its denied_tools entry 'fs.rm*'",
+            "denied_tools:fs.rm*",
+            "agent",
+            "FS.rmdir",
+        ),
+    ),
+    (
+        "agent",
+        "FS.Read",
+        PermissionOutcome(
+            True,
+            "tool 'FS.Read' is allowed to role 'agent' by its allowed_tools entry 'fs.*'",
+            "allowed_tools:fs.*",
+            "agent",
+            "FS.Read",
+        ),
+    ),
+    (
+        "agent",
+        "deploy",
+        PermissionOutcome(
+            True,
+            "tool 'deploy' is allowed to role 'agent' by its allowed_tools entry 'deploy'",
+            "allowed_tools:deploy",
+            "agent",
+            "deploy",
+        ),
+    ),
+    (
+        "agent",
+        "net.get",
+        PermissionOutcome(
+            False,
+            "tool 'net.get' is denied to role 'agent': it is not in the role's allowed_tools",
+            "not_in_allowed_tools",
+            "agent",
+            "net.get",
+        ),
+    ),
+    (
+        "reader",
+        "read",
+        PermissionOutcome(
+            True,
+            "tool 'read' is allowed to role 'reader': it needs READ_ONLY and the role has "
+            "READ_ONLY",
+            "mode:READ_ONLY>=READ_ONLY",
+            "reader",
+            "read",
+        ),
+    ),
+    (
+        "reader",
+        "DEPLOY",
+        PermissionOutcome(
+            False,
+            "tool 'DEPLOY' is denied to role 'reader': it needs FULL_ACCESS and the role has "
+            "only READ_ONLY",
+            "mode:READ_ONLY<FULL_ACCESS",
+            "reader",
+            "DEPLOY",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("role", "tool", "expected"), EVERY_RULE, ids=lambda v: repr(v)[:40])
+def test_every_rule_gives_its_whole_outcome(
+    role: object, tool: object, expected: PermissionOutcome
+) -> None:
+    policy = table_policy()
+    enforcer = PermissionEnforcer(policy)
+    outcome = policy.check(role, tool)
+    assert outcome == expected
+    assert outcome.to_dict() == {
+        "allowed": expected.allowed,
+        "reason": expected.reason,
+        "rule": expected.rule,
+        "role": expected.role,
+        "tool": expected.tool,
+    }
+    assert enforcer.check(role, tool) == expected  # type: ignore[arg-type]
+    assert enforcer.check(role, tool) == expected  # type: ignore[arg-type]  # cached or not
+    assert enforcer.is_allowed(role, tool) is expected.allowed  # type: ignore[arg-type]
+    assert bool(outcome) is expected.allowed
 
 
 def test_unknown_role_is_denied_by_default_with_a_reason() -> None:
@@ -547,6 +723,23 @@ def test_long_names_are_never_cached() -> None:
     tool = "t" * 300
     assert enforcer.check("writer", tool) is not enforcer.check("writer", tool)
     assert enforcer._cached == 0
+    longest = "t" * (256 - len("writer"))  # role and tool together: 256 characters
+    assert enforcer.check("writer", longest) is enforcer.check("writer", longest)
+    assert enforcer.check("writer", longest + "t") is not enforcer.check("writer", longest + "t")
+    assert enforcer._cached == 1
+
+
+def test_cleared_cache_holds_a_full_cache_size_again() -> None:
+    enforcer = PermissionEnforcer(seed_policy(), cache_size=2)
+    enforcer.check("writer", "a")
+    enforcer.check("writer", "b")
+    enforcer.clear_cache()
+    assert enforcer._cached == 0
+    first = enforcer.check("writer", "a")
+    second = enforcer.check("reader", "b")
+    assert enforcer.check("writer", "a") is first
+    assert enforcer.check("reader", "b") is second
+    assert enforcer._cached == 2
 
 
 def test_cache_size_zero_disables_caching() -> None:
@@ -556,10 +749,12 @@ def test_cache_size_zero_disables_caching() -> None:
 
 
 def test_enforcer_validates_its_arguments() -> None:
-    with pytest.raises(InvalidValueError, match="policy"):
+    with pytest.raises(InvalidValueError) as refused:
         PermissionEnforcer({"writer": "x"})  # type: ignore[arg-type]
-    with pytest.raises(InvalidValueError, match="cache_size"):
+    assert str(refused.value) == "policy must be a PermissionPolicy, got {'writer': 'x'}"
+    with pytest.raises(InvalidValueError) as caught:
         PermissionEnforcer(seed_policy(), cache_size=-1)
+    assert str(caught.value) == "cache_size must be an int >= 0, got -1"
     assert "cache_size=4096" in repr(PermissionEnforcer(seed_policy()))
 
 
