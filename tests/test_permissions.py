@@ -619,6 +619,19 @@ def test_long_names_are_shortened_in_reasons() -> None:
     assert outcome.tool == tool
 
 
+def test_names_up_to_80_characters_are_shown_whole() -> None:
+    policy = seed_policy()
+    whole = "t" * 80
+    assert policy.check("ghost", whole).reason == (
+        f"role 'ghost' has no permission config, so tool '{whole}' is denied by default"
+    )
+    longer = "t" * 81
+    assert policy.check("ghost", longer).reason == (
+        f"role 'ghost' has no permission config, so tool '{whole}'... (81 chars) is denied "
+        "by default"
+    )
+
+
 def test_control_characters_are_escaped_in_reasons() -> None:
     outcome = PermissionEnforcer(seed_policy()).check("ghost\nINFO fake log line", "t")
     assert "\n" not in outcome.reason
@@ -643,17 +656,18 @@ def test_outcome_is_frozen_json_and_truthy_only_when_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("kwargs", "message"),
     [
-        ({"allowed": 1}, "allowed"),
-        ({"reason": ""}, "reason"),
-        ({"rule": None}, "rule"),
+        ({"allowed": 1}, "allowed must be a bool, got 1"),
+        ({"reason": ""}, "reason must be a non-empty str, got ''"),
+        ({"rule": None}, "rule must be a non-empty str, got None"),
     ],
 )
-def test_outcome_validates_its_fields(kwargs: dict[str, object], field: str) -> None:
+def test_outcome_validates_its_fields(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"allowed": False, "reason": "r", "rule": "x", **kwargs}
-    with pytest.raises(InvalidValueError, match=field):
+    with pytest.raises(InvalidValueError) as caught:
         PermissionOutcome(**args)  # type: ignore[arg-type]
+    assert str(caught.value) == message
 
 
 def test_require_returns_allowed_outcomes_and_raises_with_the_denial() -> None:
