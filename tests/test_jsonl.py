@@ -131,6 +131,10 @@ def test_read_jsonl_skips_a_torn_last_line_and_the_sink_repairs_it(
         sink = JsonlSink(path)
     repaired = [r for r in caplog.records if getattr(r, "event", None) == "sink.repaired"]
     assert [r.bytes for r in repaired] == [len(b'{"kind":"event","name":"tur')]  # type: ignore[attr-defined]
+    assert [(r.sink, r.path) for r in repaired] == [("JsonlSink", str(path))]  # type: ignore[attr-defined]
+    assert repaired[0].getMessage() == (
+        f"sink.repaired: {path} ended in a partial line; dropped 27 bytes"
+    )
     with sink:
         sink.write_event(event(i=2))
     assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1, 2]
@@ -379,3 +383,20 @@ def test_jsonl_lines_are_compact_utf8_with_unknown_values_as_text(tmp_path: Path
             '"project_id":null}\n'
         ).encode()
     )
+
+
+def test_fsync_always_takes_flush_every_1_and_refuses_any_other(tmp_path: Path) -> None:
+    with JsonlSink(tmp_path / "one.jsonl", fsync="always", flush_every=1) as sink:
+        sink.write_event(event(i=1))
+        assert len(read_jsonl(tmp_path / "one.jsonl")) == 1  # written before write returned
+    with pytest.raises(InvalidValueError, match="flush_every must be 1 with fsync='always', got 2"):
+        JsonlSink(tmp_path / "two.jsonl", fsync="always", flush_every=2)
+
+
+def test_a_new_jsonl_file_is_readable_by_all_and_writable_by_its_owner(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        JsonlSink(tmp_path / "mode.jsonl").close()
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "mode.jsonl").stat().st_mode & 0o777 == 0o644

@@ -278,7 +278,7 @@ def test_sinks_refuse_records_of_the_wrong_type(tmp_path: Path) -> None:
     with JsonlSink(tmp_path / "t.jsonl") as sink:
         with pytest.raises(InvalidValueError, match="event must be an AgentEvent, got dict"):
             sink.write_event({"name": "x"})  # type: ignore[arg-type]
-        with pytest.raises(InvalidValueError, match="record must be a UsageRecord"):
+        with pytest.raises(InvalidValueError, match="record must be a UsageRecord, got AgentEvent"):
             sink.write_usage(event())  # type: ignore[arg-type]
 
 

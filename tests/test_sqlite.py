@@ -353,14 +353,22 @@ def test_sqlite_refuses_files_that_are_not_its_own(tmp_path: Path) -> None:
     other_app = tmp_path / "other.db"
     with sqlite3.connect(other_app) as conn:
         conn.execute("PRAGMA application_id = 7")
-    with pytest.raises(SchemaError, match="belongs to another application"):
+    with pytest.raises(
+        SchemaError, match=r"other\.db belongs to another application \(application_id 7\)$"
+    ):
         SqliteReader(other_app)
     text = tmp_path / "notes.db"
     text.write_text("hello, this is not a database at all" * 40)
     with pytest.raises(SchemaError, match="not a"):
         SqliteSink(text)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as missing:
         SqliteReader(tmp_path / "missing.db")
+    assert (missing.value.errno, missing.value.strerror, missing.value.filename) == (
+        2,
+        "no such database file",
+        str(tmp_path / "missing.db"),
+    )
+    assert not (tmp_path / "missing.db").exists()  # a reader never creates the file
 
 
 def test_sqlite_rejects_bad_settings(db: Path) -> None:
@@ -751,3 +759,38 @@ def test_a_file_sqlite_cannot_read_is_a_schema_error_naming_the_file(tmp_path: P
         SchemaError, match=r"notes\.db is not a SQLite database: file is not a database"
     ):
         SqliteReader(text)
+
+
+def test_sqlite_reader_is_shared_between_threads(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=1))
+    found: list[int] = []
+    errors: list[BaseException] = []
+    with SqliteReader(db) as reader:
+
+        def read() -> None:
+            try:
+                found.append(len(reader.read_events()))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert found == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("data", ["", "null", "[1, 2]", '"text"'])
+def test_an_events_row_whose_data_is_no_object_reads_as_empty_data(db: Path, data: str) -> None:
+    SqliteSink(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO events (ts, name, data) VALUES ('2026-01-01T12:00:00.000000+00:00', 'x', ?)",
+            (data,),
+        )
+    with SqliteReader(db) as reader:
+        (stored,) = reader.read_events()
+    assert (stored.name, stored.data, stored.timestamp) == ("x", {}, T0)
