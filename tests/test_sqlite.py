@@ -788,8 +788,8 @@ def test_an_events_row_whose_data_is_no_object_reads_as_empty_data(db: Path, dat
     SqliteSink(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute(
-            "INSERT INTO events (ts, name, data) VALUES ('2026-01-01T12:00:00.000000+00:00', 'x', ?)",
-            (data,),
+            "INSERT INTO events (ts, name, data) VALUES (?, 'x', ?)",
+            ("2026-01-01T12:00:00.000000+00:00", data),
         )
     with SqliteReader(db) as reader:
         (stored,) = reader.read_events()
