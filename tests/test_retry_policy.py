@@ -1586,23 +1586,48 @@ def test_backoff_delay_names_bad_arguments(kwargs: dict[str, object], message: s
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
-        ({"base_delay": -1}, "base_delay"),
-        ({"max_delay": math.inf}, "max_delay"),
-        ({"jitter": "lots"}, "jitter"),
-        ({"max_retry_after": math.nan}, "max_retry_after"),
-        ({"seed": "7"}, "seed must be None or an int"),
-        ({"seed": 1, "rng": random.Random(1)}, "seed or rng, not both"),
-        ({"rng": 3}, "rng must be a random.Random"),
-        ({"retry_on": 3}, "retry_on must be callable"),
-        ({"sleep": None}, "sleep must be callable"),
-        ({"stats": {}}, "stats must be a RetryStats"),
-        ({"recipes": {S.RATE_LIMIT: "x"}}, "must be a RecoveryRecipe"),
+        ({"max_attempts": 0}, "max_attempts must be an int >= 1, got 0"),
+        ({"base_delay": -1}, "base_delay must be a finite number > 0, got -1"),
+        ({"max_delay": math.inf}, "max_delay must be a finite number >= 0, got inf"),
+        (
+            {"jitter": "lots"},
+            "jitter must be one of 'full', 'equal', 'decorrelated', 'none', got 'lots'",
+        ),
+        (
+            {"max_retry_after": math.nan},
+            "max_retry_after must be a number >= 0 (inf allowed), got nan",
+        ),
+        ({"seed": "7"}, "seed must be None or an int, got '7'"),
+        ({"seed": True}, "seed must be None or an int, got True"),
+        ({"seed": 1, "rng": random.Random(1)}, "give seed or rng, not both"),
+        ({"rng": 3}, "rng must be a random.Random, got 3"),
+        ({"retry_on": 3}, "retry_on must be callable or None, got 3"),
+        ({"on_retry": "x"}, "on_retry must be callable or None, got 'x'"),
+        ({"sleep": None}, "sleep must be callable, got None"),
+        ({"async_sleep": None}, "async_sleep must be callable, got None"),
+        ({"clock": 5}, "clock must be callable, got 5"),
+        ({"stats": {}}, "stats must be a RetryStats or None, got {}"),
+        (
+            {"recipes": {S.RATE_LIMIT: "x"}},
+            "recipes[<FailureScenario.RATE_LIMIT: 'rate_limit'>] must be a RecoveryRecipe, got 'x'",
+        ),
+        ({"recipes": "x"}, "recipes must be a mapping of scenario to recipe, got 'x'"),
     ],
 )
 def test_policy_names_bad_fields(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(InvalidValueError, match=message):
+    with pytest.raises(InvalidValueError) as info:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_policy_accepts_an_unbounded_hint_limit_and_its_own_callables() -> None:
+    def hook(attempt: RetryAttempt) -> None:
+        pass
+
+    policy = RetryPolicy(max_retry_after=math.inf, on_retry=hook, clock=lambda: NOW)
+    assert policy.max_retry_after == math.inf
+    assert policy.on_retry is hook
+    assert policy.clock() == NOW
 
 
 def test_policy_defaults_are_the_documented_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
