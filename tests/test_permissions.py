@@ -95,24 +95,33 @@ def test_config_parses_a_mode_name() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("kwargs", "message"),
     [
-        ({"mode": "superuser"}, "permission mode"),
-        ({"mode": 7}, "permission mode"),
-        ({"role": ""}, "role"),
-        ({"role": " \n"}, "role"),
-        ({"role": None}, "role"),
-        ({"denied_tools": "shell"}, "denied_tools"),
-        ({"denied_tools": ["ok", 3]}, "denied_tools"),
-        ({"denied_tools": [" "]}, "denied_tools"),
-        ({"allowed_tools": "fs.read"}, "allowed_tools"),
-        ({"allowed_tools": 5}, "allowed_tools"),
+        (
+            {"mode": "superuser"},
+            "unknown permission mode 'superuser'; expected one of READ_ONLY, WORKSPACE_WRITE, "
+            "FULL_ACCESS",
+        ),
+        ({"mode": 7}, "unknown permission mode 7; expected one of"),
+        ({"role": ""}, "role must be a non-empty str, got ''"),
+        ({"role": " \n"}, "role must be a non-empty str, got ' \\n'"),
+        ({"role": None}, "role must be a non-empty str, got None"),
+        ({"denied_tools": "shell"}, "denied_tools must be a collection of tool names, got 'shell'"),
+        ({"denied_tools": ["ok", 3]}, "denied_tools entries must be non-empty str, got 3"),
+        ({"denied_tools": [" "]}, "denied_tools entries must be non-empty str, got ' '"),
+        (
+            {"allowed_tools": "fs.read"},
+            "allowed_tools must be a collection of tool names, got 'fs.read'",
+        ),
+        ({"allowed_tools": 5}, "allowed_tools must be a collection of tool names, got 5"),
+        ({"allowed_tools": [""]}, "allowed_tools entries must be non-empty str, got ''"),
     ],
 )
-def test_config_rejects_bad_values(kwargs: dict[str, object], field: str) -> None:
+def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"role": "writer", "mode": M.READ_ONLY, **kwargs}
-    with pytest.raises(InvalidValueError, match=field):
+    with pytest.raises(InvalidValueError) as caught:
         RolePermissionConfig(**args)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message)
 
 
 # -- PermissionPolicy --------------------------------------------------------------
@@ -156,20 +165,38 @@ def test_policy_rejects_tools_that_collide_after_normalisation() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "field"),
+    ("args", "message"),
     [
-        (([],), "role_configs must be a mapping"),
-        (({"r": "not a config"},), r"role_configs\['r'\]"),
-        (({3: RolePermissionConfig(role="r", mode=M.READ_ONLY)},), "keys must be non-empty str"),
-        (({}, ["deploy"]), "tool_requirements must be a mapping"),
-        (({}, {"deploy": "root"}), r"tool_requirements\['deploy'\].*'root'"),
-        (({}, {"": M.READ_ONLY}), "tool_requirements keys"),
-        (({}, {}, "everything"), "default_requirement.*'everything'"),
+        (([],), "role_configs must be a mapping of role -> RolePermissionConfig, got []"),
+        (
+            ({"r": "not a config"},),
+            "role_configs['r'] must be a RolePermissionConfig, got 'not a config'",
+        ),
+        (
+            ({3: RolePermissionConfig(role="r", mode=M.READ_ONLY)},),
+            "role_configs keys must be non-empty str, got 3",
+        ),
+        (
+            ({}, ["deploy"]),
+            "tool_requirements must be a mapping of tool -> PermissionMode, got ['deploy']",
+        ),
+        (
+            ({}, {"deploy": "root"}),
+            "tool_requirements['deploy'] must be a PermissionMode (or its name or number), "
+            "got 'root'",
+        ),
+        (({}, {"": M.READ_ONLY}), "tool_requirements keys must be non-empty str, got ''"),
+        (
+            ({}, {}, "everything"),
+            "default_requirement must be a PermissionMode (or its name or number), "
+            "got 'everything'",
+        ),
     ],
 )
-def test_policy_rejects_bad_tables(args: tuple[object, ...], field: str) -> None:
-    with pytest.raises(InvalidValueError, match=field):
+def test_policy_rejects_bad_tables(args: tuple[object, ...], message: str) -> None:
+    with pytest.raises(InvalidValueError) as caught:
         PermissionPolicy(*args)  # type: ignore[arg-type]
+    assert str(caught.value) == message
 
 
 def test_from_configs_keys_by_role_and_rejects_duplicates() -> None:
