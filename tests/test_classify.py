@@ -1014,3 +1014,51 @@ def test_the_caches_are_emptied_when_full_and_hold_what_was_decided() -> None:
     classify_exception(timeout("x"))
     assert names[timeout] == (None, S.LLM_TIMEOUT)
     assert declared[timeout] == frozenset({"status_code"})
+
+
+def test_an_unknown_code_beside_a_status_is_named_as_the_provider_code() -> None:
+    info = inspect_exception(SdkError("failed", code="some_new_code", status_code=503))
+    assert (info.scenario, info.status_code, info.provider_code) == (
+        S.PROVIDER_FAILURE,
+        503,
+        "some_new_code",
+    )
+
+
+def test_a_specific_code_of_the_exception_decides_without_its_body() -> None:
+    exc = SdkError(
+        "failed", code="rate_limit_exceeded", body={"error": {"code": "insufficient_quota"}}
+    )
+    info = inspect_exception(exc)
+    assert (info.scenario, info.provider_code) == (S.RATE_LIMIT, "rate_limit_exceeded")
+    generic = SdkError(
+        "failed", code="rate_limit_error", body={"error": {"code": "insufficient_quota"}}
+    )
+    assert classify_exception(generic) is S.QUOTA_EXHAUSTED  # a broad code: the body is read
+
+
+def test_a_wrappers_message_never_beats_a_structured_cause() -> None:
+    wrapper = SdkError("we were rate limited, it says", headers={})
+    wrapper.__cause__ = SdkError("bad key", status_code=401)
+    assert classify_exception(wrapper) is S.AUTH_FAILURE
+    alone = SdkError("we were rate limited, it says", headers={})
+    assert classify_exception(alone) is S.RATE_LIMIT  # the last resort, with nothing structured
+
+
+def test_an_exact_header_name_wins_over_another_casing() -> None:
+    headers = {"retry-after": "3", "Retry-After": "9", "x-should-retry": "false"}
+    assert _hint_headers(headers) == ("false", None, "3")
+    assert _hint_headers({"Retry-After": "9", "RETRY-AFTER": "4"}) == (None, None, "4")
+
+
+def test_a_naive_http_date_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert _header_wait(None, "Sun, 01 Nov 2026 00:00:07", lambda: NOW) == 7.0
+        assert _header_wait(None, "Sun, 01 Nov 2026 00:00:07 GMT", lambda: NOW) == 7.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
