@@ -1956,3 +1956,36 @@ def test_no_hold_on_the_session_cap_outlives_its_attempt() -> None:
                 session.run_turn(lambda: "ok", model="m", usage=USAGE, estimate=big)
             assert session._cap_held == 0
             assert session._cap_spent == int(COST * 10**15) * (2 if enforce else 3)
+
+
+def test_a_call_that_outlives_its_cancelled_caller_and_then_fails_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="techrevati.runtime.orchestrator")
+
+    async def main() -> None:
+        started, stop = asyncio.Event(), asyncio.Event()
+
+        async def stubborn() -> str:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await stop.wait()  # ignores the cancellation, then fails
+            raise ValueError("failed after the caller left")
+
+        async with _orch().asession() as session:
+            task = asyncio.ensure_future(session.arun_turn(stubborn, model="m", timeout=30))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            stop.set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    asyncio.run(main())
+    late = [r for r in caplog.records if r.getMessage().startswith("a turn's late call failed")]
+    assert len(late) == 1
+    assert late[0].exc_info is not None
+    assert str(late[0].exc_info[1]) == "failed after the caller left"
