@@ -1101,7 +1101,10 @@ def test_x_should_retry_false_escalates() -> None:
     info = inspect_exception(status(503, **{"x-should-retry": "false"}))
     result = attempt_recovery(info.scenario, RecoveryContext(), failure=info)
     assert result.outcome == "escalation_required"
-    assert "x-should-retry: false" in result.reason
+    assert result.reason == (
+        "the server said not to retry (x-should-retry: false); escalate (alert_human)"
+    )
+    assert result.exhausted is False
 
 
 def test_a_recipe_without_waiting_steps_retries_at_once() -> None:
@@ -1154,6 +1157,90 @@ def test_history_is_bounded_and_reset_forgets() -> None:
     assert ctx.attempts(S.RATE_LIMIT) == 0
     assert ctx.total_attempts == 0
     assert attempt_recovery(S.RATE_LIMIT, ctx).attempt == 1
+
+
+def test_history_records_each_decision_whole() -> None:
+    ticks = iter([10.0, 11.0, 12.0])
+    ctx = RecoveryContext(clock=lambda: next(ticks))
+    policy = RetryPolicy(jitter="none", base_delay=2.0)
+    attempt_recovery(S.PROVIDER_FAILURE, ctx, policy=policy)
+    attempt_recovery(S.CONTEXT_OVERFLOW, ctx, policy=policy)
+    attempt_recovery(S.BAD_REQUEST, ctx, policy=policy)
+    assert ctx.history == (
+        rp.RecoveryRecord(
+            S.PROVIDER_FAILURE,
+            RecoveryOutcome.RECOVERED,
+            1,
+            2.0,
+            "provider_failure: recovery attempt 1 of 3; retry_with_backoff, switch_provider; "
+            "wait 2.000s",
+            10.0,
+        ),
+        rp.RecoveryRecord(
+            S.CONTEXT_OVERFLOW,
+            RecoveryOutcome.PARTIAL_RECOVERY,
+            1,
+            0.0,
+            "context_overflow: recovery attempt 1 of 1; the caller must reduce_context "
+            "before retrying",
+            11.0,
+        ),
+        rp.RecoveryRecord(
+            S.BAD_REQUEST,
+            RecoveryOutcome.ESCALATION_REQUIRED,
+            0,
+            0.0,
+            "bad_request is not retryable; escalate (abort)",
+            12.0,
+        ),
+    )
+
+
+def test_a_partial_recovery_names_every_step_left_to_the_caller() -> None:
+    steps = (RecoveryStep.REDUCE_CONTEXT, RecoveryStep.REFRESH_CREDENTIALS)
+    recipe = RecoveryRecipe(S.CONTEXT_OVERFLOW, steps, 2, EscalationPolicy.LOG_AND_CONTINUE)
+    ctx = RecoveryContext(recipes={S.CONTEXT_OVERFLOW: recipe})
+    result = attempt_recovery(S.CONTEXT_OVERFLOW, ctx)
+    assert result.outcome is RecoveryOutcome.PARTIAL_RECOVERY
+    assert result.reason == (
+        "context_overflow: recovery attempt 1 of 2; the caller must reduce_context, "
+        "refresh_credentials before retrying"
+    )
+    assert (result.max_attempts, result.escalation_policy) == (
+        2,
+        EscalationPolicy.LOG_AND_CONTINUE,
+    )
+
+
+def test_a_hint_of_exactly_max_retry_after_is_honoured_by_the_recipe() -> None:
+    hinted = inspect_exception(status(429, **{"retry-after": "5"}))
+    policy = RetryPolicy(max_retry_after=5.0)
+    result = attempt_recovery(S.RATE_LIMIT, RecoveryContext(), failure=hinted, policy=policy)
+    assert result.outcome is RecoveryOutcome.RECOVERED
+    assert (result.delay_seconds, result.retry_after) == (5.0, 5.0)
+
+
+def test_a_shared_cap_counts_each_claim_and_each_refusal() -> None:
+    cap = RecoveryContext(max_total_attempts=2)
+    policy = RetryPolicy(max_attempts=9, jitter="none")
+    for _ in range(2):
+        assert rp.RetryRun(policy, cap=cap).failed(status(503)) is not None
+    for _ in range(2):
+        with pytest.raises(RetriesExhaustedError):
+            rp.RetryRun(policy, cap=cap).failed(status(503))
+    assert cap.to_dict() == {
+        "attempts": {"provider_failure": 2},
+        "total_attempts": 2,
+        "escalations": 2,
+    }
+
+
+def test_scenario_errors_list_every_scenario() -> None:
+    with pytest.raises(InvalidValueError) as info:
+        attempt_recovery("nope", RecoveryContext())
+    names = ", ".join(member.value for member in FailureScenario)
+    assert str(info.value) == f"scenario must be a FailureScenario ({names}), got 'nope'"
+    assert names.startswith("llm_timeout, rate_limit, ")
 
 
 def test_attempt_recovery_validates_its_inputs() -> None:
@@ -1762,10 +1849,12 @@ def test_running_out_of_attempts_raises_retries_exhausted_from_the_last() -> Non
 
 
 def test_the_recipe_budget_can_stop_before_max_attempts() -> None:
-    calls, fn = flaky([ValueError(str(i)) for i in range(10)])
-    with pytest.raises(RetriesExhaustedError, match="all 1 recovery attempt"):
+    errors: list[Exception] = [ValueError(str(i)) for i in range(10)]
+    calls, fn = flaky(list(errors))
+    with pytest.raises(RetriesExhaustedError, match="all 1 recovery attempt") as info:
         retry_call(fn, policy=RetryPolicy(max_attempts=10, sleep=Sleeps()))
     assert len(calls) == 2  # llm_error: one retry
+    assert info.value.__cause__ is errors[1]
 
 
 def test_a_recipe_override_makes_a_non_retryable_scenario_retried() -> None:
