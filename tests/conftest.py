@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 
 
 # Hypothesis: the same examples every run by default; TECHREVATI_HYPOTHESIS=explore
-# draws new ones (seeded by --hypothesis-seed) and 10x as many.
+# draws new ones (seeded by --hypothesis-seed) and 5x as many.
 settings.register_profile("fast", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
 HYPOTHESIS_PROFILE: str = os.environ.get("TECHREVATI_HYPOTHESIS", "fast")
-"""``fast`` (the same examples every run) or ``explore`` (new examples each run, 10x as many)."""
+"""``fast`` (the same examples every run) or ``explore`` (new examples each run, 5x as many)."""
 if HYPOTHESIS_PROFILE not in ("fast", "explore"):
     raise pytest.UsageError(
         f"TECHREVATI_HYPOTHESIS must be fast or explore, got {HYPOTHESIS_PROFILE!r}"
@@ -48,8 +48,8 @@ settings.load_profile(HYPOTHESIS_PROFILE)
 
 
 def examples(count: int) -> int:
-    """How many examples a property test runs: ``count``, or 10x that when exploring."""
-    return count * 10 if HYPOTHESIS_PROFILE == "explore" else count
+    """How many examples a property test runs: ``count``, or 5x that when exploring."""
+    return count * 5 if HYPOTHESIS_PROFILE == "explore" else count
 
 
 # No silent skips: a test that skips fails the run unless pyproject.toml's
