@@ -1452,3 +1452,130 @@ def test_a_turn_completed_with_the_default_wall_clock_is_stamped_now_in_utc() ->
     (completed,) = [e for e in session.events() if e.name == EventName.TURN_COMPLETED]
     assert before <= completed.timestamp <= after
     assert completed.timestamp.tzinfo is UTC
+
+
+# -- tools, handoffs and endings: every field they record ---------------------------------
+
+
+class SeesTools(BaseHook):
+    def __init__(self) -> None:
+        self.calls: list[ToolCall] = []
+
+    def before_tool(self, call: ToolCall) -> ToolCall | None:
+        self.calls.append(call)
+        return None
+
+
+def test_a_sync_tool_records_its_duration_and_the_call_its_hooks_see() -> None:
+    clock = FakeClock()
+    hook = SeesTools()
+
+    def slow(x: int, *, scale: int) -> int:
+        clock.advance(0.75)
+        return x * scale
+
+    def failing() -> None:
+        clock.advance(0.25)
+        raise KeyError("missing")
+
+    with _orch(hooks=[hook], clock=clock).session() as session:
+        assert session.run_tool("calc", slow, 2, scale=3) == 6
+        with pytest.raises(KeyError):
+            session.run_tool("lookup", failing)
+    assert [
+        (c.name, c.args, dict(c.kwargs), c.role, c.phase, c.session_id) for c in hook.calls
+    ] == [
+        ("calc", (2,), {"scale": 3}, "writer", "draft", session.id),
+        ("lookup", (), {}, "writer", "draft", session.id),
+    ]
+    tools = [
+        (e.name, e.failure_class, e.detail, e.data)
+        for e in session.events()
+        if e.name in (EventName.TOOL_COMPLETED, EventName.TOOL_FAILED)
+    ]
+    assert tools == [
+        (EventName.TOOL_COMPLETED, None, None, {"tool": "calc", "duration_seconds": 0.75}),
+        (
+            EventName.TOOL_FAILED,
+            AgentFailureClass.TOOL_ERROR,
+            "KeyError: 'missing'",
+            {"tool": "lookup", "duration_seconds": 0.25, "error_type": "KeyError"},
+        ),
+    ]
+    assert session.summary()["tool_calls"] == 2
+
+
+def test_a_denied_tool_names_the_rule_that_denied_it() -> None:
+    with _enforced().session() as session, pytest.raises(PermissionDeniedError) as caught:
+        session.run_tool("shell", lambda: None)
+    (denied,) = [e for e in session.events() if e.name == EventName.TOOL_DENIED]
+    assert denied.failure_class is AgentFailureClass.PERMISSION_DENIED
+    assert denied.detail == caught.value.outcome.reason
+    assert denied.data == {"tool": "shell", "rule": "denied_tools:shell"}
+
+
+def test_a_tool_is_refused_outside_a_running_session() -> None:
+    with _orch().session() as session:
+        session.pause_for_input("wait")
+        with pytest.raises(SessionStateError) as caught:
+            session.run_tool("calc", lambda: 1)
+        assert (
+            str(caught.value) == f"session {session.id} is waiting_for_input; turns need it RUNNING"
+        )
+        with pytest.raises(SessionStateError):
+            session.pause_for_input("again")
+        with pytest.raises(SessionStateError):
+            session.handoff_to("reviewer", "not now")
+
+
+def test_the_transitions_say_why() -> None:
+    with pytest.raises(StatusError), _orch().session() as failed:
+        failed.run_turn(lambda: (_ for _ in ()).throw(StatusError(429)), model="m")
+    with _orch().session() as handed:
+        handed.handoff_to("reviewer", "draft ready", {"doc": "a.md"})
+    with _orch().session() as waiting:
+        waiting.pause_for_input("tone?")
+
+    def details(session: Session) -> list[tuple[object, object]]:
+        return [
+            (e.data["to"], e.detail) for e in session.events() if e.name == EventName.STATUS_CHANGED
+        ]
+
+    assert details(failed)[-1] == ("failed", "rate_limit: StatusError")
+    assert details(handed)[-1] == ("completed", "handoff to reviewer: draft ready")
+    assert details(waiting)[-3:] == [
+        ("waiting_for_input", "tone?"),
+        ("running", "session ended while waiting for input"),
+        ("completed", None),
+    ]
+    summary = handed.summary()["handoff"]
+    assert isinstance(summary, dict)
+    assert summary["context"] == {"doc": "a.md"}
+
+
+def test_a_cancelled_session_records_how_it_ended() -> None:
+    clock = FakeClock()
+    session = _orch(clock=clock).session()
+
+    def work() -> None:
+        with session:
+            clock.advance(2)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    last = session.events()[-2:]
+    assert [(e.name, e.detail, e.data.get("to")) for e in last] == [
+        (EventName.STATUS_CHANGED, "KeyboardInterrupt", "cancelled"),
+        (EventName.SESSION_CANCELLED, None, None),
+    ]
+    assert last[1].data == {"duration_seconds": 2.0, "cost_usd": "0", "turns": 0}
+    assert session.summary()["failure_class"] == "cancelled"
+
+
+def test_a_session_that_fails_outside_any_turn_counts_its_role_as_failed() -> None:
+    with pytest.raises(RuntimeError), _orch().session() as session:
+        raise RuntimeError("outside a turn")
+    assert session.summary()["failures"] == {}
+    assert set(session.policy_context().failed_roles) == {"writer"}
+    assert session.policy_context().completed_roles == frozenset()
