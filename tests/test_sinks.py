@@ -267,7 +267,7 @@ def test_writes_after_close_raise_and_close_is_idempotent(tmp_path: Path) -> Non
     sink.close()
     sink.close()
     assert sink.closed
-    with pytest.raises(SinkClosedError, match="is closed") as info:
+    with pytest.raises(SinkClosedError, match=r"^JsonlSink\('.*c\.jsonl'\) is closed$") as info:
         sink.write_event(event())
     assert isinstance(info.value, TechrevatiError)
     assert isinstance(info.value, RuntimeError)
@@ -896,3 +896,36 @@ def test_a_failed_flush_of_the_callers_is_retried_by_the_flusher_thread_after_th
         disk_full = False
         sink.close()
     assert len(read_jsonl(path)) == 1
+
+
+def test_a_drop_is_logged_once_when_it_happens_not_again_when_the_buffer_is_merely_full(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fake_clock: FakeClock,
+) -> None:
+    path = tmp_path / "drops.jsonl"
+    sink = JsonlSink(path, flush_every=3, max_pending=3, background=False, clock=fake_clock)
+    real_write = os.write
+
+    def refuse(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "write", refuse)
+    with caplog.at_level(logging.WARNING, logger="techrevati.runtime.sinks"):
+        sink.write_event(event(i=0))
+        sink.write_event(event(i=1))
+        for i in (2, 3):
+            with pytest.raises(SinkWriteError):
+                sink.write_event(event(i=i))  # the fourth record drops the oldest
+        monkeypatch.setattr(os, "write", real_write)
+        sink.flush()
+        for i in (4, 5, 6):
+            sink.write_event(event(i=i))  # exactly max_pending buffered: nothing dropped
+    drops = [r for r in caplog.records if getattr(r, "event", None) == "sink.dropped"]
+    assert [(r.dropped, r.getMessage()) for r in drops] == [  # type: ignore[attr-defined]
+        (1, f"sink.dropped: {path} dropped 1 records")
+    ]
+    assert sink.dropped == 1
+    sink.close()
+    assert [r.data["i"] for r in read_jsonl(path)] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]

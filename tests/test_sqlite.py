@@ -315,6 +315,8 @@ def test_a_version_1_database_is_migrated_on_open_with_its_rows_intact(
         sink = SqliteSink(db)
     migrated = [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"]
     assert [(r.from_version, r.to_version) for r in migrated] == [(1, SCHEMA_VERSION)]  # type: ignore[attr-defined]
+    assert [(r.sink, r.path) for r in migrated] == [("SqliteSink", str(db))]  # type: ignore[attr-defined]
+    assert migrated[0].getMessage() == f"sink.migrated: {db} from schema 1 to {SCHEMA_VERSION}"
     with sink:
         assert [e.name for e in sink.read_events()] == [
             "session.started",
@@ -374,8 +376,12 @@ def test_sqlite_refuses_files_that_are_not_its_own(tmp_path: Path) -> None:
 def test_sqlite_rejects_bad_settings(db: Path) -> None:
     with pytest.raises(InvalidValueError, match="synchronous must be 'full' or 'normal'"):
         SqliteSink(db, synchronous="off")  # type: ignore[arg-type]
-    with pytest.raises(InvalidValueError, match="busy_timeout must be a number >= 0, got -1"):
-        SqliteSink(db, busy_timeout=-1)
+    for bad in (-1, True, "5", float("inf"), float("nan")):
+        with pytest.raises(
+            InvalidValueError, match=rf"busy_timeout must be a number >= 0, got {bad!r}$"
+        ):
+            SqliteSink(db, busy_timeout=bad)  # type: ignore[arg-type]
+    assert not db.exists()  # refused before the file is opened
     with pytest.raises(InvalidValueError, match="flush_every must be an int >= 1, got True"):
         SqliteSink(db, flush_every=True)
 
@@ -699,7 +705,9 @@ def test_sqlite_usage_filters_by_time_and_phase_and_sorts_newest_first(db: Path)
         assert [r.input_tokens for r in sink.read_usage(since=since, until=until)] == [1001, 1002]
         assert sink.read_usage(phase="review") == []
         assert len(sink.read_usage(phase="draft")) == 4
-        assert len(sink.read_events(phase="draft")) == 0
+        sink.write_event(event(i=9))  # phase "draft"
+        assert sink.read_events(phase="review") == []
+        assert len(sink.read_events(phase="draft")) == 1
 
 
 @pytest.mark.parametrize(
@@ -794,3 +802,44 @@ def test_an_events_row_whose_data_is_no_object_reads_as_empty_data(db: Path, dat
     with SqliteReader(db) as reader:
         (stored,) = reader.read_events()
     assert (stored.name, stored.data, stored.timestamp) == ("x", {}, T0)
+
+
+def test_sqlite_writes_on_a_background_thread_by_default(db: Path) -> None:
+    flushed_on: list[str] = []
+    written = threading.Event()
+
+    def heard(size: int) -> None:
+        flushed_on.append(threading.current_thread().name)
+        written.set()
+
+    with SqliteSink(db, flush_every=1, on_flush=heard) as sink:
+        sink.write_event(event(i=1))
+        assert written.wait(CHILD_TIMEOUT)
+    assert flushed_on == ["techrevati-SqliteSink-flusher"]
+
+
+def test_the_model_column_holds_only_a_textual_model(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=1, data={"model": 5}))
+        sink.write_event(event(i=2, data={"model": "5"}))
+        assert [e.data["model"] for e in sink.read_events(model="5")] == ["5"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT model FROM events ORDER BY id").fetchall() == [(None,), ("5",)]
+
+
+def test_stored_times_are_utc_whatever_the_local_time_zone(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "UTC-05:30")
+    time.tzset()
+    try:
+        with SqliteSink(db) as sink:
+            sink.write_event(event(at=T0))
+        with sqlite3.connect(db) as conn:
+            (ts,) = conn.execute("SELECT ts FROM events").fetchone()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert ts == "2026-01-01T12:00:00.000000+00:00"
