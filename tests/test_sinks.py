@@ -929,3 +929,44 @@ def test_a_drop_is_logged_once_when_it_happens_not_again_when_the_buffer_is_mere
     assert sink.dropped == 1
     sink.close()
     assert [r.data["i"] for r in read_jsonl(path)] == [1, 2, 3, 4, 5, 6]  # type: ignore[union-attr]
+
+
+def test_drops_are_logged_at_the_first_and_every_thousandth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock
+) -> None:
+    path = tmp_path / "many-drops.jsonl"
+    sink = JsonlSink(path, flush_every=1, max_pending=1, background=False, clock=fake_clock)
+
+    class Drops(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "sink.dropped":
+                self.records.append(record)
+
+    def refuse(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(5, "I/O error")
+
+    drops = Drops()
+    logger = logging.getLogger("techrevati.runtime.sinks")
+    logger.addHandler(drops)
+    monkeypatch.setattr(logger, "propagate", False)  # 2000 failed flushes: keep only the drops
+    monkeypatch.setattr(os, "write", refuse)
+    try:
+        with pytest.raises(SinkWriteError):
+            sink.write_event(event(i=0))
+        for i in range(1, 2002):
+            with pytest.raises(SinkWriteError):
+                sink.write_event(event(i=i))  # each write drops the oldest
+    finally:
+        logger.removeHandler(drops)
+        monkeypatch.undo()
+    assert sink.dropped == 2001
+    assert [(r.dropped, r.sink, r.path) for r in drops.records] == [  # type: ignore[attr-defined]
+        (n, "JsonlSink", str(path)) for n in (1, 1000, 2000)
+    ]
+    assert [r.levelno for r in drops.records] == [logging.WARNING] * 3
+    sink.close()
+    assert [r.data["i"] for r in read_jsonl(path)] == [2001]  # type: ignore[union-attr]
