@@ -223,3 +223,13 @@ def test_concurrent_registration_is_safe() -> None:
     assert all(has_pricing(f"m{i}-{j}") for i in range(4) for j in range(200))
     assert pricing is not None
     assert pricing.output_per_million == 199
+
+
+def test_the_turn_engines_cost_lookup_is_zero_for_an_unpriced_model() -> None:
+    from techrevati.runtime.pricing import _cost_femto
+
+    price_model("m", "3", "15")
+    usage = UsageSnapshot(input_tokens=1_000, output_tokens=100)
+    assert _cost_femto(" m ", usage) == 4_500_000_000_000  # $0.0045
+    assert _cost_femto("mystery", usage) == 0
+    assert _cost_femto("mystery", UsageSnapshot.ZERO) == 0

@@ -462,10 +462,23 @@ def test_is_over_budget_means_strictly_greater() -> None:
     assert tracker.is_over_budget(0) is True
 
 
-@pytest.mark.parametrize("bad", [-1, "nan", True, "1e-16"])
-def test_is_over_budget_validates_its_argument(bad: object) -> None:
-    with pytest.raises(InvalidValueError, match="budget_usd"):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (-1, "budget_usd must be finite and >= 0, got -1"),
+        ("nan", "budget_usd must be finite and >= 0, got 'nan'"),
+        (True, "budget_usd must be a number, not a bool, got True"),
+        (
+            "1e-16",
+            "budget_usd has more precision than 1e-15 USD can hold exactly, "
+            "got 0.0000000000000001 (refusing to round it)",
+        ),
+    ],
+)
+def test_is_over_budget_validates_its_argument(bad: object, message: str) -> None:
+    with pytest.raises(InvalidValueError) as info:
         UsageTracker().is_over_budget(bad)  # type: ignore[arg-type]
+    assert str(info.value) == message
 
 
 def test_empty_tracker_reports_zero() -> None:
