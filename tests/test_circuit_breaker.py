@@ -1111,6 +1111,22 @@ def test_a_clock_breaking_as_a_probe_settles_still_frees_its_slot(form: str) -> 
     assert _state(breaker) is CircuitState.CLOSED
 
 
+def test_blocks_of_different_breakers_may_close_in_any_order(clock: FakeClock) -> None:
+    first = CircuitBreaker("first", 1, clock=clock)
+    second = CircuitBreaker("second", 1, clock=clock)
+    third = CircuitBreaker("third", 1, clock=clock)
+    one, two, three = first.__enter__(), second.__enter__(), third.__enter__()
+    assert _ENTERED.get() == (one, two, three)
+    second.__exit__(None, None, None)  # the middle block closes first
+    assert _ENTERED.get() == (one, three)
+    first.__exit__(None, None, None)  # then the outermost
+    assert _ENTERED.get() == (three,)
+    third.__exit__(ConnectionError, ConnectionError("down"), None)
+    assert _ENTERED.get() == ()
+    assert [b.metrics().successes for b in (first, second, third)] == [1, 1, 0]
+    assert _state(third) is CircuitState.OPEN
+
+
 def test_exit_without_enter_is_an_error(breaker: CircuitBreaker) -> None:
     with pytest.raises(TechrevatiError, match="__exit__ without a matching __enter__"):
         breaker.__exit__(None, None, None)
