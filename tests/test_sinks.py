@@ -517,9 +517,12 @@ def test_a_batch_is_due_after_flush_every_records_or_flush_interval_seconds(
     assert sink._due_in() == 2.0
     clock.advance(0.5)
     assert sink._due_in() == 1.5
+    sink._flush_pending(only_if_due=True)  # the thread's flush, after a flush() came first
+    assert (sink.pending, sink.written) == (1, 0)  # not due: nothing written early
     clock.advance(5.0)
     assert sink._due_in() == 0.0  # overdue is due now, never negative
-    sink.flush()
+    sink._flush_pending(only_if_due=True)
+    assert (sink.pending, sink.written) == (0, 1)
     real_write = os.write
 
     def refuse(fd: int, data: bytes | memoryview) -> int:
@@ -611,11 +614,12 @@ def test_after_a_failed_batch_the_flusher_thread_waits_flush_interval_before_ret
     sink = JsonlSink(path, flush_every=1, flush_interval=3600.0, clock=clock, on_flush=heard)
     try:
         sink.write_event(event(i=0))
-        # the thread: is it due (1 call), the failed batch's retry time (2), how long to pause (3)
-        clock.wait_for_flusher(3)
+        # the thread: is it due (1 call), still due once it holds the lock (2), the failed
+        # batch's retry time (3), how long to pause (4)
+        clock.wait_for_flusher(4)
         assert len(attempts) == 1
         sink.write_event(event(i=1))  # due by size, but the pause after the failure holds
-        clock.wait_for_flusher(4)  # the thread woke, looked at the clock, and waits on
+        clock.wait_for_flusher(5)  # the thread woke, looked at the clock, and waits on
         assert len(attempts) == 1
         assert sink.failed_flushes == 1
         disk_full = False

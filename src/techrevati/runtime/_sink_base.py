@@ -298,12 +298,13 @@ class BufferedSink(ClosesOnExit):
                 if self._closed:
                     return  # close() writes what is left on its own thread
             with suppress(SinkWriteError):  # logged and counted; retried after flush_interval
-                self._flush_pending()
+                self._flush_pending(only_if_due=True)
 
-    def _flush_pending(self) -> None:
+    def _flush_pending(self, *, only_if_due: bool = False) -> None:
         with self._io_lock:
             with self._cond:
-                if not self._buffer:
+                # The thread decided before it held the lock: a flush() may have come first.
+                if not self._buffer or (only_if_due and self._due_in() != 0.0):
                     return
                 batch = list(self._buffer)
                 self._buffer.clear()
