@@ -843,3 +843,31 @@ def test_stored_times_are_utc_whatever_the_local_time_zone(
         monkeypatch.undo()
         time.tzset()
     assert ts == "2026-01-01T12:00:00.000000+00:00"
+
+
+def test_a_version_2_database_gains_one_hour_cache_writes_on_open(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_usage(usage(1))
+    with sqlite3.connect(db) as conn:  # what a version 2 file looks like
+        conn.execute("ALTER TABLE usage DROP COLUMN cache_write_1h_tokens")
+        conn.execute("PRAGMA user_version = 2")
+    with pytest.raises(SchemaError, match=r"schema version 2, this reader needs 3"):
+        SqliteReader(db)
+    with caplog.at_level(logging.INFO, logger="techrevati.runtime.sinks"):
+        sink = SqliteSink(db)
+    migrated = [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"]
+    assert [(r.from_version, r.to_version) for r in migrated] == [(2, 3)]  # type: ignore[attr-defined]
+    with sink:
+        sink.write_usage(
+            UsageRecord(model="m", input_tokens=10, cache_write_tokens=8, cache_write_1h_tokens=5)
+        )
+        old, new = sink.read_usage()
+    assert old == usage(1)  # an old row reads as no one-hour writes
+    assert old.cache_write_1h_tokens == 0
+    assert (new.cache_write_tokens, new.cache_write_1h_tokens) == (8, 5)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    with SqliteReader(db) as reader:
+        assert len(reader.read_usage()) == 2
