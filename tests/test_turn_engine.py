@@ -1837,6 +1837,11 @@ TURN_ARGUMENT_ERRORS: list[tuple[str, object, str]] = [
         ["ok", "  "],
         "fallback_models must hold non-empty str model names, got '  ' in ['ok', '  ']",
     ),
+    (
+        "fallback_models",
+        b"ab",
+        "fallback_models must be a sequence of model names (a list, not a str), got b'ab'",
+    ),
     ("timeout", 0, "timeout must be None or a number of seconds > 0 and <= 9.22337e+09, got 0"),
     ("model", 5, "model must be a str, got 5"),
     ("estimate", 5, "estimate must be a UsageSnapshot or None, got 5"),
@@ -1989,3 +1994,53 @@ def test_a_call_that_outlives_its_cancelled_caller_and_then_fails_is_logged(
     assert len(late) == 1
     assert late[0].exc_info is not None
     assert str(late[0].exc_info[1]) == "failed after the caller left"
+
+
+def test_a_turn_without_a_model_is_recorded_under_the_unnamed_model() -> None:
+    from techrevati.runtime.orchestrator import UNNAMED_MODEL
+
+    seen: list[str] = []
+
+    def fn(model: str) -> str:
+        seen.append(model)
+        return "ok"
+
+    with _orch().session() as session:
+        session.run_turn(fn, usage=USAGE)
+    assert seen == [UNNAMED_MODEL] == ["unnamed-model"]
+    (completed,) = [e for e in session.events() if e.name == EventName.TURN_COMPLETED]
+    assert completed.data["model"] == "unnamed-model"
+    assert list(session.tracker.per_model_summary()) == ["unnamed-model"]
+
+
+def test_a_cancellation_is_never_retried_even_under_a_policy() -> None:
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    policy = RetryPolicy(max_attempts=5, sleep=_no_sync_sleep)
+    with pytest.raises(KeyboardInterrupt), _orch(retry=policy).session() as session:
+        session.run_turn(fn, model="m", usage=USAGE)
+    assert calls == [1]
+    assert session.summary()["failures"] == {"cancelled": 1}
+    assert session.summary()["recovery"]["retries"] == 0  # type: ignore[index]
+
+
+def test_a_shared_budget_counts_the_tokens_and_requests_of_each_turn() -> None:
+    budget = Budget(max_usd="10", max_total_tokens=100_000, max_requests=10)
+    with _orch(budget=budget).session() as session:
+        held: list[int] = []
+
+        def fn() -> str:
+            held.append(budget.reserved_tokens)
+            return "ok"
+
+        session.run_turn(
+            fn, model="m", estimate=UsageSnapshot(input_tokens=400, output_tokens=50), usage=USAGE
+        )
+        session.run_turn(fn, model="m", usage=USAGE)
+    assert held[0] == 450  # the estimate's tokens, held while the call runs
+    assert (budget.spent_tokens, budget.requests, budget.reserved_tokens) == (2200, 2, 0)
+    assert budget.spent_usd == COST * 2
