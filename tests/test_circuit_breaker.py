@@ -1075,10 +1075,13 @@ def test_a_clock_breaking_as_a_probe_is_admitted_gives_the_lease_back(form: str)
     assert _state(breaker) is CircuitState.CLOSED
 
 
-@pytest.mark.parametrize("form", ["record_success", "record_failure", "with", "async with"])
+@pytest.mark.parametrize(
+    "form", ["record_success", "record_failure", "record_ignored", "with", "async with"]
+)
 def test_a_clock_breaking_as_a_probe_settles_still_frees_its_slot(form: str) -> None:
     clock = BreakingClock()
-    window = SlidingWindow(size=1, minimum_calls=1, slow_call_duration_seconds=1.0)
+    # A time window reads the clock on every settlement, even an ignored one.
+    window = SlidingWindow(kind="time", size=10, minimum_calls=1, slow_call_duration_seconds=1.0)
     breaker = CircuitBreaker("api", recovery_timeout_seconds=5, window=window, clock=clock)
     _trip(breaker, 1)
     clock.advance(5)
@@ -1097,6 +1100,7 @@ def test_a_clock_breaking_as_a_probe_settles_still_frees_its_slot(form: str) -> 
     settle: Callable[[], object] = {
         "record_success": permit.record_success,
         "record_failure": lambda: permit.record_failure(ConnectionError("down")),
+        "record_ignored": permit.record_ignored,
         "with": settle_in_with,
         "async with": lambda: asyncio.run(settle_in_async_with()),
     }[form]
@@ -1245,11 +1249,60 @@ def test_permit_record_failure_applies_the_predicate(breaker: CircuitBreaker) ->
     assert (metrics.ignored, metrics.failures) == (1, 2)
 
 
-def test_permit_rejects_a_bad_duration(breaker: CircuitBreaker) -> None:
+@pytest.mark.parametrize("bad", [-1, math.nan, "1", True])
+def test_permit_rejects_a_bad_duration_and_stays_unsettled(
+    breaker: CircuitBreaker, bad: object
+) -> None:
     permit = breaker.acquire()
-    with pytest.raises(InvalidValueError, match="duration must be a number >= 0 or None, got -1"):
-        permit.record_success(duration=-1)
-    assert not permit.settled
+    message = f"duration must be a number >= 0 or None, got {bad!r}"
+    settlements: list[Callable[[object], object]] = [
+        permit.record_success,  # type: ignore[list-item]
+        lambda duration: permit.record_failure(None, duration),  # type: ignore[arg-type]
+    ]
+    for settle in settlements:
+        with pytest.raises(InvalidValueError) as caught:
+            settle(bad)
+        assert str(caught.value) == message
+        assert not permit.settled
+    assert permit.record_failure(ConnectionError("down"), duration=0.0)
+    assert breaker.metrics().failures == 1
+
+
+def test_a_given_duration_decides_whether_a_settled_call_was_slow(clock: FakeClock) -> None:
+    window = SlidingWindow(size=4, minimum_calls=4, slow_call_duration_seconds=2.0)
+    breaker = CircuitBreaker("api", window=window, clock=clock)
+
+    def slow_calls() -> int:
+        return breaker.metrics().window_slow_calls
+
+    breaker.acquire().record_failure(ConnectionError("down"), duration=2.0)
+    assert slow_calls() == 1
+    breaker.acquire().record_failure(ConnectionError("down"), duration=1.9)
+    assert slow_calls() == 1
+    breaker.acquire().record_success(duration=5.0)
+    assert slow_calls() == 2
+    late = breaker.acquire()
+    clock.advance(10.0)  # the time since the grant is ignored when a duration is given
+    late.record_failure(ConnectionError("down"), duration=0.0)
+    metrics = breaker.metrics()
+    assert (metrics.window_calls, metrics.window_failures, metrics.window_slow_calls) == (4, 3, 2)
+
+
+@pytest.mark.parametrize("form", ["try_acquire", "acquire"])
+def test_permits_of_the_fast_path_count_toward_the_streak(
+    breaker: CircuitBreaker, form: str
+) -> None:
+    get = breaker.acquire if form == "acquire" else breaker.try_acquire
+    for _ in range(2):
+        permit = get()
+        assert permit is not None
+        assert permit.record_failure(ConnectionError("down"))
+    assert breaker.metrics().consecutive_failures == 2
+    assert _state(breaker) is CircuitState.CLOSED
+    permit = get()
+    assert permit is not None
+    assert permit.record_failure(ConnectionError("down"))
+    assert _state(breaker) is CircuitState.OPEN
 
 
 def test_permit_as_context_manager_settles_itself(breaker: CircuitBreaker) -> None:
