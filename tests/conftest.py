@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import anthropic
     import openai
 
+    from techrevati.runtime.events import AgentEvent, UsageRecord
     from techrevati.runtime.pricing import ModelPricing
 
 
@@ -121,6 +122,20 @@ class FakeClock:
         """The async twin of :meth:`sleep`; it yields to the loop once, as a real sleep would."""
         self.sleep(seconds)
         await asyncio.sleep(0)
+
+
+class CollectingSink:
+    """An event and usage sink that keeps every record it is given, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[AgentEvent] = []
+        self.usage: list[UsageRecord] = []
+
+    def write_event(self, event: AgentEvent) -> None:
+        self.events.append(event)
+
+    def write_usage(self, record: UsageRecord) -> None:
+        self.usage.append(record)
 
 
 @pytest.fixture

@@ -165,6 +165,7 @@ USAGE = [
         inp=2000,
         out=0,
         cache_write_tokens=300,
+        cache_write_1h_tokens=120,
     ),
     use(
         "s3",
@@ -221,14 +222,15 @@ day         turns  cost_usd
 2026-01-03      2      0.30
 
 Tokens by kind
-kind                tokens
-------------------  ------
-input_tokens         13900
-output_tokens         3350
-cache_read_tokens      100
-cache_write_tokens     300
-reasoning_tokens        50
-total_tokens         17250
+kind                   tokens
+---------------------  ------
+input_tokens            13900
+output_tokens            3350
+cache_read_tokens         100
+cache_write_tokens        300
+cache_write_1h_tokens     120
+reasoning_tokens           50
+total_tokens            17250
 
 Failures by class
 failure_class      turns  tools  sessions  other
@@ -319,6 +321,7 @@ def test_report_json_is_one_object_with_costs_as_decimal_strings(
         "output_tokens": 3350,
         "cache_read_tokens": 100,
         "cache_write_tokens": 300,
+        "cache_write_1h_tokens": 120,
         "reasoning_tokens": 50,
         "total_tokens": 17250,
     }

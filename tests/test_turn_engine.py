@@ -865,6 +865,7 @@ def _completed(attempt: int, model: str = "m", duration: float = 0.0) -> dict[st
         "output_tokens": 100,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
         "reasoning_tokens": 0,
         "cost_usd": "0.0045",
         "usage_unknown": False,

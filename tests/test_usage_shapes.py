@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import copy
 import dataclasses
+import decimal
 import json
 import pickle
 import re
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import anthropic.types as anthropic_types
 import botocore.parsers
@@ -35,7 +37,7 @@ from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import UsageRecord
 from techrevati.runtime.pricing import LongContextTier, ModelPricing, _femto, register_pricing
 from techrevati.runtime.usage import UsageParseError, UsageSnapshot, UsageTracker
-from tests.conftest import examples
+from tests.conftest import CollectingSink, examples
 from tests.scripted_server import ScriptedServer, reply
 
 pytestmark = pytest.mark.usefixtures("empty_pricing")
@@ -332,6 +334,33 @@ def test_anthropic_message_carries_the_one_hour_split() -> None:
     expected = UsageSnapshot(3004, 7, 0, 3000, 0, 2000)
     assert UsageSnapshot.from_response(_message(usage)) == expected
     assert UsageSnapshot.from_response({"usage": usage}) == expected
+
+
+def test_a_sessions_turn_event_and_usage_record_carry_the_one_hour_writes() -> None:
+    from techrevati.runtime import EventName, Orchestrator
+
+    usage = {
+        "input_tokens": 4,
+        "output_tokens": 7,
+        "cache_creation_input_tokens": 3000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000},
+    }
+    register_pricing(
+        "claude",
+        ModelPricing("3", "15", cache_write_per_million="3.75", cache_write_1h_per_million="6"),
+    )
+    memory = CollectingSink()
+    orch = Orchestrator(role="writer", phase="draft", sinks=[memory])
+    with orch.session() as session:
+        session.run_turn(lambda: _message(usage), model="claude")
+    (completed,) = [e for e in memory.events if e.name == EventName.TURN_COMPLETED]
+    assert completed.data["cache_write_tokens"] == 3000
+    assert completed.data["cache_write_1h_tokens"] == 2000
+    # 4 input tokens at $3/M, 1000 five-minute writes at $3.75/M, 2000 one-hour writes at
+    # $6/M and 7 output tokens at $15/M
+    assert completed.data["cost_usd"] == "0.015867"
+    (record,) = memory.usage
+    assert record.cache_write_1h_tokens == 2000
 
 
 def test_anthropic_split_without_a_total_is_the_total() -> None:
@@ -782,6 +811,16 @@ def test_fast_path_bad_model_names_are_typed_errors(bad: object) -> None:
         tracker.record_turn("m", {"prompt_tokens": 1})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("fake", [mock.Mock(), mock.MagicMock(), mock.Mock(_counts=(1, 2))])
+def test_fast_path_mocks_are_not_snapshots(fake: object) -> None:
+    register_pricing("m", ModelPricing("3", "15"))
+    tracker = UsageTracker()
+    tracker.record_turn("m", UsageSnapshot(1))
+    with pytest.raises(InvalidValueError, match="usage must be a UsageSnapshot"):
+        tracker.record_turn("m", fake)  # type: ignore[arg-type]
+    assert tracker.turns == 1
+
+
 @pytest.mark.parametrize(
     "has_fee",
     [
@@ -815,7 +854,7 @@ def test_memory_stays_bounded_when_nobody_reads() -> None:
     tracker = UsageTracker()
     for _ in range(10 * usage_module._FOLD_AT + 7):
         tracker.record_turn("m", UsageSnapshot(1, 1))
-        assert len(tracker._fast["m"].pending) < usage_module._FOLD_AT
+        assert len(tracker._fast["m"][1].pending) < usage_module._FOLD_AT
     assert tracker.turns == 10 * usage_module._FOLD_AT + 7
 
 
@@ -870,6 +909,125 @@ def test_readers_see_whole_turns_while_eight_threads_record() -> None:
     for turns, inp, cost in seen:
         # A summary never shows part of a turn: tokens and money agree with the count.
         assert (inp, Decimal(cost)) == (turns * 1000, each * turns)
+
+
+def test_plain_and_cached_turns_fold_exactly_whatever_their_size() -> None:
+    register_pricing("m", ModelPricing("3", "15"))
+    tracker = UsageTracker()
+    big = 2**70
+    plain, cached = UsageSnapshot(big, big // 3), UsageSnapshot(big, big, big // 2, big // 4, 7, 3)
+    small = UsageSnapshot(9, 8, 0, 0, 1)
+    turns = [plain, cached] * 300 + [small] * 300 + [plain] * 7 + [cached] * 11
+    costs = [tracker.record_turn("m", usage) for usage in turns]
+    assert [c.cost_femto_usd for c in costs] == [_femto(ModelPricing("3", "15"), u) for u in turns]
+    assert tracker.total_usage() == sum(turns, UsageSnapshot.ZERO)
+    assert tracker.turns == len(turns)
+    femto = sum(c.cost_femto_usd for c in costs)
+    assert tracker.total_cost() == Decimal(femto).scaleb(-15, decimal.Context(prec=60))
+
+
+def test_unregistering_clearing_and_loading_a_file_reprice_the_next_turn(tmp_path: Path) -> None:
+    from techrevati.runtime.pricing import clear_pricing, load_pricing_from_file
+    from techrevati.runtime.usage import unregister_pricing
+
+    usage = UsageSnapshot(MILLION)
+    tracker = UsageTracker()
+
+    def priced_twice() -> list[Decimal]:
+        return [tracker.record_turn("m", usage).cost_usd for _ in range(2)]
+
+    register_pricing("m", ModelPricing("1", "1"))
+    assert priced_twice() == [1, 1]
+    assert unregister_pricing("m")
+    assert [tracker.record_turn("m", usage).priced for _ in range(2)] == [False, False]
+    register_pricing("m", ModelPricing("2", "1"))
+    assert priced_twice() == [2, 2]
+    clear_pricing()
+    assert [tracker.record_turn("m", usage).priced for _ in range(2)] == [False, False]
+    register_pricing("m", ModelPricing("2", "1"))
+    assert priced_twice() == [2, 2]
+    path = tmp_path / "prices.json"
+    path.write_text('{"models": {"m": {"input_per_million": 5, "output_per_million": 1}}}')
+    load_pricing_from_file(path)
+    assert priced_twice() == [5, 5]
+    assert tracker.total_cost() == 20  # 1 + 1, 2 + 2, 2 + 2, 5 + 5
+
+
+def test_trackers_share_one_hot_rates_per_registration() -> None:
+    from techrevati.runtime.pricing import _HOT
+
+    register_pricing("m", ModelPricing("3", "15"))
+    first, second = UsageTracker(), UsageTracker()
+    first.record_turn("m", UsageSnapshot(1))
+    second.record_turn("m", UsageSnapshot(1))
+    hot = _HOT["m"]
+    assert first._fast["m"][0] is hot
+    assert second._fast["m"][0] is hot
+    register_pricing("m", ModelPricing("3", "15"))
+    assert "m" not in _HOT
+    assert (hot.threshold, hot.ceiling) == (-1, -1)  # retired: the next turn looks again
+    assert first.record_turn("m", UsageSnapshot(MILLION)).cost_usd == 3
+    assert first._fast["m"][0] is _HOT["m"] is not hot
+
+
+def test_no_hot_rates_for_a_pricing_replaced_since_it_was_looked_up() -> None:
+    old = ModelPricing("1", "1")
+    register_pricing("m", old)
+    register_pricing("m", ModelPricing("2", "1"))
+    assert usage_module._hot_rates("m", old) is None
+    unregister = usage_module.unregister_pricing
+    unregister("m")
+    assert usage_module._hot_rates("m", old) is None
+
+
+def test_retiring_lowers_the_ceiling_before_the_threshold() -> None:
+    # A turn that read the old threshold must then read a ceiling of the old pricing or -1,
+    # never pass a lowered threshold and find the old ceiling (it would take the tier's rates).
+    from techrevati.runtime.pricing import _HotRates
+
+    order: list[str] = []
+
+    class Recorded(_HotRates):
+        __slots__ = ()
+
+        def __setattr__(self, name: str, value: object) -> None:
+            order.append(name)
+            super().__setattr__(name, value)
+
+    hot = Recorded(ModelPricing("1", "1"), None)
+    assert (hot.threshold, hot.ceiling) == (-1, -1)  # no plan: every turn is slow
+    order.clear()
+    hot.retire()
+    assert order == ["ceiling", "threshold"]
+
+
+def test_turns_racing_re_registration_cost_one_pricing_or_the_other() -> None:
+    cheap, dear = ModelPricing("1", "1"), TIERED
+    register_pricing("m", cheap)
+    tracker = UsageTracker()
+    usages = [UsageSnapshot(150_000, 10, 5, 5), UsageSnapshot(250_000, 10, 5, 5)]
+    allowed = {u: {_femto(cheap, u), _femto(dear, u)} for u in usages}
+    start = threading.Barrier(5)
+    costs: list[list[usage_module.TurnCost]] = [[] for _ in range(4)]
+
+    def record(out: list[usage_module.TurnCost]) -> None:
+        start.wait()
+        for turn in range(5000):
+            out.append(tracker.record_turn("m", usages[turn % 2]))
+
+    threads = [threading.Thread(target=record, args=(out,)) for out in costs]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    while any(thread.is_alive() for thread in threads):
+        register_pricing("m", dear)
+        register_pricing("m", cheap)
+    for thread in threads:
+        thread.join()
+    recorded = [cost for out in costs for cost in out]
+    assert all(c.cost_femto_usd in allowed[c.usage] for c in recorded)
+    assert tracker.turns == 20_000
+    assert tracker.total_cost() == sum((c.cost_usd for c in recorded), Decimal(0))
 
 
 # -- durable records: JSONL and SQLite keep the one-hour writes; old files read as 0 -----------

@@ -199,6 +199,7 @@ class _SessionCore:
                 "output_tokens": usage.output_tokens,
                 "cache_read_tokens": usage.cache_read_tokens,
                 "cache_write_tokens": usage.cache_write_tokens,
+                "cache_write_1h_tokens": usage.cache_write_1h_tokens,
                 "reasoning_tokens": usage.reasoning_tokens,
                 "cost_usd": usd_text(femto),
                 "usage_unknown": flagged,

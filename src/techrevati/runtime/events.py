@@ -65,7 +65,8 @@ class EventName(StrEnum):
     ``data`` keys used with them: ``model``, ``duration_seconds``, ``attempt``,
     ``tool``, ``error_type``, ``cost_usd`` (a decimal string), ``input_tokens``,
     ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
-    ``reasoning_tokens``, ``breaker``, ``from_state``, ``to_state``, ``reason``;
+    ``cache_write_1h_tokens``, ``reasoning_tokens``, ``breaker``, ``from_state``,
+    ``to_state``, ``reason``;
     a streamed turn's ``turn.completed`` adds ``time_to_first_token_seconds``,
     ``chunks`` and ``abandoned``, and a ``turn.failed`` after its first chunk
     ``time_to_first_token_seconds``, ``chunks`` and ``usage_unknown``.

@@ -69,6 +69,7 @@ _TOKEN_ATTRIBUTES: Final = (
     ("output_tokens", "gen_ai.usage.output_tokens"),
     ("cache_read_tokens", "gen_ai.usage.cache_read.input_tokens"),
     ("cache_write_tokens", "gen_ai.usage.cache_creation.input_tokens"),
+    ("cache_write_1h_tokens", "techrevati.usage.cache_creation_1h.input_tokens"),
     ("reasoning_tokens", "gen_ai.usage.reasoning.output_tokens"),
 )
 

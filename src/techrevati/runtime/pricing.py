@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
@@ -222,6 +223,56 @@ _WARNED: set[str] = set()
 _REGISTRY_LOCK: Final = threading.Lock()
 
 
+class _HotRates:
+    """What a tracker's hot path reads to price turns of one registered name, with no lookup.
+
+    Made by ``usage`` from the name's current pricing (``pricing``) the first
+    time a tracker records a turn of it, and shared by every tracker. Turns
+    with ``input_tokens`` up to ``threshold`` are priced with ``base``, those
+    above it and up to ``ceiling`` with ``tier`` (six small ints each, times
+    ``scale``: see ``usage._plan_for``); any other turn takes the slow path.
+    When the name's registration changes, :meth:`retire` sets both limits to
+    -1, so every later turn takes the slow path, which looks the name up again.
+    """
+
+    __slots__ = ("base", "ceiling", "pricing", "scale", "threshold", "tier")
+
+    def __init__(
+        self,
+        pricing: ModelPricing,
+        plan: tuple[int, int, tuple[int, ...], tuple[int, ...], int] | None,
+    ) -> None:
+        self.pricing = pricing
+        if plan is None:  # no plan could be read: born retired
+            plan = (-1, -1, (0,) * 6, (0,) * 6, 0)
+        self.threshold, self.ceiling, self.base, self.tier, self.scale = plan
+
+    def retire(self) -> None:
+        """Send every later turn to the slow path (the caller holds _REGISTRY_LOCK).
+
+        The ceiling goes first: a turn that read the old threshold still
+        compares against a ceiling of the same pricing, or of none.
+        """
+        self.ceiling = -1
+        self.threshold = -1
+
+
+_HOT: dict[str, _HotRates] = {}
+"""Registered name -> the hot rates of its current pricing, once a turn needed them.
+
+Written under _REGISTRY_LOCK; an entry is retired and dropped whenever its
+name is registered again, unregistered or cleared.
+"""
+
+
+def _retire(names: Iterable[str]) -> None:
+    """Retire the hot rates of ``names`` (the caller holds _REGISTRY_LOCK)."""
+    for name in names:
+        hot = _HOT.pop(name, None)
+        if hot is not None:
+            hot.retire()
+
+
 def register_pricing(model: str, pricing: ModelPricing) -> None:
     """Register (or replace) the pricing of ``model``; thread-safe, last one wins.
 
@@ -233,6 +284,7 @@ def register_pricing(model: str, pricing: ModelPricing) -> None:
         raise InvalidValueError(f"pricing must be a ModelPricing, got {pricing!r}")
     with _REGISTRY_LOCK:
         _PRICES[name] = pricing
+        _retire((name,))
 
 
 def has_pricing(model: str) -> bool:
@@ -249,6 +301,7 @@ def unregister_pricing(model: str) -> bool:
     """Forget the pricing of ``model``; return whether it had one."""
     name = _model_name(model)
     with _REGISTRY_LOCK:
+        _retire((name,))
         return _PRICES.pop(name, None) is not None
 
 
@@ -258,6 +311,7 @@ def clear_pricing() -> None:
     Meant for tests; the registry starts empty.
     """
     with _REGISTRY_LOCK:
+        _retire(list(_HOT))
         _PRICES.clear()
         _WARNED.clear()
 
@@ -298,6 +352,7 @@ def load_pricing_from_file(path: str | os.PathLike[str], *, strict: bool = False
     parsed = read_pricing_file(where, strict=strict)
     with _REGISTRY_LOCK:
         _PRICES.update(parsed)
+        _retire(parsed)
     return list(parsed)
 
 

@@ -54,6 +54,7 @@ _TOKEN_KINDS: Final = (
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "reasoning_tokens",
 )
 _FAILURE_COLUMN: Final = {

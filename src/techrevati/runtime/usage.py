@@ -17,7 +17,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, cast
 
 from techrevati.runtime._money import (
@@ -31,13 +30,16 @@ from techrevati.runtime._money import (
 from techrevati.runtime._usage_shapes import usage_fields
 from techrevati.runtime.errors import InvalidValueError, UsageParseError
 from techrevati.runtime.pricing import (
+    _HOT,
     _PRICES,
+    _REGISTRY_LOCK,
     LOGGER_NAME,
     LONG_CONTEXT_LITELLM_UNIT,
     LongContextTier,
     ModelPricing,
     PricingFileError,
     _femto,
+    _HotRates,
     _lookup,
     _model_name,
     clear_pricing,
@@ -109,8 +111,7 @@ _Counts = tuple[int, int, int, int, int, int]
 class _CountsSlot:
     """A hidden slot for :class:`UsageSnapshot`'s counts as one tuple (not a dataclass field).
 
-    Set once when a snapshot is made; the tracker's hot path reads it in one
-    step, and folds many turns' tuples with C-level ``zip``/``sum``.
+    Set once when a snapshot is made; the tracker's hot path reads it in one step.
     """
 
     __slots__ = ("_counts",)
@@ -269,12 +270,13 @@ _FOLD_AT: Final = 256
 class _ModelTotals:
     """Running sums for one model inside a tracker (guarded by the tracker's lock).
 
-    ``pending`` holds the ``TurnCost`` of fast-path turns not yet added to the
-    sums: appending to a list is atomic, so the hot path takes no lock, and
-    :func:`_fold` adds the list in one locked step before any sum is read.
+    ``pending`` and ``pending_parts`` hold the fast-path turns not yet added
+    to the sums (see :func:`_fold`): appending to a list is atomic, so the hot
+    path takes no lock, and :func:`_fold` adds the lists in one locked step
+    before any sum is read.
     """
 
-    __slots__ = ("counts", "femto", "name", "pending", "turns", "unpriced_turns")
+    __slots__ = ("counts", "femto", "name", "pending", "pending_parts", "turns", "unpriced_turns")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -282,44 +284,8 @@ class _ModelTotals:
         self.counts: _Counts = (0, 0, 0, 0, 0, 0)
         self.femto = 0
         self.unpriced_turns = 0
-        self.pending: list[TurnCost] = []
-
-
-class _Rates:
-    """What the hot path needs to price one spelling of a model with no call and no lock.
-
-    The fields of a :class:`_Plan` read off ``built_for`` (the registered
-    :class:`ModelPricing` object), flattened into slots, and where the turns go.
-    ``pricing`` is ``built_for``, or None when no plan could be read (every
-    turn then takes the slow path).
-    """
-
-    __slots__ = (
-        "base",
-        "built_for",
-        "ceiling",
-        "pending",
-        "pricing",
-        "scale",
-        "threshold",
-        "tier",
-        "totals",
-    )
-
-    def __init__(self, pricing: ModelPricing) -> None:
-        plan = _plan_of(pricing)
-        self.built_for = pricing
-        self.pricing = None if plan is None else pricing
-        self.threshold, self.ceiling, self.base, self.tier, self.scale = plan or _NO_PLAN
-
-    def attach(self, totals: _ModelTotals) -> _Rates:
-        """Point these rates at the totals (and pending list) their turns go to; return self."""
-        self.totals = totals
-        self.pending = totals.pending
-        return self
-
-
-_NO_PLAN: Final = (0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0), 0)
+        self.pending: list[tuple[int, ...]] = []  # (input, output, femto-dollars)
+        self.pending_parts: list[tuple[int, ...]] = []  # (*six counts, femto-dollars)
 
 
 class UsageTracker:
@@ -349,8 +315,8 @@ class UsageTracker:
         # Every spelling of a model name seen -> its totals; and stripped name -> totals.
         self._by_key: dict[str, _ModelTotals] = {}
         self._by_name: dict[str, _ModelTotals] = {}
-        # A registered name as spelt in the registry -> its rates (written under the lock).
-        self._fast: dict[str, _Rates] = {}
+        # A registered name as spelt in the registry -> its rates and totals (under the lock).
+        self._fast: dict[str, tuple[_HotRates, _ModelTotals]] = {}
 
     @property
     def budget(self) -> Budget | None:
@@ -364,38 +330,39 @@ class UsageTracker:
         ``usage`` not a :class:`UsageSnapshot`.
         """
         try:
-            rates = self._fast[model]
-            pricing = _PRICES[model]
-        except (KeyError, TypeError):
-            # First turn of this spelling, an unpriced model, a name to strip, or not a str.
+            rates, totals = self._fast[model]
+            inp, out, cache_read, cache_write, reasoning, one_hour = usage._counts
+        except (KeyError, TypeError, AttributeError, ValueError):
+            # First turn of this spelling, an unpriced model, a name to strip, not a str,
+            # or no snapshot (a subclass of one has the same counts, and is priced alike).
             return self._record_slow(model, usage)
-        if pricing is not rates.pricing or type(usage) is not UsageSnapshot:
-            return self._record_slow(model, usage)  # re-registered, or a subclass or no snapshot
-        inp, out, cache_read, cache_write, reasoning, one_hour = usage._counts
         if inp > rates.threshold:
-            if inp > rates.ceiling:
-                return self._record_slow(model, usage)  # a pricing with a second tier
+            if inp > rates.ceiling:  # retired (registration changed), or past a second tier
+                return self._record_slow(model, usage)
             rate_in, rate_out, extra_read, extra_write, extra_reasoning, extra_1h = rates.tier
         else:
             rate_in, rate_out, extra_read, extra_write, extra_reasoning, extra_1h = rates.base
-        femto = inp * rate_in + out * rate_out
         if cache_read or cache_write or reasoning:  # one_hour is part of cache_write
-            femto += (
-                cache_read * extra_read
+            femto = (
+                inp * rate_in
+                + out * rate_out
+                + cache_read * extra_read
                 + cache_write * extra_write
                 + reasoning * extra_reasoning
                 + one_hour * extra_1h
-            )
-        femto *= rates.scale
-        cost = _new_turn_cost(TurnCost, (model, usage, femto, True))
-        pending = rates.pending
-        pending.append(cost)  # atomic: the sums take it in at the next fold
+            ) * rates.scale
+            pending = totals.pending_parts
+            pending.append((inp, out, cache_read, cache_write, reasoning, one_hour, femto))
+        else:
+            femto = (inp * rate_in + out * rate_out) * rates.scale
+            pending = totals.pending
+            pending.append((inp, out, femto))  # atomic: the next fold adds it up
         if len(pending) >= _FOLD_AT:
             with self._lock:
-                _fold(rates.totals)
+                _fold(totals)
         if self._budget is not None:
             self._budget._add_spend(model, femto, inp + out)
-        return cost
+        return _new_turn_cost(TurnCost, (model, usage, femto, True))
 
     def cost_for_turn(self, model: str, usage: UsageSnapshot) -> Decimal:
         """Return what ``usage`` would cost for ``model`` now, without recording it."""
@@ -497,9 +464,10 @@ class UsageTracker:
         else:
             femto, rates = _femto(pricing, usage), None
             if name == model:  # only a name spelt as registered takes the fast path
-                rates = self._fast.get(model)
-                if rates is None or rates.built_for is not pricing:
-                    rates = _Rates(pricing)  # reads the rates off: slow, so outside the lock
+                fast = self._fast.get(model)
+                rates = fast[0] if fast is not None else None
+                if rates is None or rates.pricing is not pricing:
+                    rates = _hot_rates(name, pricing)
         with self._lock:
             totals = self._by_key.get(model)
             if totals is None:
@@ -510,7 +478,7 @@ class UsageTracker:
             if pricing is None:
                 totals.unpriced_turns += 1
             if rates is not None:
-                self._fast[model] = rates.attach(totals)
+                self._fast[model] = (rates, totals)
             elif model in self._fast:  # unregistered since
                 del self._fast[model]
         if self._budget is not None:
@@ -528,38 +496,47 @@ class UsageTracker:
 _Row = tuple[int, int, int, int, int, int, int, int, int]
 _NO_ROW: Final[_Row] = (0, 0, 0, 0, 0, 0, 0, 0, 0)
 _new_turn_cost: Final = tuple.__new__
-_COST_FEMTO: Final = itemgetter(2)
-_USAGE_COUNTS: Final = attrgetter("usage._counts")
 
 
 def _fold(totals: _ModelTotals) -> None:
     """Add a model's pending turns to its sums (the caller holds the tracker's lock).
 
-    Only folds remove from ``pending`` (under the lock); the hot path only
-    appends, so the first ``n`` items stay the ones copied. From the ``del`` to
-    the last assignment no call is made, so no signal handler (Ctrl-C) can run
-    between taking the turns out of the list and adding them.
+    A pending turn is a tuple: ``(input, output, femto-dollars)`` for a turn
+    with no cache or reasoning tokens, in ``pending``, and all six counts and
+    then the femto-dollars in ``pending_parts``; C-level ``zip`` and ``sum``
+    add up each column (not ``strict``: the hot path makes every tuple whole).
+    Only folds remove from the lists (under the lock); the hot path only
+    appends, so the first ``n`` items stay the ones added. From the first
+    ``del`` to the last assignment no call is made, so no signal handler
+    (Ctrl-C) can run between taking the turns out and adding them.
     """
-    pending = totals.pending
-    n = len(pending)
-    if not n:
+    plain, parts = totals.pending, totals.pending_parts
+    n, m = len(plain), len(parts)
+    if not (n or m):
         return
-    batch = pending[:n]
-    femto = sum(map(_COST_FEMTO, batch))
-    counts = _added(totals.counts, *map(_USAGE_COUNTS, batch))
-    del pending[:n]
-    totals.counts = counts
-    totals.femto += femto
-    totals.turns += n
-
-
-def _added(*counts: _Counts) -> _Counts:
-    """Return the column sums of many six-count tuples."""
-    return cast(_Counts, tuple(map(sum, zip(*counts, strict=True))))
+    inp, out, read, write, reasoning, one_hour = totals.counts
+    femto = totals.femto
+    if n:
+        plain_in, plain_out, plain_femto = map(sum, zip(*plain[:n], strict=False))
+        inp, out, femto = inp + plain_in, out + plain_out, femto + plain_femto
+    if m:
+        sums = tuple(map(sum, zip(*parts[:m], strict=False)))
+        inp, out, femto = inp + sums[0], out + sums[1], femto + sums[6]
+        read, write, reasoning, one_hour = (
+            read + sums[2],
+            write + sums[3],
+            reasoning + sums[4],
+            one_hour + sums[5],
+        )
+    del plain[:n]
+    del parts[:m]
+    totals.counts = (inp, out, read, write, reasoning, one_hour)
+    totals.femto = femto
+    totals.turns += n + m
 
 
 def _plus(a: _Counts, b: _Counts) -> _Counts:
-    """Return the sum of two six-count tuples (:func:`_added` for two, without its overhead)."""
+    """Return the sum of two six-count tuples."""
     a0, a1, a2, a3, a4, a5 = a
     b0, b1, b2, b3, b4, b5 = b
     return (a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4, a5 + b5)
@@ -601,6 +578,22 @@ def _plan_of(pricing: ModelPricing) -> _Plan | None:
         _PLANS.clear()
     _PLANS[pricing] = plan
     return plan
+
+
+def _hot_rates(name: str, pricing: ModelPricing) -> _HotRates | None:
+    """Return the shared hot rates of ``name``'s current pricing ``pricing``, made on first use.
+
+    None when ``name`` was registered again or unregistered since ``pricing``
+    was looked up (the turn is priced with ``pricing``; the next one looks again).
+    """
+    plan = _plan_of(pricing)  # slow the first time: outside the lock
+    with _REGISTRY_LOCK:
+        if _PRICES.get(name) is not pricing:
+            return None
+        hot = _HOT.get(name)
+        if hot is None:
+            hot = _HOT[name] = _HotRates(pricing, plan)
+        return hot
 
 
 def _plan_for(pricing: ModelPricing) -> _Plan | None:
