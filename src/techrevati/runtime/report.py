@@ -4,35 +4,43 @@ Point it at a database written by :class:`~techrevati.runtime.sinks.SqliteSink`
 or a file written by :class:`~techrevati.runtime.sinks.JsonlSink` (told apart
 by the SQLite header) and it prints cost by project, role, model and day,
 tokens by kind, failures by class, and the slowest and most expensive
-sessions, as aligned plain-text tables or, with ``--json``, as one JSON object
-with costs as exact decimal strings. :func:`build_report` returns the same
-figures as a :class:`Report` value for use from Python.
+sessions, as aligned plain-text tables, as one JSON object with costs as
+exact decimal strings (``--format json``), or as CSV (``--format csv``).
+Malformed rows are skipped and counted (``--strict`` refuses them instead),
+and every figure and text prints in bounded space, control characters
+escaped. :func:`build_report` returns the same figures as a :class:`Report`
+value for use from Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
+import re
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TextIO, cast
 
+from techrevati.runtime._report_rows import (
+    Malformed,
+    Record,
+    read_jsonl_rows,
+    read_sqlite_rows,
+)
+from techrevati.runtime._sessions import fold_session, is_session_event
 from techrevati.runtime._validate import int_at_least
 from techrevati.runtime.errors import InvalidValueError, ReportInputError, TechrevatiError
 from techrevati.runtime.events import AgentEvent, EventName, UsageRecord
-from techrevati.runtime.sinks import (
-    CorruptRecordError,
-    SessionRow,
-    SqliteReader,
-    read_jsonl,
-    sessions_from_events,
-)
+from techrevati.runtime.sinks import SessionRow, SqliteReader
 
 __all__ = [
     "DEFAULT_TOP",
@@ -40,6 +48,7 @@ __all__ = [
     "FailureLine",
     "Report",
     "ReportInputError",
+    "SkippedRows",
     "build_report",
     "main",
 ]
@@ -67,6 +76,18 @@ _FAILURE_COLUMN: Final = {
 }
 # A retry always follows a failed turn that is already counted.
 _NOT_A_FAILURE: Final = frozenset({EventName.TURN_RETRIED.value})
+_FORMATS: Final = ("text", "json", "csv")
+_MAX_CELL: Final = 80
+"""Text cells longer than this are cut to 77 characters and ``...`` (JSON and CSV keep them)."""
+_MAX_REASON_CELL: Final = 200
+# What a terminal or a spreadsheet would act on: C0 and C1 controls, DEL, the
+# line and paragraph separators, bidirectional overrides, and lone surrogates.
+_UNSAFE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_FORMULA_START: Final = frozenset("=+-@")
+_SUM: Final = Context(prec=60, rounding=ROUND_HALF_EVEN)
+"""Sums of costs (each below 1e15, on the 1e-15 grid) stay exact here, whatever the context."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +116,22 @@ class FailureLine:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedRows:
+    """The malformed rows of one SQLite table or one JSONL kind, and the first one's reason.
+
+    ``source`` is the table (``events``, ``usage``, ``sessions``) or the
+    line's kind (``event``, ``usage``, or ``other`` for a line that is not
+    JSON, not an object, or of no known kind); ``first_row`` is the first
+    bad row's rowid, or its line number in a JSONL file.
+    """
+
+    source: str
+    rows: int
+    first_row: int
+    first_reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Every figure the report command prints."""
 
@@ -116,6 +153,12 @@ class Report:
     slowest_sessions: tuple[SessionRow, ...]
     most_expensive_sessions: tuple[SessionRow, ...]
     top: int = DEFAULT_TOP
+    skipped: tuple[SkippedRows, ...] = ()
+
+    @property
+    def skipped_rows(self) -> int:
+        """How many rows or lines were malformed and left out of every figure."""
+        return sum(line.rows for line in self.skipped)
 
     def to_dict(self) -> dict[str, object]:
         """Return the JSON form: costs as exact decimal strings, times as ISO 8601."""
@@ -148,6 +191,15 @@ class Report:
             ],
             "slowest_sessions": [row.to_dict() for row in self.slowest_sessions],
             "most_expensive_sessions": [row.to_dict() for row in self.most_expensive_sessions],
+            "skipped": [
+                {
+                    "source": line.source,
+                    "rows": line.rows,
+                    "first_row": line.first_row,
+                    "first_reason": line.first_reason,
+                }
+                for line in self.skipped
+            ],
         }
 
     def to_text(self) -> str:
@@ -155,17 +207,37 @@ class Report:
         window = _window_text(self.since, self.until)
         unpriced = f" ({self.unpriced_turns} unpriced)" if self.unpriced_turns else ""
         parts = [
-            f"Report for {self.source} ({self.format}), {window}",
+            f"Report for {_escaped(self.source)} ({self.format}), {window}",
             f"sessions {self.sessions}  turns {self.turns}{unpriced}  "
             f"events {self.events}  cost_usd {_money(self.cost_usd)}",
         ]
+        if self.skipped:
+            parts.append(
+                _section(
+                    f"Skipped rows (malformed: {self.skipped_rows})",
+                    ["source", "rows", "first_row", "first_reason"],
+                    [
+                        [
+                            line.source,
+                            str(line.rows),
+                            str(line.first_row),
+                            _cell(line.first_reason, _MAX_REASON_CELL),
+                        ]
+                        for line in self.skipped
+                    ],
+                    numeric={1, 2},
+                )
+            )
         for title, column, lines in (
             ("Cost by project", "project", self.cost_by_project),
             ("Cost by role", "role", self.cost_by_role),
             ("Cost by model", "model", self.cost_by_model),
             ("Cost by day (UTC)", "day", self.cost_by_day),
         ):
-            rows = [[_key_text(line.key), str(line.turns), _money(line.cost_usd)] for line in lines]
+            rows = [
+                [_cell(_key_text(line.key)), str(line.turns), _money(line.cost_usd)]
+                for line in lines
+            ]
             parts.append(_section(title, [column, "turns", "cost_usd"], rows, numeric={1, 2}))
         parts.append(
             _section(
@@ -195,6 +267,25 @@ class Report:
             parts.append(_section(title, headers, rows, numeric={4, 5, 6}))
         return "\n\n".join(parts) + "\n"
 
+    def to_csv(self) -> str:
+        """Return the spreadsheet form: the JSON form's sections as CSV, one block each.
+
+        Each block is a header row (``section`` and the JSON field names), then
+        one row per line, its first cell the section's name; a blank row
+        separates blocks. Text cells have control characters escaped, and a
+        cell starting with ``=``, ``+``, ``-`` or ``@`` is prefixed with ``'``
+        so that no spreadsheet runs it as a formula. ``None`` is an empty cell.
+        """
+        data = self.to_dict()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        for index, (section, headers, rows) in enumerate(_csv_blocks(data)):
+            if index:
+                writer.writerow([])
+            writer.writerow(["section", *headers])
+            writer.writerows([section, *map(_csv_cell, row)] for row in rows)
+        return buffer.getvalue()
+
 
 def build_report(
     path: str | os.PathLike[str],
@@ -202,10 +293,15 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     top: int = DEFAULT_TOP,
+    strict: bool = False,
 ) -> Report:
     """Read ``path`` (SQLite or JSONL, told apart by the header) and compute the figures.
 
-    ``since`` is inclusive and ``until`` exclusive; both must be aware.
+    ``since`` is inclusive and ``until`` exclusive; both must be aware. A
+    malformed row or line is left out of every figure and counted in
+    :attr:`Report.skipped` (over the whole file, whatever the window); with
+    ``strict=True`` the first one raises :class:`ReportInputError` naming its
+    table and rowid, or its line number, and why. Reads one row at a time.
     Raises ``FileNotFoundError`` for a missing file, :class:`ReportInputError`
     for a file that is not ours, and :class:`~techrevati.runtime.sinks.SchemaError`
     for a SQLite file without our schema.
@@ -221,60 +317,50 @@ def build_report(
         raise ReportInputError(f"{source} is not a file")
     with open(source, "rb") as handle:
         head = handle.read(len(_SQLITE_HEADER))
+    tally = _Tally(since, until, top)
     if head == _SQLITE_HEADER:
-        with SqliteReader(source) as reader:
-            events = reader.read_events(since=since, until=until)
-            usage = reader.read_usage(since=since, until=until)
-            sessions = reader.read_sessions(since=since, until=until)
-        return _compute(
-            str(source),
-            "sqlite",
-            since,
-            until,
-            events=events,
-            usage=usage,
-            sessions=sessions,
-            top=top,
-        )
+        with SqliteReader(source):
+            pass  # the schema check, with the sinks' own messages
+        with closing(read_sqlite_rows(source)) as rows:
+            for row in _good_rows(rows, source, "sqlite", strict, tally):
+                tally.add(row)
+        return tally.report(str(source), "sqlite")
     if head and not head.lstrip().startswith(b"{"):
         raise ReportInputError(f"{source} is neither a SQLite database nor a JSONL sink file")
-    try:
-        records = read_jsonl(source)
-    except CorruptRecordError as exc:
+    sessions: dict[str, SessionRow] = {}
+    with closing(read_jsonl_rows(source)) as lines:
+        for record in _good_rows(lines, source, "jsonl", strict, tally):
+            if isinstance(record, AgentEvent) and is_session_event(record):
+                sessions[record.session_id] = fold_session(sessions.get(record.session_id), record)
+            tally.add(record)
+    if tally.unrecognised is not None:
         raise ReportInputError(
-            f"{source} is neither a SQLite database nor a JSONL sink file ({exc})"
-        ) from exc
-    all_events = [r for r in records if isinstance(r, AgentEvent)]
-    return _compute(
-        str(source),
-        "jsonl",
-        since,
-        until,
-        events=[e for e in all_events if _within(e.timestamp, since, until)],
-        usage=[
-            r for r in records if isinstance(r, UsageRecord) and _within(r.timestamp, since, until)
-        ],
-        sessions=[
-            row
-            for row in sessions_from_events(all_events)
-            if _within(row.started_at or row.ended_at, since, until)
-        ],
-        top=top,
-    )
+            f"{source} is neither a SQLite database nor a JSONL sink file "
+            f"({_where(source, 'jsonl', tally.unrecognised)}: {tally.unrecognised.reason})"
+        )
+    for session in sessions.values():
+        tally.add_session(session)
+    return tally.report(str(source), "jsonl")
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run ``report PATH [--json] [--since WHEN] [--until WHEN] [--top N]``; return the exit code.
+    """Run ``report PATH [--format F | --json] [--since W] [--until W] [--top N] [--strict]``.
 
-    Prints the report on stdout and returns 0; for a missing or unreadable
-    file, prints one line on stderr and returns 2 (as for bad arguments).
+    Prints the report on stdout and returns 0 (a note on stderr when rows
+    were skipped); for a missing or unreadable file, a file that is not
+    ours, or a malformed row under ``--strict``, prints one line on stderr
+    and returns 2 (as for bad arguments).
     """
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Summarise cost, tokens, failures and sessions from a sink's file.",
     )
     parser.add_argument("path", help="a SqliteSink database or a JsonlSink file")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--format", choices=_FORMATS, default="text", help="text (default), json or csv"
+    )
+    shape.add_argument("--json", action="store_true", help="the same as --format json")
     parser.add_argument(
         "--since", type=_parse_when, help="ISO date or datetime (inclusive; naive means UTC)"
     )
@@ -284,26 +370,50 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--top", type=int, default=DEFAULT_TOP, help="sessions per table (default 5)"
     )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 2 at the first malformed row, naming it"
+    )
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        report = build_report(args.path, since=args.since, until=args.until, top=args.top)
+        report = build_report(
+            args.path, since=args.since, until=args.until, top=args.top, strict=args.strict
+        )
     except FileNotFoundError:
         return _fail(f"no such file: {args.path}")
     except (TechrevatiError, OSError, sqlite3.Error) as exc:
         return _fail(str(exc))
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+    shape_name = "json" if args.json else args.format
+    if shape_name == "json":
+        _write(sys.stdout, json.dumps(report.to_dict(), indent=2) + "\n")
+    elif shape_name == "csv":
+        _write(sys.stdout, report.to_csv())
     else:
-        print(report.to_text(), end="")
+        _write(sys.stdout, report.to_text())
+    if report.skipped:
+        counts = ", ".join(f"{line.source} {line.rows}" for line in report.skipped)
+        print(
+            f"report: skipped {report.skipped_rows} malformed rows ({counts}); "
+            "--strict refuses them",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _fail(message: str) -> int:
-    print(f"report: {message}", file=sys.stderr)
+    print(f"report: {_escaped(message)}", file=sys.stderr)
     return 2
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write ``text``; on a stream that cannot encode some character, write it as an escape."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
 
 
 def _parse_when(text: str) -> datetime:
@@ -322,85 +432,161 @@ def _within(when: datetime | None, since: datetime | None, until: datetime | Non
     return (since is None or when >= since) and (until is None or when < until)
 
 
-def _compute(
-    source: str,
+def _good_rows(
+    rows: Iterable[Record | Malformed],
+    path: Path,
     kind: Literal["sqlite", "jsonl"],
-    since: datetime | None,
-    until: datetime | None,
-    *,
-    events: Sequence[AgentEvent],
-    usage: Sequence[UsageRecord],
-    sessions: Sequence[SessionRow],
-    top: int,
-) -> Report:
-    total = Decimal(0)
-    tokens = dict.fromkeys(_TOKEN_KINDS, 0)
-    for record in usage:
-        total += record.cost_usd
-        for token_kind in _TOKEN_KINDS:
-            tokens[token_kind] += getattr(record, token_kind)
-    total_tokens = tokens["input_tokens"] + tokens["output_tokens"]
-    failures: dict[str, dict[str, int]] = {}
-    for event in events:
-        if event.failure_class is None or event.name in _NOT_A_FAILURE:
-            continue
-        counts = failures.setdefault(
-            event.failure_class.value, {"turns": 0, "tools": 0, "sessions": 0, "other": 0}
+    strict: bool,
+    tally: _Tally,
+) -> Iterator[Record]:
+    """Pass the records through; count each malformed row, or raise at the first when strict."""
+    for row in rows:
+        if not isinstance(row, Malformed):
+            yield row
+        elif strict:
+            raise ReportInputError(f"{_where(path, kind, row)}: {row.reason}")
+        else:
+            tally.skip(row)
+
+
+def _where(path: Path, kind: Literal["sqlite", "jsonl"], row: Malformed) -> str:
+    """``runs.db: usage row 7`` or ``agent.jsonl:7`` (the form of the sinks' reader errors)."""
+    if kind == "jsonl":
+        return f"{path}:{row.row}"
+    return f"{path}: {row.source} row {row.row}"
+
+
+class _Tally:
+    """The figures so far, one record at a time: only the groups and the sessions are kept."""
+
+    def __init__(self, since: datetime | None, until: datetime | None, top: int) -> None:
+        self.since, self.until, self.top = since, until, top
+        self.events = 0
+        self.total = Decimal(0)
+        self.tokens = dict.fromkeys(_TOKEN_KINDS, 0)
+        self.unpriced = 0
+        self.turns = 0
+        self.groups: tuple[_Groups, ...] = (_Groups(), _Groups(), _Groups(), _Groups())
+        self.failures: dict[str, dict[str, int]] = {}
+        self.sessions: list[SessionRow] = []
+        self.skipped: dict[str, tuple[int, Malformed]] = {}
+        self.recognised = False
+        self.unrecognised: Malformed | None = None
+
+    def add(self, record: Record) -> None:
+        """Count an event, a usage record or a session row, if it falls in the window."""
+        self.recognised = True
+        self.unrecognised = None
+        if isinstance(record, SessionRow):
+            self.add_session(record)
+            return
+        if not _within(record.timestamp, self.since, self.until):
+            return
+        if isinstance(record, UsageRecord):
+            self._add_usage(record)
+            return
+        self.events += 1
+        if record.failure_class is None or record.name in _NOT_A_FAILURE:
+            return
+        counts = self.failures.setdefault(
+            record.failure_class.value, {"turns": 0, "tools": 0, "sessions": 0, "other": 0}
         )
-        counts[_FAILURE_COLUMN.get(event.name, "other")] += 1
-    failure_lines = sorted(
-        (FailureLine(failure_class=name, **counts) for name, counts in failures.items()),
-        key=lambda line: (-line.total, line.failure_class),
-    )
-    timed = [row for row in sessions if row.duration_seconds is not None]
-    costed = [row for row in sessions if row.cost_usd is not None]
-    return Report(
-        source=source,
-        format=kind,
-        since=since,
-        until=until,
-        sessions=len(sessions),
-        turns=len(usage),
-        unpriced_turns=sum(1 for record in usage if not record.priced),
-        events=len(events),
-        cost_usd=total,
-        cost_by_project=_by(usage, lambda r: r.project_id),
-        cost_by_role=_by(usage, lambda r: r.role),
-        cost_by_model=_by(usage, lambda r: r.model),
-        cost_by_day=tuple(
-            sorted(
-                _by(usage, lambda r: r.timestamp.astimezone(UTC).date().isoformat()),
-                key=lambda line: str(line.key),
-            )
-        ),
-        tokens=(
-            *tokens.items(),
-            ("total_tokens", total_tokens),
-        ),
-        failures=tuple(failure_lines),
-        slowest_sessions=tuple(
-            sorted(timed, key=lambda row: (-(row.duration_seconds or 0.0), row.session_id))[:top]
-        ),
-        most_expensive_sessions=tuple(
-            sorted(costed, key=lambda row: (-(row.cost_usd or 0), row.session_id))[:top]
-        ),
-        top=top,
-    )
+        counts[_FAILURE_COLUMN.get(record.name, "other")] += 1
+
+    def add_session(self, row: SessionRow) -> None:
+        """Keep a session row, if it started (or, never started, ended) in the window."""
+        if _within(row.started_at or row.ended_at, self.since, self.until):
+            self.sessions.append(row)
+
+    def skip(self, row: Malformed) -> None:
+        """Count a malformed row under its table or kind; the first one's reason is kept."""
+        count, first = self.skipped.get(row.source, (0, row))
+        self.skipped[row.source] = (count + 1, first)
+        if row.source == "other":
+            if not self.recognised and self.unrecognised is None:
+                self.unrecognised = row
+        else:
+            self.recognised = True
+            self.unrecognised = None
+
+    def report(self, source: str, kind: Literal["sqlite", "jsonl"]) -> Report:
+        """Return the figures as a :class:`Report`."""
+        failure_lines = sorted(
+            (FailureLine(failure_class=name, **counts) for name, counts in self.failures.items()),
+            key=lambda line: (-line.total, line.failure_class),
+        )
+        timed = [row for row in self.sessions if row.duration_seconds is not None]
+        costed = [row for row in self.sessions if row.cost_usd is not None]
+        by_project, by_role, by_model, by_day = (groups.lines() for groups in self.groups)
+        return Report(
+            source=source,
+            format=kind,
+            since=self.since,
+            until=self.until,
+            sessions=len(self.sessions),
+            turns=self.turns,
+            unpriced_turns=self.unpriced,
+            events=self.events,
+            cost_usd=self.total,
+            cost_by_project=by_project,
+            cost_by_role=by_role,
+            cost_by_model=by_model,
+            cost_by_day=tuple(sorted(by_day, key=lambda line: str(line.key))),
+            tokens=(
+                *self.tokens.items(),
+                ("total_tokens", self.tokens["input_tokens"] + self.tokens["output_tokens"]),
+            ),
+            failures=tuple(failure_lines),
+            slowest_sessions=tuple(
+                sorted(timed, key=lambda row: (-(row.duration_seconds or 0.0), row.session_id))[
+                    : self.top
+                ]
+            ),
+            most_expensive_sessions=tuple(
+                sorted(costed, key=lambda row: (_SUM.minus(row.cost_usd or 0), row.session_id))[
+                    : self.top
+                ]
+            ),
+            top=self.top,
+            skipped=tuple(
+                SkippedRows(source, count, first.row, first.reason)
+                for source, (count, first) in sorted(self.skipped.items())
+            ),
+        )
+
+    def _add_usage(self, record: UsageRecord) -> None:
+        self.turns += 1
+        self.unpriced += not record.priced
+        self.total = _SUM.add(self.total, record.cost_usd)
+        for token_kind in _TOKEN_KINDS:
+            self.tokens[token_kind] += getattr(record, token_kind)
+        day = record.timestamp.astimezone(UTC).date().isoformat()
+        for groups, key in zip(
+            self.groups, (record.project_id, record.role, record.model, day), strict=True
+        ):
+            groups.add(key, record.cost_usd)
 
 
-def _by(
-    usage: Iterable[UsageRecord], key: Callable[[UsageRecord], str | int | None]
-) -> tuple[CostLine, ...]:
-    """Group by ``key``: most expensive first, then most turns, then by key."""
-    turns: dict[str | int | None, int] = {}
-    costs: dict[str | int | None, Decimal] = {}
-    for record in usage:
-        value = key(record)
-        turns[value] = turns.get(value, 0) + 1
-        costs[value] = costs.get(value, Decimal(0)) + record.cost_usd
-    lines = [CostLine(key=value, turns=turns[value], cost_usd=costs[value]) for value in turns]
-    lines.sort(key=lambda line: (-line.cost_usd, -line.turns, _key_text(line.key)))
-    return tuple(lines)
+class _Groups:
+    """Turns and cost per key, in the order keys first appear."""
+
+    __slots__ = ("turns",)
+
+    def __init__(self) -> None:
+        self.turns: dict[str | int | None, tuple[int, Decimal]] = {}
+
+    def add(self, key: str | int | None, cost: Decimal) -> None:
+        turns, total = self.turns.get(key, (0, Decimal(0)))
+        self.turns[key] = (turns + 1, _SUM.add(total, cost))
+
+    def lines(self) -> tuple[CostLine, ...]:
+        """Most expensive first, then most turns, then by key."""
+        lines = [
+            CostLine(key=key, turns=turns, cost_usd=cost)
+            for key, (turns, cost) in self.turns.items()
+        ]
+        lines.sort(key=lambda line: (_SUM.minus(line.cost_usd), -line.turns, _key_text(line.key)))
+        return tuple(lines)
 
 
 def _money(value: Decimal) -> str:
@@ -430,14 +616,88 @@ def _window_text(since: datetime | None, until: datetime | None) -> str:
 
 def _session_cells(row: SessionRow) -> list[str]:
     return [
-        row.session_id,
+        _cell(row.session_id),
         row.status.value,
-        _key_text(row.role),
-        _key_text(row.project_id),
+        _cell(_key_text(row.role)),
+        _cell(_key_text(row.project_id)),
         "-" if row.duration_seconds is None else f"{row.duration_seconds:.3f}",
         "-" if row.cost_usd is None else _money(row.cost_usd),
         "-" if row.turns is None else str(row.turns),
     ]
+
+
+def _escaped(text: str) -> str:
+    r"""Return ``text`` with every character a terminal would act on as ``\x1b`` or ``\u202e``."""
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNSAFE.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _cell(text: str, limit: int = _MAX_CELL) -> str:
+    """Return ``text`` escaped for a terminal, cut to ``limit`` characters (``...`` at the end)."""
+    shown = _escaped(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+_SESSION_FIELDS: Final = (
+    "session_id",
+    "status",
+    "role",
+    "project_id",
+    "duration_seconds",
+    "cost_usd",
+    "turns",
+)
+
+
+def _csv_blocks(data: dict[str, object]) -> Iterator[tuple[str, list[str], list[list[object]]]]:
+    """Yield each section of the JSON form as its name, its field names and its rows."""
+    yield (
+        "report",
+        ["source", "format", "since", "until"],
+        [[data["source"], data["format"], data["since"], data["until"]]],
+    )
+    totals = _mapping(data["totals"])
+    yield "totals", list(totals), [list(totals.values())]
+    for section, key in (
+        ("cost_by_project", "project_id"),
+        ("cost_by_role", "role"),
+        ("cost_by_model", "model"),
+        ("cost_by_day", "day"),
+    ):
+        fields = (key, "turns", "cost_usd")
+        yield section, list(fields), _columns(data[section], fields)
+    tokens = _mapping(data["tokens"])
+    yield "tokens", ["kind", "tokens"], [[kind, count] for kind, count in tokens.items()]
+    failure_fields = ("failure_class", "turns", "tools", "sessions", "other")
+    yield "failures", list(failure_fields), _columns(data["failures"], failure_fields)
+    for section in ("slowest_sessions", "most_expensive_sessions"):
+        yield section, list(_SESSION_FIELDS), _columns(data[section], _SESSION_FIELDS)
+    skipped_fields = ("source", "rows", "first_row", "first_reason")
+    yield "skipped", list(skipped_fields), _columns(data["skipped"], skipped_fields)
+
+
+def _mapping(value: object) -> dict[str, object]:
+    return cast("dict[str, object]", value)
+
+
+def _columns(lines: object, fields: Sequence[str]) -> list[list[object]]:
+    return [[_mapping(line)[field] for field in fields] for line in cast("list[object]", lines)]
+
+
+def _csv_cell(value: object) -> str:
+    """Return one CSV cell: text escaped, and guarded against being read as a formula."""
+    if value is None:
+        return ""
+    text = _escaped(value if isinstance(value, str) else str(value))
+    if text.lstrip()[:1] in _FORMULA_START:
+        return "'" + text
+    return text
 
 
 def _section(title: str, headers: list[str], rows: list[list[str]], *, numeric: set[int]) -> str:
