@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -132,9 +133,14 @@ def test_read_jsonl_skips_a_torn_last_line_and_the_sink_repairs_it(
     repaired = [r for r in caplog.records if getattr(r, "event", None) == "sink.repaired"]
     assert [r.bytes for r in repaired] == [len(b'{"kind":"event","name":"tur')]  # type: ignore[attr-defined]
     assert [(r.sink, r.path) for r in repaired] == [("JsonlSink", str(path))]  # type: ignore[attr-defined]
+    (side,) = tmp_path.glob("torn.jsonl.torn-*")  # the cut bytes, kept beside the file
+    assert side.read_bytes() == b'{"kind":"event","name":"tur'
+    assert re.fullmatch(r"torn\.jsonl\.torn-\d{8}T\d{6}\.\d{6}Z", side.name)
+    assert repaired[0].side_file == str(side)  # type: ignore[attr-defined]
     assert repaired[0].getMessage() == (
-        f"sink.repaired: {path} ended in a partial line; dropped 27 bytes"
+        f"sink.repaired: {path} ended in a partial line; moved 27 bytes to {side}"
     )
+    assert path.read_bytes() == whole
     with sink:
         sink.write_event(event(i=2))
     assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1, 2]
@@ -211,9 +217,11 @@ def test_a_file_that_is_all_one_torn_line_is_emptied_on_open(
         sink = JsonlSink(path)
     (repaired,) = [r for r in caplog.records if getattr(r, "event", None) == "sink.repaired"]
     assert repaired.bytes == size + 24  # type: ignore[attr-defined]
+    (side,) = tmp_path.glob("torn.jsonl.torn-*")
+    assert side.read_bytes() == b'{"kind":"event","name":"' + b"x" * size
     assert (
         repaired.getMessage()
-        == f"sink.repaired: {path} ended in a partial line; dropped {size + 24} bytes"
+        == f"sink.repaired: {path} ended in a partial line; moved {size + 24} bytes to {side}"
     )
     assert path.read_bytes() == b""
     with sink:
@@ -333,7 +341,8 @@ def test_a_torn_line_right_after_a_newline_at_the_start_of_the_file_keeps_that_n
     tmp_path: Path, torn: int
 ) -> None:
     path = tmp_path / "blank-then-torn.jsonl"
-    path.write_bytes(b"\n" + b"x" * torn)  # the newline is the first byte of the file
+    # the newline is the first byte of the file
+    path.write_bytes(b"\n" + b'{"kind":"usage","model":"' + b"x" * torn)
     JsonlSink(path).close()
     assert path.read_bytes() == b"\n"
 

@@ -850,7 +850,8 @@ def test_a_version_2_database_gains_one_hour_cache_writes_on_open(
 ) -> None:
     with SqliteSink(db) as sink:
         sink.write_usage(usage(1))
-    with sqlite3.connect(db) as conn:  # what a version 2 file looks like
+    with sqlite3.connect(db) as conn:  # what a version 2 file looks like: no views, no column
+        conn.executescript("DROP VIEW turns; DROP VIEW session_summary; DROP TABLE rejected")
         conn.execute("ALTER TABLE usage DROP COLUMN cache_write_1h_tokens")
         conn.execute("PRAGMA user_version = 2")
     with pytest.raises(SchemaError, match=r"schema version 2, this reader needs 3"):

@@ -1,13 +1,20 @@
-"""The buffered base of the durable sinks: buffer under a lock, write in batches, close once.
+"""The buffered base of the durable sinks: encode on the caller's thread, write in batches.
 
 :class:`BufferedSink` is what :class:`~techrevati.runtime.jsonl.JsonlSink`
-and :class:`~techrevati.runtime.sqlite.SqliteSink` share. ``write_*`` appends
-to a bounded in-memory buffer and returns; a flusher thread (or the writing
-thread, with ``background=False``) writes each due batch all or nothing; a
-batch that fails stays buffered and is retried after ``flush_interval``; and
-sinks still open at interpreter exit are closed then. A subclass opens its
-file before calling ``__init__`` and supplies ``_write_batch`` and
-``_release``. The public names are re-exported from
+and :class:`~techrevati.runtime.sqlite.SqliteSink` share. ``write_*`` encodes
+the record on the caller's thread (a record that cannot be stored as given is
+sanitised, or quarantined with the reason, and counted: the writer never
+meets an unwritable record), appends it to an in-memory buffer and returns;
+a flusher thread (or the writing thread, with ``background=False``) writes
+each due batch all or nothing; a batch that fails stays buffered and is
+retried after ``flush_interval``. When ``max_lag`` records are unwritten the
+caller waits for the writer (at most ``max_wait`` seconds), so a healthy disk
+loses at most ``max_lag`` records to ``kill -9`` whatever the load; only a
+disk that refuses writes makes the buffer grow, up to ``max_pending``, and
+then drop the oldest. Sinks still open at interpreter exit are closed then.
+A subclass opens its file before calling ``__init__`` and supplies
+``_encode``, ``_encode_sanitised``, ``_encode_rejected``, ``_write_batch``
+and ``_release``. The public names are re-exported from
 :mod:`techrevati.runtime.sinks`, whose logger every sink logs on.
 """
 
@@ -20,10 +27,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 
 from techrevati.runtime._clock import Clock
 from techrevati.runtime._log import get_logger
+from techrevati.runtime._record_text import escaped
 from techrevati.runtime._validate import callable_or_none, int_at_least, required_callable
 from techrevati.runtime.errors import (
     InvalidValueError,
@@ -41,8 +49,17 @@ DEFAULT_FLUSH_INTERVAL: Final = 1.0
 DEFAULT_MAX_PENDING: Final = 100_000
 """Buffered records kept while the disk refuses writes; beyond it the oldest are dropped."""
 
+DEFAULT_LAG_BATCHES: Final = 4
+"""``max_lag`` defaults to this many batches (``flush_every`` records each)."""
+
+DEFAULT_MAX_WAIT: Final = 30.0
+"""Seconds a write waits at most for a writer that is ``max_lag`` records behind."""
+
 Record = AgentEvent | UsageRecord
 """What a sink stores."""
+
+Item = TypeVar("Item")
+"""What a sink buffers for one record: its encoded form (a JSON line, a SQLite row)."""
 
 _LOG: Final = get_logger("techrevati.runtime.sinks")
 _DROP_LOG_EVERY: Final = 1000
@@ -87,11 +104,13 @@ class ClosesOnExit:
         self.close()
 
 
-class BufferedSink(ClosesOnExit):
-    """Buffer records under a lock; write them in batches on a flusher thread or inline.
+class BufferedSink(ClosesOnExit, Generic[Item]):
+    """Encode records on the caller's thread; write them in batches on a flusher thread or inline.
 
     Subclasses open their file, then call ``__init__`` with its path (which
-    calls ``_release`` if it refuses a setting), and implement
+    calls ``_release`` if it refuses a setting), and implement ``_encode``
+    (raise if the record cannot be stored as given), ``_encode_sanitised``
+    (a storable form, or raise), ``_encode_rejected`` (never raises),
     ``_write_batch`` (all or nothing, raise on failure) and ``_release``.
     """
 
@@ -105,19 +124,32 @@ class BufferedSink(ClosesOnExit):
         background: bool,
         max_pending: int,
         on_flush: Callable[[int], object] | None,
+        max_lag: int | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         try:
             _check_batching(flush_every, flush_interval, clock, max_pending, on_flush)
+            if max_lag is None:
+                max_lag = min(DEFAULT_LAG_BATCHES * flush_every, max_pending)
+            _check_lag(max_lag, max_wait, flush_every, max_pending)
             self._path = path
             self._target = str(path)
             self._flush_every = flush_every
             self._flush_interval = float(flush_interval)
             self._clock = clock
             self._max_pending = max_pending
+            self._max_lag = max_lag
+            self._max_wait = float(max_wait)
             self._on_flush = on_flush
-            self._cond = threading.Condition(threading.Lock())
+            lock = threading.Lock()
+            self._cond = threading.Condition(lock)  # the flusher thread waits on it
+            self._room = threading.Condition(lock)  # writers waiting for the writer wait on it
             self._io_lock = threading.Lock()
-            self._buffer: deque[Record] = deque()
+            self._buffer: deque[Item] = deque()
+            self._in_flight = 0  # records of the batch being written
+            self._writer: int | None = None  # the thread writing that batch
+            self._waiting = 0  # writes waiting for room
+            self._stalled = False  # a write gave up waiting; no one waits until a batch ends
             self._last_flush = clock()
             self._retry_at = float("-inf")
             self._closed = False
@@ -125,6 +157,9 @@ class BufferedSink(ClosesOnExit):
             self._batches = 0
             self._dropped = 0
             self._failed_flushes = 0
+            self._sanitised = 0
+            self._rejected = 0
+            self._stalls = 0
             self._inline = not background
             self._thread: threading.Thread | None = None
             if background:
@@ -145,9 +180,14 @@ class BufferedSink(ClosesOnExit):
 
     @property
     def pending(self) -> int:
-        """Records buffered and not yet written."""
+        """Records handed to the sink and not yet written: buffered, or in the batch in flight."""
         with self._cond:
-            return len(self._buffer)
+            return len(self._buffer) + self._in_flight
+
+    @property
+    def max_lag(self) -> int:
+        """Unwritten records at which a write waits for the writer (the ``kill -9`` loss bound)."""
+        return self._max_lag
 
     @property
     def written(self) -> int:
@@ -174,27 +214,61 @@ class BufferedSink(ClosesOnExit):
             return self._failed_flushes
 
     @property
+    def sanitised(self) -> int:
+        """Records that could not be stored as given and were stored sanitised."""
+        with self._cond:
+            return self._sanitised
+
+    @property
+    def rejected(self) -> int:
+        """Records that could not be stored even sanitised and were quarantined with the reason."""
+        with self._cond:
+            return self._rejected
+
+    @property
+    def stalls(self) -> int:
+        """Times a write gave up waiting ``max_wait`` seconds for a writer that made no progress."""
+        with self._cond:
+            return self._stalls
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
 
     def write_event(self, event: AgentEvent) -> None:
-        """Buffer ``event``; it is written with the next batch. O(1), no disk I/O.
+        """Encode ``event`` and buffer it; it is written with the next batch. No disk I/O.
 
-        With ``background=False`` (or ``fsync="always"``) a due batch is
-        written here, on the caller's thread, and a failure to write it raises
-        :class:`SinkWriteError` here (the records stay buffered and the next
-        write tries again). Raises :class:`SinkClosedError` after :meth:`close`.
+        A record that cannot be stored as given is stored sanitised, or
+        quarantined with the reason, and counted (:attr:`sanitised`,
+        :attr:`rejected`); it never fails the batch. When :attr:`max_lag`
+        records are unwritten this waits for the writer (at most
+        ``max_wait`` seconds; not while the disk refuses writes, nor on the
+        flusher thread). With ``background=False`` (or ``fsync="always"``) a
+        due batch is written here, on the caller's thread, and a failure to
+        write it raises :class:`SinkWriteError` here (the records stay
+        buffered and the next write tries again). Raises
+        :class:`SinkClosedError` after :meth:`close`.
         """
         if not isinstance(event, AgentEvent):
             raise InvalidValueError(f"event must be an AgentEvent, got {type(event).__name__}")
-        self._put(event)
+        try:
+            item = self._encode(event)
+        except Exception as exc:
+            self._salvaged(event, exc)
+        else:
+            self._put(item)
 
     def write_usage(self, record: UsageRecord) -> None:
-        """Buffer ``record``; same rules as :meth:`write_event`."""
+        """Encode ``record`` and buffer it; same rules as :meth:`write_event`."""
         if not isinstance(record, UsageRecord):
             raise InvalidValueError(f"record must be a UsageRecord, got {type(record).__name__}")
-        self._put(record)
+        try:
+            item = self._encode(record)
+        except Exception as exc:
+            self._salvaged(record, exc)
+        else:
+            self._put(item)
 
     def flush(self) -> None:
         """Write every buffered record now and return once they are durable.
@@ -208,13 +282,14 @@ class BufferedSink(ClosesOnExit):
     def close(self) -> None:
         """Flush, stop the flusher thread and release the file; idempotent.
 
-        Later writes raise :class:`SinkClosedError`.
+        Later writes, and writes still waiting for room, raise :class:`SinkClosedError`.
         """
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
+            self._room.notify_all()
         with _OPEN_LOCK:
             _OPEN_SINKS.discard(self)
         thread = self._thread
@@ -227,21 +302,69 @@ class BufferedSink(ClosesOnExit):
                 self._release()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"pending={len(self._buffer)}"
+        state = "closed" if self._closed else f"pending={len(self._buffer) + self._in_flight}"
         return f"{type(self).__name__}({self._target!r}, {state})"
 
-    def _write_batch(self, batch: Sequence[Record]) -> None:
+    def _encode(self, record: Record) -> Item:
+        raise NotImplementedError
+
+    def _encode_sanitised(self, record: Record, notes: set[str]) -> Item:
+        raise NotImplementedError
+
+    def _encode_rejected(self, record: Record, reason: str) -> Item:
+        raise NotImplementedError
+
+    def _write_batch(self, batch: Sequence[Item]) -> None:
         raise NotImplementedError
 
     def _release(self) -> None:
         raise NotImplementedError
 
-    def _put(self, record: Record) -> None:
+    def _salvaged(self, record: Record, exc: Exception) -> None:
+        """Buffer the sanitised form of a record ``_encode`` refused, or its quarantine; count."""
+        notes: set[str] = set()
+        try:
+            item = self._encode_sanitised(record, notes)
+        except Exception as again:
+            outcome, reason = "rejected", _reason(again)
+            item = self._encode_rejected(record, reason)
+        else:
+            outcome, reason = "sanitised", "; ".join(sorted(notes)) or _reason(exc)
+        self._put(item)
+        with self._cond:
+            if outcome == "sanitised":
+                self._sanitised += 1
+            else:
+                self._rejected += 1
+            counts = (self._sanitised, self._rejected)
+        count = counts[0] if outcome == "sanitised" else counts[1]
+        if count == 1 or count % _DROP_LOG_EVERY == 0:
+            log_event(
+                logging.WARNING if outcome == "sanitised" else logging.ERROR,
+                f"sink.record_{outcome}",
+                "%s %s %s (%s); %d so far",
+                self._target,
+                outcome,
+                _record_label(record),
+                reason,
+                count,
+                sink=type(self).__name__,
+                path=self._target,
+                record=_record_label(record),
+                reason=reason,
+                sanitised=counts[0],
+                rejected=counts[1],
+            )
+
+    def _put(self, item: Item) -> None:
         with self._cond:
             if self._closed:
                 raise SinkClosedError(f"{type(self).__name__}({self._target!r}) is closed")
+            stalled = False
+            if len(self._buffer) + self._in_flight >= self._max_lag and self._may_wait():
+                stalled = self._wait_for_room()
             buffer = self._buffer
-            buffer.append(record)
+            buffer.append(item)
             size = len(buffer)
             dropped = 0
             if size > self._max_pending:
@@ -254,6 +377,18 @@ class BufferedSink(ClosesOnExit):
                 # A first record starts the interval the thread must time: it waits
                 # unbounded while the buffer is empty. It honours a failure's pause.
                 self._cond.notify()
+        if stalled:
+            log_event(
+                logging.ERROR,
+                "sink.stalled",
+                "%s: no batch finished within max_wait=%ss; writes no longer wait",
+                self._target,
+                self._max_wait,
+                sink=type(self).__name__,
+                path=self._target,
+                max_wait=self._max_wait,
+                pending=size,
+            )
         if dropped and (dropped == 1 or dropped % _DROP_LOG_EVERY == 0):
             log_event(
                 logging.WARNING,
@@ -267,6 +402,48 @@ class BufferedSink(ClosesOnExit):
             )
         if due and self._inline:
             self._flush_pending()
+
+    def _may_wait(self) -> bool:
+        """Whether a write may wait for the writer now (hold ``_cond``).
+
+        Not inline (no thread to wait for), not on the flusher thread or the
+        thread writing a batch (they would wait on themselves), not once a
+        write gave up waiting, and not while the disk refuses writes (a
+        failed batch's pause): then records buffer up to ``max_pending``.
+        """
+        return not (
+            self._inline
+            or self._stalled
+            or threading.current_thread() is self._thread
+            or self._writer == threading.get_ident()
+            or self._clock() < self._retry_at
+        )
+
+    def _wait_for_room(self) -> bool:
+        """Wait until fewer than ``max_lag`` records are unwritten (hold ``_cond``).
+
+        Returns True if it gave up after ``max_wait`` seconds (the sink is
+        then stalled). Raises :class:`SinkClosedError` if the sink is closed
+        meanwhile; a Ctrl-C interrupts the wait.
+        """
+        deadline = self._clock() + self._max_wait
+        self._waiting += 1
+        try:
+            self._cond.notify()  # a waiting write makes a batch due at once
+            while len(self._buffer) + self._in_flight >= self._max_lag:
+                if self._closed:
+                    raise SinkClosedError(f"{type(self).__name__}({self._target!r}) is closed")
+                if not self._may_wait():
+                    return False
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    self._stalled = True
+                    self._stalls += 1
+                    return True
+                self._room.wait(remaining)
+            return False
+        finally:
+            self._waiting -= 1
 
     def _drop_oldest(self) -> None:
         """Drop the oldest records beyond ``max_pending``, counting them (hold ``_cond``)."""
@@ -282,7 +459,7 @@ class BufferedSink(ClosesOnExit):
         now = self._clock()
         if now < self._retry_at:
             return self._retry_at - now
-        if len(self._buffer) >= self._flush_every:
+        if len(self._buffer) >= self._flush_every or self._waiting:
             return 0.0
         return max(0.0, self._last_flush + self._flush_interval - now)
 
@@ -308,6 +485,8 @@ class BufferedSink(ClosesOnExit):
                     return
                 batch = list(self._buffer)
                 self._buffer.clear()
+                self._in_flight = len(batch)
+                self._writer = threading.get_ident()
             try:
                 self._write_batch(batch)
             except BaseException as exc:
@@ -320,6 +499,7 @@ class BufferedSink(ClosesOnExit):
                 self._batches += 1
                 self._last_flush = self._clock()
                 self._retry_at = float("-inf")
+                self._batch_ended()
         if self._on_flush is not None:
             try:
                 self._on_flush(len(batch))
@@ -336,17 +516,25 @@ class BufferedSink(ClosesOnExit):
                     error_type=type(exc).__name__,
                 )
 
-    def _requeue(self, batch: list[Record]) -> int:
+    def _batch_ended(self) -> None:
+        """End the batch in flight (written, or back in the buffer); wake waiting writes."""
+        self._in_flight = 0
+        self._writer = None
+        self._stalled = False
+        self._room.notify_all()
+
+    def _requeue(self, batch: list[Item]) -> int:
         """Put a batch that failed back in front for a retry; return how many are pending."""
         with self._cond:
             self._buffer.extendleft(reversed(batch))
+            self._batch_ended()
             self._drop_oldest()
             self._failed_flushes += 1
             self._retry_at = self._clock() + self._flush_interval
             self._cond.notify()  # a failed flush() of the caller's: the thread times the retry
             return len(self._buffer)
 
-    def _write_error(self, batch: list[Record], pending: int, exc: Exception) -> SinkWriteError:
+    def _write_error(self, batch: list[Item], pending: int, exc: Exception) -> SinkWriteError:
         """Log a failed batch write and return the error that reports it."""
         log_event(
             logging.ERROR,
@@ -366,6 +554,33 @@ class BufferedSink(ClosesOnExit):
             f"{type(self).__name__}({self._target!r}) could not write "
             f"{len(batch)} records: {type(exc).__name__}: {exc}"
         )
+
+
+def _record_label(record: Record) -> str:
+    """How a log line names a record: its event name (escaped), or ``usage``."""
+    return escaped(str(record.name)) if isinstance(record, AgentEvent) else "usage"
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` of an exception, as text that can be stored."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable message>"
+    return escaped(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+
+
+def _check_lag(max_lag: object, max_wait: object, flush_every: int, max_pending: int) -> None:
+    """Refuse a ``max_lag`` or ``max_wait`` no sink can honour, naming the setting and the value."""
+    int_at_least("max_lag", max_lag, flush_every)
+    if isinstance(max_lag, int) and max_lag > max_pending:
+        raise InvalidValueError(f"max_lag must be <= max_pending ({max_pending}), got {max_lag!r}")
+    if (
+        not isinstance(max_wait, (int, float))
+        or isinstance(max_wait, bool)
+        or not 0 < max_wait < float("inf")
+    ):
+        raise InvalidValueError(f"max_wait must be a number > 0 and finite, got {max_wait!r}")
 
 
 def _check_batching(
@@ -393,7 +608,7 @@ def _check_batching(
 
 
 _OPEN_LOCK: Final = threading.Lock()
-_OPEN_SINKS: Final[set[BufferedSink]] = set()
+_OPEN_SINKS: Final[set[BufferedSink[Any]]] = set()
 
 
 def _close_open_sinks() -> None:

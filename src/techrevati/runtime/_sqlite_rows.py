@@ -1,9 +1,14 @@
 """How records become rows of the SQLite sink's tables and back, and how a batch is stored.
 
 The column lists here fix the order of every row tuple, so the writers
-(``*_row``) and the readers (``*_from_row``) cannot disagree. :func:`store_batch`
-writes one batch in one ``BEGIN IMMEDIATE`` transaction, all or nothing,
-folding ``session.*`` events into the ``sessions`` table as it goes.
+(``*_row``) and the readers (``*_from_row``) cannot disagree. A record becomes
+a :data:`SqliteItem` on the caller's thread (:func:`record_item`), checked
+value by value against what its column can hold, so that the writer never
+meets a row SQLite refuses; :func:`sanitised_item` makes a storable row of one
+that is not, and :func:`rejected_item` the ``rejected`` row of one that cannot
+be. :func:`store_batch` writes one batch in one ``BEGIN IMMEDIATE``
+transaction, all or nothing, folding ``session.*`` events into the
+``sessions`` table as it goes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, cast
 
-from techrevati.runtime._record_text import decimal_text, dumps, iso
+from techrevati.runtime._record_text import (
+    INT64_MAX,
+    INT64_MIN,
+    check_utf8,
+    decimal_text,
+    dumps,
+    escaped,
+    iso,
+    sanitised,
+)
 from techrevati.runtime._sessions import (
     SessionRow,
     SessionStatus,
@@ -61,6 +75,23 @@ _UPSERT_SESSION: Final = (
     f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(_SESSION_FIELDS))})"
 )
+_INSERT_REJECTED: Final = "INSERT INTO rejected (ts, kind, reason, record) VALUES (?, ?, ?, ?)"
+
+EVENT_ROW: Final = 0
+USAGE_ROW: Final = 1
+REJECTED_ROW: Final = 2
+SqliteItem = tuple[int, tuple[object, ...], AgentEvent | None]
+"""One record as the SQLite sink buffers it: which table, the row, and a session event to fold."""
+
+# What each column of a row holds. T: text; t: text or NULL; I: a 64-bit int;
+# i: a 64-bit int or NULL; R: a number or NULL; V: anything SQLite stores (project_id).
+_EVENT_KINDS: Final = "TTTTVTTttttT"
+_USAGE_KINDS: Final = "TTTVTTTIIIIIITIR"
+_SESSION_KINDS: Final = "TTttRtiTTVTtt"
+_TEXT: Final = frozenset("TtV")
+_NULL: Final = frozenset("tiRV")
+_INT: Final = frozenset("IiRV")
+_REAL: Final = frozenset("RV")
 
 
 @contextmanager
@@ -76,23 +107,105 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def store_batch(conn: sqlite3.Connection, batch: Sequence[Record]) -> None:
-    """Insert a batch of events and usage records, and fold its session events, atomically."""
+def record_item(record: Record) -> SqliteItem:
+    """Return the row of ``record``; raise if a value is not one its column can hold."""
+    if isinstance(record, AgentEvent):
+        row = _event_row(record)
+        check_row(row, _EVENT_KINDS)
+        if not is_session_event(record):
+            return (EVENT_ROW, row, None)
+        values = fold_session(None, record).to_dict()  # the fold at write time merges these
+        check_row(tuple(values[field] for field in _SESSION_FIELDS), _SESSION_KINDS)
+        return (EVENT_ROW, row, record)
+    row = _usage_row(record)
+    check_row(row, _USAGE_KINDS)
+    return (USAGE_ROW, row, None)
+
+
+def sanitised_item(record: Record, notes: set[str]) -> SqliteItem:
+    """Return the row of a storable copy of ``record``; raise if there is none.
+
+    Text is escaped, ints beyond 64 bits become text where the column takes
+    text (``project_id``, ``data``); a token count beyond 64 bits has no
+    storable form (the record is then rejected).
+    """
+    if isinstance(record, AgentEvent):
+        data = sanitised(dict(record.data), notes, int64=True)
+        clean = AgentEvent(
+            name=cast(str, _cell(record.name, "T", notes)),
+            role=cast(str, _cell(record.role, "T", notes)),
+            phase=cast(str, _cell(record.phase, "T", notes)),
+            status=cast("str | None", _cell(record.status, "t", notes)),
+            failure_class=record.failure_class,
+            detail=cast("str | None", _cell(record.detail, "t", notes)),
+            data=cast("dict[str, object]", data),
+            timestamp=record.timestamp,
+            session_id=cast(str, _cell(record.session_id, "T", notes)),
+            worker_id=cast(str, _cell(record.worker_id, "T", notes)),
+            project_id=cast("str | int | None", _cell(record.project_id, "V", notes)),
+        )
+        return record_item(clean)
+    row = tuple(_cell(v, k, notes) for v, k in zip(_usage_row(record), _USAGE_KINDS, strict=True))
+    check_row(row, _USAGE_KINDS)
+    return (USAGE_ROW, row, None)
+
+
+def rejected_item(record: Record, reason: str) -> SqliteItem:
+    """Return the ``rejected`` row that quarantines ``record``, with the reason; never raises."""
+    try:
+        text = dumps(sanitised(record.to_dict(), set()))
+    except Exception:
+        try:
+            text = escaped(repr(record))
+        except Exception:
+            text = f"<unprintable {type(record).__name__}>"
+    kind = "event" if isinstance(record, AgentEvent) else "usage"
+    return (REJECTED_ROW, (iso(record.timestamp), kind, escaped(reason), text), None)
+
+
+def check_row(row: Sequence[object], kinds: str) -> None:
+    """Raise ``TypeError``, ``OverflowError`` or ``UnicodeEncodeError`` for a refused value."""
+    for value, kind in zip(row, kinds, strict=True):
+        of = type(value)
+        if of is str:
+            if kind in _TEXT:
+                check_utf8(cast(str, value))
+                continue
+        elif value is None:
+            if kind in _NULL:
+                continue
+        elif of is int:
+            if kind in _INT:
+                if INT64_MIN <= cast(int, value) <= INT64_MAX:
+                    continue
+                raise OverflowError(f"{value} does not fit SQLite's 64-bit integers")
+        elif of is float and kind in _REAL:
+            continue
+        raise TypeError(f"{of.__name__} {value!r:.80} is no value for a column of kind {kind}")
+
+
+def store_batch(conn: sqlite3.Connection, batch: Sequence[SqliteItem]) -> None:
+    """Insert a batch of rows, and fold its session events, atomically."""
     events: list[tuple[object, ...]] = []
     usage: list[tuple[object, ...]] = []
+    rejected: list[tuple[object, ...]] = []
     session_events: list[AgentEvent] = []
-    for record in batch:
-        if isinstance(record, AgentEvent):
-            events.append(_event_row(record))
-            if is_session_event(record):
-                session_events.append(record)
+    for table, row, session_event in batch:
+        if table == EVENT_ROW:
+            events.append(row)
+            if session_event is not None:
+                session_events.append(session_event)
+        elif table == USAGE_ROW:
+            usage.append(row)
         else:
-            usage.append(_usage_row(record))
+            rejected.append(row)
     with write_transaction(conn):
         if events:
             conn.executemany(_INSERT_EVENT, events)
         if usage:
             conn.executemany(_INSERT_USAGE, usage)
+        if rejected:
+            conn.executemany(_INSERT_REJECTED, rejected)
         for event in session_events:
             store_session_event(conn, event)
 
@@ -218,3 +331,25 @@ def _usage_row(record: UsageRecord) -> tuple[object, ...]:
         int(record.priced),
         record.duration_seconds,
     )
+
+
+def _cell(value: object, kind: str, notes: set[str]) -> object:
+    """``value`` as its column of ``kind`` can hold it, noting what changed; raise if it cannot."""
+    if value is None and kind in _NULL:
+        return None
+    if isinstance(value, str):
+        clean = escaped(value)
+        if clean != value:
+            notes.add("lone surrogate escaped")
+        return clean
+    if kind in "Tt" or (kind == "V" and not isinstance(value, (int, float))):
+        notes.add("non-text value as text")
+        return escaped("" if value is None else str(value))
+    if isinstance(value, (int, float)) and kind == "R":
+        return float(value)  # OverflowError for an int no float holds: rejected
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX and kind == "V":
+        notes.add("int beyond 64 bits as text")
+        return str(value) if value.bit_length() < 14_000 else hex(value)
+    return value  # an int or float; check_row refuses one its column cannot hold

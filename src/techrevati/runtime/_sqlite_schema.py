@@ -6,6 +6,14 @@ creates the tables in an empty file, migrates an older version in place and
 refuses a file that is not ours (:class:`SchemaError`); :func:`check_schema`
 only reads the version, for a read-only reader. The public names are
 re-exported from :mod:`techrevati.runtime.sqlite`.
+
+The ``rejected`` table (records quarantined because no column could hold
+them) and the views ``turns`` and ``session_summary`` (for sqlite3, pandas,
+DuckDB) are additions no reader of schema 3 depends on: every sink creates
+them when it opens a file that lacks them, without a new schema version, so
+files written before them still open in any reader of version 3. A view
+whose definition changes must come with a new version and a migration that
+drops the old one.
 """
 
 from __future__ import annotations
@@ -89,6 +97,39 @@ _SESSIONS_TABLE: Final = """CREATE TABLE sessions (
         failure_class TEXT,
         error_type TEXT
     )"""
+_EXTRAS: Final = (
+    """CREATE TABLE IF NOT EXISTS rejected (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    # One row per model turn that reported usage: the usage table with the sums tools want.
+    """CREATE VIEW IF NOT EXISTS turns AS SELECT
+        id, ts, substr(ts, 1, 10) AS day, session_id, worker_id, project_id, role, phase, model,
+        input_tokens, output_tokens, input_tokens + output_tokens AS total_tokens,
+        cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens,
+        cost_usd, CAST(cost_usd AS REAL) AS cost_usd_float, priced, duration_seconds
+    FROM usage""",
+    # One row per session: its sessions row, and what its turns' usage adds up to.
+    """CREATE VIEW IF NOT EXISTS session_summary AS SELECT
+        s.session_id, s.status, s.started_at, s.ended_at, s.duration_seconds, s.role, s.phase,
+        s.project_id, s.worker_id, s.failure_class, s.error_type, s.turns,
+        s.cost_usd, CAST(s.cost_usd AS REAL) AS cost_usd_float,
+        COALESCE(u.model_turns, 0) AS model_turns,
+        COALESCE(u.input_tokens, 0) AS input_tokens,
+        COALESCE(u.output_tokens, 0) AS output_tokens,
+        COALESCE(u.input_tokens + u.output_tokens, 0) AS total_tokens,
+        COALESCE(u.usage_cost_usd_float, 0.0) AS usage_cost_usd_float
+    FROM sessions AS s LEFT JOIN (
+        SELECT session_id, count(*) AS model_turns, sum(input_tokens) AS input_tokens,
+            sum(output_tokens) AS output_tokens,
+            sum(CAST(cost_usd AS REAL)) AS usage_cost_usd_float
+        FROM usage GROUP BY session_id
+    ) AS u ON u.session_id = s.session_id""",
+)
+"""Created IF NOT EXISTS at every open, after any migration (see the module docstring)."""
 _INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
     "CREATE INDEX IF NOT EXISTS events_session ON events (session_id)",
@@ -132,6 +173,8 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
+        for statement in _EXTRAS:
+            conn.execute(statement)
     if version not in (0, SCHEMA_VERSION):
         log_event(
             logging.INFO,

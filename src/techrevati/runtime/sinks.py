@@ -32,6 +32,8 @@ from techrevati.runtime._sink_base import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_WAIT,
+    BufferedSink,
     ClosesOnExit,
     log_event,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "DEFAULT_FLUSH_EVERY",
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_WAIT",
     "SCHEMA_VERSION",
     "SQLITE_APPLICATION_ID",
     "CorruptRecordError",
@@ -90,8 +93,11 @@ class SinkFanout(ClosesOnExit):
     (``write_usage``) is decided once, here. A sink that raises is logged
     (``sink.failed`` on logger ``techrevati.runtime.sinks``) and counted in
     :attr:`failures`; the other sinks still get the record and the caller goes
-    on. Pass a mapping to name the sinks; otherwise they are named after their
-    class (``SqliteSink``, ``SqliteSink#2``, ...).
+    on. Records a durable sink had to sanitise or reject (its ``sanitised``
+    and ``rejected`` counters) count as that sink's failures too, and are
+    summed in :attr:`sanitised` and :attr:`rejected`. Pass a mapping to name
+    the sinks; otherwise they are named after their class (``SqliteSink``,
+    ``SqliteSink#2``, ...).
 
     Safe to share between threads: delivery takes no lock (each sink guards
     itself); only the failure counters do.
@@ -99,6 +105,7 @@ class SinkFanout(ClosesOnExit):
 
     __slots__ = (
         "_closers",
+        "_counted",
         "_event_targets",
         "_failure_count",
         "_failures",
@@ -144,6 +151,9 @@ class SinkFanout(ClosesOnExit):
         self._usage_targets = tuple(usage)
         self._flushers = tuple(flushers)
         self._closers = tuple(closers)
+        self._counted = tuple(
+            (name, sink) for name, sink in pairs if isinstance(sink, BufferedSink)
+        )
         self._lock = threading.Lock()
         self._failures: dict[str, int] = dict.fromkeys(self._names, 0)
         self._failure_count = 0
@@ -170,14 +180,27 @@ class SinkFanout(ClosesOnExit):
 
     @property
     def failures(self) -> dict[str, int]:
-        """Failures per sink name (a copy), including flush and close failures."""
+        """Failures per sink name (a copy): calls that raised, and records sanitised or rejected."""
         with self._lock:
-            return dict(self._failures)
+            failures = dict(self._failures)
+        for name, sink in self._counted:
+            failures[name] += sink.sanitised + sink.rejected
+        return failures
 
     @property
     def failure_count(self) -> int:
-        """Failures of all sinks together."""
-        return self._failure_count
+        """Failures of all sinks together (as :attr:`failures` counts them)."""
+        return self._failure_count + self.sanitised + self.rejected
+
+    @property
+    def sanitised(self) -> int:
+        """Records the sinks stored sanitised, because they could not be stored as given."""
+        return sum(sink.sanitised for _, sink in self._counted)
+
+    @property
+    def rejected(self) -> int:
+        """Records the sinks quarantined, because they could not be stored even sanitised."""
+        return sum(sink.rejected for _, sink in self._counted)
 
     def write_event(self, event: AgentEvent) -> None:
         """Give ``event`` to every event sink; failures are logged and counted, never raised."""
@@ -204,7 +227,7 @@ class SinkFanout(ClosesOnExit):
         self._call_each(self._closers, "close")
 
     def __repr__(self) -> str:
-        return f"SinkFanout({list(self._names)!r}, failures={self._failure_count})"
+        return f"SinkFanout({list(self._names)!r}, failures={self.failure_count})"
 
     def _failed(self, name: str, operation: str, record: str | None, exc: Exception) -> None:
         with self._lock:

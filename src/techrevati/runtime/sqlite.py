@@ -29,6 +29,7 @@ from techrevati.runtime._sink_base import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_WAIT,
     BufferedSink,
     ClosesOnExit,
     Record,
@@ -37,7 +38,11 @@ from techrevati.runtime._sqlite_rows import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     USAGE_COLUMNS,
+    SqliteItem,
     event_from_row,
+    record_item,
+    rejected_item,
+    sanitised_item,
     session_from_row,
     store_batch,
     usage_from_row,
@@ -164,7 +169,7 @@ class _SqliteQueries:
         raise NotImplementedError
 
 
-class SqliteSink(_SqliteQueries, BufferedSink):
+class SqliteSink(_SqliteQueries, BufferedSink[SqliteItem]):
     """Store events, usage and one row per session in a SQLite database (WAL mode).
 
     Records are buffered and written in one ``BEGIN IMMEDIATE`` transaction
@@ -177,7 +182,17 @@ class SqliteSink(_SqliteQueries, BufferedSink):
     ``synchronous="full"`` (default) syncs the write-ahead log at each commit,
     so a power loss keeps every committed batch too; ``"normal"`` skips that
     sync (faster; a power loss may lose the last batches, ``kill -9`` still
-    loses none). Opening an older schema migrates it in place.
+    loses none). Opening an older schema migrates it in place; every open
+    also creates the ``rejected`` table and the ``turns`` and
+    ``session_summary`` views if the file lacks them.
+
+    Each record becomes its row on the caller's thread. A value no column
+    can hold as given (a lone surrogate, an int beyond 64 bits as
+    ``project_id`` or inside ``data``, a cycle or nesting past the depth
+    limit in ``data``, a key JSON refuses) is stored sanitised and counted in
+    :attr:`sanitised`; a record with no storable form (a token count beyond
+    64 bits) goes to the ``rejected`` table with the reason and its JSON, and
+    is counted in :attr:`rejected`.
 
     Safe to share between threads (one connection guarded by a lock) and
     between processes writing the same file (``busy_timeout``). Writes after
@@ -196,6 +211,8 @@ class SqliteSink(_SqliteQueries, BufferedSink):
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
         on_flush: Callable[[int], object] | None = None,
+        max_lag: int | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise InvalidValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
@@ -225,9 +242,20 @@ class SqliteSink(_SqliteQueries, BufferedSink):
             background=background,
             max_pending=max_pending,
             on_flush=on_flush,
+            max_lag=max_lag,
+            max_wait=max_wait,
         )
 
-    def _write_batch(self, batch: Sequence[Record]) -> None:
+    def _encode(self, record: Record) -> SqliteItem:
+        return record_item(record)
+
+    def _encode_sanitised(self, record: Record, notes: set[str]) -> SqliteItem:
+        return sanitised_item(record, notes)
+
+    def _encode_rejected(self, record: Record, reason: str) -> SqliteItem:
+        return rejected_item(record, reason)
+
+    def _write_batch(self, batch: Sequence[SqliteItem]) -> None:
         store_batch(self._conn, batch)
 
     def _release(self) -> None:
