@@ -107,6 +107,7 @@ class Budget:
         "_reserved_femto",
         "_reserved_requests",
         "_reserved_tokens",
+        "_resumed",
         "_spent_femto",
         "_spent_tokens",
         "default_estimate",
@@ -156,6 +157,8 @@ class Budget:
         self._reserved_femto = 0
         self._reserved_tokens = 0
         self._reserved_requests = 0
+        # Per resumed session id: what this budget has counted for it (see _count_resumed).
+        self._resumed: dict[str, Callable[[], tuple[int, int, int]]] = {}
 
     @property
     def limits(self) -> UsageLimits:
@@ -398,6 +401,34 @@ class Budget:
             self._spent_tokens += tokens
             self._requests += 1
             self._expect[name] = (femto, tokens)
+
+    def _count_resumed(
+        self,
+        session_id: str,
+        spent: tuple[int, int, int],
+        expect: dict[str, tuple[int, int]],
+        counted: Callable[[], tuple[int, int, int]],
+    ) -> None:
+        """Count a resumed session's logged ``spent`` (femto, tokens, requests) exactly once.
+
+        Adds only what the log holds beyond what this budget already counted
+        for ``session_id``: ``counted`` reports that from now on (the resumed
+        session's tracker: the log's figures plus its new turns), so resuming
+        the same session again adds each record once. ``expect`` gives what a
+        model's next call should hold, for models this budget has not seen.
+        """
+        with self._lock:  # counted() takes its tracker's lock, which never waits on ours
+            earlier = self._resumed.get(session_id)
+            done = (0, 0, 0) if earlier is None else earlier()
+            femto, tokens, requests = (
+                max(0, now - before) for now, before in zip(spent, done, strict=True)
+            )
+            self._spent_femto += femto
+            self._spent_tokens += tokens
+            self._requests += requests
+            for name, figures in expect.items():
+                self._expect.setdefault(name, figures)
+            self._resumed[session_id] = counted
 
     def _settle(self, reservation: BudgetReservation, femto: int, tokens: int) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._log import get_logger
@@ -78,6 +78,12 @@ from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, Qua
 from techrevati.runtime.retry_policy import RetryPolicy, _asyncio_sleep
 from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import UsageSnapshot
+
+if TYPE_CHECKING:
+    import os
+
+    from techrevati.runtime.jsonl import JsonlSink
+    from techrevati.runtime.sqlite import SqliteReader, SqliteSink
 
 __all__ = [
     "DEFAULT_LAST_EVENTS",
@@ -223,6 +229,30 @@ class Orchestrator:
     def asession(self, *, metadata: Mapping[str, object] | None = None) -> Session:
         """Return a new session; use it as ``async with orch.asession() as session:``."""
         return Session(self, metadata=metadata)
+
+    def resume(
+        self,
+        session_id: str,
+        *,
+        from_: str | os.PathLike[str] | SqliteSink | SqliteReader | JsonlSink,
+        metadata: Mapping[str, object] | None = None,
+    ) -> Session:
+        """Return the session ``session_id`` rebuilt from its log, to continue after a crash.
+
+        ``from_`` is a SQLite or JSONL log (a path, opened read-only, or a
+        live ``SqliteSink``, ``SqliteReader`` or ``JsonlSink``). The session
+        keeps its id and starts with the log's turns, usage and cost per
+        model, budget spent (on ``budget_usd`` and once on the shared
+        ``budget``), failures, retries, tool calls and event counts; enter it
+        like :meth:`session` (``with`` or ``async with``). ``metadata``
+        defaults to what the session last started with. Raises
+        ``InvalidValueError`` for a bad source or an id the log does not
+        hold, ``SessionStateError`` for a session that ended or is still open
+        here. See docs/orchestrator.md.
+        """
+        from techrevati.runtime._resume import resume_session  # noqa: PLC0415 (sqlite, json)
+
+        return resume_session(self, session_id, from_, metadata)
 
     def _runner_for_timeouts(self) -> DeadlineRunner:
         if self._runner is None:

@@ -485,6 +485,22 @@ class UsageTracker:
             self._budget._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return _new_turn_cost(TurnCost, (name, usage, femto, pricing is not None))
 
+    def _restore(self, model: str, usage: UsageSnapshot, femto: int, *, priced: bool) -> None:
+        """Add a turn recorded earlier (a log being resumed) at the cost it was charged then.
+
+        Not priced again and not charged to :attr:`budget`: the log says what was paid.
+        """
+        name = _model_name(model)
+        with self._lock:
+            totals = self._by_key.get(model)
+            if totals is None:
+                totals = self._by_key[model] = self._totals(name)
+            totals.turns += 1
+            totals.counts = _plus(totals.counts, usage._counts)
+            totals.femto += femto
+            if not priced:
+                totals.unpriced_turns += 1
+
     def _totals(self, name: str) -> _ModelTotals:
         """Return the totals of the stripped ``name``, made on first use (under the lock)."""
         totals = self._by_name.get(name)
