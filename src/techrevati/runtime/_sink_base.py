@@ -441,6 +441,8 @@ class BufferedSink(ClosesOnExit, Generic[Item]):
                     self._stalls += 1
                     return True
                 self._room.wait(remaining)
+            if self._closed:
+                raise SinkClosedError(f"{type(self).__name__}({self._target!r}) is closed")
             return False
         finally:
             self._waiting -= 1
