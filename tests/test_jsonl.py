@@ -409,3 +409,95 @@ def test_a_new_jsonl_file_is_readable_by_all_and_writable_by_its_owner(tmp_path:
     finally:
         os.umask(old_umask)
     assert (tmp_path / "mode.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (  # a secret, not ours and without a newline: it used to be cut to 0 bytes
+            b'{"api_key":"sk-12345"}',
+            "its last 22 bytes, after the last newline, are no record",
+        ),
+        (  # a torn line that starts like ours after a line that is not ours
+            b'a,b,c\n{"kind":"event","na',
+            "line 1 is no record (Expecting value: line 1 column 1 (char 0))",
+        ),
+        (  # whole lines, the last one not ours: appending would corrupt it
+            b'{"kind":"event","name":"x","timestamp":"2026-01-01T12:00:00+00:00"}\nname,cost\n',
+            "its last line is no record (Expecting value: line 1 column 1 (char 0))",
+        ),
+        (
+            b'{"kind":"event"}\n',
+            "its last line is no record ('name')",
+        ),
+    ],
+)
+def test_a_file_that_is_not_ours_is_refused_by_name_and_left_untouched(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    before = open_fds()
+    with pytest.raises(CorruptRecordError) as info:
+        JsonlSink(path)
+    assert str(info.value) == (
+        f"{path} is not a JsonlSink file: {why}; it was left untouched "
+        "(give the sink a new path, or move the file away)"
+    )
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no side file
+    assert open_fds() == before
+
+
+def test_trailing_blank_lines_after_a_record_are_still_ours(tmp_path: Path) -> None:
+    path = tmp_path / "blank.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=1))
+    path.write_bytes(path.read_bytes() + b"\n  \n")
+    with JsonlSink(path) as sink:
+        sink.write_event(event(i=2))
+    assert [r.data["i"] for r in read_jsonl(path) if isinstance(r, AgentEvent)] == [1, 2]
+
+
+def test_a_torn_line_is_repaired_only_after_every_whole_line_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    with JsonlSink(path, flush_every=500) as sink:
+        for i in range(1000):
+            sink.write_event(event(i=i))
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    lines[500] = b'{"kind":"event","oops"\n'  # one bad line in the middle
+    path.write_bytes(b"".join(lines) + b'{"kind":"usage","mo')
+    with pytest.raises(CorruptRecordError, match=r"line 501 is no record"):
+        JsonlSink(path)
+    assert path.read_bytes() == b"".join(lines) + b'{"kind":"usage","mo'
+    path.write_bytes(whole + b'{"kind":"usage","mo')
+    JsonlSink(path).close()
+    assert path.read_bytes() == whole
+
+
+def test_a_second_repair_in_the_same_instant_gets_its_own_side_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from techrevati.runtime import jsonl
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> Frozen:
+            return cls(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+    monkeypatch.setattr(jsonl, "datetime", Frozen)
+    path = tmp_path / "twice.jsonl"
+    for tail in (b'{"kind":"ev', b'{"kind":"us'):
+        path.write_bytes(tail)
+        JsonlSink(path).close()
+    sides = sorted(p.name for p in tmp_path.glob("twice.jsonl.torn-*"))
+    assert sides == [
+        "twice.jsonl.torn-20260102T030405.000006Z",
+        "twice.jsonl.torn-20260102T030405.000006Z-2",
+    ]
+    assert (tmp_path / sides[1]).read_bytes() == b'{"kind":"us'

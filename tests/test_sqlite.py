@@ -872,3 +872,53 @@ def test_a_version_2_database_gains_one_hour_cache_writes_on_open(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     with SqliteReader(db) as reader:
         assert len(reader.read_usage()) == 2
+
+
+def test_the_turns_and_session_summary_views_read_straight_from_the_file(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        for e in session_events("s1", "completed", start_at=T0, seconds=3, cost="0.0246"):
+            sink.write_event(e)
+        sink.write_usage(usage(0))
+        sink.write_usage(usage(1))
+        sink.write_usage(usage(2, session_id="s2", model="model-b", cost="0.5"))
+    with sqlite3.connect(db) as conn:
+        turns = conn.execute(
+            "SELECT day, session_id, model, input_tokens, output_tokens, total_tokens, "
+            "cost_usd, cost_usd_float FROM turns ORDER BY id"
+        ).fetchall()
+        by_model = conn.execute(
+            "SELECT model, count(*), sum(total_tokens), round(sum(cost_usd_float), 4) "
+            "FROM turns GROUP BY model ORDER BY model"
+        ).fetchall()
+        sessions = conn.execute(
+            "SELECT session_id, status, duration_seconds, cost_usd, model_turns, input_tokens, "
+            "output_tokens, total_tokens, round(usage_cost_usd_float, 4) FROM session_summary"
+        ).fetchall()
+    assert turns == [
+        ("2026-01-01", "s1", "model-a", 1000, 200, 1200, "0.0123", 0.0123),
+        ("2026-01-01", "s1", "model-a", 1001, 200, 1201, "0.0123", 0.0123),
+        ("2026-01-01", "s2", "model-b", 1002, 200, 1202, "0.5", 0.5),
+    ]
+    assert by_model == [("model-a", 2, 2401, 0.0246), ("model-b", 1, 1202, 0.5)]
+    assert sessions == [("s1", "completed", 3.0, "0.0246", 2, 2001, 400, 2401, 0.0246)]
+
+
+def test_a_file_from_before_the_views_reads_as_is_and_gains_them_when_a_sink_opens_it(
+    db: Path,
+) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_usage(usage(1))
+    with sqlite3.connect(db) as conn:  # what schema 3 looked like before the views
+        conn.executescript("DROP VIEW turns; DROP VIEW session_summary; DROP TABLE rejected")
+    with SqliteReader(db) as reader:  # same schema version: any reader of 3 reads it
+        assert reader.read_usage() == [usage(1)]
+    for _ in range(2):  # created once, then left as they are
+        SqliteSink(db).close()
+    with sqlite3.connect(db) as conn:
+        objects = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name IN "
+            "('turns', 'session_summary', 'rejected') ORDER BY name"
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM turns").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert objects == [("table", "rejected"), ("view", "session_summary"), ("view", "turns")]
