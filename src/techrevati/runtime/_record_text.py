@@ -16,6 +16,8 @@ from typing import Final
 
 def iso(value: datetime) -> str:
     """Fixed-width ISO 8601 in UTC, so text order is time order."""
+    if value.tzinfo is UTC:  # the common case: skip the conversion
+        return value.isoformat(timespec="microseconds")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
@@ -34,9 +36,12 @@ def decimal_text_or_none(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def dumps(value: object) -> str:
     """Compact JSON that keeps non-ASCII text as is and writes unknown values with ``str``."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _ENCODER.encode(value)
 
 
 INT64_MIN: Final = -(2**63)

@@ -111,15 +111,70 @@ def record_item(record: Record) -> SqliteItem:
     """Return the row of ``record``; raise if a value is not one its column can hold."""
     if isinstance(record, AgentEvent):
         row = _event_row(record)
-        check_row(row, _EVENT_KINDS)
+        if not _plain_event_row(row):
+            check_row(row, _EVENT_KINDS)
         if not is_session_event(record):
             return (EVENT_ROW, row, None)
         values = fold_session(None, record).to_dict()  # the fold at write time merges these
         check_row(tuple(values[field] for field in _SESSION_FIELDS), _SESSION_KINDS)
         return (EVENT_ROW, row, record)
     row = _usage_row(record)
-    check_row(row, _USAGE_KINDS)
+    if not _plain_usage_row(record):
+        check_row(row, _USAGE_KINDS)
     return (USAGE_ROW, row, None)
+
+
+def _plain_event_row(row: tuple[object, ...]) -> bool:
+    """Whether an events row is plainly storable: the common case, checked at a glance.
+
+    ``ts``, ``name``, ``failure_class``, ``model`` and ``data`` are text or
+    NULL by construction; the rest are typed only by their annotations.
+    """
+    _, name, session_id, worker_id, project_id, role, phase, status, _, detail, model, data = row
+    if not (
+        type(session_id) is str
+        and type(worker_id) is str
+        and type(role) is str
+        and type(phase) is str
+        and (status is None or type(status) is str)
+        and (detail is None or type(detail) is str)
+        and (project_id is None or type(project_id) is str or type(project_id) is int)
+    ):
+        return False
+    text = f"{name}{session_id}{worker_id}{role}{phase}{status}{detail}{model}{data}{project_id}"
+    return text.isascii() and (type(project_id) is not int or INT64_MIN <= project_id <= INT64_MAX)
+
+
+def _plain_usage_row(record: UsageRecord) -> bool:
+    """Whether a usage record's row is plainly storable (tokens are ints >= 0 by construction)."""
+    project_id: object = record.project_id
+    duration: object = record.duration_seconds
+    if not (
+        type(record.session_id) is str
+        and type(record.worker_id) is str
+        and type(record.role) is str
+        and type(record.phase) is str
+        and type(record.model) is str
+        and (project_id is None or type(project_id) is str or type(project_id) is int)
+        and (duration is None or type(duration) is float or type(duration) is int)
+    ):
+        return False
+    text = f"{record.session_id}{record.worker_id}{record.role}{record.phase}{record.model}"
+    return (
+        text.isascii()
+        and (type(project_id) is not str or project_id.isascii())
+        and (type(project_id) is not int or INT64_MIN <= project_id <= INT64_MAX)
+        and max(
+            record.input_tokens,
+            record.output_tokens,
+            record.cache_read_tokens,
+            record.cache_write_tokens,
+            record.reasoning_tokens,
+            record.cache_write_1h_tokens,
+        )
+        <= INT64_MAX
+        and (type(duration) is not int or INT64_MIN <= duration <= INT64_MAX)
+    )
 
 
 def sanitised_item(record: Record, notes: set[str]) -> SqliteItem:
