@@ -11,8 +11,10 @@ backpressure keeps at or under ``max_lag``. Part 2 times ``Session.run_turn``
 with each sink against the same session without one, interleaved (one
 measurement of each variant per round, the minimum kept), so the difference
 is what the sink adds to a turn at full speed, its waits for the writer
-included. Part 3 times one ``write_event`` as the caller sees it (the record
-is encoded on the caller's thread) against a bare in-memory ring buffer.
+included; an in-memory sink beside them shows what building the records
+costs the session before any sink sees them. Part 3 times one
+``write_event`` as the caller sees it (the record is encoded on the caller's
+thread) against a bare in-memory ring buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -91,7 +94,12 @@ def _run_turn_table() -> None:
     register_pricing(MODEL, ModelPricing(input_per_million="3", output_per_million="15"))
     with tempfile.TemporaryDirectory() as tmp:
         sinks: dict[str, Sink] = {name: make(Path(tmp)) for name, make in CASES}
-        sessions = {"run_turn, no sink": Orchestrator("writer", "draft").session()}
+        sessions = {
+            "run_turn, no sink": Orchestrator("writer", "draft").session(),
+            "run_turn + in-memory sink": Orchestrator(
+                "writer", "draft", sinks=[_Memory()]
+            ).session(),
+        }
         for name, sink in sinks.items():
             sessions[f"run_turn + {name}"] = Orchestrator("writer", "draft", sinks=[sink]).session()
         for session in sessions.values():
@@ -112,21 +120,39 @@ def _run_turn_table() -> None:
                 sink.close()
         lost = {name: (sink.dropped, sink.stalls) for name, sink in sinks.items()}
     bare = best["run_turn, no sink"]
+    memory = best["run_turn + in-memory sink"]
     print(
         f"run_turn with each sink (flush_every=100), best of {ROUNDS} interleaved rounds "
         f"of {RUN_TURNS:,} turns:"
     )
     report(list(best.items()), baseline=bare, label="no sink", unit="turn", digits=2)
+    print(
+        f"  building the records a sink gets (the in-memory sink): {(memory - bare) / 1000:.2f}"
+        " us/turn"
+    )
     for name, (dropped, stalls) in lost.items():
         ns = best[f"run_turn + {name}"]
         print(
-            f"  {name:<34} adds {(ns - bare) / 1000:6.2f} us/turn; "
+            f"  {name:<34} adds {(ns - memory) / 1000:6.2f} us/turn to that; "
             f"{1e9 / ns:>8,.0f} turns/s sustained; dropped {dropped}, stalls {stalls}"
         )
 
 
 def _answer() -> str:
     return "ok"
+
+
+class _Memory:
+    """A sink that keeps the last records in memory: what building the records costs alone."""
+
+    def __init__(self) -> None:
+        self.kept: deque[object] = deque(maxlen=1000)
+
+    def write_event(self, event: AgentEvent) -> None:
+        self.kept.append(event)
+
+    def write_usage(self, record: UsageRecord) -> None:
+        self.kept.append(record)
 
 
 def _write_ns(sink: Sink) -> float:
