@@ -6,9 +6,11 @@ where one broken sink is logged and counted but never stops the others or the
 caller. :class:`JsonlSink` appends one JSON object per line to a file (easy to
 ship and grep); :class:`SqliteSink` stores them in a versioned SQLite database
 in WAL mode that many threads and processes can share and that survives
-``kill -9`` up to the last flushed batch. Both buffer records in memory and
-write them in batches on a background thread, so ``write_*`` never waits on
-the disk and an asyncio session can call them directly. Read them back with
+``kill -9`` up to the last flushed batch. Both encode each record on the
+caller's thread (sanitising or quarantining one they cannot store as given),
+buffer it and write batches on a background thread, so ``write_*`` waits on
+the disk only when ``max_lag`` records are unwritten: that bounds what
+``kill -9`` can lose, whatever the load. Read them back with
 :func:`read_jsonl`, :class:`SqliteReader` or the sink's own ``read_*``
 methods, which return typed records.
 
