@@ -382,3 +382,14 @@ def test_the_session_summary_counts_the_records_a_sink_sanitised_or_rejected(
     assert (fanout.sanitised, fanout.rejected) == (1, expected_failures - 1)
     assert fanout.failures == {type(sink).__name__: expected_failures}
     sink.close()
+
+
+def test_sanitised_records_are_logged_at_the_first_and_every_thousandth(
+    tmp_path: Path, log: pytest.LogCaptureFixture
+) -> None:
+    with JsonlSink(tmp_path / "many.jsonl", flush_every=500) as sink:
+        for i in range(2001):
+            sink.write_event(AgentEvent(name="x", data={"tool": SURROGATE, "i": i}, timestamp=T0))
+    counts = [r.sanitised for r in logged(log, "sink.record_sanitised")]  # type: ignore[attr-defined]
+    assert counts == [1, 1000, 2000]
+    assert sink.sanitised == 2001
