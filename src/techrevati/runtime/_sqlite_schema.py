@@ -11,9 +11,10 @@ The ``rejected`` table (records quarantined because no column could hold
 them) and the views ``turns`` and ``session_summary`` (for sqlite3, pandas,
 DuckDB) are additions no reader of schema 3 depends on: every sink creates
 them when it opens a file that lacks them, without a new schema version, so
-files written before them still open in any reader of version 3. A view
-whose definition changes must come with a new version and a migration that
-drops the old one.
+files written before them still open in any reader of version 3. The views
+select ``*`` so that a migration can still add or drop a table's columns; a
+view whose definition changes must come with a new version and a migration
+that drops the old one.
 """
 
 from __future__ import annotations
@@ -106,17 +107,14 @@ _EXTRAS: Final = (
         record TEXT NOT NULL
     )""",
     # One row per model turn that reported usage: the usage table with the sums tools want.
+    # "*" rather than a column list, so that a migration may still add or drop a column.
     """CREATE VIEW IF NOT EXISTS turns AS SELECT
-        id, ts, substr(ts, 1, 10) AS day, session_id, worker_id, project_id, role, phase, model,
-        input_tokens, output_tokens, input_tokens + output_tokens AS total_tokens,
-        cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens,
-        cost_usd, CAST(cost_usd AS REAL) AS cost_usd_float, priced, duration_seconds
+        *, substr(ts, 1, 10) AS day, input_tokens + output_tokens AS total_tokens,
+        CAST(cost_usd AS REAL) AS cost_usd_float
     FROM usage""",
     # One row per session: its sessions row, and what its turns' usage adds up to.
     """CREATE VIEW IF NOT EXISTS session_summary AS SELECT
-        s.session_id, s.status, s.started_at, s.ended_at, s.duration_seconds, s.role, s.phase,
-        s.project_id, s.worker_id, s.failure_class, s.error_type, s.turns,
-        s.cost_usd, CAST(s.cost_usd AS REAL) AS cost_usd_float,
+        s.*, CAST(s.cost_usd AS REAL) AS cost_usd_float,
         COALESCE(u.model_turns, 0) AS model_turns,
         COALESCE(u.input_tokens, 0) AS input_tokens,
         COALESCE(u.output_tokens, 0) AS output_tokens,
