@@ -25,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Final, Literal
 
-from techrevati.runtime._sessions import SessionRow, SessionStatus
+from techrevati.runtime._sessions import SESSION_EVENT_NAMES, SessionRow, SessionStatus
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, EventName, UsageRecord
 from techrevati.runtime.sqlite import DEFAULT_BUSY_TIMEOUT
 
@@ -223,6 +223,11 @@ def _event_from_json(obj: Mapping[str, object]) -> AgentEvent:
     if not isinstance(data, dict):
         raise _BadFieldError(f"data must be an object, got {_kind_of(data)}")
     name = obj.get("name")
+    session_id = obj.get("session_id")
+    # "" names no session; "  " names one that could have no row in the sessions table.
+    blank = isinstance(session_id, str) and session_id and not session_id.strip()
+    if blank and name in SESSION_EVENT_NAMES:
+        raise _BadFieldError(f"session_id must not be blank, got {_shown(session_id)}")
     if isinstance(name, str) and name in _SESSION_ENDS:
         _seconds("data.duration_seconds", data.get("duration_seconds"))
         if data.get("cost_usd") is not None:
