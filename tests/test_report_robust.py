@@ -261,8 +261,9 @@ def test_a_malformed_sqlite_row_is_skipped_and_counted(
     assert err == f"report: skipped 1 malformed rows ({table} 1); --strict refuses them\n"
     code, text, _ = run(str(db))
     assert code == 0
-    assert "Skipped rows (malformed: 1)" in text
-    assert f"{table}" in text.split("Skipped rows")[1].split("\n\n")[0]
+    skipped = text.split("\n\n")[2].splitlines()
+    assert skipped[0] == "Skipped rows (malformed: 1)"
+    assert skipped[3].split(None, 3) == [table, "1", str(rowid), reason]
 
 
 @pytest.mark.parametrize(("table", "row", "reason"), SQLITE_CASES)
@@ -272,6 +273,16 @@ def test_strict_refuses_a_malformed_sqlite_row_naming_it(
     db = good_db(tmp_path / "runs.db")
     rowid = insert(db, table, row)
     assert run(str(db), "--strict") == (2, "", f"report: {db}: {table} row {rowid}: {reason}\n")
+
+
+def test_sqlite_event_data_that_is_empty_or_not_an_object_is_read_as_the_reader_reads_it(
+    tmp_path: Path,
+) -> None:
+    db = good_db(tmp_path / "runs.db")
+    for data in ("", "[1]", "null", '"text"'):
+        insert(db, "events", {"ts": TS, "name": "turn.completed", "data": data})
+    report = build_report(db)
+    assert (report.events, report.skipped) == (6, ())
 
 
 def test_sqlite_text_that_is_not_utf8_is_one_skipped_row_not_the_end_of_the_query(
@@ -514,6 +525,7 @@ def test_a_file_of_our_records_all_malformed_is_reported_not_refused(tmp_path: P
         ("1E+14", "100000000000000"),
         ("0E+15", "0"),
         ("0.250", "0.250"),
+        ("0" * 63 + "1", "1"),
     ],
 )
 def test_costs_on_the_money_grid_below_1e15_are_figures(
@@ -537,7 +549,7 @@ def test_costs_on_the_money_grid_below_1e15_are_figures(
         "Infinity",
         "NaN",
         "sNaN",
-        "1" * 65,
+        "0" * 64 + "1",  # 65 characters: refused before it is parsed
     ],
 )
 def test_costs_off_the_grid_or_from_1e15_are_malformed(tmp_path: Path, cost: str) -> None:
