@@ -11,7 +11,7 @@ _USAGE = """usage: python -m techrevati.runtime COMMAND
 
 commands:
   demo                 run a simulated project against a faulty fake provider
-  report PATH [...]    summarise a SqliteSink or JsonlSink file (--json, --since)
+  report PATH [...]    summarise a SqliteSink or JsonlSink file (--format, --since, --strict)
 """
 
 
