@@ -10,6 +10,7 @@ integrity_check`` is ``ok`` / every whole line is a record), hold a prefix of
 what was handed over, and miss at most ``max_lag`` of it. The bound is exact,
 not timed: every record counted was handed over before the kill, so
 ``counted - stored <= max_lag`` holds whenever the sink keeps its promise.
+The report command's totals must then be those of the records present.
 
 The children are forked from one helper process that has already imported
 the package, so each run costs a fork, not an interpreter start.
@@ -33,6 +34,7 @@ import pytest
 
 from techrevati.runtime.events import AgentEvent, UsageRecord
 from techrevati.runtime.jsonl import JsonlSink, read_jsonl
+from techrevati.runtime.report import build_report
 from techrevati.runtime.sqlite import SqliteReader
 
 RUNS = 20
@@ -151,6 +153,7 @@ def stored_sqlite(path: Path) -> int:
     with SqliteReader(path) as reader:
         events = [e.data["i"] for e in reader.read_events()]
         usage = [u.input_tokens for u in reader.read_usage()]
+    check_report(path, len(events), len(usage))
     return prefix(events, usage)
 
 
@@ -167,6 +170,7 @@ def stored_jsonl(path: Path) -> int:
     assert read_jsonl(path) == records
     if torn:
         assert path.read_bytes() == data[: len(data) - len(torn)]
+    check_report(path, len(events), len(usage))
     return prefix(events, usage)
 
 
@@ -176,6 +180,14 @@ def prefix(events: list[object], usage: list[int]) -> int:
     assert usage == list(range(len(usage)))
     assert len(events) - len(usage) in (0, 1)  # each event went in before its usage record
     return len(events) + len(usage)
+
+
+def check_report(path: Path, events: int, usage: int) -> None:
+    """The report command's totals are those of the records the file holds, and it skips none."""
+    report = build_report(path)
+    assert report.skipped == ()
+    assert (report.events, report.turns) == (events, usage)
+    assert dict(report.tokens)["input_tokens"] == sum(range(usage))
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
