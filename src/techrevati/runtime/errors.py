@@ -279,7 +279,11 @@ class GuardrailViolatedError(TechrevatiError):
 
 
 class CorruptRecordError(TechrevatiError, ValueError):
-    """A JSONL line is not a record :class:`JsonlSink` wrote; the message names file and line."""
+    """A JSONL file or line is not what :class:`JsonlSink` wrote; the message names it and why.
+
+    Raised by ``read_jsonl`` for a line that is not a record, and by
+    ``JsonlSink`` for a file it will not append to or repair (not its own).
+    """
 
 
 class UnknownWorkerError(TechrevatiError, KeyError):
