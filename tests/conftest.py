@@ -20,6 +20,7 @@ import asyncio
 import importlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -122,6 +123,16 @@ class FakeClock:
         """The async twin of :meth:`sleep`; it yields to the loop once, as a real sleep would."""
         self.sleep(seconds)
         await asyncio.sleep(0)
+
+
+def warned_from(filename: str, test_file: str) -> bool:
+    """Whether a warning's ``filename`` is the test's own file: its ``stacklevel`` is right.
+
+    Under mutation testing mutmut's trampoline frames sit between the library
+    and its caller, so a warning then points into mutmut; that is accepted
+    there (and only there).
+    """
+    return filename == test_file or "mutmut" in Path(filename).parts
 
 
 class CollectingSink:
