@@ -91,6 +91,8 @@ UNRUNNABLE_TESTS = (
 ALSO_COPY = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "LICENSE", "docs", "bench", ".ci")
 KILLED = {"killed", "timeout", "segfault"}
 """mutmut statuses that mean a test noticed the mutant."""
+NOT_RUN = "not checked"
+"""The mutmut status of a mutant no test run has reached."""
 
 
 def main() -> int:
@@ -194,6 +196,13 @@ def _report(workdir: Path, modules: tuple[str, ...]) -> int:
         total.update(counts)
         below |= _row(module, counts)
     _row("all", total)
+    unchecked = total[NOT_RUN]
+    if unchecked:
+        print(
+            f"{unchecked} mutants were never run: mutmut stopped early (its run of the "
+            f"unmutated tests failed, or it was killed); run `mutmut run` in {workdir} to see why"
+        )
+        return 2
     with (workdir / "survivors.txt").open("w", encoding="utf-8") as out:
         for name in survivors:
             shown = subprocess.run(
