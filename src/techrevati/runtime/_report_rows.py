@@ -13,6 +13,7 @@ space. Both readers stream: one row in memory at a time. Private to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import re
@@ -83,24 +84,7 @@ _USAGE_FIELDS: Final = (
     "duration_seconds",
 )
 _USAGE_COLUMNS: Final = (("timestamp", "ts"), *((name, name) for name in _USAGE_FIELDS))
-_SESSION_COLUMNS: Final = tuple(
-    (name, name)
-    for name in (
-        "session_id",
-        "status",
-        "started_at",
-        "ended_at",
-        "duration_seconds",
-        "cost_usd",
-        "turns",
-        "role",
-        "phase",
-        "project_id",
-        "worker_id",
-        "failure_class",
-        "error_type",
-    )
-)
+_SESSION_COLUMNS: Final = tuple((f.name, f.name) for f in dataclasses.fields(SessionRow))
 _TOKEN_FIELDS: Final = _USAGE_FIELDS[6:12]
 
 Record = AgentEvent | UsageRecord | SessionRow
