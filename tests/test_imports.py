@@ -78,6 +78,7 @@ PRIMITIVES: dict[str, set[str]] = {
     "policy_engine": {"quality_gate", "conditions"},
     "conditions": {"quality_gate"},
     "quality_gate": set(),
+    "rate_limit": set(),
 }
 NEVER = ("sqlite3", "asyncio", "json", "tomllib")
 """Heavy standard modules no primitive needs at import time (usage's pricing files aside)."""

@@ -113,6 +113,11 @@ if TYPE_CHECKING:
         QualityGateOutcome,
         QualityLevel,
     )
+    from techrevati.runtime.rate_limit import (
+        RateLease,
+        RateLimitedError,
+        RateLimiter,
+    )
     from techrevati.runtime.report import (
         ReportInputError,
     )
@@ -213,6 +218,9 @@ __all__ = [
     "QualityGate",
     "QualityGateOutcome",
     "QualityLevel",
+    "RateLease",
+    "RateLimitedError",
+    "RateLimiter",
     "RecoveryContext",
     "RecoveryOutcome",
     "RecoveryRecipe",
@@ -371,6 +379,9 @@ _EXPORTS: Final[dict[str, str]] = {
     "QualityGateOutcome": "techrevati.runtime.quality_gate",
     "QualityLevel": "techrevati.runtime.quality_gate",
     "RETRYABLE_SCENARIOS": "techrevati.runtime.retry_policy",
+    "RateLease": "techrevati.runtime.rate_limit",
+    "RateLimitedError": "techrevati.runtime.rate_limit",
+    "RateLimiter": "techrevati.runtime.rate_limit",
     "RecoveryContext": "techrevati.runtime.retry_policy",
     "RecoveryOutcome": "techrevati.runtime.retry_policy",
     "RecoveryRecipe": "techrevati.runtime.retry_policy",

@@ -1,8 +1,10 @@
 """The server's retry hints: ``x-should-retry``, ``retry-after(-ms)`` and Google's ``RetryInfo``.
 
-Private to the classifier (:mod:`~techrevati.runtime._classify`). Every
-reader here takes whatever an SDK put in its exception (header mappings of
-any kind, dicts of JSON, protobuf messages) and never raises.
+Private to the classifier (:mod:`~techrevati.runtime._classify`) and the rate
+limiter, which reads its ``x-ratelimit-*`` headers with :func:`_header_values`
+and :func:`_headers_of`. Every reader here takes whatever an SDK put in its
+exception (header mappings of any kind, dicts of JSON, protobuf messages) and
+never raises.
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ _RETRY_INFO_TYPE: Final = "google.rpc.RetryInfo"
 _CI_HEADER_TYPES: Final = frozenset(
     {"Headers", "CaseInsensitiveDict", "HTTPMessage", "Message", "CIMultiDict", "CIMultiDictProxy"}
 )
-_HINT_HEADERS: Final = ("x-should-retry", "retry-after-ms", "retry-after")
-_HINT_HEADER_INDEX: Final = {name: index for index, name in enumerate(_HINT_HEADERS)}
-_HINT_HEADER_BYTES: Final = {name.encode(): index for index, name in enumerate(_HINT_HEADERS)}
-_NOTHING: Final[list[object]] = [None, None, None]
 
 
 def _get(data: object, key: str) -> object:
@@ -38,45 +36,88 @@ def _get(data: object, key: str) -> object:
 
 
 def _hint_headers(headers: object) -> tuple[str | None, str | None, str | None]:
-    """Return ``x-should-retry``, ``retry-after-ms`` and ``retry-after``, case-insensitively.
+    """Return ``x-should-retry``, ``retry-after-ms`` and ``retry-after``, case-insensitively."""
+    should, millis, after = _header_values(headers, _HINT_TABLE)
+    return should, millis, after
+
+
+class _HeaderTable:
+    """Lower-case header names and their slots, built once per set of names."""
+
+    __slots__ = ("by_bytes", "by_name", "names")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.by_name = {name: index for index, name in enumerate(names)}
+        self.by_bytes = {name.encode(): index for index, name in enumerate(names)}
+
+
+_HINT_TABLE: Final = _HeaderTable(("x-should-retry", "retry-after-ms", "retry-after"))
+
+
+def _header_values(headers: object, table: _HeaderTable) -> tuple[str | None, ...]:
+    """Return the values of ``table``'s headers (lower-case names), case-insensitively.
 
     Works on any header mapping: plain dicts (any key case), httpx/httpx2
     ``Headers`` (one pass over the public ``.raw`` list), requests'
-    ``CaseInsensitiveDict``, ``http.client.HTTPMessage``. Never raises.
+    ``CaseInsensitiveDict``, ``http.client.HTTPMessage``. Never raises: a
+    container that misbehaves gives ``None`` for every name.
     """
-    found: list[object] = [None, None, None]
+    names = table.names
+    found: list[object] = [None] * len(names)
     try:
         if type(headers) is dict:
-            for index, name in enumerate(_HINT_HEADERS):
+            for index, name in enumerate(names):
                 found[index] = headers.get(name)
-            if found == _NOTHING and headers:
-                _scan(headers.items(), found)
+            if headers and all(value is None for value in found):
+                _scan(headers.items(), found, table)
         else:
             raw = getattr(headers, "raw", None)
             if type(raw) is list:  # httpx and httpx2 Headers: [(bytes, bytes), ...]
                 for key, value in raw:
-                    slot = _HINT_HEADER_BYTES.get(key.lower())
+                    slot = table.by_bytes.get(key.lower())
                     if slot is not None:
                         found[slot] = value
             else:
                 get = getattr(headers, "get", None)
                 if not callable(get):
-                    return None, None, None
-                for index, name in enumerate(_HINT_HEADERS):
+                    return (None,) * len(names)
+                for index, name in enumerate(names):
                     found[index] = get(name)
-                if found == _NOTHING and type(headers).__name__ not in _CI_HEADER_TYPES:
+                if (
+                    all(value is None for value in found)
+                    and type(headers).__name__ not in _CI_HEADER_TYPES
+                ):
                     items = getattr(headers, "items", None)
                     if callable(items):
-                        _scan(items(), found)
+                        _scan(items(), found, table)
     except Exception:  # a header container that misbehaves gives no hints
-        return None, None, None
-    return _header_text(found[0]), _header_text(found[1]), _header_text(found[2])
+        return (None,) * len(names)
+    return tuple(_header_text(value) for value in found)
 
 
-def _scan(items: Iterable[tuple[object, object]], found: list[object]) -> None:
+def _headers_of(source: object) -> object:
+    """Return the headers ``source`` carries, or None.
+
+    ``source`` itself when it is a header container, else its ``.headers``,
+    else its ``.response.headers`` (an SDK exception or response). Never raises.
+    """
+    if (
+        type(source) is dict
+        or isinstance(source, Mapping)
+        or type(source).__name__ in _CI_HEADER_TYPES
+    ):
+        return source
+    headers = _attr(source, "headers")
+    if headers is None:
+        headers = _attr(_attr(source, "response"), "headers")
+    return headers
+
+
+def _scan(items: Iterable[tuple[object, object]], found: list[object], table: _HeaderTable) -> None:
     for key, value in items:
         if isinstance(key, str):
-            index = _HINT_HEADER_INDEX.get(key.lower())
+            index = table.by_name.get(key.lower())
             if index is not None:
                 found[index] = value
 

@@ -18,6 +18,7 @@ raises it (``techrevati.runtime.budget.BudgetExceededError``, ...) and from
     ├── StreamResultError (TypeError)           a turn returned a stream
     ├── BudgetExceededError                     a budget refused a call
     ├── ReservationError (RuntimeError)         a hold settled twice
+    ├── RateLimitedError (TimeoutError)         no rate-limit capacity within max_wait
     ├── RetriesExhaustedError                   the attempts ran out (from the last error)
     ├── RetryAfterTooLongError                  a server hint longer than accepted
     ├── GuardrailViolatedError                  a hook vetoed a call
@@ -67,6 +68,7 @@ __all__ = [
     "PricingFileError",
     "PricingFileNote",
     "PricingFileWarning",
+    "RateLimitedError",
     "ReportInputError",
     "ReservationError",
     "RetriesExhaustedError",
@@ -260,7 +262,51 @@ class BudgetExceededError(TechrevatiError):
 
 
 class ReservationError(TechrevatiError, RuntimeError):
-    """:meth:`BudgetReservation.settle` was called on a settled or released reservation."""
+    """A hold was settled twice, or after its release.
+
+    :meth:`BudgetReservation.settle` and :meth:`RateLease.settle` raise it,
+    so nothing is counted twice.
+    """
+
+
+class RateLimitedError(TechrevatiError, TimeoutError):
+    """A :class:`~techrevati.runtime.rate_limit.RateLimiter` had no capacity within ``max_wait``.
+
+    ``limit_kind`` names the limit that refused (``"requests"``, ``"tokens"``,
+    ``"input_tokens"``, ``"output_tokens"``, ``"concurrent"``, or ``"server"``
+    when the provider's own headers said nothing is left); ``retry_after`` is
+    how many seconds until that limit has room (``None`` for ``"concurrent"``:
+    a slot frees when a call ends); ``max_wait`` what the caller accepted.
+    """
+
+    def __init__(
+        self, limit_kind: str, retry_after: float | None, max_wait: float, *, name: str = ""
+    ) -> None:
+        self.limit_kind = limit_kind
+        self.retry_after = retry_after
+        self.max_wait = max_wait
+        self.name = name
+        who = f"rate limiter {name!r}" if name else "rate limiter"
+        when = (
+            "no concurrency slot freed"
+            if retry_after is None
+            else f"capacity in {retry_after:.3f}s"
+        )
+        super().__init__(
+            f"{who}: {limit_kind} limit reached; {when}, more than max_wait={max_wait:g}s"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_rate_limited,
+            (self.limit_kind, self.retry_after, self.max_wait, self.name),
+        )
+
+
+def _rebuild_rate_limited(
+    limit_kind: str, retry_after: float | None, max_wait: float, name: str
+) -> RateLimitedError:
+    return RateLimitedError(limit_kind, retry_after, max_wait, name=name)
 
 
 class GuardrailViolatedError(TechrevatiError):
