@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -156,8 +157,9 @@ def test_a_hostile_header_container_never_raises() -> None:
     assert rl.observe(Carrier()) == 0
 
 
-def _response(status: int, headers: dict[str, str]) -> httpx.Response:
-    return httpx.Response(status, headers=headers, request=httpx.Request("POST", "http://x/v1"))
+def _response(status: int, headers: dict[str, str]) -> httpx2.Response:
+    """A response as the SDKs build theirs (on httpx2, whose Headers are read like httpx's)."""
+    return httpx2.Response(status, headers=headers, request=httpx2.Request("POST", "http://x/v1"))
 
 
 def test_a_real_openai_rate_limit_error_sets_retry_after_and_the_caps() -> None:
