@@ -7,13 +7,17 @@ import asyncio
 import math
 import pickle
 import threading
+from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from techrevati.runtime import (
+    Budget,
+    EventName,
     InvalidValueError,
+    Orchestrator,
     RateLease,
     RateLimitedError,
     RateLimiter,
@@ -551,3 +555,126 @@ async def _tasks_hammering_one_limiter_wait_their_turn() -> None:
     assert len(times) == 40
     for start in times:
         assert sum(1 for t in times if start <= t < start + 60.0) <= 10
+
+
+# --- wired into the orchestrator --------------------------------------------------------
+
+
+def _orchestrator(clock: FakeClock, rl: RateLimiter) -> Orchestrator:
+    return Orchestrator("coder", "build", rate_limiter=rl, clock=clock)
+
+
+def test_a_throttled_turn_waits_emits_and_settles_actual_usage() -> None:
+    clock = FakeClock()
+    rl = limiter(clock, requests_per_minute=1, tokens_per_minute=1000)
+    orch = _orchestrator(clock, rl)
+    with orch.session() as session:
+        session.run_turn(
+            lambda: "a",
+            model="m",
+            estimate=UsageSnapshot(input_tokens=500),
+            usage=UsageSnapshot(input_tokens=10, output_tokens=5),
+        )
+        assert rl.usage()["tokens"] == 15  # the actual usage, not the estimate
+        assert rl.usage()["open"] == 0
+        clock.advance(20)
+        session.run_turn(lambda: "b", model="m")
+        assert clock.slept == [40.0]
+        throttled = [e for e in session.events() if e.name == EventName.TURN_THROTTLED]
+    assert len(throttled) == 1
+    assert throttled[0].data["wait_seconds"] == 40.0
+    assert throttled[0].data["model"] == "m"
+
+
+def test_no_throttled_event_when_the_turn_did_not_wait() -> None:
+    clock = FakeClock()
+    orch = _orchestrator(clock, limiter(clock, requests_per_minute=5))
+    with orch.session() as session:
+        session.run_turn(lambda: "a", model="m")
+        assert not [e for e in session.events() if e.name == EventName.TURN_THROTTLED]
+
+
+def test_a_failed_turn_releases_its_lease_and_observes_the_error_headers() -> None:
+    clock = FakeClock()
+    rl = limiter(clock, requests_per_minute=5, max_concurrent=1)
+    orch = _orchestrator(clock, rl)
+
+    class LimitedError(Exception):
+        headers: ClassVar = {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "3s",
+        }
+
+    def fail() -> str:
+        raise LimitedError("429")
+
+    with orch.session() as session:
+        with pytest.raises(LimitedError):
+            session.run_turn(fail, model="m")
+        assert rl.usage()["open"] == 0
+        assert rl.usage()["requests"] == 0  # released: the call is not counted
+        session.run_turn(lambda: "ok", model="m")
+    assert clock.slept == [3.0]  # the server's word from the error's headers
+
+
+def test_a_refused_turn_raises_and_gives_back_its_budget_hold() -> None:
+    clock = FakeClock()
+    rl = limiter(clock, requests_per_minute=1, max_wait=30)
+    budget = Budget(max_requests=10)
+    orch = Orchestrator("coder", "build", rate_limiter=rl, budget=budget, clock=clock)
+    rl.acquire()
+    with orch.session() as session:
+        with pytest.raises(RateLimitedError):
+            session.run_turn(lambda: "x", model="m")
+        assert budget.reserved_requests == 0
+        refused = [e for e in session.events() if e.name == EventName.TURN_THROTTLED]
+    assert refused[0].data["refused"] is True
+    assert refused[0].data["limit"] == "requests"
+    assert refused[0].data["retry_after"] == 60.0
+
+
+def test_an_async_turn_waits_on_the_limiters_async_sleep() -> None:
+    async def go() -> list[float]:
+        clock = FakeClock()
+        rl = limiter(clock, tokens_per_minute=100)
+        orch = _orchestrator(clock, rl)
+        async with orch.asession() as session:
+
+            async def call() -> str:
+                return "a"
+
+            await session.arun_turn(call, model="m", estimate=UsageSnapshot(input_tokens=80))
+            clock.advance(30)
+            await session.arun_turn(call, model="m", estimate=UsageSnapshot(input_tokens=80))
+            assert rl.usage()["tokens"] == 0  # both settled at zero usage (none was read)
+        return clock.slept
+
+    assert asyncio.run(go()) == []
+
+
+def test_an_async_turn_waits_for_capacity() -> None:
+    async def go() -> tuple[list[float], list[object]]:
+        clock = FakeClock()
+        rl = limiter(clock, requests_per_minute=1)
+        orch = _orchestrator(clock, rl)
+        async with orch.asession() as session:
+
+            async def call() -> str:
+                return "a"
+
+            await session.arun_turn(call, model="m")
+            clock.advance(45)
+            await session.arun_turn(call, model="m")
+            events = [
+                e.data["wait_seconds"]
+                for e in session.events()
+                if e.name == EventName.TURN_THROTTLED
+            ]
+        return clock.slept, events
+
+    assert asyncio.run(go()) == ([15.0], [15.0])
+
+
+def test_the_orchestrator_checks_its_rate_limiter() -> None:
+    with pytest.raises(InvalidValueError, match="rate_limiter must be a RateLimiter or None"):
+        Orchestrator("coder", "build", rate_limiter=object())  # type: ignore[arg-type]

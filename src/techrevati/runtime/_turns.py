@@ -47,6 +47,7 @@ from techrevati.runtime.hooks import (
 )
 from techrevati.runtime.lifecycle import AgentStatus
 from techrevati.runtime.pricing import _cost_femto
+from techrevati.runtime.rate_limit import RateLease, RateLimitedError
 from techrevati.runtime.retry_policy import (
     RecoveryStep,
     RetriesExhaustedError,
@@ -92,9 +93,18 @@ class _TurnEngine(_SessionCore):
         )
         target = fn if turn.timeout is None and not _accepts_model(fn) else self._timed(fn, turn)
         breaker = self._orch.circuit_breaker
+        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         while True:
             self._before_attempt(turn)
+            if limiter is not None:
+                try:
+                    turn.lease = limiter.acquire(turn.estimate or self._orch.default_estimate)
+                except BaseException as exc:
+                    self._throttle_refused(turn, exc)
+                    raise
+                if turn.lease.waited:
+                    self._throttled(turn, turn.lease.waited)
             started = clock()
             try:
                 if breaker is None:
@@ -125,9 +135,20 @@ class _TurnEngine(_SessionCore):
             fn, model, usage, estimate, timeout, fallback_models=fallback_models
         )
         attempt = self._async_attempt(fn, turn)
+        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         while True:
             self._before_attempt(turn)
+            if limiter is not None:
+                try:
+                    turn.lease = await limiter.aacquire(
+                        turn.estimate or self._orch.default_estimate
+                    )
+                except BaseException as exc:
+                    self._throttle_refused(turn, exc)
+                    raise
+                if turn.lease.waited:
+                    self._throttled(turn, turn.lease.waited)
             started = clock()
             try:
                 result = await attempt()
@@ -189,6 +210,32 @@ class _TurnEngine(_SessionCore):
                 session_id=self.id,
             )
         return turn
+
+    def _throttled(self, turn: _Turn, waited: float) -> None:
+        """Record that the attempt waited ``waited`` seconds for the rate limiter."""
+        turn.throttled += waited
+        self._emit(
+            EventName.TURN_THROTTLED,
+            detail=f"waited {waited:g}s for rate-limit capacity",
+            data={"model": turn.model, "attempt": turn.attempt, "wait_seconds": waited},
+        )
+
+    def _throttle_refused(self, turn: _Turn, exc: BaseException) -> None:
+        """Give back the attempt's holds after the rate limiter refused it (or was interrupted)."""
+        self._release(turn)
+        if isinstance(exc, RateLimitedError):
+            self._emit(
+                EventName.TURN_THROTTLED,
+                detail=str(exc),
+                data={
+                    "model": turn.model,
+                    "attempt": turn.attempt,
+                    "wait_seconds": 0.0,
+                    "limit": exc.limit_kind,
+                    "retry_after": exc.retry_after,
+                    "refused": True,
+                },
+            )
 
     def _before_attempt(self, turn: _Turn) -> None:
         """Run before_model hooks for the next attempt, then reserve its budget."""
@@ -286,6 +333,9 @@ class _TurnEngine(_SessionCore):
         turn.unreserved.clear()
         for budget, _, femto, tokens in holds:
             budget._release_hold(femto, tokens)
+        lease, turn.lease = turn.lease, None
+        if lease is not None:
+            lease.release()
 
     def _charge(self, turn: _Turn, usage: UsageSnapshot, *, settle_cap: bool = True) -> TurnCost:
         """Record a billed attempt: the tracker, then every budget, exactly once.
@@ -294,6 +344,10 @@ class _TurnEngine(_SessionCore):
         it in a locked section it takes anyway (:meth:`_turn_done`).
         """
         cost = self.tracker.record_turn(turn.model, usage)
+        lease = turn.lease
+        if lease is not None:
+            turn.lease = None
+            lease.settle(usage)
         if settle_cap and turn.cap_held is not None:
             with self._lock:
                 self._settle_cap_locked(turn, cost.cost_femto_usd)
@@ -360,6 +414,9 @@ class _TurnEngine(_SessionCore):
     def _attempt_succeeded(
         self, turn: _Turn, result: _T, duration: float
     ) -> tuple[_T, UsageSnapshot]:
+        limiter = self._orch.rate_limiter
+        if limiter is not None:
+            limiter.observe(result)
         usage = turn.usage or turn.read_usage
         flagged = usage is None
         if usage is None:
@@ -413,6 +470,9 @@ class _TurnEngine(_SessionCore):
         Raises :class:`RetriesExhaustedError` from ``exc`` when attempts run out.
         """
         billed = usage_from_exception(exc) if isinstance(exc, Exception) else None
+        limiter = self._orch.rate_limiter
+        if limiter is not None:
+            limiter.observe(exc)
         if billed is None:
             self._release(turn)
             cost = None
@@ -504,10 +564,12 @@ class _Turn:
         "cap_held",
         "estimate",
         "holds",
+        "lease",
         "model",
         "models",
         "read_usage",
         "run",
+        "throttled",
         "timeout",
         "unreserved",
         "usage",
@@ -534,6 +596,8 @@ class _Turn:
         self.read_usage: UsageSnapshot | None = None
         self.call: ModelCall | None = None
         self.run: RetryRun | None = None
+        self.lease: RateLease | None = None  # the attempt's rate-limit admission, ended once
+        self.throttled = 0.0  # seconds the turn's attempts waited for the rate limiter
 
 
 def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:

@@ -66,7 +66,8 @@ class EventName(StrEnum):
     ``tool``, ``error_type``, ``cost_usd`` (a decimal string), ``input_tokens``,
     ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
     ``cache_write_1h_tokens``, ``reasoning_tokens``, ``breaker``, ``from_state``,
-    ``to_state``, ``reason``;
+    ``to_state``, ``reason``; ``turn.throttled`` has ``wait_seconds`` (and
+    ``limit``, ``retry_after`` and ``refused`` when the rate limiter refused);
     a streamed turn's ``turn.completed`` adds ``time_to_first_token_seconds``,
     ``chunks`` and ``abandoned``, and a ``turn.failed`` after its first chunk
     ``time_to_first_token_seconds``, ``chunks`` and ``usage_unknown``.
@@ -80,6 +81,7 @@ class EventName(StrEnum):
     TURN_COMPLETED = "turn.completed"
     TURN_FAILED = "turn.failed"
     TURN_RETRIED = "turn.retried"
+    TURN_THROTTLED = "turn.throttled"
     MODEL_SWITCHED = "turn.model_switched"
     TOOL_COMPLETED = "tool.completed"
     TOOL_FAILED = "tool.failed"

@@ -75,6 +75,7 @@ from techrevati.runtime.permissions import (
 )
 from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, PolicyEngine
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
+from techrevati.runtime.rate_limit import RateLimiter
 from techrevati.runtime.retry_policy import RetryPolicy, _asyncio_sleep
 from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import UsageSnapshot
@@ -140,7 +141,11 @@ class Orchestrator:
     and recovery context; the shared parts (breaker, budget, registry, sinks)
     are themselves thread-safe. ``budget_usd`` caps each session; ``budget``
     is a :class:`~techrevati.runtime.usage.Budget` shared by every session
-    that uses it (a project-wide cap). Every argument is checked here, so a
+    that uses it (a project-wide cap). With a ``rate_limiter``, every attempt of
+    a turn waits for its capacity before the call (a ``turn.throttled`` event
+    says how long), settles with the attempt's usage or releases on failure,
+    and the limiter observes the rate-limit headers of what the call returned
+    or raised. Every argument is checked here, so a
     wrong one fails at construction with an :class:`InvalidValueError`
     naming it, never later inside a turn.
     """
@@ -154,6 +159,7 @@ class Orchestrator:
         registry: AgentRegistry | None = None,
         permissions: PermissionEnforcer | PermissionPolicy | None = None,
         circuit_breaker: CircuitBreaker | None = None,
+        rate_limiter: RateLimiter | None = None,
         policy_engine: PolicyEngine | None = None,
         quality_gate: QualityGate | None = None,
         budget_usd: MoneyInput | None = None,
@@ -186,6 +192,7 @@ class Orchestrator:
             permissions = PermissionEnforcer(permissions)
         self.permissions = instance_or_none("permissions", permissions, PermissionEnforcer)
         self.circuit_breaker = instance_or_none("circuit_breaker", circuit_breaker, CircuitBreaker)
+        self.rate_limiter = instance_or_none("rate_limiter", rate_limiter, RateLimiter)
         self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
         self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
         if budget_usd is None:
