@@ -43,13 +43,12 @@ from techrevati.runtime import (
     SqliteSink,
     ToolCall,
     TurnTimeoutError,
-    UsageRecord,
     UsageSnapshot,
 )
 from techrevati.runtime._runner import DeadlineRunner
 from techrevati.runtime._session_core import failure_class_of
 from techrevati.runtime.orchestrator import EmptyResponseError, Handoff, StreamResultError
-from tests.conftest import FakeClock
+from tests.conftest import CollectingSink, FakeClock
 
 USAGE = UsageSnapshot(input_tokens=1000, output_tokens=100)
 
@@ -519,25 +518,13 @@ def test_policy_and_gate_use_session_facts() -> None:
 # -- sinks, memory, concurrency ---------------------------------------------------
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[AgentEvent] = []
-        self.usage: list[UsageRecord] = []
-
-    def write_event(self, event: AgentEvent) -> None:
-        self.events.append(event)
-
-    def write_usage(self, record: UsageRecord) -> None:
-        self.usage.append(record)
-
-
 class Broken:
     def write_event(self, event: AgentEvent) -> None:
         raise OSError("disk full")
 
 
 def test_sinks_get_records_and_a_broken_sink_loses_nothing_for_the_others() -> None:
-    good = Collect()
+    good = CollectingSink()
     with _orch(sinks=[Broken(), good]).session() as session:
         session.run_turn(lambda: None, model="m", usage=USAGE)
     assert good.events[0].name == EventName.SESSION_STARTED
