@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from techrevati.runtime.events import AgentEvent, UsageRecord
     from techrevati.runtime.pricing import ModelPricing
+    from tests.redis_servers import RedisCluster3, RedisServer
 
 
 # Hypothesis: the same examples every run by default; TECHREVATI_HYPOTHESIS=explore
@@ -254,3 +255,58 @@ def bedrock_client(scripted_server: scripted.ScriptedServer) -> Iterator[Any]:
     client = scripted.bedrock_client(scripted_server.url)
     yield client
     client.close()
+
+
+# Real redis-server processes (tests/redis_servers.py). Each is started only when
+# a test first asks for it; a missing redis-server is an error there, never a skip.
+@pytest.fixture(scope="session")
+def redis_session_server() -> Iterator[RedisServer]:
+    """The session's one unix-socket server; tests take it through ``redis_server``."""
+    from tests.redis_servers import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(redis_session_server: RedisServer) -> RedisServer:
+    """The session's unix-socket ``RedisServer``, emptied (FLUSHALL) for this test.
+
+    A test that kills or shuts down its server should take ``fresh_redis_server``;
+    if one ends this one anyway, the next test gets it restarted at the same address.
+    """
+    if not redis_session_server.running:
+        redis_session_server.restart()
+    redis_session_server.flushall()
+    return redis_session_server
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A unix-socket ``RedisServer`` of this test's own, stopped and removed at teardown."""
+    from tests.redis_servers import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_session_cluster() -> Iterator[RedisCluster3]:
+    """The session's three-primary cluster; tests take it through ``redis_cluster``."""
+    from tests.redis_servers import RedisCluster3
+
+    with RedisCluster3() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_session_cluster: RedisCluster3) -> RedisCluster3:
+    """The session's ``RedisCluster3``, every primary emptied (FLUSHALL) for this test.
+
+    If a test left a node down, the cluster is built anew (on new ports) first.
+    """
+    if not redis_session_cluster.running:
+        redis_session_cluster.stop()
+        redis_session_cluster.start()
+    redis_session_cluster.flushall()
+    return redis_session_cluster
