@@ -50,7 +50,14 @@ class Refusal:
 
 
 class _RateStore(Protocol):
-    """What a limiter's state must do; each method is one atomic step."""
+    """What a limiter's state must do; each method is one atomic step.
+
+    ``poll`` is None when a refusal for a slot can wait on :meth:`wait_for_end`
+    or :meth:`add_waiter`; a shared store sets the seconds between asks instead.
+    """
+
+    @property
+    def poll(self) -> float | None: ...
 
     def admit(self, now: float, input_tokens: int, output_tokens: int) -> Ticket | Refusal: ...
 
@@ -63,6 +70,10 @@ class _RateStore(Protocol):
     def wait_for_end(self, ends: int, timeout: float) -> None: ...
 
     def add_waiter(self, ends: int, wake: Callable[[], object]) -> bool: ...
+
+    def remove_waiter(self, wake: Callable[[], object]) -> None: ...
+
+    def totals(self, now: float) -> tuple[int, int, int, int, int]: ...
 
 
 class _LocalWindow:
@@ -89,6 +100,8 @@ class _LocalWindow:
         "_requests",
         "_waiters",
     )
+
+    poll: Final = None
 
     def __init__(self, limits: Limits, max_concurrent: int | None) -> None:
         self._limits = limits

@@ -331,8 +331,8 @@ class _TurnEngine(_SessionCore):
                 self._cap_held -= held
         holds, turn.holds = turn.holds, []
         turn.unreserved.clear()
-        for budget, _, femto, tokens in holds:
-            budget._release_hold(femto, tokens)
+        for budget, _, femto, tokens, key in holds:
+            budget._release_hold(femto, tokens, key)
         lease, turn.lease = turn.lease, None
         if lease is not None:
             lease.release()
@@ -357,12 +357,12 @@ class _TurnEngine(_SessionCore):
             tokens = usage.input_tokens + usage.output_tokens
             try:
                 while holds:
-                    budget, name, held_femto, held_tokens = holds[-1]
-                    budget._settle_hold(name, held_femto, held_tokens, femto, tokens)
+                    budget, name, held_femto, held_tokens, key = holds[-1]
+                    budget._settle_hold(name, held_femto, held_tokens, femto, tokens, key=key)
                     holds.pop()
             except BaseException:
-                for budget, _, held_femto, held_tokens in holds:
-                    budget._release_hold(held_femto, held_tokens)
+                for budget, _, held_femto, held_tokens, key in holds:
+                    budget._release_hold(held_femto, held_tokens, key)
                 raise
         unreserved, turn.unreserved = turn.unreserved, []
         for budget in unreserved:
@@ -591,7 +591,7 @@ class _Turn:
         self.attempt = 0
         self.cap_held: int | None = None  # held on the session cap; None: nothing held
         # Held on shared budgets: (budget, model name, femto, tokens), each given back once.
-        self.holds: list[tuple[Budget, str, int, int]] = []
+        self.holds: list[tuple[Budget, str, int, int, str | None]] = []
         self.unreserved: list[Budget] = []  # budgets that refused, not enforced: charge after
         self.read_usage: UsageSnapshot | None = None
         self.call: ModelCall | None = None

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from techrevati.runtime._money import _USD_POWER, MoneyInput, _money, _scaled, _to_decimal, _usd
 from techrevati.runtime.errors import (
@@ -23,6 +23,9 @@ from techrevati.runtime.errors import (
 )
 from techrevati.runtime.pricing import _femto, _lookup, _model_name
 from techrevati.runtime.usage import TurnCost, UsageSnapshot, _require_snapshot
+
+if TYPE_CHECKING:
+    from techrevati.runtime.redis_store import RedisStore
 
 __all__ = [
     "Budget",
@@ -92,6 +95,13 @@ class Budget:
     or ``default_estimate`` for a model not seen yet (nothing without one). So concurrent callers
     overshoot a cap by at most the sum, over the calls in flight, of how much
     each one's actual cost exceeded what it held.
+
+    With ``store=`` (a :class:`~techrevati.runtime.redis_store.RedisStore`)
+    the spending and the holds live on Redis under ``name`` (required),
+    shared by every worker naming it: each reserve, settle and release is
+    one atomic script, holds end by themselves after the store's
+    ``lease_ttl``, and the budget is an instance of a subclass that does
+    this. See docs/fleet.md.
     """
 
     __slots__ = (
@@ -111,7 +121,16 @@ class Budget:
         "_spent_femto",
         "_spent_tokens",
         "default_estimate",
+        "name",
     )
+
+    def __new__(cls, *args: Any, store: object = None, **kwargs: Any) -> Budget:
+        """Make a :class:`Budget`; with ``store=``, the subclass keeping its state there."""
+        if store is not None and cls is Budget:
+            from techrevati.runtime._budget_redis import _SharedBudget  # noqa: PLC0415
+
+            return object.__new__(_SharedBudget)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -122,7 +141,15 @@ class Budget:
         max_requests: int | None = None,
         fail_closed_on_unpriced: bool = False,
         default_estimate: UsageSnapshot | None = None,
+        store: RedisStore | None = None,
+        name: str = "",
     ) -> None:
+        if store is not None and not getattr(self, "_shared", False):
+            raise InvalidValueError("a Budget subclass cannot take store=; use Budget itself")
+        if not isinstance(name, str):
+            raise InvalidValueError(f"name must be a str, got {name!r}")
+        self.name = name
+        """A label for the budget (the key of a shared one)."""
         keywords = (max_usd, max_total_tokens, max_requests)
         if limits is None:
             limits = UsageLimits(max_usd, max_total_tokens, max_requests)
@@ -247,11 +274,13 @@ class Budget:
         usage, or release it; as a context manager it is released on exit
         unless settled.
         """
-        name, femto, tokens = self._hold(model, estimate)
-        return BudgetReservation(self, name, femto, tokens)
+        name, femto, tokens, key = self._hold(model, estimate)
+        return BudgetReservation(self, name, femto, tokens, key)
 
-    def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int]:
-        """Check and hold one call as :meth:`reserve` does; return (name, femto, tokens) held.
+    def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int, str | None]:
+        """Check and hold one call as :meth:`reserve` does; return (name, femto, tokens, key).
+
+        ``key`` names the hold where a shared budget keeps it (None here).
 
         The bare engine of :meth:`reserve`, for callers that track the hold
         themselves (a session's turn) and give it back with
@@ -285,7 +314,7 @@ class Budget:
             self._reserved_femto += femto
             self._reserved_tokens += tokens
             self._reserved_requests += 1
-        return name, femto, tokens
+        return name, femto, tokens, None
 
     def charge(self, model: str, usage: UsageSnapshot) -> TurnCost:
         """Add a call's actual cost, tokens and one request; never refuses.
@@ -444,7 +473,14 @@ class Budget:
             )
 
     def _settle_hold(
-        self, name: str, held_femto: int, held_tokens: int, femto: int, tokens: int
+        self,
+        name: str,
+        held_femto: int,
+        held_tokens: int,
+        femto: int,
+        tokens: int,
+        *,
+        key: str | None = None,
     ) -> None:
         """Replace a hold taken by :meth:`_hold` with the call's actual cost."""
         with self._lock:
@@ -469,7 +505,7 @@ class Budget:
             self._release_locked(reservation._femto, reservation._tokens)
             return True
 
-    def _release_hold(self, held_femto: int, held_tokens: int) -> None:
+    def _release_hold(self, held_femto: int, held_tokens: int, key: str | None = None) -> None:
         """Give back a hold taken by :meth:`_hold` (the call was not billed)."""
         with self._lock:
             self._release_locked(held_femto, held_tokens)
@@ -491,10 +527,13 @@ class BudgetReservation:
     between threads (its state is guarded by the budget's lock).
     """
 
-    __slots__ = ("_budget", "_femto", "_state", "_tokens", "model")
+    __slots__ = ("_budget", "_femto", "_key", "_state", "_tokens", "model")
 
-    def __init__(self, budget: Budget, model: str, femto: int, tokens: int) -> None:
+    def __init__(
+        self, budget: Budget, model: str, femto: int, tokens: int, key: str | None = None
+    ) -> None:
         self._budget = budget
+        self._key = key  # where a shared budget keeps the hold
         self.model = model
         self._femto = femto
         self._tokens = tokens

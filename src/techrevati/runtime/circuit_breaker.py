@@ -23,7 +23,7 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar, cast
 
 from techrevati.runtime._breaker_permit import (
     _ENTERED as _ENTERED,  # noqa: PLC0414 (explicit re-export: tests read it here)
@@ -55,6 +55,9 @@ from techrevati.runtime._validate import (
     required_callable,
 )
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
+
+if TYPE_CHECKING:
+    from techrevati.runtime.redis_store import RedisStore
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
@@ -143,9 +146,23 @@ class CircuitBreaker(_BreakerState):
     The lock is only ever held by ``with``, so an interrupt (Ctrl-C) cannot
     leave it taken, and a probe's permit comes back however its call ends,
     an interrupt or a cancellation at any point included.
+
+    With ``store=`` (a :class:`~techrevati.runtime.redis_store.RedisStore`)
+    the state lives on Redis under ``name``, one breaker for every worker
+    naming it: each admission and settlement is one atomic script, and
+    half-open probes are leases that end by themselves. Consecutive-failure
+    mode only (no ``window=``). See docs/fleet.md.
     """
 
     __slots__ = ("__weakref__", "_exclude", "_is_failure")
+
+    def __new__(cls, *args: Any, store: object = None, **kwargs: Any) -> CircuitBreaker:
+        """Make a breaker; with ``store=``, the subclass keeping its state there."""
+        if store is not None and cls is CircuitBreaker:
+            from techrevati.runtime._breaker_redis import _SharedBreaker  # noqa: PLC0415
+
+            return object.__new__(_SharedBreaker)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -161,7 +178,10 @@ class CircuitBreaker(_BreakerState):
         probe_timeout_seconds: float | None = None,
         clock: Clock = time.monotonic,
         listeners: Iterable[StateListener] = (),
+        store: RedisStore | None = None,
     ) -> None:
+        if store is not None and not getattr(self, "_shared", False):
+            raise InvalidValueError("a CircuitBreaker subclass cannot take store=")
         non_empty_str("name", name)
         int_at_least("failure_threshold", failure_threshold, 1)
         recovery = non_negative_number("recovery_timeout_seconds", recovery_timeout_seconds)

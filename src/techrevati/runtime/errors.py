@@ -78,6 +78,7 @@ __all__ = [
     "SinkClosedError",
     "SinkWriteError",
     "StreamFailedError",
+    "StoreUnavailableError",
     "StreamResultError",
     "TechrevatiError",
     "TransientRuntimeError",
@@ -307,6 +308,32 @@ def _rebuild_rate_limited(
     limit_kind: str, retry_after: float | None, max_wait: float, name: str
 ) -> RateLimitedError:
     return RateLimitedError(limit_kind, retry_after, max_wait, name=name)
+
+
+class StoreUnavailableError(TechrevatiError, ConnectionError):
+    """A shared store (Redis) could not decide, and its policy for the primitive is fail-closed.
+
+    ``store`` names the store, ``primitive`` what asked (``"budget"``,
+    ``"breaker"`` or ``"limiter"`` and its name) and ``reason`` what went
+    wrong (the redis-py error's type and text, or the store being in its
+    back-off after an earlier failure). The redis-py error, if any, is the
+    ``__cause__``; it never escapes on its own.
+    """
+
+    def __init__(self, store: str, primitive: str, reason: str) -> None:
+        self.store = store
+        self.primitive = primitive
+        self.reason = reason
+        super().__init__(
+            f"store {store!r} is unavailable for {primitive} (fail-closed, so refused): {reason}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_store_unavailable, (self.store, self.primitive, self.reason))
+
+
+def _rebuild_store_unavailable(store: str, primitive: str, reason: str) -> StoreUnavailableError:
+    return StoreUnavailableError(store, primitive, reason)
 
 
 class GuardrailViolatedError(TechrevatiError):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._rate_headers import read_caps
@@ -37,6 +37,7 @@ from techrevati.runtime._rate_window import (
     Refusal,
     Ticket,
     _LocalWindow,
+    _RateStore,
 )
 from techrevati.runtime._validate import (
     callable_or_none,
@@ -45,6 +46,9 @@ from techrevati.runtime._validate import (
     optional_int_at_least,
 )
 from techrevati.runtime.errors import InvalidValueError, RateLimitedError, ReservationError
+
+if TYPE_CHECKING:
+    from techrevati.runtime.redis_store import RedisStore
 
 __all__ = [
     "WINDOW_SECONDS",
@@ -110,6 +114,7 @@ class RateLimiter:
         sleep: Callable[[float], object] | None = None,
         async_sleep: Callable[[float], Awaitable[object]] | None = None,
         wall_clock: WallClock | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         self._limits = (
             optional_int_at_least("requests_per_minute", requests_per_minute, 1),
@@ -128,7 +133,16 @@ class RateLimiter:
         self._sleep: Callable[[float], object] = callable_or_none("sleep", sleep) or time.sleep
         self._async_sleep = callable_or_none("async_sleep", async_sleep)
         self._wall_clock: WallClock = callable_or_none("wall_clock", wall_clock) or utc_now
-        self._state = _LocalWindow(self._limits, self._max_concurrent)
+        self._state: _RateStore
+        if store is None:
+            self._state = _LocalWindow(self._limits, self._max_concurrent)
+        else:
+            from techrevati.runtime._rate_redis import _RedisWindow  # noqa: PLC0415
+            from techrevati.runtime.redis_store import checked_primitive_name  # noqa: PLC0415
+
+            self._state = _RedisWindow(
+                _store(store), checked_primitive_name(name), self._limits, self._max_concurrent
+            )
 
     @property
     def requests_per_minute(self) -> int | None:
@@ -200,7 +214,10 @@ class RateLimiter:
             if admitted.wait is None:
                 if left <= 0:
                     raise self._refused(admitted, limit)
-                state.wait_for_end(admitted.ends, min(left, _MAX_BLOCK))
+                if state.poll is not None:  # a shared window: ask again shortly
+                    self._sleep(min(left, state.poll))
+                else:
+                    state.wait_for_end(admitted.ends, min(left, _MAX_BLOCK))
             elif admitted.wait > left:
                 raise self._refused(admitted, limit)
             else:
@@ -230,6 +247,9 @@ class RateLimiter:
             if admitted.wait is None:
                 if left <= 0:
                     raise self._refused(admitted, limit)
+                if state.poll is not None:  # a shared window: ask again shortly
+                    await self._pause(min(left, state.poll))
+                    continue
                 loop = asyncio.get_running_loop()
                 ended = loop.create_future()
 
@@ -247,10 +267,16 @@ class RateLimiter:
                         state.remove_waiter(wake)
             elif admitted.wait > left:
                 raise self._refused(admitted, limit)
-            elif self._async_sleep is not None:
-                await self._async_sleep(admitted.wait)
             else:
-                await asyncio.sleep(admitted.wait)
+                await self._pause(admitted.wait)
+
+    async def _pause(self, seconds: float) -> None:
+        if self._async_sleep is not None:
+            await self._async_sleep(seconds)
+        else:
+            import asyncio  # noqa: PLC0415
+
+            await asyncio.sleep(seconds)
 
     def observe(self, source: object) -> int:
         """Tighten the limiter to what the provider's rate-limit headers say is left.
@@ -407,6 +433,14 @@ def _token_pair(
         int_at_least("input_tokens", 0 if found[0] is None else found[0], 0),
         int_at_least("output_tokens", 0 if found[1] is None else found[1], 0),
     )
+
+
+def _store(store: object) -> RedisStore:
+    from techrevati.runtime.redis_store import RedisStore  # noqa: PLC0415
+
+    if not isinstance(store, RedisStore):
+        raise InvalidValueError(f"store must be a RedisStore or None, got {store!r}")
+    return store
 
 
 def _resolve(future: object) -> None:
