@@ -1426,11 +1426,11 @@ class FlakyBudget(Budget):
             raise RuntimeError("hold failed")
         return super()._hold(model, estimate)
 
-    def _settle_hold(self, *args: Any) -> None:
+    def _settle_hold(self, *args: Any, **kwargs: Any) -> None:
         if self.fail_settle:
             self.fail_settle = False
             raise RuntimeError("settle failed")
-        super()._settle_hold(*args)
+        super()._settle_hold(*args, **kwargs)
 
 
 def test_a_hold_that_fails_gives_the_caps_hold_back_and_raises() -> None:
