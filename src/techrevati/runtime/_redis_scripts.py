@@ -69,9 +69,9 @@ local function expire()
       r, i, o = r + a, i + b, o + c
     end
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    redis.call('HINCRBY', st, 'req', -r)
-    redis.call('HINCRBY', st, 'inp', -i)
-    redis.call('HINCRBY', st, 'out', -o)
+    redis.call('HINCRBY', st, 'req', 0 - r) -- never -0: HINCRBY refuses it
+    redis.call('HINCRBY', st, 'inp', 0 - i)
+    redis.call('HINCRBY', st, 'out', 0 - o)
   end
   local dead = redis.call('ZRANGEBYSCORE', open, '-inf', now)
   if #dead > 0 then

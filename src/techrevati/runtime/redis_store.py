@@ -306,7 +306,10 @@ def _check_client(client: object) -> None:
                 f"client must be a Redis client with {method}() (redis.Redis, RedisCluster, "
                 f"or compatible), got {client!r}"
             )
-    if inspect.iscoroutinefunction(client.evalsha):  # type: ignore[attr-defined]
+    if any(
+        inspect.iscoroutinefunction(getattr(client, method, None))
+        for method in ("evalsha", "execute_command")
+    ):
         raise InvalidValueError(
             f"client {client!r} is asynchronous; RedisStore takes a synchronous client "
             "(its async entry points run each step in one round trip on that client)"
