@@ -23,11 +23,13 @@ def test_docs_exist_and_have_examples() -> None:
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
 def test_every_python_block_runs(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     # Blocks of one page share a namespace, like a reader following along;
     # each page starts fresh and runs in its own temporary directory.
     monkeypatch.chdir(tmp_path)
+    if path.name == "fleet.md":  # its examples talk to a real redis-server the tests start
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for index, block in enumerate(_blocks(path)):
         code = compile(block, f"{path.name}[block {index}]", "exec")

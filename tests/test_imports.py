@@ -56,8 +56,9 @@ def test_optional_integrations_import_lazily() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, techrevati.runtime.otel, techrevati.runtime.sinks;"
-            "print(any(m.startswith('opentelemetry') for m in sys.modules))",
+            "import sys, techrevati.runtime.otel, techrevati.runtime.sinks,"
+            " techrevati.runtime.redis_store, techrevati.runtime.rate_limit;"
+            "print(any(m.startswith(('opentelemetry', 'redis')) for m in sys.modules))",
         ],
         capture_output=True,
         text=True,
