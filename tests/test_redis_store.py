@@ -27,7 +27,7 @@ from techrevati.runtime.errors import (
 from techrevati.runtime.orchestrator import Orchestrator
 from techrevati.runtime.rate_limit import RateLimiter
 from techrevati.runtime.redis_store import RedisStore
-from tests.conftest import FakeClock, price_model
+from tests.conftest import CollectingSink, FakeClock, price_model
 
 if TYPE_CHECKING:
     from tests.redis_servers import RedisServer
@@ -542,3 +542,29 @@ def test_a_raising_store_listener_is_logged_not_raised(
     assert limiter.try_acquire() is not None
     assert "listener" in caplog.text
     assert not store.available
+
+
+def test_a_session_emits_store_events_for_its_primitives_stores(
+    fresh_redis_server: RedisServer,
+) -> None:
+    clock = FakeClock()
+    store = RedisStore(fresh_redis_server.client(), prefix="t", clock=clock, retry_interval=1)
+    limiter = RateLimiter(requests_per_minute=100, store=store, name="lim")
+    budget = Budget(max_requests=100, store=store, name="b")
+    sink = CollectingSink()
+    orch = Orchestrator("writer", "draft", rate_limiter=limiter, budget=budget, sinks=[sink])
+    with orch.session() as session:
+        session.run_turn(lambda: "ok", model="m", usage=UsageSnapshot())
+        fresh_redis_server.kill()
+        with pytest.raises(StoreUnavailableError):  # the budget fails closed
+            session.run_turn(lambda: "never", model="m", usage=UsageSnapshot())
+        fresh_redis_server.restart()
+        clock.advance(1)
+        session.run_turn(lambda: "ok", model="m", usage=UsageSnapshot())
+    names = [event.name for event in sink.events]
+    assert names.count("store.unavailable") == 1  # one store, heard once, not per primitive
+    assert names.count("store.recovered") == 1
+    unavailable = next(e for e in sink.events if e.name == "store.unavailable")
+    assert unavailable.data["store"] == "t"
+    assert "ConnectionError" in str(unavailable.data["reason"])
+    assert store._listeners == []  # the session's listener left with it

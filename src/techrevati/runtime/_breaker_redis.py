@@ -82,6 +82,11 @@ class _SharedBreaker(CircuitBreaker):
             is_failure=self._is_failure,
         )
 
+    @property
+    def store(self) -> RedisStore:
+        """The shared store this breaker keeps its state in."""
+        return self._store
+
     def _admit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
         try:
             reply = self._run("admit", self._max_probes, self._lease_ms, local=True)

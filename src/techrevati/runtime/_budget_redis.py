@@ -76,6 +76,11 @@ class _SharedBudget(Budget):
             default_estimate=self.default_estimate,
         )
 
+    @property
+    def store(self) -> RedisStore:
+        """The shared store this budget keeps its state in."""
+        return self._store
+
     # -- the engine: each step one script run -----------------------------------------------
 
     def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int, str | None]:

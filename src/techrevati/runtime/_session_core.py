@@ -296,6 +296,13 @@ class _SessionCore:
             data={"breaker": breaker.name, "from_state": str(old), "to_state": str(new)},
         )
 
+    def _on_store_event(self, event: str, data: dict[str, object]) -> None:
+        name = EventName(event)
+        reason = data.get("reason", data.get("after", ""))
+        self._emit(
+            name, detail=f"{data.get('store')} ({data.get('primitive')}): {reason}", data=data
+        )
+
 
 def _cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is a Ctrl-C or an asyncio cancellation (without importing asyncio)."""
@@ -334,6 +341,7 @@ _LEVEL_BY_NAME: Final[Mapping[str, int]] = {
     EventName.BUDGET_EXCEEDED.value: logging.WARNING,
     EventName.BREAKER_STATE_CHANGED.value: logging.WARNING,
     EventName.BREAKER_REJECTED.value: logging.WARNING,
+    EventName.STORE_UNAVAILABLE.value: logging.WARNING,
     EventName.SESSION_FAILED.value: logging.ERROR,
     EventName.SESSION_CANCELLED.value: logging.WARNING,
     EventName.TURN_COMPLETED.value: logging.DEBUG,

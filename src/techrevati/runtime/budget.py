@@ -188,6 +188,11 @@ class Budget:
         self._resumed: dict[str, Callable[[], tuple[int, int, int]]] = {}
 
     @property
+    def store(self) -> RedisStore | None:
+        """The shared store this budget keeps its state in (None: this process)."""
+        return None
+
+    @property
     def limits(self) -> UsageLimits:
         """The caps this budget enforces."""
         return self._limits

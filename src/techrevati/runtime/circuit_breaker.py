@@ -383,6 +383,11 @@ class CircuitBreaker(_BreakerState):
         raise rejection
 
     @property
+    def store(self) -> RedisStore | None:
+        """The shared store this breaker keeps its state in (None: this process)."""
+        return None
+
+    @property
     def state(self) -> CircuitState:
         """The current state; an open breaker whose timeout has passed reads half-open."""
         state = self._state

@@ -70,7 +70,9 @@ class EventName(StrEnum):
     ``limit``, ``retry_after`` and ``refused`` when the rate limiter refused);
     a streamed turn's ``turn.completed`` adds ``time_to_first_token_seconds``,
     ``chunks`` and ``abandoned``, and a ``turn.failed`` after its first chunk
-    ``time_to_first_token_seconds``, ``chunks`` and ``usage_unknown``.
+    ``time_to_first_token_seconds``, ``chunks`` and ``usage_unknown``;
+    ``store.unavailable`` has ``store``, ``primitive`` and ``reason``, and
+    ``store.recovered`` ``store``, ``primitive`` and ``after``.
     """
 
     SESSION_STARTED = "session.started"
@@ -96,6 +98,8 @@ class EventName(StrEnum):
     INPUT_PROVIDED = "input.provided"
     HANDOFF = "handoff"
     SINK_FAILED = "sink.failed"
+    STORE_UNAVAILABLE = "store.unavailable"
+    STORE_RECOVERED = "store.recovered"
 
 
 @dataclass(frozen=True, slots=True)

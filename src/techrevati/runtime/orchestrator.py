@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     import os
 
     from techrevati.runtime.jsonl import JsonlSink
+    from techrevati.runtime.redis_store import RedisStore
     from techrevati.runtime.sqlite import SqliteReader, SqliteSink
 
 __all__ = [
@@ -500,6 +501,8 @@ class Session(_StreamTurnEngine):
         self._emit(EventName.SESSION_STARTED, data=dict(self.metadata))
         if orch.circuit_breaker is not None:
             orch.circuit_breaker.add_listener(self._on_breaker_change)
+        for store in _stores(orch):
+            store.add_listener(self._on_store_event)
         try:
             self._transition(AgentStatus.INITIALIZING, None)
             self._transition(AgentStatus.RUNNING, None)
@@ -513,6 +516,8 @@ class Session(_StreamTurnEngine):
             return
         if self._orch.circuit_breaker is not None:
             self._orch.circuit_breaker.remove_listener(self._on_breaker_change)
+        for store in _stores(self._orch):
+            store.remove_listener(self._on_store_event)
         self._ended_at = self._orch.clock()
         data: dict[str, object] = {
             "duration_seconds": self._ended_at - (self._started_at or self._ended_at),
@@ -598,3 +603,13 @@ class Session(_StreamTurnEngine):
                 "error_type": type(exc).__name__,
             },
         )
+
+
+def _stores(orch: Orchestrator) -> list[RedisStore]:
+    """Return the shared stores the orchestrator's primitives keep their state in, once each."""
+    found: list[RedisStore] = []
+    for primitive in (orch.budget, orch.circuit_breaker, orch.rate_limiter):
+        store = None if primitive is None else primitive.store
+        if store is not None and all(store is not seen for seen in found):
+            found.append(store)
+    return found

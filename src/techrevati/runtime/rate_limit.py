@@ -95,6 +95,7 @@ class RateLimiter:
         "_max_concurrent",
         "_sleep",
         "_state",
+        "_store",
         "_wall_clock",
         "max_wait",
         "name",
@@ -134,15 +135,21 @@ class RateLimiter:
         self._async_sleep = callable_or_none("async_sleep", async_sleep)
         self._wall_clock: WallClock = callable_or_none("wall_clock", wall_clock) or utc_now
         self._state: _RateStore
-        if store is None:
+        self._store = None if store is None else _store(store)
+        if self._store is None:
             self._state = _LocalWindow(self._limits, self._max_concurrent)
         else:
             from techrevati.runtime._rate_redis import _RedisWindow  # noqa: PLC0415
             from techrevati.runtime.redis_store import checked_primitive_name  # noqa: PLC0415
 
             self._state = _RedisWindow(
-                _store(store), checked_primitive_name(name), self._limits, self._max_concurrent
+                self._store, checked_primitive_name(name), self._limits, self._max_concurrent
             )
+
+    @property
+    def store(self) -> RedisStore | None:
+        """The shared store this limiter keeps its window in (None: this process)."""
+        return self._store
 
     @property
     def requests_per_minute(self) -> int | None:
