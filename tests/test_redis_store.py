@@ -568,3 +568,63 @@ def test_a_session_emits_store_events_for_its_primitives_stores(
     assert unavailable.data["store"] == "t"
     assert "ConnectionError" in str(unavailable.data["reason"])
     assert store._listeners == []  # the session's listener left with it
+
+
+def test_fail_closed_still_refuses_while_spend_is_kept_for_the_server(
+    fresh_redis_server: RedisServer,
+) -> None:
+    clock = FakeClock()
+    store = RedisStore(fresh_redis_server.client(), prefix="t", clock=clock, retry_interval=1)
+    budget = Budget(max_requests=10, store=store, name="p")
+    held = budget.reserve("m")
+    fresh_redis_server.kill()
+    held.settle(UsageSnapshot(input_tokens=1))  # kept
+    clock.advance(1)  # past the back-off: the next step tries Redis (and the backlog) again
+    with pytest.raises(StoreUnavailableError):
+        budget.reserve("m")  # never decided by a local stand-in: the policy is fail-closed
+
+
+def test_kept_spend_past_the_cap_is_folded_not_dropped(
+    fresh_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from techrevati.runtime import _budget_redis
+
+    monkeypatch.setattr(_budget_redis, "_MAX_BACKLOG", 3)
+    clock = FakeClock()
+    store = RedisStore(fresh_redis_server.client(), prefix="t", clock=clock, retry_interval=1)
+    budget = Budget(max_requests=100, store=store, name="p")
+    fresh_redis_server.kill()
+    for tokens in range(1, 8):
+        budget.charge("m", UsageSnapshot(input_tokens=tokens))
+    assert len(budget._backlog) <= 3  # type: ignore[attr-defined]
+    fresh_redis_server.restart()
+    clock.advance(1)
+    assert (budget.requests, budget.spent_tokens) == (7, 28)
+
+
+def test_threads_recording_while_the_backlog_drains_count_each_spend_once(
+    fresh_redis_server: RedisServer,
+) -> None:
+    import threading
+
+    clock = FakeClock()
+    store = RedisStore(fresh_redis_server.client(), prefix="t", clock=clock, retry_interval=1)
+    budget = Budget(store=store, name="p")
+    fresh_redis_server.kill()
+    for _ in range(50):
+        budget.charge("m", UsageSnapshot(output_tokens=1))
+    fresh_redis_server.restart()
+    clock.advance(1)
+    start = threading.Barrier(8)
+
+    def charge() -> None:
+        start.wait()
+        for _ in range(100):
+            budget.charge("m", UsageSnapshot(output_tokens=1))
+
+    threads = [threading.Thread(target=charge) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (budget.requests, budget.spent_tokens) == (850, 850)

@@ -20,9 +20,11 @@ outage.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import deque
 from typing import Any, Final
 
+from techrevati.runtime._log import get_logger
 from techrevati.runtime._money import _usd
 from techrevati.runtime._redis_scripts import BUDGET
 from techrevati.runtime.budget import Budget, BudgetReservation, UsageLimits
@@ -30,20 +32,22 @@ from techrevati.runtime.errors import InvalidValueError, ReservationError, Store
 from techrevati.runtime.redis_store import FallbackError, RedisStore, checked_primitive_name
 from techrevati.runtime.usage import UsageSnapshot
 
+_LOG: Final = get_logger("techrevati.runtime.budget")
+
 _DOLLAR: Final = 10**15
 """Femto-dollars in one dollar: the budget script's lower limb."""
 
 _LOCAL: Final = "local"
 """The key of a hold the local stand-in took while the store was unavailable."""
 
-_MAX_BACKLOG: Final = 100_000
-"""Unrecorded settlements kept for the server, at most (the oldest are dropped, logged)."""
+_MAX_BACKLOG: Final = 10_000
+"""Unsent settlements kept one by one; past this they are folded into one charge."""
 
 
 class _SharedBudget(Budget):
     """A :class:`Budget` on a :class:`RedisStore`; see the module docstring."""
 
-    __slots__ = ("_backlog", "_keys", "_lease_ms", "_local", "_store", "_what")
+    __slots__ = ("_backlog", "_draining", "_keys", "_lease_ms", "_local", "_store", "_what")
 
     _shared = True
 
@@ -64,6 +68,7 @@ class _SharedBudget(Budget):
         self._lease_ms = int(store.lease_ttl * 1000)
         self._what = f"budget {name!r}"
         self._backlog: deque[tuple[str, int, int, int]] = deque()
+        self._draining = threading.Lock()  # held by the one thread sending the backlog
         own = self._limits
         share = store.share
         self._local = Budget(
@@ -258,25 +263,67 @@ class _SharedBudget(Budget):
         return name, femto, tokens
 
     def _record(self, spend: tuple[str, int, int, int]) -> None:
-        """Send one settlement (hold key, femto, tokens, requests), after any backlog."""
-        with self._lock:
-            self._backlog.append(spend)
-            if len(self._backlog) > _MAX_BACKLOG:
-                self._backlog.popleft()
-        # kept in the backlog until the store answers again
-        with contextlib.suppress(FallbackError):
-            self._flush()
+        """Send one settlement (hold key, femto, tokens, requests); keep it if the store is out.
 
-    def _flush(self) -> None:
-        while True:
-            with self._lock:
-                if not self._backlog:
-                    return
-                key, femto, tokens, requests = self._backlog[0]
-            self._run("settle", key, *_limbs(femto), tokens, requests, local=False, flush=False)
-            with self._lock:
-                if self._backlog and self._backlog[0] == (key, femto, tokens, requests):
-                    self._backlog.popleft()
+        With nothing kept from an outage it goes straight to the server;
+        otherwise after what is kept, in order.
+        """
+        with self._lock:
+            direct = not self._backlog
+            if not direct:
+                self._keep(spend)
+        if direct:
+            try:
+                self._settle_on_server(spend)
+            except FallbackError:
+                with self._lock:
+                    self._keep(spend)
+                return
+        self._drain()
+
+    def _keep(self, spend: tuple[str, int, int, int]) -> None:
+        """Keep a settlement for later (lock held); past the cap, fold them into one."""
+        backlog = self._backlog
+        backlog.append(spend)
+        if len(backlog) > _MAX_BACKLOG:
+            # Fold all but the first (which a drain may be sending) into one charge: nothing
+            # is lost; their holds end on the server by their leases instead.
+            first = backlog.popleft()
+            femto = sum(kept[1] for kept in backlog)
+            tokens = sum(kept[2] for kept in backlog)
+            requests = sum(kept[3] for kept in backlog)
+            _LOG.warning(
+                "budget %r: %d unsent settlements folded into one", self.name, len(backlog)
+            )
+            self._backlog = deque([first, ("", femto, tokens, requests)])
+
+    def _drain(self) -> None:
+        """Send the kept settlements, oldest first, until none is left or the store is out.
+
+        One thread drains at a time (the others leave theirs for it), so
+        none is sent twice.
+        """
+        if not self._draining.acquire(blocking=False):
+            return
+        try:
+            while True:
+                with self._lock:
+                    if not self._backlog:
+                        return
+                    spend = self._backlog[0]
+                try:
+                    self._settle_on_server(spend)
+                except FallbackError:
+                    return  # still out: kept for the next step
+                with self._lock:
+                    if self._backlog and self._backlog[0] is spend:
+                        self._backlog.popleft()
+        finally:
+            self._draining.release()
+
+    def _settle_on_server(self, spend: tuple[str, int, int, int]) -> None:
+        key, femto, tokens, requests = spend
+        self._run("settle", key, *_limbs(femto), tokens, requests, local=False, drain=False)
 
     def _refresh(self, *, strict: bool) -> None:
         """Read the fleet's figures into the mirror; strict: follow the store's policy."""
@@ -290,16 +337,16 @@ class _SharedBudget(Budget):
                     self._spent_tokens, self._reserved_tokens = local._spent_tokens, 0
                     self._requests, self._reserved_requests = local._requests, 0
 
-    def _run(self, op: str, *args: object, local: bool = True, flush: bool = True) -> Any:
+    def _run(self, op: str, *args: object, local: bool = True, drain: bool = True) -> Any:
         """Run one step and mirror the figures it returns.
 
         On failure: raise the typed error when ``local`` and the policy is
         fail-closed, else :class:`FallbackError` (decide locally, or not at all).
         """
         store = self._store
+        if drain and self._backlog:
+            self._drain()
         try:
-            if flush and self._backlog:
-                self._flush()
             reply = store.run(BUDGET, self._keys, (op, *args), self._what)
         except StoreUnavailableError:
             if local and store.budget_policy == "fail_closed":
