@@ -68,9 +68,7 @@ def test_a_client_without_socket_timeout_is_refused_naming_the_fix(
         RedisStore(bare)
 
 
-def test_an_async_client_and_a_non_client_are_refused(redis_server: RedisServer) -> None:
-    with pytest.raises(InvalidValueError, match="asynchronous"):
-        RedisStore(redis_server.async_client())
+def test_a_non_client_is_refused() -> None:
     with pytest.raises(InvalidValueError, match="evalsha"):
         RedisStore(object())
 
@@ -628,3 +626,149 @@ def test_threads_recording_while_the_backlog_drains_count_each_spend_once(
     for thread in threads:
         thread.join()
     assert (budget.requests, budget.spent_tokens) == (850, 850)
+
+
+# -- an async client ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def async_store(redis_server: RedisServer) -> Iterator[RedisStore]:
+    shared = RedisStore(redis_server.async_client(), prefix="t")
+    yield shared
+    assert shared.available
+    shared.close()
+
+
+def test_an_async_clients_store_serves_sync_and_async_callers(async_store: RedisStore) -> None:
+    budget = Budget(max_requests=2, store=async_store, name="p")
+    budget.reserve("m").settle(UsageSnapshot(input_tokens=2))  # sync: on the store's own loop
+
+    async def main() -> None:
+        held = await budget.areserve("m")  # async: awaited on the caller's loop
+        with pytest.raises(BudgetExceededError):
+            await budget.areserve("m")
+        held.release()
+
+    asyncio.run(main())
+    assert (budget.requests, budget.spent_tokens, budget.reserved_requests) == (1, 2, 0)
+    assert async_store.ping()
+
+
+def test_arun_turn_awaits_every_shared_decision(async_store: RedisStore) -> None:
+    budget = Budget(max_requests=3, store=async_store, name="p")
+    limiter = RateLimiter(requests_per_minute=2, store=async_store, name="lim", max_wait=0)
+    breaker = CircuitBreaker("dep", failure_threshold=1, store=async_store)
+    orch = Orchestrator(
+        "writer", "draft", budget=budget, rate_limiter=limiter, circuit_breaker=breaker
+    )
+
+    async def answer() -> str:
+        return "ok"
+
+    async def main() -> None:
+        with orch.session() as session:
+            result, _ = await session.arun_turn(answer, model="m", usage=UsageSnapshot())
+            assert result == "ok"
+            await session.arun_turn(answer, model="m", usage=UsageSnapshot())
+            with pytest.raises(RateLimitedError):
+                await session.arun_turn(answer, model="m", usage=UsageSnapshot())
+
+    asyncio.run(main())
+    assert (budget.requests, budget.reserved_requests) == (2, 0)  # the refused turn gave back
+    assert breaker.metrics().successes == 2
+
+
+def test_async_breaker_paths_admit_through_the_store(async_store: RedisStore) -> None:
+    breaker = CircuitBreaker("dep", failure_threshold=1, store=async_store)
+
+    async def fail() -> None:
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        with pytest.raises(ConnectionError):
+            await breaker.acall(fail)
+        with pytest.raises(Exception, match="dep") as caught:
+            async with breaker:
+                pass
+        assert type(caught.value).__name__ == "CircuitOpenError"
+
+    asyncio.run(main())
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_an_async_store_falls_back_and_recovers(fresh_redis_server: RedisServer) -> None:
+    clock = FakeClock()
+    events: list[str] = []
+    store = RedisStore(
+        fresh_redis_server.async_client(),
+        prefix="t",
+        clock=clock,
+        retry_interval=1,
+        listeners=[lambda event, _data: events.append(event)],
+    )
+    limiter = RateLimiter(requests_per_minute=10, store=store, name="lim")
+    fresh_redis_server.kill()
+
+    async def admit() -> bool:
+        return (await limiter.aacquire(max_wait=0)) is not None
+
+    assert asyncio.run(admit())  # decided locally: fail-open
+    fresh_redis_server.restart()
+    clock.advance(1)
+    assert asyncio.run(admit())
+    assert events == ["store.unavailable", "store.recovered"]
+    store.close()
+
+
+class GatedClient:
+    """A sync client whose script calls wait for ``gate`` (set by another task), at most 5 s."""
+
+    def __init__(self, inner: redis.Redis) -> None:
+        import threading
+
+        self.inner = inner
+        self.connection_pool = inner.connection_pool
+        self.gate = threading.Event()
+        self.waited_open = True
+
+    def evalsha(self, *args: Any) -> Any:
+        self.waited_open = self.waited_open and self.gate.wait(5)
+        return self.inner.evalsha(*args)
+
+    def eval(self, *args: Any) -> Any:
+        return self.inner.eval(*args)
+
+
+def test_async_decisions_leave_the_event_loop_running(client: redis.Redis) -> None:
+    gated = GatedClient(client)
+    store = RedisStore(gated, prefix="t")
+    limiter = RateLimiter(requests_per_minute=10, store=store, name="lim")
+    budget = Budget(max_requests=10, store=store, name="p")
+    breaker = CircuitBreaker("dep", failure_threshold=3, store=store)
+
+    async def open_the_gate() -> None:
+        gated.gate.set()
+
+    orch = Orchestrator("writer", "draft", budget=Budget(max_requests=5, store=store, name="o"))
+
+    async def answer() -> str:
+        return "ok"
+
+    async def decide() -> None:
+        # Each decision waits on the gate; only another task on this loop opens it, so a
+        # decision that blocked the loop would wait the full 5 s and record that.
+        session = orch.session().__enter__()
+        for step in (
+            limiter.aacquire,
+            lambda: budget.areserve("m"),
+            lambda: breaker.acall(open_the_gate),
+            lambda: session.arun_turn(answer, model="m", usage=UsageSnapshot()),
+        ):
+            gated.gate.clear()
+            opener = asyncio.ensure_future(open_the_gate())
+            await step()
+            await opener
+        session.__exit__(None, None, None)
+
+    asyncio.run(decide())
+    assert gated.waited_open

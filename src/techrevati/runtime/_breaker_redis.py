@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from techrevati.runtime._breaker_state import (
     _FAILURE,
@@ -87,14 +87,30 @@ class _SharedBreaker(CircuitBreaker):
         """The shared store this breaker keeps its state in."""
         return self._store
 
+    _async_admission = True
+
     def _admit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
         try:
             reply = self._run("admit", self._max_probes, self._lease_ms, local=True)
         except FallbackError:
-            rejection = self._local._admit(permit, raising=raising)
-            if permit._ticket >= 0:
-                permit._ticket += _LOCAL_BASE
-            return rejection
+            return self._admit_locally(permit, raising=raising)
+        return self._admitted(permit, reply, raising=raising)
+
+    async def _aadmit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
+        try:
+            reply = await self._arun("admit", self._max_probes, self._lease_ms)
+        except FallbackError:
+            return self._admit_locally(permit, raising=raising)
+        return self._admitted(permit, reply, raising=raising)
+
+    def _admit_locally(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
+        rejection = self._local._admit(permit, raising=raising)
+        if permit._ticket >= 0:
+            permit._ticket += _LOCAL_BASE
+        return rejection
+
+    def _admitted(self, permit: Permit, reply: Any, *, raising: bool) -> CircuitOpenError | None:
+        """Read the admit step's reply into ``permit``; the rejection to raise, if any."""
         ticket, state = int(reply[0]), _state(reply[1])
         self._observe(_state(reply[3]), state)
         if ticket >= 0:
@@ -242,13 +258,25 @@ class _SharedBreaker(CircuitBreaker):
         ``policy=False``: always raise the typed error (an operator's reset
         or force-open must not silently apply to this worker alone).
         """
-        store = self._store
         try:
-            return store.run(BREAKER, self._keys, (op, *self._fixed, *args), self._what)
+            return self._store.run(BREAKER, self._keys, (op, *self._fixed, *args), self._what)
         except StoreUnavailableError:
-            if not policy or (local and store.breaker_policy == "fail_closed"):
-                raise
-            raise FallbackError from None
+            self._fall_back(local=local, policy=policy)
+
+    async def _arun(self, op: str, *args: object) -> Any:
+        """Async twin of :meth:`_run` for a decision."""
+        try:
+            return await self._store.arun(
+                BREAKER, self._keys, (op, *self._fixed, *args), self._what
+            )
+        except StoreUnavailableError:
+            self._fall_back(local=True, policy=True)
+
+    def _fall_back(self, *, local: bool, policy: bool) -> NoReturn:
+        """Re-raise the store's error or raise :class:`FallbackError` (inside an except block)."""
+        if not policy or (local and self._store.breaker_policy == "fail_closed"):
+            raise  # noqa: PLE0704
+        raise FallbackError from None
 
 
 _OPENED: Final = (CircuitState.OPEN, CircuitState.FORCED_OPEN)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from techrevati.runtime._log import get_logger
 from techrevati.runtime._money import _usd
@@ -91,26 +91,51 @@ class _SharedBudget(Budget):
     def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int, str | None]:
         name, femto, tokens = self._estimate(model, estimate)
         key = self._store.new_id()
-        limit = self._max_femto
         try:
-            reply = self._run(
-                "reserve",
-                key,
-                *_limbs(femto),
-                tokens,
-                self._lease_ms,
-                *((-1, 0) if limit is None else _limbs(limit)),
-                -1 if self._max_tokens is None else self._max_tokens,
-                -1 if self._max_requests is None else self._max_requests,
-            )
+            reply = self._run("reserve", *self._reservation(key, femto, tokens))
         except FallbackError:
-            local = self._local._hold(model, estimate)
-            return local[0], local[1], local[2], _LOCAL
+            return self._hold_locally(model, estimate)
+        return self._held(reply, name, femto, tokens, key)
+
+    async def _ahold(
+        self, model: str, estimate: UsageSnapshot | None
+    ) -> tuple[str, int, int, str | None]:
+        name, femto, tokens = self._estimate(model, estimate)
+        key = self._store.new_id()
+        try:
+            reply = await self._arun("reserve", *self._reservation(key, femto, tokens))
+        except FallbackError:
+            return self._hold_locally(model, estimate)
+        return self._held(reply, name, femto, tokens, key)
+
+    def _reservation(self, key: str, femto: int, tokens: int) -> tuple[object, ...]:
+        """Return the reserve step's arguments: the hold, its lease and the caps."""
+        limit = self._max_femto
+        return (
+            key,
+            *_limbs(femto),
+            tokens,
+            self._lease_ms,
+            *((-1, 0) if limit is None else _limbs(limit)),
+            -1 if self._max_tokens is None else self._max_tokens,
+            -1 if self._max_requests is None else self._max_requests,
+        )
+
+    def _held(
+        self, reply: Any, name: str, femto: int, tokens: int, key: str
+    ) -> tuple[str, int, int, str | None]:
+        """Read the reserve step's reply (figures already mirrored): the hold, or the refusal."""
         if int(reply[0]) != 1:
             with self._lock:
                 self._refuse_if_over(femto, tokens, name)
             raise AssertionError("unreachable: the server refused what its figures admit")
         return name, femto, tokens, key
+
+    def _hold_locally(
+        self, model: str, estimate: UsageSnapshot | None
+    ) -> tuple[str, int, int, str | None]:
+        local = self._local._hold(model, estimate)
+        return local[0], local[1], local[2], _LOCAL
 
     def reserve(self, model: str, estimate: UsageSnapshot | None = None) -> BudgetReservation:
         name, femto, tokens, key = self._hold(model, estimate)
@@ -343,15 +368,32 @@ class _SharedBudget(Budget):
         On failure: raise the typed error when ``local`` and the policy is
         fail-closed, else :class:`FallbackError` (decide locally, or not at all).
         """
-        store = self._store
         if drain and self._backlog:
             self._drain()
         try:
-            reply = store.run(BUDGET, self._keys, (op, *args), self._what)
+            reply = self._store.run(BUDGET, self._keys, (op, *args), self._what)
         except StoreUnavailableError:
-            if local and store.budget_policy == "fail_closed":
-                raise
-            raise FallbackError from None
+            self._fall_back(local=local)
+        self._mirror(reply)
+        return reply
+
+    async def _arun(self, op: str, *args: object) -> Any:
+        """Async twin of :meth:`_run` for a decision (kept spend is sent by the next sync step)."""
+        try:
+            reply = await self._store.arun(BUDGET, self._keys, (op, *args), self._what)
+        except StoreUnavailableError:
+            self._fall_back(local=True)
+        self._mirror(reply)
+        return reply
+
+    def _fall_back(self, *, local: bool) -> NoReturn:
+        """Re-raise the store's error or raise :class:`FallbackError` (inside an except block)."""
+        if local and self._store.budget_policy == "fail_closed":
+            raise  # noqa: PLE0704
+        raise FallbackError from None
+
+    def _mirror(self, reply: Any) -> None:
+        """Copy the fleet's figures from a reply into the fields the local checks read."""
         figures = [int(value) for value in reply[2:10]]
         with self._lock:
             self._spent_femto = figures[0] * _DOLLAR + figures[1]
@@ -360,7 +402,6 @@ class _SharedBudget(Budget):
             self._reserved_femto = figures[4] * _DOLLAR + figures[5]
             self._reserved_tokens = figures[6]
             self._reserved_requests = figures[7]
-        return reply
 
 
 def _limbs(femto: int) -> tuple[int, int]:

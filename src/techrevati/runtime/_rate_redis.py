@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from techrevati.runtime._rate_window import WINDOW_SECONDS, Limits, Refusal, Ticket, _LocalWindow
 from techrevati.runtime._redis_scripts import LIMITER
@@ -72,20 +72,28 @@ class _RedisWindow:
 
     def admit(self, now: float, input_tokens: int, output_tokens: int) -> Ticket | Refusal:
         """Admit a call on the server (or, fail-open and unreachable, locally)."""
+        ticket_id, args = self._admission(input_tokens, output_tokens)
+        try:
+            reply = self._run("admit", *args, local=True)
+        except FallbackError:
+            return self._local.admit(now, input_tokens, output_tokens)
+        return _admitted(reply, ticket_id, input_tokens, output_tokens)
+
+    async def aadmit(self, now: float, input_tokens: int, output_tokens: int) -> Ticket | Refusal:
+        """Async twin of :meth:`admit`: the caller's event loop runs while Redis decides."""
+        ticket_id, args = self._admission(input_tokens, output_tokens)
+        try:
+            reply = await self._arun("admit", *args)
+        except FallbackError:
+            return self._local.admit(now, input_tokens, output_tokens)
+        return _admitted(reply, ticket_id, input_tokens, output_tokens)
+
+    def _admission(self, input_tokens: int, output_tokens: int) -> tuple[str, tuple[object, ...]]:
+        """Return a fresh ticket id and the admit step's arguments."""
         ticket_id = self._store.new_id()
         limits = [-1 if limit is None else limit for limit in self._limits]
         most = -1 if self._max_concurrent is None else self._max_concurrent
-        try:
-            reply = self._run(
-                "admit", input_tokens, output_tokens, *limits, most, ticket_id, local=True
-            )
-        except FallbackError:
-            return self._local.admit(now, input_tokens, output_tokens)
-        if int(reply[0]) == 1:
-            return _SharedTicket(ticket_id, input_tokens, output_tokens)
-        kind = _text(reply[1])
-        wait = int(reply[2])
-        return Refusal(kind, None if wait < 0 else wait / 1000, int(reply[3]))
+        return ticket_id, (input_tokens, output_tokens, *limits, most, ticket_id)
 
     def end(
         self, ticket: Ticket, now: float, actual: tuple[int, int] | None, *, settle: bool
@@ -140,16 +148,40 @@ class _RedisWindow:
 
     def _run(self, op: str, *args: object, local: bool) -> list[Any]:
         """Run one step; on failure raise :class:`FallbackError` (fail-open) or the typed error."""
-        store = self._store
         try:
-            reply: Any = store.run(
-                LIMITER, self._keys, (op, _WINDOW_MS, self._lease_ms, *args), self._what
+            reply: Any = self._store.run(LIMITER, self._keys, self._argv(op, args), self._what)
+        except StoreUnavailableError:
+            self._fall_back(local=local)
+        return reply if isinstance(reply, list) else [reply]
+
+    async def _arun(self, op: str, *args: object) -> list[Any]:
+        """Async twin of :meth:`_run` for a decision (``local=True``)."""
+        try:
+            reply: Any = await self._store.arun(
+                LIMITER, self._keys, self._argv(op, args), self._what
             )
         except StoreUnavailableError:
-            if local and store.limiter_policy == "fail_closed":
-                raise
-            raise FallbackError from None
+            self._fall_back(local=True)
         return reply if isinstance(reply, list) else [reply]
+
+    def _argv(self, op: str, args: tuple[object, ...]) -> tuple[object, ...]:
+        return (op, _WINDOW_MS, self._lease_ms, *args)
+
+    def _fall_back(self, *, local: bool) -> NoReturn:
+        """Re-raise the store's error (a fail-closed decision) or raise :class:`FallbackError`."""
+        if local and self._store.limiter_policy == "fail_closed":
+            raise  # noqa: PLE0704 (called only inside an except block)
+        raise FallbackError from None
+
+
+def _admitted(
+    reply: list[Any], ticket_id: str, input_tokens: int, output_tokens: int
+) -> Ticket | Refusal:
+    """Read the admit step's reply: the ticket, or why not."""
+    if int(reply[0]) == 1:
+        return _SharedTicket(ticket_id, input_tokens, output_tokens)
+    wait = int(reply[2])
+    return Refusal(_text(reply[1]), None if wait < 0 else wait / 1000, int(reply[3]))
 
 
 def _text(value: object) -> str:

@@ -138,7 +138,9 @@ class _TurnEngine(_SessionCore):
         limiter = self._orch.rate_limiter
         clock = self._orch.clock
         while True:
-            self._before_attempt(turn)
+            self._before_attempt(turn, reserve=False)
+            if self._budgets:
+                await self._areserve(turn)
             if limiter is not None:
                 try:
                     turn.lease = await limiter.aacquire(
@@ -237,8 +239,11 @@ class _TurnEngine(_SessionCore):
                 },
             )
 
-    def _before_attempt(self, turn: _Turn) -> None:
-        """Run before_model hooks for the next attempt, then reserve its budget."""
+    def _before_attempt(self, turn: _Turn, *, reserve: bool = True) -> None:
+        """Run before_model hooks for the next attempt, then reserve its budget.
+
+        ``reserve=False``: the async engine reserves itself (:meth:`_areserve`).
+        """
         turn.attempt += 1
         call = turn.call
         if call is not None:  # only built when hooks look at it
@@ -249,7 +254,7 @@ class _TurnEngine(_SessionCore):
             turn.model = call.model
         if self._cap is not None:
             self._hold_cap(turn)
-        if self._budgets:
+        if reserve and self._budgets:
             self._reserve(turn)
 
     def _hold_cap(self, turn: _Turn) -> None:
@@ -316,6 +321,22 @@ class _TurnEngine(_SessionCore):
         for budget in self._budgets:
             try:
                 turn.holds.append((budget, *budget._hold(turn.model, turn.estimate)))
+            except BudgetExceededError as exc:
+                self._budget_refused(turn, exc)
+                turn.unreserved.append(budget)
+            except BaseException:
+                self._release(turn)
+                raise
+
+    async def _areserve(self, turn: _Turn) -> None:
+        """Async twin of :meth:`_reserve`: a shared budget decides while the loop runs."""
+        for budget in self._budgets:
+            try:
+                if budget.store is None:
+                    held = budget._hold(turn.model, turn.estimate)
+                else:
+                    held = await budget._ahold(turn.model, turn.estimate)
+                turn.holds.append((budget, *held))
             except BudgetExceededError as exc:
                 self._budget_refused(turn, exc)
                 turn.unreserved.append(budget)

@@ -282,6 +282,19 @@ class Budget:
         name, femto, tokens, key = self._hold(model, estimate)
         return BudgetReservation(self, name, femto, tokens, key)
 
+    async def areserve(
+        self, model: str, estimate: UsageSnapshot | None = None
+    ) -> BudgetReservation:
+        """Async twin of :meth:`reserve` (a shared budget's event loop runs while Redis decides)."""
+        name, femto, tokens, key = await self._ahold(model, estimate)
+        return BudgetReservation(self, name, femto, tokens, key)
+
+    async def _ahold(
+        self, model: str, estimate: UsageSnapshot | None
+    ) -> tuple[str, int, int, str | None]:
+        """Async twin of :meth:`_hold`; a budget in this process decides at once."""
+        return self._hold(model, estimate)
+
     def _hold(self, model: str, estimate: UsageSnapshot | None) -> tuple[str, int, int, str | None]:
         """Check and hold one call as :meth:`reserve` does; return (name, femto, tokens, key).
 

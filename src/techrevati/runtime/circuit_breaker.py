@@ -331,7 +331,11 @@ class CircuitBreaker(_BreakerState):
         # would be one more place for an interrupt to strand it.
         permit = Permit(self, -1, None)
         try:
-            rejection = self._admit(permit, raising=True)
+            rejection = (
+                await self._aadmit(permit, raising=True)
+                if self._async_admission
+                else self._admit(permit, raising=True)
+            )
             if rejection is None:
                 _ENTERED.set((*_ENTERED.get(), permit))
                 return permit
@@ -511,7 +515,11 @@ class CircuitBreaker(_BreakerState):
             return result
         permit = Permit(self, -1, None)  # as in _call_locked_path
         try:
-            rejection = self._admit(permit, raising=True)
+            rejection = (
+                await self._aadmit(permit, raising=True)
+                if self._async_admission
+                else self._admit(permit, raising=True)
+            )
             if rejection is None:
                 try:
                     result = await fn(*args, **kwargs)
@@ -524,6 +532,13 @@ class CircuitBreaker(_BreakerState):
             self._abandon(permit)
             raise
         raise rejection  # outside the try: a rejection holds nothing to give back
+
+    _async_admission = False
+    """True where admission waits on I/O (a shared breaker): async paths await :meth:`_aadmit`."""
+
+    async def _aadmit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
+        """Async twin of :meth:`_admit`, for a breaker whose admission waits on I/O."""
+        return self._admit(permit, raising=raising)
 
     def _admit(self, permit: Permit, *, raising: bool) -> CircuitOpenError | None:
         """Give ``permit`` a ticket for one call; on a rejection its ticket stays -1.

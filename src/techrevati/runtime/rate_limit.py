@@ -244,10 +244,14 @@ class RateLimiter:
         counts = self._counts(estimate, input_tokens, output_tokens)
         limit = self._max_wait(max_wait)
         clock, state = self._clock, self._state
+        shared = self._store is not None
         start = clock()
         while True:
             now = clock()
-            admitted = state.admit(now, *counts)
+            if shared:  # the event loop runs while Redis decides
+                admitted = await state.aadmit(now, *counts)  # type: ignore[attr-defined]
+            else:
+                admitted = state.admit(now, *counts)
             if isinstance(admitted, Ticket):
                 return RateLease(self, admitted, max(0.0, now - start))
             left = limit - (now - start)

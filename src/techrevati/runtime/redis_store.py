@@ -1,7 +1,8 @@
 """Shared state on Redis: one budget, one breaker, one rate limit for a fleet of workers.
 
 A :class:`RedisStore` wraps a Redis client you made (``redis.Redis``,
-``redis.cluster.RedisCluster``, or a compatible client such as Valkey's),
+``redis.cluster.RedisCluster``, their ``redis.asyncio`` twins, or a
+compatible client such as Valkey's),
 so connection settings, TLS and auth stay yours. Give it to a primitive and
 that primitive's state lives on the server, shared by every process that
 names the same store prefix and primitive name::
@@ -37,10 +38,11 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from techrevati.runtime._clock import Clock
@@ -54,6 +56,8 @@ from techrevati.runtime.errors import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future
     from types import ModuleType
 
 __all__ = ["FailurePolicy", "RedisStore", "StoreListener", "StoreUnavailableError"]
@@ -74,8 +78,16 @@ _FORBIDDEN_IN_NAMES: Final = frozenset("{}")
 class RedisStore:
     """A Redis server holding the state of budgets, breakers and limiters shared by a fleet.
 
-    ``client`` is a synchronous redis-py client (or compatible) with a
-    ``socket_timeout``: every call the store makes must be able to time out.
+    ``client`` is a redis-py client (or compatible) with a
+    ``socket_timeout``, so every call the store makes can time out:
+    synchronous (``redis.Redis``, ``RedisCluster``) or asynchronous
+    (``redis.asyncio.Redis``, its ``RedisCluster``). An async client is
+    driven on the store's own event loop thread, so sync callers can use it
+    too; give the store a client of its own (an asyncio connection belongs to
+    one loop). Async entry points (``aacquire``, ``areserve``, ``acall``,
+    ``async with breaker``, ``arun_turn``) await each decision, with either
+    kind of client (a sync one on a worker thread), so the caller's loop
+    keeps running; settlements are sent from sync code, one round trip each.
     ``prefix`` starts every key (letters, digits and ``_-.:``).
     ``budget_policy``, ``breaker_policy`` and ``limiter_policy`` say what
     each kind of primitive does when Redis cannot decide (see the module
@@ -88,11 +100,14 @@ class RedisStore:
     """
 
     __slots__ = (
+        "_async",
         "_client",
         "_clock",
         "_errors",
         "_listeners",
         "_lock",
+        "_loop",
+        "_loop_pid",
         "_retry_at",
         "_time_offset_ms",
         "_unavailable",
@@ -122,8 +137,10 @@ class RedisStore:
     ) -> None:
         redis = _redis_module()
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
-        _check_client(client)
+        self._async = _check_client(client)
         self._client: Any = client
+        self._loop: asyncio.AbstractEventLoop | None = None  # an async client's own loop
+        self._loop_pid = 0
         self.prefix = _checked_name("prefix", prefix)
         """The start of every key this store writes."""
         self.budget_policy: FailurePolicy = _policy("budget_policy", budget_policy)
@@ -193,24 +210,41 @@ class RedisStore:
 
         ``what`` names the primitive for the error and the events. While the
         store is backing off after a failure, raises at once without
-        calling Redis.
+        calling Redis. With an async client the script runs on the store's
+        own event loop thread and this call waits for it.
         """
-        if self._unavailable is not None and self._clock() < self._retry_at:
-            raise StoreUnavailableError(
-                self.prefix, what, f"backing off after: {self._unavailable}"
-            )
-        argv = (self._time_offset_ms, *args)
+        argv = self._argv(args, what)
         try:
-            try:
-                result = self._client.evalsha(script.sha, len(keys), *keys, *argv)
-            except self._errors as exc:
-                if not _is_noscript(exc):
-                    raise
-                result = self._client.eval(script.source, len(keys), *keys, *argv)
+            if self._async:
+                result = self._on_own_loop(self._aeval(script, keys, argv)).result()
+            else:
+                result = self._eval(script, keys, argv)
         except self._errors as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self._failed(reason, what)
-            raise StoreUnavailableError(self.prefix, what, reason) from exc
+            raise self._unavailable_error(exc, what) from exc
+        if self._unavailable is not None:
+            self._recovered(what)
+        return result
+
+    async def arun(
+        self, script: Script, keys: Sequence[str], args: Sequence[object], what: str
+    ) -> Any:
+        """Async twin of :meth:`run`: the caller's event loop keeps running meanwhile.
+
+        With an async client the script runs on the store's own loop; with
+        a sync client, on a worker thread.
+        """
+        import asyncio  # noqa: PLC0415 (only async callers need it)
+
+        argv = self._argv(args, what)
+        try:
+            if self._async:
+                result = await asyncio.wrap_future(
+                    self._on_own_loop(self._aeval(script, keys, argv))
+                )
+            else:
+                result = await asyncio.to_thread(self._eval, script, keys, argv)
+        except self._errors as exc:
+            raise self._unavailable_error(exc, what) from exc
         if self._unavailable is not None:
             self._recovered(what)
         return result
@@ -218,9 +252,64 @@ class RedisStore:
     def ping(self) -> bool:
         """Return True if Redis answers now (a health check; never raises)."""
         try:
+            if self._async:
+                return bool(self._on_own_loop(self._client.ping()).result())
             return bool(self._client.ping())
         except self._errors:
             return False
+
+    def close(self) -> None:
+        """Stop the store's own event loop thread (an async client's); the client stays open."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+    def _argv(self, args: Sequence[object], what: str) -> tuple[object, ...]:
+        """Refuse at once while backing off; else the script's arguments after the offset."""
+        if self._unavailable is not None and self._clock() < self._retry_at:
+            raise StoreUnavailableError(
+                self.prefix, what, f"backing off after: {self._unavailable}"
+            )
+        return (self._time_offset_ms, *args)
+
+    def _eval(self, script: Script, keys: Sequence[str], argv: Sequence[object]) -> Any:
+        client = self._client
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *argv)
+        except self._errors as exc:
+            if not _is_noscript(exc):
+                raise
+            return client.eval(script.source, len(keys), *keys, *argv)
+
+    async def _aeval(self, script: Script, keys: Sequence[str], argv: Sequence[object]) -> Any:
+        client = self._client
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *argv)
+        except self._errors as exc:
+            if not _is_noscript(exc):
+                raise
+            return await client.eval(script.source, len(keys), *keys, *argv)
+
+    def _on_own_loop(self, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Run ``coroutine`` on the store's own loop (started on first use, again after a fork)."""
+        import asyncio  # noqa: PLC0415
+
+        with self._lock:
+            loop = self._loop
+            if loop is None or self._loop_pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"techrevati-store-{self.prefix}", daemon=True
+                )
+                thread.start()
+                self._loop, self._loop_pid = loop, os.getpid()
+        return asyncio.run_coroutine_threadsafe(coroutine, loop)
+
+    def _unavailable_error(self, exc: BaseException, what: str) -> StoreUnavailableError:
+        reason = f"{type(exc).__name__}: {exc}"
+        self._failed(reason, what)
+        return StoreUnavailableError(self.prefix, what, reason)
 
     def __repr__(self) -> str:
         state = "available" if self._unavailable is None else "unavailable"
@@ -298,28 +387,24 @@ def _redis_module() -> ModuleType:
     return redis
 
 
-def _check_client(client: object) -> None:
-    """Refuse what cannot serve as a client: no script calls, async, or no timeout."""
+def _check_client(client: object) -> bool:
+    """Refuse what cannot serve as a client (no script calls, no timeout); True if async."""
     for method in ("evalsha", "eval"):
         if not callable(getattr(client, method, None)):
             raise InvalidValueError(
                 f"client must be a Redis client with {method}() (redis.Redis, RedisCluster, "
                 f"or compatible), got {client!r}"
             )
-    if any(
-        inspect.iscoroutinefunction(getattr(client, method, None))
-        for method in ("evalsha", "execute_command")
-    ):
-        raise InvalidValueError(
-            f"client {client!r} is asynchronous; RedisStore takes a synchronous client "
-            "(its async entry points run each step in one round trip on that client)"
-        )
     timeout = _socket_timeout(client)
     if timeout is None:
         raise InvalidValueError(
             f"client {client!r} has no socket_timeout: every store call must be able to time "
             "out; make the client with socket_timeout=<seconds>"
         )
+    return any(
+        inspect.iscoroutinefunction(getattr(client, method, None))
+        for method in ("evalsha", "execute_command")
+    )
 
 
 def _socket_timeout(client: object) -> float | None:
