@@ -167,6 +167,7 @@ class _Output:
         self._lock = threading.Lock()
         self.ready = False
         self.port_taken = False
+        self.ended = False  # the output reached its end (the process closed stdout)
         self.settled = threading.Event()  # set once ready, or at end of output
         self._thread = threading.Thread(
             target=self._follow, name=f"redis-server-{process.pid}-output", daemon=True
@@ -187,6 +188,7 @@ class _Output:
         except (OSError, ValueError):  # the pipe was closed under us
             pass
         finally:
+            self.ended = True
             self.settled.set()
 
     def lines(self) -> list[str]:
@@ -345,6 +347,9 @@ class RedisServer:
         self._output.settled.wait(self.ready_timeout)
         if self._output.ready and self.running:
             return
+        if self._output.ended:  # its output ended: it is exiting; let it finish
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=STOP_GRACE)
         exited = self._process.poll() is not None
         self._end(signal.SIGKILL)
         if exited:

@@ -189,7 +189,12 @@ local function norm(hi, lo)
   return hi + c, lo - c * B
 end
 local function save()
-  for k = 1, 8 do redis.call('HSET', st, FIELDS[k], fmt(v[k])) end
+  local pairs_ = {}
+  for k = 1, 8 do
+    pairs_[2 * k - 1] = FIELDS[k]
+    pairs_[2 * k] = fmt(v[k])
+  end
+  redis.call('HSET', st, unpack(pairs_))
 end
 local function parse(a)
   local hi, lo, tok = string.match(a, '^(%d+)|(%d+)|(%d+)$')
