@@ -84,6 +84,7 @@ def test_a_non_client_is_refused() -> None:
         ("fleet_size", 0),
         ("fleet_size", True),
         ("lease_ttl", 0),
+        ("lease_ttl", 0.0001),
         ("retry_interval", -1),
     ],
 )

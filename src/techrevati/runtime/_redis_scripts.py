@@ -248,8 +248,8 @@ if op == 'reserve' then
   v[8] = v[8] + 1
   redis.call('ZADD', holds, now + lease, id)
   redis.call('HSET', amounts, id, fmt(whi) .. '|' .. fmt(wlo) .. '|' .. fmt(wtok))
-  redis.call('PEXPIRE', holds, 2 * lease)
-  redis.call('PEXPIRE', amounts, 2 * lease)
+  -- no PEXPIRE: the totals count these holds until a step sweeps them, so they must live
+  -- as long as the totals do; every step sweeps the ended ones, and an emptied key goes
   changed = true
   return reply(1, '')
 elseif op == 'settle' then

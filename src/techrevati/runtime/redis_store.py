@@ -71,6 +71,7 @@ StoreListener = Callable[[str, dict[str, object]], object]
 """Called with ``"store.unavailable"`` or ``"store.recovered"`` and facts about it."""
 
 _POLICIES: Final = ("fail_open", "fail_closed")
+_MIN_LEASE: Final = 0.001
 _KINDS: Final = ("budget", "breaker", "limiter")
 _FORBIDDEN_IN_NAMES: Final = frozenset("{}")
 
@@ -151,6 +152,11 @@ class RedisStore:
         self.fleet_size = fleet_size
         """How many workers share the limits (a fail-open worker keeps its share)."""
         self.lease_ttl = non_negative_number("lease_ttl", lease_ttl, above_zero=True)
+        if self.lease_ttl < _MIN_LEASE:
+            raise InvalidValueError(
+                f"lease_ttl must be at least {_MIN_LEASE} s (leases count in milliseconds), "
+                f"got {lease_ttl!r}"
+            )
         """Seconds a hold, an open call or a probe outlives the worker that took it."""
         self.retry_interval = non_negative_number("retry_interval", retry_interval)
         """Seconds after a failure before the store tries Redis again."""
