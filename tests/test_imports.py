@@ -80,6 +80,7 @@ PRIMITIVES: dict[str, set[str]] = {
     "conditions": {"quality_gate"},
     "quality_gate": set(),
     "rate_limit": set(),
+    "approvals": {"permissions"},
 }
 NEVER = ("sqlite3", "asyncio", "json", "tomllib")
 """Heavy standard modules no primitive needs at import time (usage's pricing files aside)."""
