@@ -562,13 +562,21 @@ def test_requirements_cannot_be_dodged_by_unicode_either() -> None:
         assert enforcer.check("reader", tool).rule == "mode:READ_ONLY<FULL_ACCESS"
 
 
-def test_combining_sequences_match_their_composed_form() -> None:
-    policy = policy_of(
-        RolePermissionConfig(role="r", mode=M.FULL_ACCESS, denied_tools=["caf\u00e9", "\u212a"])
-    )
-    assert not policy.check("r", "cafe\u0301").allowed
-    assert not policy.check("r", "CAFE\u0301").allowed
-    assert not policy.check("r", "k").allowed  # the Kelvin sign folds to k
+def test_combining_sequences_and_compatibility_forms_are_caught() -> None:
+    policy = policy_of(RolePermissionConfig(role="r", mode=M.FULL_ACCESS, denied_tools=["\u212a"]))
+    assert not policy.check("r", "k").allowed  # the Kelvin sign folds to k: the entry is k
+    for spelling in ("cafe\u0301", "CAFE\u0301", "caf\u00e9"):  # outside the ASCII grammar
+        outcome = policy.check("r", spelling)
+        assert not outcome.allowed
+        assert outcome.rule == "invalid_tool"
+        assert "U+00E9 LATIN SMALL LETTER E WITH ACUTE" in outcome.reason
+
+
+def test_an_entry_outside_the_grammar_is_refused_not_left_to_never_match() -> None:
+    with pytest.raises(InvalidValueError, match=r"U\+00E9"):
+        RolePermissionConfig(role="r", mode=M.FULL_ACCESS, denied_tools=["caf\u00e9"])
+    with pytest.raises(InvalidValueError, match=r"U\+002F SOLIDUS"):
+        RolePermissionConfig(role="r", mode=M.FULL_ACCESS, allowed_tools=["fs/read"])
 
 
 @pytest.mark.parametrize(

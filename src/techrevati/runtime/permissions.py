@@ -16,27 +16,38 @@ common check costs two dictionary look-ups.
 
 from __future__ import annotations
 
-import fnmatch
-import re
+import os
 import threading
-import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Literal
 
+from techrevati.runtime._permission_args import ArgRule, Workspace, argument_kind, read_rule
+from techrevati.runtime._permission_names import (
+    NAME_GRAMMAR,
+    Glob,
+    NameIndex,
+    grammar_violation,
+    is_glob,
+    normalize_permission_name,
+)
 from techrevati.runtime._validate import enum_member, int_at_least, non_empty_str
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
     "DEFAULT_PERMISSION_CACHE_SIZE",
+    "NAME_GRAMMAR",
+    "PermissionDecision",
     "PermissionDeniedError",
+    "PermissionExplanation",
     "PermissionEnforcer",
     "PermissionMode",
     "PermissionOutcome",
     "PermissionPolicy",
     "RolePermissionConfig",
+    "RuleCheck",
     "normalize_permission_name",
 ]
 
@@ -49,7 +60,8 @@ _MAX_CACHED_NAME_CHARS: Final = 256
 _MAX_SHOWN_CHARS: Final = 80
 """Names longer than this are shortened in reasons."""
 
-_GLOB_CHARS: Final = frozenset("*?[")
+Effect = Literal["allow", "deny", "ask"]
+"""What a decision says: run the call, refuse it, or ask someone first."""
 
 
 # -- values ---------------------------------------------------------------------
@@ -86,25 +98,114 @@ class RolePermissionConfig:
     ``mode`` is the role's level (a member, or its name or number).
     ``allowed_tools``: ``None`` means no allow-list (the mode decides);
     a collection makes it an explicit grant list, and tools outside it are
-    denied. ``denied_tools`` are always denied. Entries are exact names or
-    ``fnmatch`` globs (``"fs.*"``); any collection of strings works and is
-    stored as a tuple.
+    denied. ``denied_tools`` are always denied. ``ask_tools`` need someone's
+    approval first (see :meth:`PermissionPolicy.decide`). Entries are exact
+    names or globs (``"fs.*"``: ``*`` stays within one ``.``/``:`` segment,
+    ``**`` crosses them), optionally with a pattern over the call's
+    arguments: ``"shell(npm run *)"``, ``"fs.write(path:src/**)"``. Any
+    collection of strings works and is stored as a tuple; a malformed entry
+    is refused here, naming it.
     """
 
     role: str
     mode: PermissionMode
     allowed_tools: Collection[str] | None = None
     denied_tools: Collection[str] = ()
+    ask_tools: Collection[str] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or not normalize_permission_name(self.role):
             raise InvalidValueError(f"role must be a non-empty str, got {self.role!r}")
+        problem = grammar_violation(normalize_permission_name(str.__str__(self.role)))
+        if problem is not None:
+            raise InvalidValueError(f"role {_show(self.role)} is not a valid name: {problem}")
         object.__setattr__(self, "mode", PermissionMode.parse(self.mode))
         if self.allowed_tools is not None:
             object.__setattr__(
                 self, "allowed_tools", _tool_names(self.allowed_tools, "allowed_tools")
             )
         object.__setattr__(self, "denied_tools", _tool_names(self.denied_tools, "denied_tools"))
+        object.__setattr__(self, "ask_tools", _tool_names(self.ask_tools, "ask_tools"))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """One rule :meth:`PermissionPolicy.explain` considered: did it match, and why (not)."""
+
+    layer: str
+    """``"names"``, ``"role"``, ``"denied_tools"``, ``"ask_tools"``, ``"workspace"``,
+    ``"allowed_tools"`` or ``"mode"``."""
+    entry: str
+    """The entry (normalised) or the check, e.g. ``"shell(npm run *)"``."""
+    result: Literal["match", "no_match", "unreadable", "decided"]
+    """``"unreadable"``: the call's arguments could not be read for the rule."""
+    detail: str
+    """Why, e.g. ``"pattern 'npm run *' did not match command 'npm test'"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDecision:
+    """The full decision for one call: allow, deny or ask, who decided and why.
+
+    ``layer`` and ``rule`` name what decided (``rule`` as in
+    :class:`PermissionOutcome`, plus ``"ask_tools:<entry>"`` and
+    ``"workspace:<argument>"``); ``required`` and ``held`` are the modes the
+    tool needs and the role has (None where no role or requirement was
+    reached). The truth value is ``effect == "allow"``.
+    """
+
+    effect: Effect
+    reason: str
+    rule: str
+    layer: str
+    role: str = ""
+    tool: str = ""
+    required: PermissionMode | None = None
+    held: PermissionMode | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the call may run without asking anyone."""
+        return self.effect == "allow"
+
+    def __bool__(self) -> bool:
+        return self.effect == "allow"
+
+    @property
+    def outcome(self) -> PermissionOutcome:
+        """The decision as :meth:`PermissionPolicy.check` reports it (``ask`` is not allowed)."""
+        return PermissionOutcome(
+            self.effect == "allow", self.reason, self.rule, self.role, self.tool
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict."""
+        return {
+            "effect": self.effect,
+            "reason": self.reason,
+            "rule": self.rule,
+            "layer": self.layer,
+            "role": self.role,
+            "tool": self.tool,
+            "required": None if self.required is None else self.required.name,
+            "held": None if self.held is None else self.held.name,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionExplanation:
+    """Every rule considered for one call, in order, and the decision they led to."""
+
+    decision: PermissionDecision
+    checks: tuple[RuleCheck, ...]
+
+    def __str__(self) -> str:
+        lines = [f"{self.decision.effect}: {self.decision.reason}"]
+        lines += [
+            f"  [{check.layer}] {check.entry}: {check.result} ({check.detail})"
+            for check in self.checks
+        ]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +268,7 @@ class PermissionPolicy:
         "_role_configs",
         "_roles",
         "_tool_requirements",
+        "_workspace",
     )
 
     def __init__(
@@ -174,6 +276,8 @@ class PermissionPolicy:
         role_configs: Mapping[str, RolePermissionConfig],
         tool_requirements: Mapping[str, PermissionMode | str | int] | None = None,
         default_requirement: PermissionMode | str | int = PermissionMode.READ_ONLY,
+        *,
+        workspace: str | os.PathLike[str] | None = None,
     ) -> None:
         roles: dict[str, _RoleRules] = {}
         for name, key, config in _by_normalised_name(
@@ -203,18 +307,22 @@ class PermissionPolicy:
             "tool",
         ):
             mode = _parse_mode(value, f"tool_requirements[{key!r}]")
+            _check_entry_name(name, f"tool_requirements key {key!r}")
             parsed[key] = mode
-            if _is_glob(name):
+            if is_glob(name):
                 globs.setdefault(mode, []).append(name)
             else:
                 exact[name] = mode
         self._tool_requirements: Mapping[str, PermissionMode] = MappingProxyType(parsed)
         self._exact_requirements = exact
         # Strictest first, so the first matching level is the requirement.
-        self._pattern_requirements: tuple[tuple[PermissionMode, re.Pattern[str]], ...] = tuple(
-            (mode, _compile_globs(globs[mode])) for mode in sorted(globs, reverse=True)
+        self._pattern_requirements: tuple[tuple[PermissionMode, NameIndex], ...] = tuple(
+            (mode, NameIndex(globs[mode])) for mode in sorted(globs, reverse=True)
         )
         self._default = _parse_mode(default_requirement, "default_requirement")
+        if workspace is not None and not isinstance(workspace, (str, os.PathLike)):
+            raise InvalidValueError(f"workspace must be a path or None, got {workspace!r}")
+        self._workspace = Workspace(workspace)
 
     @classmethod
     def from_configs(
@@ -260,30 +368,81 @@ class PermissionPolicy:
             raise InvalidValueError(f"tool must be a str, got {tool!r}")
         return self._requirement(normalize_permission_name(str.__str__(tool)))
 
+    @property
+    def workspace(self) -> str | None:
+        """The directory path arguments are resolved against (None: none named)."""
+        root = self._workspace.root
+        return None if root is None else str(root)
+
+    def decide(self, role: object, tool: object, args: object = None) -> PermissionDecision:
+        """Decide a call of ``tool`` by ``role`` with ``args``: allow, deny or ask. Never raises.
+
+        ``args`` is the call's arguments by name (a mapping), or the whole
+        call as a str, or None (not known: rules that need them deny).
+        Order (deny overrides): malformed names, unknown role,
+        ``denied_tools``, ``ask_tools``, path arguments outside the
+        workspace, ``allowed_tools``, then the mode requirement.
+        """
+        return self._evaluate(role, tool, args, None)
+
+    def explain(self, role: object, tool: object, args: object = None) -> PermissionExplanation:
+        """Return the decision with every rule considered, in order, and why each (not) matched."""
+        checks: list[RuleCheck] = []
+        decision = self._evaluate(role, tool, args, checks)
+        return PermissionExplanation(decision, tuple(checks))
+
     def check(self, role: object, tool: object) -> PermissionOutcome:
         """Decide whether ``role`` may use ``tool``, without a cache. Never raises.
 
-        Order: malformed names, unknown role, ``denied_tools``,
-        ``allowed_tools``, then the mode requirement.
+        :meth:`decide` without arguments, as an outcome: an ``ask`` is not
+        allowed, and a rule that needs the call's arguments to decide denies.
         """
+        return self._evaluate(role, tool, None, None).outcome
+
+    def _evaluate(
+        self, role: object, tool: object, args: object, trace: list[RuleCheck] | None
+    ) -> PermissionDecision:
+        """Decide one call: the one engine behind :meth:`decide`, :meth:`explain`, :meth:`check`."""
         if not isinstance(role, str):
-            return _deny(
+            return _verdict(
+                trace,
+                "deny",
+                "names",
                 "invalid_role",
                 f"role must be a str, got {_show(role)}; denied",
                 "",
                 str.__str__(tool) if isinstance(tool, str) else "",
             )
         if not isinstance(tool, str):
-            return _deny("invalid_tool", f"tool must be a str, got {_show(tool)}; denied", role, "")
+            return _verdict(
+                trace,
+                "deny",
+                "names",
+                "invalid_tool",
+                f"tool must be a str, got {_show(tool)}; denied",
+                role,
+                "",
+            )
         # A str subclass could override the methods normalisation calls.
         role = str.__str__(role)
         tool = str.__str__(tool)
         role_name = normalize_permission_name(role)
         tool_name = normalize_permission_name(tool)
         if not role_name:
-            return _deny("invalid_role", f"role {_show(role)} is empty; denied", role, tool)
+            return _verdict(
+                trace,
+                "deny",
+                "names",
+                "invalid_role",
+                f"role {_show(role)} is empty; denied",
+                role,
+                tool,
+            )
         if not tool_name:
-            return _deny(
+            return _verdict(
+                trace,
+                "deny",
+                "names",
                 "invalid_tool",
                 f"tool {_show(tool)} requested by role {_show(role)} is empty; denied",
                 role,
@@ -291,34 +450,99 @@ class PermissionPolicy:
             )
         rules = self._roles.get(role_name)
         if rules is None:
-            return _deny(
+            problem = grammar_violation(role_name)
+            if problem is not None:
+                return _verdict(
+                    trace,
+                    "deny",
+                    "names",
+                    "invalid_role",
+                    f"role {_show(role)} is not a valid name: {problem}; denied",
+                    role,
+                    tool,
+                )
+        problem = grammar_violation(tool_name)
+        if problem is not None:
+            return _verdict(
+                trace,
+                "deny",
+                "names",
+                "invalid_tool",
+                f"tool {_show(tool)} requested by role {_show(role)} is not a valid name: "
+                f"{problem}; denied",
+                role,
+                tool,
+            )
+        if rules is None:
+            return _verdict(
+                trace,
+                "deny",
+                "role",
                 "unknown_role",
                 f"role {_show(role)} has no permission config, so tool {_show(tool)} is "
                 "denied by default",
                 role,
                 tool,
             )
-        entry = rules.denied.match(tool_name)
-        if entry is not None:
-            return _deny(
+        found = rules.denied.find(tool_name, args, self._workspace, trace, deny=True)
+        if found is not None:
+            entry, detail = found
+            return _verdict(
+                trace,
+                "deny",
+                "denied_tools",
                 f"denied_tools:{entry}",
                 f"tool {_show(tool)} is denied to role {_show(role)} by its denied_tools "
-                f"entry {entry!r}",
+                f"entry {entry!r}{detail}",
                 role,
                 tool,
             )
-        if rules.allowed is not None:
-            entry = rules.allowed.match(tool_name)
-            if entry is not None:
-                return PermissionOutcome(
-                    True,
-                    f"tool {_show(tool)} is allowed to role {_show(role)} by its allowed_tools "
-                    f"entry {entry!r}",
-                    f"allowed_tools:{entry}",
+        found = rules.ask.find(tool_name, args, self._workspace, trace, deny=True)
+        if found is not None:
+            entry, detail = found
+            return _verdict(
+                trace,
+                "ask",
+                "ask_tools",
+                f"ask_tools:{entry}",
+                f"tool {_show(tool)} needs approval for role {_show(role)} by its ask_tools "
+                f"entry {entry!r}{detail}",
+                role,
+                tool,
+            )
+        if self._workspace.root is not None and isinstance(args, Mapping):
+            outside = self._outside_workspace(rules, tool_name, args, trace)
+            if outside is not None:
+                argument, where = outside
+                return _verdict(
+                    trace,
+                    "deny",
+                    "workspace",
+                    f"workspace:{argument}",
+                    f"tool {_show(tool)} is denied to role {_show(role)}: its argument "
+                    f"{argument!r} is {where}, outside the workspace {self.workspace!r}, and "
+                    "no rule allows that path by name",
                     role,
                     tool,
                 )
-            return _deny(
+        if rules.allowed is not None:
+            found = rules.allowed.find(tool_name, args, self._workspace, trace, deny=False)
+            if found is not None:
+                entry, detail = found
+                return _verdict(
+                    trace,
+                    "allow",
+                    "allowed_tools",
+                    f"allowed_tools:{entry}",
+                    f"tool {_show(tool)} is allowed to role {_show(role)} by its allowed_tools "
+                    f"entry {entry!r}{detail}",
+                    role,
+                    tool,
+                )
+            return _verdict(
+                trace,
+                "deny",
+                "allowed_tools",
                 "not_in_allowed_tools",
                 f"tool {_show(tool)} is denied to role {_show(role)}: it is not in the "
                 "role's allowed_tools",
@@ -331,21 +555,59 @@ class PermissionPolicy:
         have_name = _MODE_NAMES[have]
         need_name = _MODE_NAMES[need]
         if have >= need:
-            return PermissionOutcome(
-                True,
+            return _verdict(
+                trace,
+                "allow",
+                "mode",
+                f"mode:{have_name}>={need_name}",
                 f"tool {_show(tool)} is allowed to role {_show(role)}: it needs {need_name} "
                 f"and the role has {have_name}",
-                f"mode:{have_name}>={need_name}",
                 role,
                 tool,
+                need,
+                have,
             )
-        return _deny(
+        return _verdict(
+            trace,
+            "deny",
+            "mode",
             f"mode:{have_name}<{need_name}",
             f"tool {_show(tool)} is denied to role {_show(role)}: it needs {need_name} "
             f"and the role has only {have_name}",
             role,
             tool,
+            need,
+            have,
         )
+
+    def _outside_workspace(
+        self,
+        rules: _RoleRules,
+        tool_name: str,
+        args: Mapping[object, object],
+        trace: list[RuleCheck] | None,
+    ) -> tuple[str, str] | None:
+        """Return (argument, resolved path) of the first path outside the workspace, if any.
+
+        A path outside is fine when an ``allowed_tools`` rule of this tool names
+        exactly that path for that argument.
+        """
+        for name, value in args.items():
+            if type(name) is not str or type(value) is not str or argument_kind(name) != "path":
+                continue
+            resolved = self._workspace.resolve(value)
+            if isinstance(resolved, str) or resolved[1]:
+                continue  # unreadable paths are for the rules to judge; inside is fine
+            where = resolved[0]
+            allowed = rules.allowed
+            if allowed is not None and allowed.names_path(tool_name, name, where):
+                continue
+            if trace is not None:
+                trace.append(
+                    RuleCheck("workspace", name, "match", f"{value!r} resolves to {where!r}")
+                )
+            return name, where
+        return None
 
     def __repr__(self) -> str:
         return (
@@ -356,10 +618,10 @@ class PermissionPolicy:
 
     def _requirement(self, tool_name: str) -> PermissionMode:
         exact = self._exact_requirements.get(tool_name)
-        for mode, pattern in self._pattern_requirements:
+        for mode, index in self._pattern_requirements:
             if exact is not None and exact >= mode:
                 break
-            if pattern.match(tool_name):
+            if index.match(tool_name) is not None:
                 return mode
         return self._default if exact is None else exact
 
@@ -469,70 +731,116 @@ class PermissionEnforcer:
 # -- compiled rules (private) ---------------------------------------------------
 
 
-class _NameSet:
-    """Exact names in a frozenset plus globs in one compiled regex."""
+class _Entries:
+    """One list of a role (denied, ask or allowed): plain names and globs, and argument rules.
 
-    __slots__ = ("_any", "_exact", "_globs")
+    Plain entries are in a :class:`NameIndex`; argument rules are kept by the
+    exact tool they name, or in a short list for the ones whose tool is a
+    glob, so a call tries only the rules of its own tool.
+    """
 
-    def __init__(self, names: Iterable[str]) -> None:
-        exact: set[str] = set()
-        globs: list[str] = []
-        for raw in names:
-            name = normalize_permission_name(raw)
-            if _is_glob(name):
-                if name not in globs:
-                    globs.append(name)
+    __slots__ = ("_by_glob", "_by_tool", "_layer", "_names")
+
+    def __init__(self, raw_entries: Iterable[str], layer: str) -> None:
+        self._layer = layer
+        names: list[str] = []
+        self._by_tool: dict[str, list[ArgRule]] = {}
+        self._by_glob: list[tuple[Glob, ArgRule]] = []
+        for raw in raw_entries:
+            name, rule = _read_entry(raw)
+            if rule is None:
+                names.append(name)
+            elif is_glob(name):
+                self._by_glob.append((Glob(name), rule))
             else:
-                exact.add(name)
-        self._exact = frozenset(exact)
-        self._globs = tuple((glob, re.compile(fnmatch.translate(glob))) for glob in globs)
-        self._any = _compile_globs(globs) if globs else None
+                self._by_tool.setdefault(name, []).append(rule)
+        self._names = NameIndex(names)
 
-    def match(self, name: str) -> str | None:
-        """Return the entry (normalised) that ``name`` matches, or ``None``."""
-        if name in self._exact:
-            return name
-        if self._any is not None and self._any.match(name):
-            for glob, pattern in self._globs:
-                if pattern.match(name):
-                    return glob
+    def find(
+        self,
+        tool_name: str,
+        args: object,
+        workspace: Workspace,
+        trace: list[RuleCheck] | None,
+        *,
+        deny: bool,
+    ) -> tuple[str, str] | None:
+        """Return (entry, detail) of the entry the call matches, or None.
+
+        ``deny``: an argument rule whose arguments cannot be read counts as
+        matching (a deny or ask list never lets an unreadable call through);
+        otherwise it does not match.
+        """
+        entry = self._names.match(tool_name)
+        if trace is not None:
+            for candidate in self._names.entries():
+                hit = candidate == entry
+                trace.append(
+                    RuleCheck(
+                        self._layer,
+                        candidate,
+                        "match" if hit else "no_match",
+                        f"{tool_name!r} {'matches' if hit else 'does not match'} {candidate!r}",
+                    )
+                )
+        if entry is not None:
+            return entry, ""
+        rules = self._by_tool.get(tool_name)
+        if self._by_glob:
+            rules = [
+                *(rules or ()),
+                *(rule for glob, rule in self._by_glob if glob.matches(tool_name)),
+            ]
+        for rule in rules or ():
+            verdict, why = rule.test(args, workspace)
+            if trace is not None:
+                trace.append(RuleCheck(self._layer, rule.entry, verdict, why))
+            if verdict == "match":
+                return rule.entry, f" ({why})"
+            if verdict == "unreadable" and deny:
+                return rule.entry, f" (it needs the call's arguments to decide and {why})"
         return None
+
+    def names_path(self, tool_name: str, argument: str, path: str) -> bool:
+        """Whether an argument rule of ``tool_name`` names exactly ``path`` for ``argument``."""
+        return any(
+            rule.argument == argument and rule.is_literal and rule.pattern == path
+            for rule in self._by_tool.get(tool_name, ())
+        )
 
 
 class _RoleRules:
-    """One role's config with its names normalised and globs compiled."""
+    """One role's config with its names normalised and rules compiled."""
 
-    __slots__ = ("allowed", "config", "denied", "mode")
+    __slots__ = ("allowed", "ask", "config", "denied", "mode")
 
     def __init__(self, config: RolePermissionConfig) -> None:
         self.config = config
         self.mode = config.mode
-        self.denied = _NameSet(config.denied_tools)
-        self.allowed = None if config.allowed_tools is None else _NameSet(config.allowed_tools)
+        self.denied = _Entries(config.denied_tools, "denied_tools")
+        self.ask = _Entries(config.ask_tools, "ask_tools")
+        allowed = config.allowed_tools
+        self.allowed = None if allowed is None else _Entries(allowed, "allowed_tools")
 
 
 # -- functions ------------------------------------------------------------------
 
 
-def normalize_permission_name(name: str) -> str:
-    """Return the form role and tool names are compared in.
-
-    Unicode NFKC (full-width and other compatibility forms become plain
-    letters), then case folding (and NFKC again, as folding can undo it),
-    then invisible format characters (zero-width spaces, joiners, bidi
-    marks) are dropped, then surrounding whitespace is trimmed. ASCII names
-    take a fast path with the same result: trimmed and lowercased.
-    """
-    if name.isascii():
-        return name.strip().lower()
-    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-    if any(unicodedata.category(char) == "Cf" for char in text):
-        text = "".join(char for char in text if unicodedata.category(char) != "Cf")
-    return text.strip()
-
-
-def _deny(rule: str, reason: str, role: str, tool: str) -> PermissionOutcome:
-    return PermissionOutcome(False, reason, rule, role, tool)
+def _verdict(  # noqa: PLR0917 (one call shape at every step of the engine)
+    trace: list[RuleCheck] | None,
+    effect: Effect,
+    layer: str,
+    rule: str,
+    reason: str,
+    role: str,
+    tool: str,
+    required: PermissionMode | None = None,
+    held: PermissionMode | None = None,
+) -> PermissionDecision:
+    """Make the decision (and note it last in an explanation's trace)."""
+    if trace is not None:
+        trace.append(RuleCheck(layer, rule, "decided", f"{effect}: {reason}"))
+    return PermissionDecision(effect, reason, rule, layer, role, tool, required, held)
 
 
 def _show(value: object) -> str:
@@ -548,12 +856,28 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-def _is_glob(name: str) -> bool:
-    return not _GLOB_CHARS.isdisjoint(name)
+def _read_entry(raw: str) -> tuple[str, ArgRule | None]:
+    """Split an entry into its normalised tool name or glob and its argument rule, if any."""
+    opening = raw.find("(")
+    name = normalize_permission_name(raw if opening < 0 else raw[:opening])
+    if opening < 0:
+        if ")" in raw:
+            raise ValueError("it has ')' without '('")
+        return name, None
+    return name, read_rule(name, raw[opening:])
 
 
-def _compile_globs(globs: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+def _check_entry_name(name: str, what: str) -> None:
+    """Refuse a normalised name or glob outside the grammar, naming the character."""
+    if is_glob(name):
+        try:
+            Glob(name)
+        except ValueError as exc:
+            raise InvalidValueError(f"{what} is not a valid glob: {exc}") from None
+        return
+    problem = grammar_violation(name)
+    if problem is not None:
+        raise InvalidValueError(f"{what} is not a valid name: {problem}")
 
 
 def _parse_mode(value: object, field: str) -> PermissionMode:
@@ -566,12 +890,18 @@ def _parse_mode(value: object, field: str) -> PermissionMode:
 
 
 def _tool_names(value: object, field: str) -> tuple[str, ...]:
+    """Check a list of entries once: each a valid name or glob, with a well-formed pattern."""
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidValueError(f"{field} must be a collection of tool names, got {value!r}")
     names = tuple(value)
-    for name in names:
-        if not isinstance(name, str) or not normalize_permission_name(name):
-            raise InvalidValueError(f"{field} entries must be non-empty str, got {name!r}")
+    for raw in names:
+        if not isinstance(raw, str) or not normalize_permission_name(raw):
+            raise InvalidValueError(f"{field} entries must be non-empty str, got {raw!r}")
+        try:
+            name, _rule = _read_entry(str.__str__(raw))
+        except ValueError as exc:
+            raise InvalidValueError(f"{field} entry {raw!r} is malformed: {exc}") from None
+        _check_entry_name(name, f"{field} entry {raw!r}")
     return names
 
 
