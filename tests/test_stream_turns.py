@@ -932,3 +932,50 @@ def test_gemini_running_totals_keep_each_fields_largest_value(
         else UsageSnapshot(prompt, top("candidatesTokenCount") + thoughts, cached, 0, thoughts)
     )
     assert reader.usage() == expected  # an inconsistent report is no usage, never a guess
+
+
+# -- a rate limiter throttles streamed turns too -------------------------------------------
+
+
+def test_a_streamed_turn_waits_for_the_rate_limiter_and_settles_its_usage() -> None:
+    from techrevati.runtime.rate_limit import RateLimiter
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=1, clock=clock, sleep=clock.sleep)
+    orch = Orchestrator("coder", "build", rate_limiter=limiter, clock=clock)
+    with orch.session() as session:
+        chunks = chat_chunks("a", usage=Usage(7, 3))
+        assert len(list(session.stream_turn(lambda: FakeStream(chunks), model="m"))) == 2
+        assert limiter.usage() == {
+            "requests": 1,
+            "tokens": 10,
+            "input_tokens": 7,
+            "output_tokens": 3,
+            "open": 0,
+        }
+        clock.advance(15)
+        list(session.stream_turn(lambda: FakeStream(chat_chunks("b")), model="m"))
+        assert clock.slept == [45.0]  # the window's one request frees 60 s after the first
+        throttled = [e for e in session.events() if e.name == EventName.TURN_THROTTLED]
+    assert [e.data["wait_seconds"] for e in throttled] == [45.0]
+
+
+def test_an_async_streamed_turn_waits_for_the_rate_limiter() -> None:
+    from techrevati.runtime.rate_limit import RateLimiter
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    limiter = RateLimiter(requests_per_minute=1, clock=clock, async_sleep=clock.asleep)
+    orch = Orchestrator("coder", "build", rate_limiter=limiter, clock=clock)
+
+    async def main() -> None:
+        with orch.session() as session:
+            for text in ("a", "b"):
+                stream = FakeAsyncStream(chat_chunks(text))
+                async for _chunk in session.astream_turn(lambda s=stream: s, model="m"):
+                    pass
+
+    asyncio.run(main())
+    assert clock.slept == [60.0]
+    assert limiter.usage()["requests"] == 1  # the first left the window as the second came

@@ -354,10 +354,13 @@ class _StreamTurnEngine(_TurnEngine):
     ) -> tuple[_Run, object]:
         """Run attempts until one stream gives its first chunk: the only retryable part."""
         breaker = self._orch.circuit_breaker
+        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         wants_model = _accepts_model(fn)
         while True:
             self._before_attempt(turn)
+            if limiter is not None:
+                self._throttle(limiter, turn)
             started = clock()
             permit: Permit | None = None
             result: object = None
@@ -392,10 +395,15 @@ class _StreamTurnEngine(_TurnEngine):
     ) -> tuple[_Run, object]:
         """Async twin of :meth:`_open`."""
         breaker = self._orch.circuit_breaker
+        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         wants_model = _accepts_model(fn)
         while True:
-            self._before_attempt(turn)
+            self._before_attempt(turn, reserve=False)
+            if self._budgets:
+                await self._areserve(turn)
+            if limiter is not None:
+                await self._athrottle(limiter, turn)
             started = clock()
             permit: Permit | None = None
             source: Source | None = None

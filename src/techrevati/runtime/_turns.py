@@ -47,7 +47,7 @@ from techrevati.runtime.hooks import (
 )
 from techrevati.runtime.lifecycle import AgentStatus
 from techrevati.runtime.pricing import _cost_femto
-from techrevati.runtime.rate_limit import RateLease, RateLimitedError
+from techrevati.runtime.rate_limit import RateLease, RateLimitedError, RateLimiter
 from techrevati.runtime.retry_policy import (
     RecoveryStep,
     RetriesExhaustedError,
@@ -98,13 +98,7 @@ class _TurnEngine(_SessionCore):
         while True:
             self._before_attempt(turn)
             if limiter is not None:
-                try:
-                    turn.lease = limiter.acquire(turn.estimate or self._orch.default_estimate)
-                except BaseException as exc:
-                    self._throttle_refused(turn, exc)
-                    raise
-                if turn.lease.waited:
-                    self._throttled(turn, turn.lease.waited)
+                self._throttle(limiter, turn)
             started = clock()
             try:
                 if breaker is None:
@@ -142,15 +136,7 @@ class _TurnEngine(_SessionCore):
             if self._budgets:
                 await self._areserve(turn)
             if limiter is not None:
-                try:
-                    turn.lease = await limiter.aacquire(
-                        turn.estimate or self._orch.default_estimate
-                    )
-                except BaseException as exc:
-                    self._throttle_refused(turn, exc)
-                    raise
-                if turn.lease.waited:
-                    self._throttled(turn, turn.lease.waited)
+                await self._athrottle(limiter, turn)
             started = clock()
             try:
                 result = await attempt()
@@ -212,6 +198,26 @@ class _TurnEngine(_SessionCore):
                 session_id=self.id,
             )
         return turn
+
+    def _throttle(self, limiter: RateLimiter, turn: _Turn) -> None:
+        """Wait for the rate limiter to admit the attempt (its lease goes on the turn)."""
+        try:
+            turn.lease = limiter.acquire(turn.estimate or self._orch.default_estimate)
+        except BaseException as exc:
+            self._throttle_refused(turn, exc)
+            raise
+        if turn.lease.waited:
+            self._throttled(turn, turn.lease.waited)
+
+    async def _athrottle(self, limiter: RateLimiter, turn: _Turn) -> None:
+        """Async twin of :meth:`_throttle`."""
+        try:
+            turn.lease = await limiter.aacquire(turn.estimate or self._orch.default_estimate)
+        except BaseException as exc:
+            self._throttle_refused(turn, exc)
+            raise
+        if turn.lease.waited:
+            self._throttled(turn, turn.lease.waited)
 
     def _throttled(self, turn: _Turn, waited: float) -> None:
         """Record that the attempt waited ``waited`` seconds for the rate limiter."""
