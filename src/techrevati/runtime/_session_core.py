@@ -57,6 +57,7 @@ from techrevati.runtime.usage import UsageSnapshot, UsageTracker
 
 if TYPE_CHECKING:
     from techrevati.runtime._turns import _Turn
+    from techrevati.runtime.approvals import ApprovalToken
     from techrevati.runtime.orchestrator import Handoff, Orchestrator
 
 _T = TypeVar("_T")
@@ -103,6 +104,8 @@ class _SessionCore:
         self._event_counts: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
         self._tool_calls = 0
+        self._approved: set[tuple[str, str]] = set()  # (tool, rule) allowed for the session
+        self._presented: list[ApprovalToken] = []  # approval tokens the agent offered
         self._turns = 0
         self._turns_without_usage = 0
         self._retries = 0

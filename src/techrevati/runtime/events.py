@@ -88,6 +88,8 @@ class EventName(StrEnum):
     TOOL_COMPLETED = "tool.completed"
     TOOL_FAILED = "tool.failed"
     TOOL_DENIED = "tool.denied"
+    TOOL_APPROVAL_REQUESTED = "tool.approval_requested"
+    TOOL_APPROVED = "tool.approved"
     HOOK_VETOED = "hook.vetoed"
     BUDGET_EXCEEDED = "budget.exceeded"
     BREAKER_STATE_CHANGED = "breaker.state_changed"

@@ -34,6 +34,7 @@ from techrevati.runtime._session_core import (
     failure_class_of,
 )
 from techrevati.runtime._stream_turns import AsyncTurnStream, TurnStream, _StreamTurnEngine
+from techrevati.runtime._tool_gate import Approver, _ToolGate
 from techrevati.runtime._turns import UNNAMED_MODEL
 from techrevati.runtime._validate import (
     callable_or_none,
@@ -69,7 +70,6 @@ from techrevati.runtime.hooks import (
 )
 from techrevati.runtime.lifecycle import AgentRegistry, AgentStatus
 from techrevati.runtime.permissions import (
-    PermissionDeniedError,
     PermissionEnforcer,
     PermissionPolicy,
 )
@@ -83,6 +83,7 @@ from techrevati.runtime.usage import UsageSnapshot
 if TYPE_CHECKING:
     import os
 
+    from techrevati.runtime.approvals import ApprovalLedger
     from techrevati.runtime.jsonl import JsonlSink
     from techrevati.runtime.redis_store import RedisStore
     from techrevati.runtime.sqlite import SqliteReader, SqliteSink
@@ -159,6 +160,8 @@ class Orchestrator:
         *,
         registry: AgentRegistry | None = None,
         permissions: PermissionEnforcer | PermissionPolicy | None = None,
+        approver: Approver | None = None,
+        approvals: ApprovalLedger | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         rate_limiter: RateLimiter | None = None,
         policy_engine: PolicyEngine | None = None,
@@ -192,6 +195,12 @@ class Orchestrator:
         if isinstance(permissions, PermissionPolicy):
             permissions = PermissionEnforcer(permissions)
         self.permissions = instance_or_none("permissions", permissions, PermissionEnforcer)
+        self.approver: Approver | None = callable_or_none("approver", approver)
+        """Asked when a tool call's decision is ``ask`` (None: ``ask`` is a deny)."""
+        if approvals is not None and not callable(getattr(approvals, "consume", None)):
+            raise InvalidValueError(f"approvals must be an ApprovalLedger, got {approvals!r}")
+        self.approvals: ApprovalLedger | None = approvals
+        """Where approval tokens are checked and their uses counted (None: no tokens)."""
         self.circuit_breaker = instance_or_none("circuit_breaker", circuit_breaker, CircuitBreaker)
         self.rate_limiter = instance_or_none("rate_limiter", rate_limiter, RateLimiter)
         self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
@@ -268,7 +277,7 @@ class Orchestrator:
         return self._runner
 
 
-class Session(_StreamTurnEngine):
+class Session(_StreamTurnEngine, _ToolGate):
     """One agent task: a worker, a usage tracker, a recovery context and an event log.
 
     Use as ``with orch.session() as session:`` or ``async with orch.asession()``.
@@ -301,6 +310,8 @@ class Session(_StreamTurnEngine):
         through unchanged and are recorded as ``tool_error``.
         """
         required_callable("fn", fn)
+        self._require_running()
+        self._gate(name, fn, args, kwargs)
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
@@ -314,8 +325,10 @@ class Session(_StreamTurnEngine):
     async def arun_tool(
         self, name: str, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
-        """Async twin of :meth:`run_tool`: ``fn`` returns an awaitable."""
+        """Async twin of :meth:`run_tool`: ``fn`` returns an awaitable; an approver is awaited."""
         required_callable("fn", fn)
+        self._require_running()
+        await self._agate(name, fn, args, kwargs)
         call = self._begin_tool(name, args, kwargs)
         started = self._orch.clock()
         try:
@@ -553,19 +566,7 @@ class Session(_StreamTurnEngine):
     def _begin_tool(
         self, name: str, args: tuple[object, ...], kwargs: Mapping[str, object]
     ) -> ToolCall:
-        self._require_running()
-        enforcer = self._orch.permissions
-        if enforcer is not None:
-            outcome = enforcer.check(self._orch.role, name)
-            if not outcome.allowed:
-                self._record_failure(AgentFailureClass.PERMISSION_DENIED)
-                self._emit(
-                    EventName.TOOL_DENIED,
-                    failure_class=AgentFailureClass.PERMISSION_DENIED,
-                    detail=outcome.reason,
-                    data={"tool": name, "rule": outcome.rule},
-                )
-                raise PermissionDeniedError(outcome)
+        """Make the call the hooks see (permission already given by :meth:`_gate`)."""
         call = ToolCall(
             name=name,
             args=args,

@@ -368,6 +368,30 @@ class PermissionPolicy:
             raise InvalidValueError(f"tool must be a str, got {tool!r}")
         return self._requirement(normalize_permission_name(str.__str__(tool)))
 
+    def uses_arguments(self, role: str) -> bool:
+        """Whether a decision for ``role`` can depend on the call's arguments.
+
+        True when the role has a rule on arguments or the policy names a
+        workspace; a caller may skip gathering the arguments otherwise.
+        """
+        if self._workspace.root is not None:
+            return True
+        rules = self._roles.get(normalize_permission_name(str.__str__(role)))
+        return rules is not None and rules.has_arg_rules
+
+    def matches_arguments(self, pattern: str, args: Mapping[str, object]) -> bool:
+        """Whether ``args`` match ``pattern`` as a rule's would (``"path:src/**"``, ``"npm *"``).
+
+        Paths are resolved against this policy's workspace. A malformed
+        pattern or unreadable arguments do not match. Used to check approval
+        tokens scoped to an argument pattern.
+        """
+        try:
+            rule = read_rule("token", f"({pattern})")
+        except ValueError:
+            return False
+        return rule.test(args, self._workspace)[0] == "match"
+
     @property
     def workspace(self) -> str | None:
         """The directory path arguments are resolved against (None: none named)."""
@@ -642,7 +666,7 @@ class PermissionEnforcer:
     to store its result.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_cached", "_lock", "_policy")
+    __slots__ = ("_cache", "_cache_size", "_cached", "_decisions", "_lock", "_policy")
 
     def __init__(
         self, policy: PermissionPolicy, *, cache_size: int = DEFAULT_PERMISSION_CACHE_SIZE
@@ -653,6 +677,7 @@ class PermissionEnforcer:
         self._policy = policy
         self._cache_size = cache_size
         self._cache: dict[str, dict[str, PermissionOutcome]] = {}
+        self._decisions: dict[str, dict[str, PermissionDecision]] = {}
         self._cached = 0
         self._lock = threading.Lock()
 
@@ -679,6 +704,30 @@ class PermissionEnforcer:
                     return outcome
         return self._decide(role, tool)
 
+    def decide(self, role: str, tool: str, args: object = None) -> PermissionDecision:
+        """Decide a call as :meth:`PermissionPolicy.decide` does; cached when ``args`` is None."""
+        if args is None and type(role) is str and type(tool) is str:
+            by_tool = self._decisions.get(role)
+            if by_tool is not None:
+                decision = by_tool.get(tool)
+                if decision is not None:
+                    return decision
+            decision = self._policy.decide(role, tool)
+            if self._cache_size and len(role) + len(tool) <= _MAX_CACHED_NAME_CHARS:
+                with self._lock:
+                    if self._cached >= self._cache_size:
+                        self._cache, self._decisions, self._cached = {}, {}, 0
+                    table = self._decisions.setdefault(role, {})
+                    if tool not in table:
+                        table[tool] = decision
+                        self._cached += 1
+            return decision
+        return self._policy.decide(role, tool, args)
+
+    def explain(self, role: str, tool: str, args: object = None) -> PermissionExplanation:
+        """Return :meth:`PermissionPolicy.explain` for the call (never cached)."""
+        return self._policy.explain(role, tool, args)
+
     def is_allowed(self, role: str, tool: str) -> bool:
         """Whether ``role`` may use ``tool``."""
         return self.check(role, tool).allowed
@@ -701,6 +750,7 @@ class PermissionEnforcer:
         """Forget every cached decision."""
         with self._lock:
             self._cache = {}
+            self._decisions = {}
             self._cached = 0
 
     def __repr__(self) -> str:
@@ -717,8 +767,7 @@ class PermissionEnforcer:
             with self._lock:
                 if self._cached >= self._cache_size:
                     # Readers may still hold the old table; they just miss once.
-                    self._cache = {}
-                    self._cached = 0
+                    self._cache, self._decisions, self._cached = {}, {}, 0
                 by_tool = self._cache.get(role)
                 if by_tool is None:
                     by_tool = self._cache[role] = {}
@@ -801,6 +850,11 @@ class _Entries:
                 return rule.entry, f" (it needs the call's arguments to decide and {why})"
         return None
 
+    @property
+    def has_arg_rules(self) -> bool:
+        """Whether any entry of the list has a pattern over arguments."""
+        return bool(self._by_tool or self._by_glob)
+
     def names_path(self, tool_name: str, argument: str, path: str) -> bool:
         """Whether an argument rule of ``tool_name`` names exactly ``path`` for ``argument``."""
         return any(
@@ -812,7 +866,7 @@ class _Entries:
 class _RoleRules:
     """One role's config with its names normalised and rules compiled."""
 
-    __slots__ = ("allowed", "ask", "config", "denied", "mode")
+    __slots__ = ("allowed", "ask", "config", "denied", "has_arg_rules", "mode")
 
     def __init__(self, config: RolePermissionConfig) -> None:
         self.config = config
@@ -821,6 +875,8 @@ class _RoleRules:
         self.ask = _Entries(config.ask_tools, "ask_tools")
         allowed = config.allowed_tools
         self.allowed = None if allowed is None else _Entries(allowed, "allowed_tools")
+        lists = (self.denied, self.ask, self.allowed)
+        self.has_arg_rules = any(entries is not None and entries.has_arg_rules for entries in lists)
 
 
 # -- functions ------------------------------------------------------------------
