@@ -4,7 +4,7 @@ Every test here tries to get something past a :class:`PermissionPolicy` that it
 should refuse: a denied tool spelt with invisible, control or look-alike
 characters; a name that climbs out of an allow-list glob; a shell command, path
 or URL argument that reads as allowed but does something else. A hole that the
-code still has is kept as a strict xfail naming the exact input.
+code had was kept as a strict xfail naming the exact input until it was fixed.
 """
 
 from __future__ import annotations
@@ -289,12 +289,7 @@ def test_question_mark_and_classes_do_not_match_a_separator() -> None:
     assert _allow_list_policy("fs.re[!x]d").decide("reader", "fs.read").allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a class range that spans '.' ('[--0]', '-'..'0') matches the separator, "
-    "though _permission_names says classes never match separators: "
-    "allowed_tools=['fs[--0]read'] allows 'fs.read'",
-)
+# Found by this suite and fixed (was a strict xfail).
 def test_a_class_range_does_not_reach_a_separator() -> None:
     assert not _allow_list_policy("fs[--0]read").decide("reader", "fs.read").allowed
 
@@ -429,13 +424,7 @@ def test_a_shell_call_with_more_than_the_one_argument_is_not_read(
     assert "which has 2 arguments" in _allowed_check_detail(arg_policy, "agent", "shell", args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: the single argument of a whole-call rule is read as a shell command only "
-    "when it is named command/cmd/script/commandline/shell; under any other name it is "
-    "matched as text, where '*' swallows ';': shell(npm run *) allows "
-    "decide('agent', 'shell', {'input': 'npm run test; rm -rf /'})",
-)
+# Found by this suite and fixed (was a strict xfail).
 @pytest.mark.parametrize("name", ["input", "x", "code", "args"])
 def test_the_single_argument_of_a_shell_call_is_read_as_a_command(
     arg_policy: PermissionPolicy, name: str
@@ -661,13 +650,7 @@ def test_a_deny_rule_lets_a_readable_call_it_does_not_name_through(tmp_path: Pat
     assert decision.layer == "mode"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: with no workspace, paths are only posixpath.normpath'ed, which keeps a "
-    "leading '//' (POSIX leaves it implementation-defined; Linux treats it as '/'): "
-    "denied_tools=['fs.write(path:/etc/**)'] allows decide('agent', 'fs.write', "
-    "{'path': '//etc/passwd'})",
-)
+# Found by this suite and fixed (was a strict xfail).
 def test_a_double_leading_slash_does_not_dodge_a_deny_rule_without_a_workspace() -> None:
     decision = _deny_arg_policy(None).decide("agent", "fs.write", {"path": "//etc/passwd"})
     assert decision.rule == "denied_tools:fs.write(path:/etc/**)", decision

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from techrevati.runtime import Orchestrator
-from techrevati.runtime._tool_gate import ApprovalAnswer, ApprovalRequest, call_arguments
+from techrevati.runtime._tool_gate import call_arguments
 from techrevati.runtime.approvals import ApprovalLedger, ApprovalToken, arguments_digest
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 from techrevati.runtime.permissions import (
+    ApprovalAnswer,
+    ApprovalRequest,
     PermissionEnforcer,
     PermissionMode,
     PermissionPolicy,

@@ -22,8 +22,9 @@ told by its name:
   operator, substitution or redirection (``;``, ``&``, ``|``, ``$(``,
   backquote, ``>``, ``<``, a newline) is never matched. Each pattern word is
   a glob over one word; a last ``*`` matches one or more remaining words.
-- anything else is matched as text with a glob (``*`` never matches a
-  control character).
+- anything else is matched as text with a glob (a control character makes
+  it unreadable); a pattern over the whole call reads a text argument as a
+  command.
 
 A value that cannot be read for its kind (not a str, a bad path or URL) is
 *unreadable*: a deny rule that needs it denies, and an allow rule does not
@@ -86,6 +87,8 @@ class Workspace:
         root = self.root
         if root is None:
             normal = posixpath.normpath(value)
+            if normal.startswith("//"):  # POSIX keeps a leading "//"; the kernel does not
+                normal = "/" + normal.lstrip("/")
             if normal == ".." or normal.startswith("../"):
                 return f"{value!r} climbs above where it starts"
             return normal, not normal.startswith("/")
@@ -121,8 +124,10 @@ class ArgRule:
             return "unreadable", found
         name, value = found
         kind: Kind = argument_kind(name) if name else "command"
-        if kind != "path" and "://" in value and kind == "text":
+        if kind == "text" and "://" in value:
             kind = "url"
+        elif kind == "text" and self.argument is None:
+            kind = "command"  # the whole call of a one-argument tool: read like a shell would
         if kind == "path":
             return self._test_path(value, workspace)
         if kind == "url":

@@ -187,7 +187,8 @@ def _translate(glob: str) -> str:
                 body = glob[index + 1 : end]
                 negated = body[:1] in ("!", "^")
                 members = re.escape(body[1:] if negated else body).replace("\\-", "-")
-                out.append(f"[^{members}.:]" if negated else f"[{members}]")
+                # A range such as "--0" spans ".": a class never matches a separator.
+                out.append(f"[^{members}.:]" if negated else f"(?![.:])[{members}]")
                 index = end
         else:
             out.append(re.escape(char))

@@ -16,50 +16,26 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from techrevati.runtime._log import get_logger
 from techrevati.runtime._session_core import _SessionCore
 from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 from techrevati.runtime.events import AgentFailureClass, EventName
-from techrevati.runtime.permissions import PermissionDecision, normalize_permission_name
+from techrevati.runtime.permissions import (
+    ApprovalAnswer,
+    ApprovalRequest,
+    PermissionDecision,
+    normalize_permission_name,
+)
 
 if TYPE_CHECKING:
     from techrevati.runtime.approvals import ApprovalToken
     from techrevati.runtime.permissions import PermissionEnforcer
 
-__all__ = ["ApprovalAnswer", "ApprovalRequest", "Approver"]
+__all__ = ["call_arguments"]
 
 _LOG: Final = get_logger("techrevati.runtime.orchestrator")
-
-
-class ApprovalAnswer(StrEnum):
-    """An approver's answer to an ``ask`` (or it returns an approval token instead)."""
-
-    ALLOW_ONCE = "allow_once"
-    """Run this call; ask again next time."""
-    ALLOW_SESSION = "allow_session"
-    """Run this call and every later call of this tool by this rule, in this session."""
-    DENY = "deny"
-    """Do not run it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalRequest:
-    """What an approver is asked about: the ``ask`` decision and the call."""
-
-    decision: PermissionDecision
-    tool: str
-    role: str
-    arguments: Mapping[str, object]
-    session_id: str
-
-
-Approver = Callable[[ApprovalRequest], object]
-"""Answers an :class:`ApprovalRequest` with an :class:`ApprovalAnswer` (or its value), an
-approval token (allow with that token), or an awaitable of one (for ``arun_tool``)."""
 
 
 class _ToolGate(_SessionCore):

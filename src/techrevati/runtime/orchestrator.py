@@ -34,7 +34,7 @@ from techrevati.runtime._session_core import (
     failure_class_of,
 )
 from techrevati.runtime._stream_turns import AsyncTurnStream, TurnStream, _StreamTurnEngine
-from techrevati.runtime._tool_gate import Approver, _ToolGate
+from techrevati.runtime._tool_gate import _ToolGate
 from techrevati.runtime._turns import UNNAMED_MODEL
 from techrevati.runtime._validate import (
     callable_or_none,
@@ -70,6 +70,7 @@ from techrevati.runtime.hooks import (
 )
 from techrevati.runtime.lifecycle import AgentRegistry, AgentStatus
 from techrevati.runtime.permissions import (
+    Approver,
     PermissionEnforcer,
     PermissionPolicy,
 )

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -38,6 +38,9 @@ from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 
 __all__ = [
     "DEFAULT_PERMISSION_CACHE_SIZE",
+    "ApprovalAnswer",
+    "ApprovalRequest",
+    "Approver",
     "NAME_GRAMMAR",
     "PermissionDecision",
     "PermissionDeniedError",
@@ -243,6 +246,36 @@ class PermissionOutcome:
             "role": self.role,
             "tool": self.tool,
         }
+
+
+# -- asking -------------------------------------------------------------------
+
+
+class ApprovalAnswer(StrEnum):
+    """An approver's answer to an ``ask`` (or it returns an approval token instead)."""
+
+    ALLOW_ONCE = "allow_once"
+    """Run this call; ask again next time."""
+    ALLOW_SESSION = "allow_session"
+    """Run this call and every later call of this tool by this rule, in this session."""
+    DENY = "deny"
+    """Do not run it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """What an approver is asked about: the ``ask`` decision and the call."""
+
+    decision: PermissionDecision
+    tool: str
+    role: str
+    arguments: Mapping[str, object]
+    session_id: str
+
+
+Approver = Callable[["ApprovalRequest"], object]
+"""Answers an :class:`ApprovalRequest` with an :class:`ApprovalAnswer` (or its value), an
+approval token (allow with that token), or an awaitable of one (for ``arun_tool``)."""
 
 
 # -- the policy -----------------------------------------------------------------
