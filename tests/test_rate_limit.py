@@ -248,7 +248,7 @@ async def _a_task_waiting_for_a_slot_is_woken_by_the_release() -> None:
     held.release()
     lease = await asyncio.wait_for(waiting, 10)
     assert lease.state == "active"
-    assert rl._state._waiters == []
+    assert rl._state._waiters == []  # type: ignore[attr-defined]
 
 
 def test_aacquire_sleeps_exactly_on_the_injected_async_sleep() -> None:
@@ -276,7 +276,7 @@ async def _aacquire_gives_up_on_a_slot_after_max_wait() -> None:
     rl.acquire()
     with pytest.raises(RateLimitedError):
         await rl.aacquire(max_wait=0)
-    assert rl._state._waiters == []
+    assert rl._state._waiters == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
