@@ -98,9 +98,14 @@ class Workspace:
 
 
 class ArgRule:
-    """One entry's argument pattern: which argument, read how, matched against what."""
+    """One entry's argument pattern: which argument, read how, matched against what.
 
-    __slots__ = ("_words", "argument", "entry", "pattern", "tool")
+    The pattern is read once (its words, its canonical URL, its compiled
+    glob); a call's value is read once per call, however many rules look at
+    it, through the ``memo`` the caller passes to :meth:`test`.
+    """
+
+    __slots__ = ("_glob", "_url", "_words", "argument", "entry", "pattern", "tool")
 
     def __init__(self, entry: str, tool: str, argument: str | None, pattern: str) -> None:
         self.entry = entry
@@ -111,14 +116,27 @@ class ArgRule:
         """The argument the pattern is over (None: the whole call)."""
         self.pattern = pattern
         self._words: list[str] | None = None
+        self._url: re.Pattern[str] | None = None
+        self._glob: re.Pattern[str] | None = None
 
     @property
     def is_literal(self) -> bool:
         """Whether the pattern names one value exactly (no wildcard)."""
         return not any(char in self.pattern for char in "*?[")
 
-    def test(self, args: object, workspace: Workspace) -> Outcome:
-        """Say whether a call with ``args`` (a mapping, or the call as a str) matches."""
+    def test(
+        self,
+        args: object,
+        workspace: Workspace,
+        memo: dict[tuple[str, str], object] | None = None,
+        *,
+        explain: bool = True,
+    ) -> Outcome:
+        """Say whether a call with ``args`` (a mapping, or the call as a str) matches.
+
+        ``memo`` keeps what reading a value gave, for the other rules of the
+        same call; ``explain=False`` leaves a non-match's sentence empty.
+        """
         found = self._value(args)
         if isinstance(found, str):
             return "unreadable", found
@@ -128,17 +146,22 @@ class ArgRule:
             kind = "url"
         elif kind == "text" and self.argument is None:
             kind = "command"  # the whole call of a one-argument tool: read like a shell would
+        if memo is None:
+            memo = {}
         if kind == "path":
-            return self._test_path(value, workspace)
+            return self._test_path(value, workspace, memo, explain)
         if kind == "url":
-            return self._test_url(value)
+            return self._test_url(value, memo, explain)
         if kind == "command":
-            return self._test_command(value)
+            return self._test_command(value, memo, explain)
         if _CONTROL.search(value):
             return "unreadable", f"argument {name!r} holds a control character"
-        if fnmatch.fnmatchcase(value, self.pattern):
+        glob = self._glob
+        if glob is None:
+            glob = self._glob = re.compile(fnmatch.translate(self.pattern), re.DOTALL)
+        if glob.match(value):
             return "match", f"{value!r} matches {self.pattern!r}"
-        return "no_match", f"pattern {self.pattern!r} did not match {value!r}"
+        return "no_match", f"pattern {self.pattern!r} did not match {value!r}" if explain else ""
 
     def _value(self, args: object) -> tuple[str, str] | str:
         """Return (argument name, its value), or why the call cannot be read for this rule."""
@@ -162,37 +185,63 @@ class ArgRule:
             return f"argument {name!r} is a {type(value).__name__}, not a str"
         return str(name), value
 
-    def _test_path(self, value: str, workspace: Workspace) -> Outcome:
-        resolved = workspace.resolve(value)
+    def _test_path(
+        self, value: str, workspace: Workspace, memo: dict[tuple[str, str], object], explain: bool
+    ) -> Outcome:
+        key = ("path", value)
+        resolved = memo.get(key)
+        if resolved is None:
+            resolved = memo[key] = workspace.resolve(value)
         if isinstance(resolved, str):
             return "unreadable", f"path {value!r} cannot be read: {resolved}"
-        text, _inside = resolved
+        text = resolved[0]  # type: ignore[index]
         pattern = self.pattern
         if _path_glob(pattern).fullmatch(text):
             return "match", f"path {value!r} (as {text!r}) matches {pattern!r}"
+        if not explain:
+            return "no_match", ""
         return "no_match", f"pattern {pattern!r} did not match path {value!r} (as {text!r})"
 
-    def _test_url(self, value: str) -> Outcome:
-        url = canonical_url(value)
+    def _test_url(self, value: str, memo: dict[tuple[str, str], object], explain: bool) -> Outcome:
+        key = ("url", value)
+        url = memo.get(key)
+        if url is None:
+            url = memo[key] = canonical_url(value)
+        assert isinstance(url, str)
         if url.startswith("!"):
             return "unreadable", f"URL {value!r} {url[1:]}"
-        pattern = canonical_url(self.pattern, pattern=True)
-        if fnmatch.fnmatchcase(url, pattern.lstrip("!")):
+        pattern = self._url
+        if pattern is None:
+            text = canonical_url(self.pattern, pattern=True).lstrip("!")
+            pattern = self._url = re.compile(fnmatch.translate(text), re.DOTALL)
+        if pattern.match(url):
             return "match", f"URL {value!r} (as {url!r}) matches {self.pattern!r}"
+        if not explain:
+            return "no_match", ""
         return "no_match", f"pattern {self.pattern!r} did not match URL {value!r} (as {url!r})"
 
-    def _test_command(self, value: str) -> Outcome:
-        words = _command_words(value)
+    def _test_command(
+        self, value: str, memo: dict[tuple[str, str], object], explain: bool
+    ) -> Outcome:
+        key = ("command", value)
+        words = memo.get(key)
+        if words is None:
+            words = memo[key] = _command_words(value)
         if isinstance(words, str):
             return "unreadable", f"command {value!r} {words}"
+        assert isinstance(words, list)
         pattern = self._words
         if pattern is None:
             parsed = _command_words(self.pattern)
             pattern = self._words = [] if isinstance(parsed, str) else parsed
         if _words_match(pattern, words):
             return "match", f"command {value!r} matches {self.pattern!r}"
-        why = f"pattern {self.pattern!r} did not match command {value!r} (words {words})"
-        return "no_match", why
+        if not explain:
+            return "no_match", ""
+        return (
+            "no_match",
+            f"pattern {self.pattern!r} did not match command {value!r} (words {words})",
+        )
 
 
 def read_rule(tool: str, spec: str) -> ArgRule:
@@ -265,14 +314,23 @@ def _command_words(value: str) -> list[str] | str:
 
 
 def _words_match(pattern: list[str], words: list[str]) -> bool:
+    """Whether command words match pattern words (each a glob; a last ``*`` takes the rest)."""
     if pattern and pattern[-1] == "*":
         head = pattern[:-1]
-        return len(words) > len(head) and all(
-            fnmatch.fnmatchcase(word, glob) for glob, word in zip(head, words, strict=False)
-        )
-    return len(words) == len(pattern) and all(
-        fnmatch.fnmatchcase(word, glob) for glob, word in zip(pattern, words, strict=True)
+        if len(words) <= len(head):
+            return False
+    elif len(words) != len(pattern):
+        return False
+    else:
+        head = pattern
+    return all(
+        glob == word or (_has_wildcard(glob) and fnmatch.fnmatchcase(word, glob))
+        for glob, word in zip(head, words, strict=False)
     )
+
+
+def _has_wildcard(word: str) -> bool:
+    return "*" in word or "?" in word or "[" in word
 
 
 _PATH_GLOBS: dict[str, re.Pattern[str]] = {}

@@ -84,9 +84,9 @@ def is_glob(entry: str) -> bool:
 class Glob:
     """One glob over names of the grammar; its regex is compiled on first use."""
 
-    __slots__ = ("_regex", "prefix", "text")
+    __slots__ = ("_regex", "order", "prefix", "suffix", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, order: int = 0) -> None:
         bad = next((char for char in text if char not in _PATTERN_CHARS), None)
         if bad is not None:
             raise ValueError(
@@ -97,6 +97,11 @@ class Glob:
         cut = min((text.index(char) for char in _GLOB_CHARS if char in text), default=len(text))
         self.prefix = text[:cut]
         """The literal start every name it matches begins with."""
+        last = max(text.rfind("*"), text.rfind("?"), text.rfind("]"))
+        self.suffix = text[last + 1 :]
+        """The literal end every name it matches ends with."""
+        self.order = order
+        """Its position in its list (the first matching entry in list order wins)."""
         self._regex: re.Pattern[str] | None = None
 
     def matches(self, name: str) -> bool:
@@ -108,53 +113,77 @@ class Glob:
 
 
 class NameIndex:
-    """Exact names and globs (normalised) of one list, looked up by literal prefix."""
+    """Exact names and globs (normalised) of one list, looked up by literal prefix or suffix.
 
-    __slots__ = ("_exact", "_floating", "_lengths", "_order", "_prefixed")
+    A glob with a literal start is filed under it; one that starts with a
+    wildcard, under its literal end; only a glob with neither (``*``,
+    ``*.*``) is tried for every name. So a name tries only the globs that
+    could match it, in list order, and stops at the first that does.
+    """
+
+    __slots__ = (
+        "_exact",
+        "_lengths",
+        "_order",
+        "_prefixed",
+        "_suffix_lengths",
+        "_suffixed",
+        "_wild",
+    )
 
     def __init__(self, entries: Iterable[str]) -> None:
         self._exact: dict[str, int] = {}
         self._prefixed: dict[str, list[Glob]] = {}
-        self._floating: list[Glob] = []  # globs that start with a wildcard
+        self._suffixed: dict[str, list[Glob]] = {}
+        self._wild: list[Glob] = []  # no literal start nor end: tried for every name
         self._order: dict[str, int] = {}  # glob text -> position in the list
         for position, entry in enumerate(entries):
             if is_glob(entry):
                 if entry in self._order:
                     continue
-                glob = Glob(entry)
+                glob = Glob(entry, position)
                 self._order[entry] = position
                 if glob.prefix:
                     self._prefixed.setdefault(glob.prefix, []).append(glob)
+                elif glob.suffix:
+                    self._suffixed.setdefault(glob.suffix, []).append(glob)
                 else:
-                    self._floating.append(glob)
+                    self._wild.append(glob)
             else:
                 self._exact.setdefault(entry, position)
         self._lengths = sorted({len(prefix) for prefix in self._prefixed})
+        self._suffix_lengths = sorted({len(suffix) for suffix in self._suffixed})
 
     def match(self, name: str) -> str | None:
-        """Return the first entry (in list order) that ``name`` matches, or None.
-
-        Only the globs whose literal prefix ``name`` starts with, and those
-        that start with a wildcard, are tried.
-        """
-        best: str | None = None
-        best_at = self._exact.get(name, len(self._order) + len(self._exact))
-        if name in self._exact:
-            best = name
-        order = self._order
+        """Return the first entry (in list order) that ``name`` matches, or None."""
+        exact_at = self._exact.get(name)
+        if not self._order:  # exact names only
+            return None if exact_at is None else name
         size = len(name)
+        candidates: list[Glob] = []
+        prefixed = self._prefixed
         for length in self._lengths:
             if length > size:
                 break
-            for glob in self._prefixed.get(name[:length], ()):
-                at = order[glob.text]
-                if at < best_at and glob.matches(name):
-                    best, best_at = glob.text, at
-        for glob in self._floating:
-            at = order[glob.text]
-            if at < best_at and glob.matches(name):
-                best, best_at = glob.text, at
-        return best
+            bucket = prefixed.get(name[:length])
+            if bucket is not None:
+                candidates += bucket
+        suffixed = self._suffixed
+        for length in self._suffix_lengths:
+            if length > size:
+                break
+            bucket = suffixed.get(name[size - length :])
+            if bucket is not None:
+                candidates += bucket
+        candidates += self._wild
+        if len(candidates) > 1:
+            candidates.sort(key=_by_order)
+        for glob in candidates:
+            if exact_at is not None and glob.order > exact_at:
+                break
+            if glob.matches(name):
+                return glob.text
+        return None if exact_at is None else name
 
     def entries(self) -> list[str]:
         """Return every entry, in list order (for explanations)."""
@@ -163,6 +192,10 @@ class NameIndex:
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._order)
+
+
+def _by_order(glob: Glob) -> int:
+    return glob.order
 
 
 def _translate(glob: str) -> str:

@@ -177,9 +177,17 @@ class PermissionDecision:
     @property
     def outcome(self) -> PermissionOutcome:
         """The decision as :meth:`PermissionPolicy.check` reports it (``ask`` is not allowed)."""
-        return PermissionOutcome(
-            self.effect == "allow", self.reason, self.rule, self.role, self.tool
-        )
+        # Built from checked fields: the outcome's own validation would only repeat it.
+        outcome = object.__new__(PermissionOutcome)
+        for name, value in (
+            ("allowed", self.effect == "allow"),
+            ("reason", self.reason),
+            ("rule", self.rule),
+            ("role", self.role),
+            ("tool", self.tool),
+        ):
+            object.__setattr__(outcome, name, value)
+        return outcome
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-serialisable dict."""
@@ -530,6 +538,7 @@ class PermissionPolicy:
                 role,
                 tool,
             )
+        memo: dict[tuple[str, str], object] = {}  # each argument read once per call
         if rules is None:
             return _verdict(
                 trace,
@@ -541,7 +550,7 @@ class PermissionPolicy:
                 role,
                 tool,
             )
-        found = rules.denied.find(tool_name, args, self._workspace, trace, deny=True)
+        found = rules.denied.find(tool_name, args, self._workspace, trace, memo, deny=True)
         if found is not None:
             entry, detail = found
             return _verdict(
@@ -554,7 +563,7 @@ class PermissionPolicy:
                 role,
                 tool,
             )
-        found = rules.ask.find(tool_name, args, self._workspace, trace, deny=True)
+        found = rules.ask.find(tool_name, args, self._workspace, trace, memo, deny=True)
         if found is not None:
             entry, detail = found
             return _verdict(
@@ -568,7 +577,7 @@ class PermissionPolicy:
                 tool,
             )
         if self._workspace.root is not None and isinstance(args, Mapping):
-            outside = self._outside_workspace(rules, tool_name, args, trace)
+            outside = self._outside_workspace(rules, tool_name, args, trace, memo)
             if outside is not None:
                 argument, where = outside
                 return _verdict(
@@ -583,7 +592,7 @@ class PermissionPolicy:
                     tool,
                 )
         if rules.allowed is not None:
-            found = rules.allowed.find(tool_name, args, self._workspace, trace, deny=False)
+            found = rules.allowed.find(tool_name, args, self._workspace, trace, memo, deny=False)
             if found is not None:
                 entry, detail = found
                 return _verdict(
@@ -643,6 +652,7 @@ class PermissionPolicy:
         tool_name: str,
         args: Mapping[object, object],
         trace: list[RuleCheck] | None,
+        memo: dict[tuple[str, str], object],
     ) -> tuple[str, str] | None:
         """Return (argument, resolved path) of the first path outside the workspace, if any.
 
@@ -652,10 +662,13 @@ class PermissionPolicy:
         for name, value in args.items():
             if type(name) is not str or type(value) is not str or argument_kind(name) != "path":
                 continue
-            resolved = self._workspace.resolve(value)
-            if isinstance(resolved, str) or resolved[1]:
+            key = ("path", value)
+            resolved = memo.get(key)
+            if resolved is None:
+                resolved = memo[key] = self._workspace.resolve(value)
+            if isinstance(resolved, str) or resolved[1]:  # type: ignore[index]
                 continue  # unreadable paths are for the rules to judge; inside is fine
-            where = resolved[0]
+            where = resolved[0]  # type: ignore[index]
             allowed = rules.allowed
             if allowed is not None and allowed.names_path(tool_name, name, where):
                 continue
@@ -821,7 +834,7 @@ class _Entries:
     glob, so a call tries only the rules of its own tool.
     """
 
-    __slots__ = ("_by_glob", "_by_tool", "_layer", "_names")
+    __slots__ = ("_by_glob", "_by_tool", "_empty", "_layer", "_names")
 
     def __init__(self, raw_entries: Iterable[str], layer: str) -> None:
         self._layer = layer
@@ -837,6 +850,7 @@ class _Entries:
             else:
                 self._by_tool.setdefault(name, []).append(rule)
         self._names = NameIndex(names)
+        self._empty = not (names or self._by_tool or self._by_glob)
 
     def find(
         self,
@@ -844,6 +858,7 @@ class _Entries:
         args: object,
         workspace: Workspace,
         trace: list[RuleCheck] | None,
+        memo: dict[tuple[str, str], object],
         *,
         deny: bool,
     ) -> tuple[str, str] | None:
@@ -853,6 +868,8 @@ class _Entries:
         matching (a deny or ask list never lets an unreadable call through);
         otherwise it does not match.
         """
+        if self._empty and trace is None:
+            return None
         entry = self._names.match(tool_name)
         if trace is not None:
             for candidate in self._names.entries():
@@ -868,13 +885,16 @@ class _Entries:
         if entry is not None:
             return entry, ""
         rules = self._by_tool.get(tool_name)
+        if rules is None and not self._by_glob:
+            return None
         if self._by_glob:
             rules = [
                 *(rules or ()),
                 *(rule for glob, rule in self._by_glob if glob.matches(tool_name)),
             ]
+        explain = trace is not None
         for rule in rules or ():
-            verdict, why = rule.test(args, workspace)
+            verdict, why = rule.test(args, workspace, memo, explain=explain)
             if trace is not None:
                 trace.append(RuleCheck(self._layer, rule.entry, verdict, why))
             if verdict == "match":
