@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from techrevati.runtime._permission_args import ArgRule, Workspace, argument_kind, read_rule
 from techrevati.runtime._permission_names import (
@@ -146,15 +146,15 @@ class RuleCheck:
     """Why, e.g. ``"pattern 'npm run *' did not match command 'npm test'"``."""
 
 
-@dataclass(frozen=True, slots=True)
-class PermissionDecision:
+class PermissionDecision(NamedTuple):
     """The full decision for one call: allow, deny or ask, who decided and why.
 
     ``layer`` and ``rule`` name what decided (``rule`` as in
     :class:`PermissionOutcome`, plus ``"ask_tools:<entry>"`` and
     ``"workspace:<argument>"``); ``required`` and ``held`` are the modes the
     tool needs and the role has (None where no role or requirement was
-    reached). The truth value is ``effect == "allow"``.
+    reached). The truth value is ``effect == "allow"``. Immutable (a named
+    tuple: the cheapest immutable record, made on every decision).
     """
 
     effect: Effect
@@ -491,8 +491,8 @@ class PermissionPolicy:
         # A str subclass could override the methods normalisation calls.
         role = str.__str__(role)
         tool = str.__str__(tool)
-        role_name = normalize_permission_name(role)
-        tool_name = normalize_permission_name(tool)
+        role_name = _form(role)[0]
+        tool_name, tool_problem = _form(tool)
         if not role_name:
             return _verdict(
                 trace,
@@ -515,7 +515,7 @@ class PermissionPolicy:
             )
         rules = self._roles.get(role_name)
         if rules is None:
-            problem = grammar_violation(role_name)
+            problem = _form(role)[1]
             if problem is not None:
                 return _verdict(
                     trace,
@@ -526,7 +526,7 @@ class PermissionPolicy:
                     role,
                     tool,
                 )
-        problem = grammar_violation(tool_name)
+        problem = tool_problem
         if problem is not None:
             return _verdict(
                 trace,
@@ -933,6 +933,23 @@ class _RoleRules:
 
 
 # -- functions ------------------------------------------------------------------
+
+
+_FORMS: dict[str, tuple[str, str | None]] = {}
+"""Names seen -> (normal form, why it is outside the grammar): each computed once."""
+
+
+def _form(name: str) -> tuple[str, str | None]:
+    """Return ``name``'s normal form and its grammar violation (None: inside), remembered."""
+    form = _FORMS.get(name)
+    if form is None:
+        normal = normalize_permission_name(name)
+        form = (normal, grammar_violation(normal) if normal else None)
+        if len(name) <= _MAX_CACHED_NAME_CHARS:
+            if len(_FORMS) >= DEFAULT_PERMISSION_CACHE_SIZE:
+                _FORMS.clear()  # a caller inventing endless names cannot grow memory
+            _FORMS[name] = form
+    return form
 
 
 def _verdict(  # noqa: PLR0917 (one call shape at every step of the engine)
