@@ -41,7 +41,6 @@ import re
 import shlex
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Final, Literal
 
 __all__ = ["ArgRule", "Outcome", "Workspace", "argument_kind", "read_rule"]
@@ -75,13 +74,19 @@ def argument_kind(name: str) -> Kind:
 class Workspace:
     """The directory path arguments are resolved against (None: paths stay as given)."""
 
-    __slots__ = ("root",)
+    __slots__ = ("_prefix", "root")
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
-        self.root = None if root is None else Path(os.path.realpath(root))
+        self.root = None if root is None else os.path.realpath(root)
+        """The workspace, resolved (symlinks followed), or None."""
+        self._prefix = "" if self.root is None else self.root.rstrip("/") + "/"
 
     def resolve(self, value: str) -> tuple[str, bool] | str:
-        """Return (the resolved path as text, inside the workspace?), or why it is unreadable."""
+        """Return (the resolved path as text, inside the workspace?), or why it is unreadable.
+
+        Inside, the text is relative to the workspace (``"."`` for the root
+        itself); outside, absolute.
+        """
         if "\x00" in value or not value:
             return "it is empty or holds a NUL" if not value else "it holds a NUL"
         root = self.root
@@ -92,9 +97,12 @@ class Workspace:
             if normal == ".." or normal.startswith("../"):
                 return f"{value!r} climbs above where it starts"
             return normal, not normal.startswith("/")
-        path = Path(os.path.realpath(root / value))  # absolute values replace the root
-        inside = path == root or root in path.parents
-        return (path.relative_to(root).as_posix() if inside else path.as_posix()), inside
+        full = os.path.realpath(os.path.join(root, value))  # an absolute value replaces root
+        if full == root:
+            return ".", True
+        if full.startswith(self._prefix):
+            return full[len(self._prefix) :], True
+        return full, False
 
 
 class ArgRule:

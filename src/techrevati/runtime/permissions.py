@@ -436,8 +436,7 @@ class PermissionPolicy:
     @property
     def workspace(self) -> str | None:
         """The directory path arguments are resolved against (None: none named)."""
-        root = self._workspace.root
-        return None if root is None else str(root)
+        return self._workspace.root
 
     def decide(self, role: object, tool: object, args: object = None) -> PermissionDecision:
         """Decide a call of ``tool`` by ``role`` with ``args``: allow, deny or ask. Never raises.
