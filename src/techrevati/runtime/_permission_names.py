@@ -112,30 +112,50 @@ class Glob:
         return regex.fullmatch(name) is not None
 
 
-class NameIndex:
-    """Exact names and globs (normalised) of one list, looked up by literal prefix or suffix.
+class _Bucket:
+    """Globs filed by their literal end; those with none are tried for every name."""
 
-    A glob with a literal start is filed under it; one that starts with a
-    wildcard, under its literal end; only a glob with neither (``*``,
-    ``*.*``) is tried for every name. So a name tries only the globs that
-    could match it, in list order, and stops at the first that does.
+    __slots__ = ("by_suffix", "lengths", "rest")
+
+    def __init__(self) -> None:
+        self.by_suffix: dict[str, list[Glob]] = {}
+        self.lengths: list[int] = []
+        self.rest: list[Glob] = []
+
+    def add(self, glob: Glob) -> None:
+        if glob.suffix:
+            self.by_suffix.setdefault(glob.suffix, []).append(glob)
+            self.lengths = sorted({*self.lengths, len(glob.suffix)})
+        else:
+            self.rest.append(glob)
+
+    def collect(self, name: str, size: int, out: list[Glob]) -> None:
+        """Add to ``out`` the globs that could match ``name`` (``size`` its length)."""
+        by_suffix = self.by_suffix
+        for length in self.lengths:
+            if length > size:
+                break
+            found = by_suffix.get(name[size - length :])
+            if found is not None:
+                out += found
+        out += self.rest
+
+
+class NameIndex:
+    """Exact names and globs (normalised) of one list, looked up by literal start and end.
+
+    A glob is filed under its literal start, then under its literal end;
+    only a glob with neither (``*``, ``*.*``) is tried for every name. So a
+    name tries only the globs that could match it, in list order, and stops
+    at the first that does.
     """
 
-    __slots__ = (
-        "_exact",
-        "_lengths",
-        "_order",
-        "_prefixed",
-        "_suffix_lengths",
-        "_suffixed",
-        "_wild",
-    )
+    __slots__ = ("_exact", "_floating", "_lengths", "_order", "_prefixed")
 
     def __init__(self, entries: Iterable[str]) -> None:
         self._exact: dict[str, int] = {}
-        self._prefixed: dict[str, list[Glob]] = {}
-        self._suffixed: dict[str, list[Glob]] = {}
-        self._wild: list[Glob] = []  # no literal start nor end: tried for every name
+        self._prefixed: dict[str, _Bucket] = {}
+        self._floating = _Bucket()  # globs that start with a wildcard
         self._order: dict[str, int] = {}  # glob text -> position in the list
         for position, entry in enumerate(entries):
             if is_glob(entry):
@@ -144,15 +164,15 @@ class NameIndex:
                 glob = Glob(entry, position)
                 self._order[entry] = position
                 if glob.prefix:
-                    self._prefixed.setdefault(glob.prefix, []).append(glob)
-                elif glob.suffix:
-                    self._suffixed.setdefault(glob.suffix, []).append(glob)
+                    bucket = self._prefixed.get(glob.prefix)
+                    if bucket is None:
+                        bucket = self._prefixed[glob.prefix] = _Bucket()
+                    bucket.add(glob)
                 else:
-                    self._wild.append(glob)
+                    self._floating.add(glob)
             else:
                 self._exact.setdefault(entry, position)
         self._lengths = sorted({len(prefix) for prefix in self._prefixed})
-        self._suffix_lengths = sorted({len(suffix) for suffix in self._suffixed})
 
     def match(self, name: str) -> str | None:
         """Return the first entry (in list order) that ``name`` matches, or None."""
@@ -167,15 +187,8 @@ class NameIndex:
                 break
             bucket = prefixed.get(name[:length])
             if bucket is not None:
-                candidates += bucket
-        suffixed = self._suffixed
-        for length in self._suffix_lengths:
-            if length > size:
-                break
-            bucket = suffixed.get(name[size - length :])
-            if bucket is not None:
-                candidates += bucket
-        candidates += self._wild
+                bucket.collect(name, size, candidates)
+        self._floating.collect(name, size, candidates)
         if len(candidates) > 1:
             candidates.sort(key=_by_order)
         for glob in candidates:
