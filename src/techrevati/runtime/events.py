@@ -72,7 +72,10 @@ class EventName(StrEnum):
     ``chunks`` and ``abandoned``, and a ``turn.failed`` after its first chunk
     ``time_to_first_token_seconds``, ``chunks`` and ``usage_unknown``;
     ``store.unavailable`` has ``store``, ``primitive`` and ``reason``, and
-    ``store.recovered`` ``store``, ``primitive`` and ``after``.
+    ``store.recovered`` ``store``, ``primitive`` and ``after``;
+    ``tool.approval_requested`` has ``tool``, ``rule`` and ``approver`` (whether
+    there is one), ``tool.approved`` ``tool``, ``rule`` and ``answer``
+    (``allow_once``, ``allow_session`` or ``token``).
     """
 
     SESSION_STARTED = "session.started"

@@ -224,10 +224,12 @@ class PermissionOutcome:
     """The decision for one (role, tool): allowed or not, why, and which rule decided.
 
     ``rule`` is one of ``"invalid_role"``, ``"invalid_tool"``,
-    ``"unknown_role"``, ``"denied_tools:<entry>"``, ``"allowed_tools:<entry>"``,
-    ``"not_in_allowed_tools"``, ``"mode:<HAVE>>=<NEEDED>"`` (allowed) or
-    ``"mode:<HAVE><<NEEDED>"`` (denied). ``role`` and ``tool`` are the names
-    as the caller gave them. The truth value of an outcome is ``allowed``.
+    ``"unknown_role"``, ``"denied_tools:<entry>"``, ``"ask_tools:<entry>"``
+    (not allowed without an approval), ``"workspace:<argument>"``,
+    ``"allowed_tools:<entry>"``, ``"not_in_allowed_tools"``,
+    ``"mode:<HAVE>>=<NEEDED>"`` (allowed) or ``"mode:<HAVE><<NEEDED>"``
+    (denied). ``role`` and ``tool`` are the names as the caller gave them.
+    The truth value of an outcome is ``allowed``.
     """
 
     allowed: bool
