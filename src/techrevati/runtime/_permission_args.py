@@ -61,7 +61,19 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def argument_kind(name: str) -> Kind:
-    """Return how an argument called ``name`` is read (by its name alone)."""
+    """Return how an argument called ``name`` is read (by its name alone), remembered."""
+    kind = _KINDS.get(name)
+    if kind is None:
+        kind = _kind_of(name)
+        if len(_KINDS) < 4096:
+            _KINDS[name] = kind
+    return kind
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def _kind_of(name: str) -> Kind:
     if name in _PATH_NAMES or name.endswith(("_path", "_file", "_dir", "_directory")):
         return "path"
     if name in _URL_NAMES or name.endswith(("_url", "_uri")):

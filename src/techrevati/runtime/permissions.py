@@ -975,6 +975,8 @@ def _show(value: object) -> str:
 
     Anything but a str is shown by its type name only, so no caller code runs.
     """
+    if type(value) is str and len(value) <= _MAX_SHOWN_CHARS:
+        return repr(value)
     if not isinstance(value, str):
         return type(value).__name__
     value = str.__str__(value)
