@@ -137,3 +137,15 @@ def test_the_null_handler_is_installed_by_the_first_module_that_logs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "['NullHandler']"
+
+
+def test_the_pydantic_ai_integration_imports_pydantic_ai_lazily() -> None:
+    code = (
+        "import sys, techrevati.runtime.pydantic_ai;"
+        "loaded = {m.split('.')[0] for m in sys.modules};"
+        "print(sorted(loaded & {'pydantic', 'pydantic_ai', 'openai'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "[]"
