@@ -30,6 +30,21 @@ def test_every_python_block_runs(
     monkeypatch.chdir(tmp_path)
     if path.name == "fleet.md":  # its examples talk to a real redis-server the tests start
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
+    if path.name == "openai_agents.md":  # its examples talk to a scripted OpenAI server
+        from tests.test_openai_agents import script_the_docs
+
+        server = request.getfixturevalue("scripted_server")
+        script_the_docs(server)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+    if path.name == "langchain.md":  # its ChatOpenAI talks to a scripted server on 127.0.0.1
+        from tests.scripted_server import openai_chat_completion
+
+        server = request.getfixturevalue("scripted_server")
+        server.reply(200, openai_chat_completion(prompt_tokens=1000, completion_tokens=250))
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        monkeypatch.setenv("LANGCHAIN_TRACING_V2", "false")
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for index, block in enumerate(_blocks(path)):
         code = compile(block, f"{path.name}[block {index}]", "exec")
