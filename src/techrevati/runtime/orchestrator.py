@@ -109,6 +109,7 @@ DEFAULT_LAST_EVENTS: Final = 20
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+_Client = TypeVar("_Client")
 _log = get_logger("techrevati.runtime.orchestrator")
 
 
@@ -338,6 +339,24 @@ class Session(_StreamTurnEngine, _ToolGate):
             self._tool_failed(call, exc, self._orch.clock() - started)
             raise
         return self._tool_succeeded(call, result, self._orch.clock() - started)
+
+    def wrap(self, client: _Client) -> _Client:
+        """Return ``client`` with every model call it makes run as a turn of this session.
+
+        For openai (``OpenAI``, ``AsyncOpenAI``: Chat Completions and
+        Responses), anthropic (``Anthropic``, ``AsyncAnthropic``: Messages),
+        google-genai (``Client``, ``client.aio``) and bedrock-runtime
+        (``converse``, ``converse_stream``) clients: the same methods and
+        types, where each call goes through :meth:`run_turn` (streamed ones
+        through :meth:`stream_turn`) with the model taken from the call's own
+        arguments, so budgets, the breaker, the rate limiter, retries and
+        usage apply. With a retry policy on the orchestrator, the SDK's own
+        retries are turned off (``with_options(max_retries=0)``) so they are
+        not doubled. Everything else on the client passes through unchanged.
+        """
+        from techrevati.runtime._wrap import wrap_client  # noqa: PLC0415
+
+        return cast("_Client", wrap_client(self, client))
 
     def pause_for_input(self, prompt: str = "") -> None:
         """Move the worker to WAITING_FOR_INPUT; turns are refused until :meth:`provide_input`."""
