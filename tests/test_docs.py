@@ -28,6 +28,12 @@ def test_every_python_block_runs(
     # Blocks of one page share a namespace, like a reader following along;
     # each page starts fresh and runs in its own temporary directory.
     monkeypatch.chdir(tmp_path)
+    if path.name == "integrations.md":  # its wrapped client talks to a scripted server
+        from tests.scripted_server import openai_chat_completion
+
+        server = request.getfixturevalue("scripted_server")
+        server.reply(200, openai_chat_completion())
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
     if path.name == "fleet.md":  # its examples talk to a real redis-server the tests start
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     if path.name == "openai_agents.md":  # its examples talk to a scripted OpenAI server
