@@ -42,6 +42,7 @@ from techrevati.runtime import (
     PermissionPolicy,
     RateLimitedError,
     RateLimiter,
+    RetryPolicy,
     RolePermissionConfig,
     SessionStateError,
     UsageSnapshot,
@@ -55,7 +56,7 @@ from techrevati.runtime.pydantic_ai import (
     session_guard,
     usage_snapshot,
 )
-from tests.conftest import CollectingSink
+from tests.conftest import CollectingSink, FakeClock
 from tests.scripted_server import ScriptedServer, openai_chat_completion, openai_error, reply
 
 MODEL = "m"
@@ -368,6 +369,33 @@ def test_the_rate_limiter_refuses_a_call_past_its_limit(
     assert refused.value.limit_kind == "requests"
     assert len(scripted_server.requests) == 1
     assert s.tracker.total_cost() == _cost(9, 12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_retry_policy_retries_a_rate_limited_request_as_one_turn(
+    scripted_server: ScriptedServer, mode: Mode, fake_clock: FakeClock
+) -> None:
+    scripted_server.script(
+        reply(
+            429,
+            openai_error("Rate limit reached", type="requests", code="rate_limit_exceeded"),
+            {"retry-after": "2"},
+        ),
+        reply(200, _completion("after the wait", prompt=30, completion=5)),
+    )
+    policy = RetryPolicy(
+        base_delay=1.0, jitter="none", sleep=fake_clock.sleep, async_sleep=fake_clock.asleep
+    )
+    agent = Agent(_model(scripted_server))
+    with _orch(retry=policy).session() as session:
+        assert _run(mode, agent, session) == "after the wait"
+
+    assert len(scripted_server.requests) == 2
+    assert fake_clock.slept == [2.0]  # the provider's retry-after, read through pydantic-ai
+    summary = session.summary()
+    assert summary["turns"] == 1
+    assert summary["failures"] == {"rate_limit": 1}
+    assert session.tracker.total_cost() == _cost(30, 5)
 
 
 # -- tools gated by the permission policy -------------------------------------------------
