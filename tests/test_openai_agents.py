@@ -264,6 +264,25 @@ def test_a_streamed_run_is_charged_from_the_stream(
     assert scripted_server.requests[0].json["stream"] is True
 
 
+def test_a_stream_without_usage_is_flagged_not_counted_as_free(
+    scripted_server: ScriptedServer, async_openai_client: openai.AsyncOpenAI
+) -> None:
+    scripted_server.script(scripted.openai_chat_stream("Hi"))  # no include_usage: no usage chunk
+
+    async def main() -> Session:
+        async with _orch().asession() as session:
+            result = Runner.run_streamed(guard(_agent(async_openai_client, Calls()), session), "hi")
+            async for _ in result.stream_events():
+                pass
+            assert result.final_output == "Hi"
+            return session
+
+    session = asyncio.run(main())
+    (done,) = _events(session, EventName.TURN_COMPLETED)
+    assert done.data["usage_unknown"] is True
+    assert session.tracker.total_usage() == UsageSnapshot.ZERO
+
+
 # -- budgets -------------------------------------------------------------------------------
 
 
@@ -481,3 +500,21 @@ def test_the_module_imports_nothing_from_the_sdk_until_used() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+def script_the_docs(server: ScriptedServer) -> None:
+    """Queue the replies docs/openai_agents.md's examples get, in the order they ask."""
+    server.script(
+        # the first example: one tool denied, one allowed, then the answer
+        _tool_call("delete_file", {"path": "notes.txt"}),
+        _tool_call("add", {"a": 2, "b": 3}, "call_2"),
+        _answer("2 + 3 = 5. I may not delete notes.txt."),
+        # the budget: two calls fit, the third is never sent
+        _tool_call("add", {"a": 1, "b": 1}),
+        _tool_call("add", {"a": 2, "b": 2}, "call_2"),
+        # on_denied="raise"
+        _tool_call("delete_file", {"path": "notes.txt"}),
+        # the breaker: two failures open it, the third run sends nothing
+        UNAVAILABLE,
+        UNAVAILABLE,
+    )
