@@ -43,13 +43,6 @@ def test_every_python_block_runs(
         script_the_docs(server)
         monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
         monkeypatch.setenv("OPENAI_API_KEY", "test")
-    if path.name == "openai_agents.md":  # its examples talk to a scripted OpenAI server
-        from tests.test_openai_agents import script_the_docs
-
-        server = request.getfixturevalue("scripted_server")
-        script_the_docs(server)
-        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
     if path.name == "langchain.md":  # its ChatOpenAI talks to a scripted server on 127.0.0.1
         from tests.scripted_server import openai_chat_completion
 
