@@ -81,6 +81,16 @@ def priced_model() -> Iterator[None]:
     clear_pricing()
 
 
+@pytest.fixture(autouse=True)
+def run_sync_loop() -> Iterator[None]:
+    """The thread's event loop, closed after the test (``run_sync`` keeps it for later runs)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
 def _cost(inp: int, out: int, cached: int = 0) -> Decimal:
     fresh = inp - cached
     return (fresh * INPUT_PRICE + cached * CACHE_READ_PRICE + out * OUTPUT_PRICE) / 1_000_000
