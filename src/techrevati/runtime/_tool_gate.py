@@ -197,16 +197,7 @@ class _ToolGate(_SessionCore):
             detail=detail,
             data={"tool": name, "rule": decision.rule, "answer": how},
         )
-        return PermissionDecision(
-            "allow",
-            f"{decision.reason}; approved ({detail})",
-            decision.rule,
-            decision.layer,
-            decision.role,
-            decision.tool,
-            decision.required,
-            decision.held,
-        )
+        return decision._replace(effect="allow", reason=f"{decision.reason}; approved ({detail})")
 
     def _enforce(self, decision: PermissionDecision, name: str) -> None:
         if decision.effect == "allow":
@@ -251,16 +242,7 @@ def call_arguments(
 
 
 def _denied(decision: PermissionDecision, why: str) -> PermissionDecision:
-    return PermissionDecision(
-        "deny",
-        f"{decision.reason}; {why}",
-        decision.rule,
-        decision.layer,
-        decision.role,
-        decision.tool,
-        decision.required,
-        decision.held,
-    )
+    return decision._replace(effect="deny", reason=f"{decision.reason}; {why}")
 
 
 def _close(awaitable: object) -> None:
