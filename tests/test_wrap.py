@@ -25,10 +25,16 @@ from techrevati.runtime import (
     RetryPolicy,
     UsageSnapshot,
 )
-from techrevati.runtime.errors import BudgetExceededError, InvalidValueError
+from techrevati.runtime.errors import BudgetExceededError, InvalidValueError, SessionStateError
 from tests import scripted_server as scripted
 from tests.scripted_server import ScriptedServer, reply
-from tests.test_stream_turns_real_http import anthropic_stream, openai_chat
+from tests.test_stream_turns_real_http import (
+    SSE,
+    _sse,
+    anthropic_stream,
+    openai_chat,
+    responses_events,
+)
 
 pytestmark = pytest.mark.usefixtures("priced_models")
 
@@ -195,6 +201,137 @@ def test_a_wrapped_async_anthropic_client(
             return session.tracker.total_cost()
 
     assert asyncio.run(main()) == cost(5, 7)
+
+
+def test_a_wrapped_anthropic_stream_helper_is_one_charged_turn(
+    scripted_server: ScriptedServer, anthropic_client: anthropic.Anthropic
+) -> None:
+    scripted_server.script(anthropic_stream(input_tokens=100, outputs=(20,)))
+    with orch().session() as session:
+        client = session.wrap(anthropic_client)
+        with client.messages.stream(model="m", max_tokens=64, messages=MESSAGES) as stream:
+            assert list(stream.text_stream) == ["Hi"]
+            final = stream.get_final_message()
+        assert final.usage.output_tokens == 20  # the SDK's own accumulated message
+        assert session.tracker.total_cost() == cost(100, 20)
+        assert session.tracker.turns == 1
+
+
+def test_a_wrapped_stream_helper_retries_before_its_first_event(
+    scripted_server: ScriptedServer, anthropic_client: anthropic.Anthropic
+) -> None:
+    scripted_server.script(
+        reply(529, {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
+        anthropic_stream(input_tokens=100, outputs=(20,)),
+    )
+    policy = RetryPolicy(sleep=lambda _seconds: None)
+    with orch(retry=policy).session() as session:
+        client = session.wrap(anthropic_client)
+        with client.messages.stream(model="m", max_tokens=64, messages=MESSAGES) as stream:
+            assert stream.get_final_text() == "Hi"  # reads the turn to its end first
+        assert session.tracker.total_cost() == cost(100, 20)  # charged once
+    assert len(scripted_server.requests) == 2
+
+
+def test_a_wrapped_stream_helper_refused_by_the_budget_sends_nothing(
+    scripted_server: ScriptedServer, anthropic_client: anthropic.Anthropic
+) -> None:
+    with orch(budget=Budget(max_requests=0)).session() as session:
+        client = session.wrap(anthropic_client)
+        with (
+            pytest.raises(BudgetExceededError),
+            client.messages.stream(model="m", max_tokens=64, messages=MESSAGES) as stream,
+        ):
+            stream.until_done()
+    assert scripted_server.requests == []
+
+
+def test_a_wrapped_stream_helper_names_what_needs_an_open_stream(
+    scripted_server: ScriptedServer, anthropic_client: anthropic.Anthropic
+) -> None:
+    with orch().session() as session:
+        client = session.wrap(anthropic_client)
+        with (
+            client.messages.stream(model="m", max_tokens=64, messages=MESSAGES) as stream,
+            pytest.raises(SessionStateError, match="current_message_snapshot"),
+        ):
+            stream.current_message_snapshot  # noqa: B018
+    assert scripted_server.requests == []  # never iterated: never sent
+
+
+def test_a_wrapped_async_anthropic_stream_helper(
+    scripted_server: ScriptedServer, async_anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    scripted_server.script(
+        anthropic_stream(input_tokens=100, outputs=(20,)),
+        anthropic_stream(input_tokens=10, outputs=(2,)),
+    )
+
+    async def main() -> tuple[list[str], int, Decimal]:
+        with orch().session() as session:
+            client = session.wrap(async_anthropic_client)
+            async with client.messages.stream(
+                model="m", max_tokens=64, messages=MESSAGES
+            ) as stream:
+                texts = [text async for text in stream.text_stream]
+            async with client.messages.stream(
+                model="m", max_tokens=64, messages=MESSAGES
+            ) as stream:
+                final = await stream.get_final_message()
+            return texts, final.usage.output_tokens, session.tracker.total_cost()
+
+    texts, output_tokens, total = asyncio.run(main())
+    assert texts == ["Hi"]
+    assert output_tokens == 2
+    assert total == cost(100, 20) + cost(10, 2)
+
+
+def responses_stream() -> Any:
+    """A Responses stream the SDK's helper accepts: created, then completed (no deltas:
+    its accumulator wants an output item announced before any text in it)."""
+    created, _delta, completed = responses_events("completed")
+    return reply(200, _sse([created, completed]), SSE)
+
+
+def test_wrapped_openai_stream_helpers_are_charged_turns(
+    scripted_server: ScriptedServer, openai_client: openai.OpenAI
+) -> None:
+    scripted_server.script(
+        responses_stream(),
+        openai_chat("Hel", "lo", usage=(1200, 300)),
+    )
+    with orch().session() as session:
+        client = session.wrap(openai_client)
+        with client.responses.stream(model="m", input="hi") as stream:
+            kinds = [event.type for event in stream]
+            response = stream.get_final_response()
+        assert kinds[-1] == "response.completed"
+        assert response.usage is not None
+        assert response.usage.output_tokens == 300
+        with client.chat.completions.stream(
+            model="m", messages=MESSAGES, stream_options={"include_usage": True}
+        ) as chat:
+            completion = chat.get_final_completion()
+        assert completion.choices[0].message.content == "Hello"
+        assert session.tracker.turns == 2
+        assert session.tracker.total_cost() == cost(1200, 300) * 2
+    assert [r.json["model"] for r in scripted_server.requests] == ["m", "m"]
+
+
+def test_a_wrapped_async_openai_responses_stream_helper(
+    scripted_server: ScriptedServer, async_openai_client: openai.AsyncOpenAI
+) -> None:
+    scripted_server.script(responses_stream())
+
+    async def main() -> tuple[int, Decimal]:
+        with orch().session() as session:
+            client = session.wrap(async_openai_client)
+            async with client.responses.stream(model="m", input="hi") as stream:
+                response = await stream.get_final_response()
+            assert response.usage is not None
+            return response.usage.output_tokens, session.tracker.total_cost()
+
+    assert asyncio.run(main()) == (300, cost(1200, 300))
 
 
 # -- google-genai and bedrock -------------------------------------------------------------------
