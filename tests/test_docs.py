@@ -30,9 +30,11 @@ def test_every_python_block_runs(
     monkeypatch.chdir(tmp_path)
     if path.name == "integrations.md":  # its wrapped client talks to a scripted server
         from tests.scripted_server import openai_chat_completion
+        from tests.test_stream_turns_real_http import openai_chat
 
         server = request.getfixturevalue("scripted_server")
         server.reply(200, openai_chat_completion())
+        server.script(openai_chat("Hel", "lo", usage=(12, 3)))  # the streaming helper's
         monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
     if path.name == "fleet.md":  # its examples talk to a real redis-server the tests start
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
