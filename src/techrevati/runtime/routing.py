@@ -248,6 +248,7 @@ _SKIP_FOR_LIMIT: Final = {
     "too_large": SkipReason.TOO_LARGE,
 }
 _RATE_REASONS: Final = frozenset(_SKIP_FOR_LIMIT.values()) | {SkipReason.RATE_LIMITED}
+_NEVER_LEAST_BAD: Final = frozenset({SkipReason.EXCLUDED, SkipReason.TOO_LARGE})
 
 
 class Ranked(NamedTuple):
@@ -432,7 +433,7 @@ class NoHealthyProviderError(TechrevatiError):
     """A route skipped every candidate; the message names each one and why.
 
     ``reasons`` holds ``(label, reason, detail)`` per candidate, in the
-    router's order (``reason`` a :class:`SkipReason` value); ``skipped`` the
+    router's current ranking (``reason`` a :class:`SkipReason` value); ``skipped`` the
     :class:`Skipped` entries themselves (empty after unpickling: they hold
     breakers and limiters).
     """
@@ -797,7 +798,8 @@ class HealthAwareRouter(_Router):
     When every candidate is skipped, ``if_none_healthy="raise"`` (the
     default) raises :class:`NoHealthyProviderError`; ``"least_bad"`` returns
     the one that becomes available soonest (shortest breaker retry or
-    limiter wait), marked ``least_bad``, with the wait to allow its limiter.
+    limiter wait; never an excluded one, nor one whose limiter can never fit
+    the call), marked ``least_bad``, with the wait to allow its limiter.
     """
 
     __slots__ = ("_by_cost", "_explore", "_least_bad", "_max_wait", "_order", "_prefer", "_rng")
@@ -884,7 +886,7 @@ class HealthAwareRouter(_Router):
                 wait, limit = limiter_wait(limiter, tokens_in, tokens_out)
                 if wait:  # a wait > 0 (None: unknown, never skipped)
                     most = limiter.max_wait if allowed is None else allowed
-                    if wait > most:
+                    if wait > most or limit == "too_large":
                         reason = _SKIP_FOR_LIMIT.get(limit, SkipReason.RATE_LIMITED)
                         skipped.append(Skipped(candidate, reason, wait, limit, most))
                         continue
@@ -959,7 +961,7 @@ class HealthAwareRouter(_Router):
         if self._least_bad:
             pick: Skipped | None = None
             for entry in skipped:
-                if entry.reason is not SkipReason.EXCLUDED and (
+                if entry.reason not in _NEVER_LEAST_BAD and (
                     pick is None or entry.seconds < pick.seconds
                 ):
                     pick = entry
