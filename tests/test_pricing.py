@@ -152,7 +152,9 @@ def test_replace_revalidates_and_reprices() -> None:
         "cache_write_tokens": 0,
         "reasoning_tokens": 0,
         "cache_write_1h_tokens": 0,
+        "service_tier": None,
     }
+    assert dataclasses.replace(UsageSnapshot(1, 1), service_tier="Flex").service_tier == "flex"
 
 
 def test_cost_does_not_depend_on_the_callers_decimal_context() -> None:

@@ -139,6 +139,7 @@ def test_anthropic_message_input_is_made_inclusive_of_cache() -> None:
         cache_read_tokens=20_000,
         cache_write_tokens=1000,
         reasoning_tokens=320,
+        service_tier="default",  # Anthropic's "standard"
     )
     assert UsageSnapshot.from_response(message) == expected
     assert UsageSnapshot.from_response(message.usage) == expected

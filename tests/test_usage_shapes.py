@@ -191,7 +191,7 @@ ROWS: dict[str, tuple[dict[str, Any], Build, UsageSnapshot]] = {
             "service_tier": "standard",
         },
         lambda _, raw: anthropic_types.Usage.model_validate(raw),
-        UsageSnapshot(21_510, 500, 20_000, 1500, 320, 1000),
+        UsageSnapshot(21_510, 500, 20_000, 1500, 320, 1000, service_tier="default"),
     ),
     "Gemini, google-genai (`usage_metadata`)": (
         {
@@ -660,8 +660,10 @@ def test_one_hour_writes_add_and_serialise() -> None:
         "cache_write_1h_tokens": 2,
         "total_tokens": 15,
     }
-    assert [f.name for f in dataclasses.fields(a)] == list(a.to_dict())[:6]
-    assert dataclasses.asdict(a) == {k: v for k, v in a.to_dict().items() if k != "total_tokens"}
+    # The counts in field order; the tier (the last field) is no count.
+    assert [f.name for f in dataclasses.fields(a)] == [*list(a.to_dict())[:6], "service_tier"]
+    counts = {k: v for k, v in a.to_dict().items() if k != "total_tokens"}
+    assert dataclasses.asdict(a) == {**counts, "service_tier": None}
 
 
 def test_snapshots_copy_pickle_and_replace_with_their_counts() -> None:

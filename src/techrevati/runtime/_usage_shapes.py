@@ -3,18 +3,76 @@
 Private: :meth:`UsageSnapshot.from_response <techrevati.runtime.usage.UsageSnapshot.from_response>`
 is the public face. Duck-typed, no SDK imported. The counts come back in
 ``UsageSnapshot``'s field order (input, output, cache read, cache write,
-reasoning, one-hour cache write), with the name of the shape they were read as.
-docs/usage.md has the table of which field each count comes from.
+reasoning, one-hour cache write), with the name of the shape they were read as
+and the service tier the response says served it (see :func:`tier_name`).
+docs/usage.md has the table of which field each count and tier comes from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 from typing import Final
 
-from techrevati.runtime.errors import UsageParseError
+from techrevati.runtime.errors import InvalidValueError, UsageParseError
 
-__all__ = ["usage_fields"]
+__all__ = [
+    "DEFAULT_SERVICE_TIER",
+    "SERVICE_TIERS",
+    "tier_name",
+    "usage_fields",
+]
+
+DEFAULT_SERVICE_TIER: Final = "default"
+"""The tier billed at a model's ordinary rates (OpenAI's ``default``, Anthropic's ``standard``)."""
+SERVICE_TIERS: Final = ("default", "flex", "priority", "batch", "ultrafast", "balanced")
+"""The tiers a pricing may hold rates for (LiteLLM's ``_flex``, ``_priority``, ``_batches``,
+``_ultrafast``, ``_balanced`` rates); any other tier a provider names is billed at the default
+rates, with a warning."""
+_TIER_ALIASES: Final = {
+    **{tier: tier for tier in SERVICE_TIERS},
+    "standard": DEFAULT_SERVICE_TIER,  # Anthropic, Gemini
+    "batches": "batch",  # LiteLLM's suffix
+    "fast": "priority",  # OpenAI: a fast-mode request is served, and reported, as priority
+}
+"""Spellings of the known tiers -> the one name kept (the same str object every time)."""
+_MAX_TIER: Final = 64
+"""A tier name longer than this is no tier name."""
+_GEMINI_TRAFFIC: Final = {
+    "ON_DEMAND": DEFAULT_SERVICE_TIER,
+    "ON_DEMAND_PRIORITY": "priority",
+    "ON_DEMAND_FLEX": "flex",
+    "FLEX": "flex",
+    "BATCH": "batch",
+    "TRAFFIC_TYPE_UNSPECIFIED": None,
+}
+"""Gemini's (Vertex AI's) ``traffic_type`` -> tier; any other value is kept, lowercased."""
+
+
+def tier_name(value: object, name: str = "service_tier") -> str | None:
+    """Return ``value`` as a service tier's name: stripped, lowercased, aliases resolved.
+
+    ``None`` (and a blank string) is no tier. ``standard`` becomes ``default``,
+    ``batches`` ``batch``, ``fast`` ``priority``; a known tier is always the
+    same str object, so ``is`` may compare it. A tier we do not know (OpenAI's
+    ``scale``, Bedrock's ``reserved``) is kept, lowercased. Raises
+    :class:`InvalidValueError` naming ``name`` for a non-str or an absurdly
+    long one.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Enum):  # google-genai's enums (str-valued)
+        value = value.value
+    if not isinstance(value, str):
+        raise InvalidValueError(f"{name} must be a str or None, got {value!r}")
+    known = _TIER_ALIASES.get(value)
+    if known is not None:
+        return known
+    text = value.strip().lower()
+    if len(text) > _MAX_TIER:
+        raise InvalidValueError(f"{name} must be at most {_MAX_TIER} characters, got {value!r}")
+    return _TIER_ALIASES.get(text, text) or None
+
 
 _Fields = tuple[int, int, int, int, int, int]
 _MISSING: Final = object()
@@ -25,11 +83,16 @@ _BEDROCK_STREAM_EVENT: Final = "metadata"
 """Bedrock ConverseStream's last event, ``{"metadata": {"usage": {...}, "metrics": ...}}``."""
 
 
-def usage_fields(obj: object) -> tuple[_Fields, str]:
-    """Return the counts of a response, its usage object or a usage dict, and the shape's name.
+def usage_fields(obj: object) -> tuple[_Fields, str, str | None]:
+    """Return the counts of a usage (a response, its usage object or dict), shape and tier.
 
-    Raises :class:`UsageParseError` naming the type for anything else, including a
-    response whose usage is ``None`` and an attribute that raises.
+    The shape's name is for error messages; the tier is the service tier the
+    response reports (None when it reports none), read from the response
+    first (OpenAI's ``service_tier``, Bedrock's ``serviceTier.type``), then
+    from its usage (Anthropic's ``service_tier``, Gemini's ``service_tier``
+    or ``traffic_type``); a tier value that is not a string is no tier.
+    Raises :class:`UsageParseError` naming the type for anything else,
+    including a response whose usage is ``None`` and an attribute that raises.
     """
     found = _fields_of(obj)
     if found is not None:
@@ -37,12 +100,15 @@ def usage_fields(obj: object) -> tuple[_Fields, str]:
     for key in _WRAPPERS:
         inner = _read(obj, key)
         if inner is not _MISSING:
-            return _wrapped(inner, f"{type(obj).__name__}.{key}")
+            fields, source, tier = _wrapped(inner, f"{type(obj).__name__}.{key}")
+            return fields, source, _response_tier(obj) or tier
     event = _read(obj, _BEDROCK_STREAM_EVENT)
     if event is not _MISSING and event is not None and not _is_scalar(event):
         inner = _read(event, "usage")
         if inner is not _MISSING:
-            return _wrapped(inner, f"{type(obj).__name__}.{_BEDROCK_STREAM_EVENT}.usage")
+            where = f"{type(obj).__name__}.{_BEDROCK_STREAM_EVENT}.usage"
+            fields, source, tier = _wrapped(inner, where)
+            return fields, source, _response_tier(event) or tier
     raise UsageParseError(
         f"cannot read token usage from {type(obj).__name__}: expected a response with "
         ".usage or .usage_metadata, a Bedrock ConverseStream metadata event, or an "
@@ -50,7 +116,7 @@ def usage_fields(obj: object) -> tuple[_Fields, str]:
     )
 
 
-def _wrapped(inner: object, where: str) -> tuple[_Fields, str]:
+def _wrapped(inner: object, where: str) -> tuple[_Fields, str, str | None]:
     """Return the counts of the usage found at ``where`` (a response's usage attribute or key)."""
     if inner is None:
         raise UsageParseError(
@@ -64,6 +130,52 @@ def _wrapped(inner: object, where: str) -> tuple[_Fields, str]:
             "OpenAI, Anthropic, Gemini or Bedrock Converse token fields"
         )
     return found
+
+
+def _reported_tier(value: object) -> str | None:
+    """Return a tier a provider reported, or None when ``value`` is no tier name."""
+    if not isinstance(value, (str, Enum)):
+        return None
+    try:
+        return tier_name(value)
+    except InvalidValueError:  # not a str-valued enum, or absurdly long
+        return None
+
+
+def _response_tier(response: object) -> str | None:
+    """Return the tier a response reports beside its usage, or None.
+
+    OpenAI's and LiteLLM's ``service_tier``, Bedrock's ``serviceTier``
+    (``{"type": "priority"}``).
+    """
+    tier = _reported_tier(_read(response, "service_tier"))
+    if tier is not None:
+        return tier
+    block = _read(response, "serviceTier")
+    if isinstance(block, Mapping):
+        block = block.get("type")
+    return _reported_tier(block)
+
+
+def _gemini_tier(usage: object, tier_field: str, traffic_field: str) -> str | None:
+    """Return Gemini's tier, or None.
+
+    ``service_tier`` (the Gemini API; ``unspecified`` says nothing), else
+    ``traffic_type`` (Vertex AI: ``ON_DEMAND``, ``ON_DEMAND_PRIORITY``,
+    ``ON_DEMAND_FLEX``...).
+    """
+    tier = _reported_tier(_read(usage, tier_field))
+    if tier is not None and tier != "unspecified":
+        return tier
+    traffic = _read(usage, traffic_field)
+    if isinstance(traffic, Enum):
+        traffic = traffic.value
+    if not isinstance(traffic, str):
+        return None
+    key = traffic.strip().upper()
+    if key in _GEMINI_TRAFFIC:
+        return _GEMINI_TRAFFIC[key]
+    return _reported_tier(traffic)
 
 
 def _is_scalar(obj: object) -> bool:
@@ -289,20 +401,23 @@ def _bedrock_ttl_split(details: object, source: str) -> tuple[int, int]:
     return one_hour, five_minutes
 
 
-def _fields_of(usage: object) -> tuple[_Fields, str] | None:
-    """Return the counts of a usage object/dict of a known shape and its name, else None."""
+def _fields_of(usage: object) -> tuple[_Fields, str, str | None] | None:
+    """Return the counts, name and tier of a usage object/dict of a known shape, else None."""
     if _is_scalar(usage):
         return None
     kind = type(usage).__name__
+    tier = None
     if _has(usage, *_OPENAI_CHAT[:2]):
         source = f"OpenAI chat usage ({kind})"
         fields = _openai_fields(usage, _OPENAI_CHAT, source)
     elif _has(usage, *_GEMINI_SNAKE[::2]):
         source = f"Gemini usage_metadata ({kind})"
         fields = _gemini_fields(usage, _GEMINI_SNAKE, source)
+        tier = _gemini_tier(usage, "service_tier", "traffic_type")
     elif _has(usage, *_GEMINI_CAMEL[::2]):
         source = f"Gemini usageMetadata ({kind})"
         fields = _gemini_fields(usage, _GEMINI_CAMEL, source)
+        tier = _gemini_tier(usage, "serviceTier", "trafficType")
     elif _has(usage, "inputTokens", "outputTokens"):
         source = f"Bedrock Converse usage ({kind})"
         fields = _bedrock_fields(usage, source)
@@ -313,6 +428,7 @@ def _fields_of(usage: object) -> tuple[_Fields, str] | None:
         else:
             source = f"OpenAI Responses usage ({kind})"
             fields = _openai_fields(usage, _OPENAI_RESPONSES, source)
+        tier = _reported_tier(_read(usage, "service_tier"))  # Anthropic's usage carries it
     else:
         return None
-    return fields, source
+    return fields, source, tier

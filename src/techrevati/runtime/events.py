@@ -65,7 +65,8 @@ class EventName(StrEnum):
     ``data`` keys used with them: ``model``, ``duration_seconds``, ``attempt``,
     ``tool``, ``error_type``, ``cost_usd`` (a decimal string), ``input_tokens``,
     ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
-    ``cache_write_1h_tokens``, ``reasoning_tokens``, ``breaker``, ``from_state``,
+    ``cache_write_1h_tokens``, ``reasoning_tokens``, ``service_tier`` (the tier
+    that served a turn, ``None`` when not reported), ``breaker``, ``from_state``,
     ``to_state``, ``reason``; ``turn.throttled`` has ``wait_seconds`` (and
     ``limit``, ``retry_after`` and ``refused`` when the rate limiter refused);
     a streamed turn's ``turn.completed`` adds ``time_to_first_token_seconds``,
@@ -163,7 +164,8 @@ class UsageRecord:
     Token fields follow ``usage.UsageSnapshot``'s meaning: ``input_tokens``
     includes cache reads and writes; ``output_tokens`` includes reasoning;
     ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with
-    a one-hour life.
+    a one-hour life. ``service_tier`` is the tier that served the turn
+    (``UsageSnapshot.service_tier``: ``None`` when not reported).
     """
 
     model: str
@@ -182,6 +184,7 @@ class UsageRecord:
     worker_id: str = ""
     project_id: str | int | None = None
     timestamp: datetime = field(default_factory=utc_now)
+    service_tier: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -198,6 +201,9 @@ class UsageRecord:
         if not isinstance(self.cost_usd, Decimal) or not self.cost_usd.is_finite():
             raise InvalidValueError(f"cost_usd must be a finite Decimal, got {self.cost_usd!r}")
         _check_timestamp(self.timestamp)
+        tier: object = self.service_tier
+        if tier is not None and not isinstance(tier, str):
+            raise InvalidValueError(f"service_tier must be a str or None, got {tier!r}")
 
     @property
     def total_tokens(self) -> int:
@@ -223,6 +229,7 @@ class UsageRecord:
             "worker_id": self.worker_id,
             "project_id": self.project_id,
             "timestamp": self.timestamp.isoformat(),
+            "service_tier": self.service_tier,
         }
 
 

@@ -25,6 +25,7 @@ from techrevati.runtime._money import (
     _to_decimal,
     _usd,
 )
+from techrevati.runtime._usage_shapes import DEFAULT_SERVICE_TIER, SERVICE_TIERS, tier_name
 from techrevati.runtime._validate import non_empty_str
 from techrevati.runtime.errors import (
     InvalidValueError,
@@ -37,8 +38,10 @@ if TYPE_CHECKING:
     from techrevati.runtime.usage import UsageSnapshot
 
 __all__ = [
+    "DEFAULT_SERVICE_TIER",
     "LONG_CONTEXT_LITELLM_UNIT",
     "LOGGER_NAME",
+    "SERVICE_TIERS",
     "LongContextTier",
     "ModelPricing",
     "PricingFileError",
@@ -49,6 +52,7 @@ __all__ = [
     "has_pricing",
     "load_pricing_from_file",
     "register_pricing",
+    "tier_name",
     "unregister_pricing",
 ]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, cast
 
@@ -27,7 +27,12 @@ from techrevati.runtime._money import (
     _to_decimal,
     _usd,
 )
-from techrevati.runtime._usage_shapes import usage_fields
+from techrevati.runtime._usage_shapes import (
+    DEFAULT_SERVICE_TIER,
+    SERVICE_TIERS,
+    tier_name,
+    usage_fields,
+)
 from techrevati.runtime.errors import InvalidValueError, UsageParseError
 from techrevati.runtime.pricing import (
     _HOT,
@@ -61,8 +66,10 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_SERVICE_TIER",
     "LONG_CONTEXT_LITELLM_UNIT",
     "LOGGER_NAME",
+    "SERVICE_TIERS",
     "Budget",
     "BudgetExceededError",
     "BudgetReservation",
@@ -81,6 +88,7 @@ __all__ = [
     "has_pricing",
     "load_pricing_from_file",
     "register_pricing",
+    "tier_name",
     "unregister_pricing",
 ]
 
@@ -128,9 +136,18 @@ class UsageSnapshot(_CountsSlot):
     with a one-hour life (Anthropic and Bedrock bill it at a higher rate than
     the default five minutes). ``output_tokens`` counts all output tokens,
     reasoning included; ``reasoning_tokens`` is part of it. All are ints >= 0,
-    and the parts never exceed their whole. ``+`` adds snapshots field by field;
-    :data:`UsageSnapshot.ZERO` is the all-zero snapshot (what a turn whose
-    usage is unknown is counted as). Immutable, so safe to share.
+    and the parts never exceed their whole.
+
+    ``service_tier`` (keyword only) is the tier that served the turn, which
+    sets its rates: ``None`` when unknown (billed at the default rates), else
+    a name as :func:`~techrevati.runtime.pricing.tier_name` keeps it
+    (``"default"``, ``"flex"``, ``"priority"``, ``"batch"``; ``"standard"``
+    reads as ``"default"``, and a tier we do not know, such as OpenAI's
+    ``"scale"``, is kept lowercased). :meth:`from_response` reads it from the
+    response. ``+`` adds snapshots field by field and keeps the tier both
+    share (``None`` when they differ); :data:`UsageSnapshot.ZERO` is the
+    all-zero snapshot (what a turn whose usage is unknown is counted as).
+    Immutable, so safe to share.
     """
 
     input_tokens: int = 0
@@ -139,11 +156,14 @@ class UsageSnapshot(_CountsSlot):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    service_tier: str | None = field(default=None, kw_only=True)
 
     ZERO: ClassVar[UsageSnapshot]
     """All fields zero."""
 
     def __post_init__(self) -> None:
+        if self.service_tier is not None:
+            object.__setattr__(self, "service_tier", tier_name(self.service_tier))
         counts = (
             self.input_tokens,
             self.output_tokens,
@@ -187,12 +207,17 @@ class UsageSnapshot(_CountsSlot):
             )
         object.__setattr__(self, "_counts", counts)
 
-    def __setstate__(self, state: Sequence[int]) -> None:
-        # A pickle from before cache_write_1h_tokens existed has five counts.
-        counts = (*state, 0) if len(state) == 5 else tuple(state)
+    def __setstate__(self, state: Sequence[int | str | None]) -> None:
+        # A pickle from before cache_write_1h_tokens existed has five counts, from before
+        # service_tier six.
+        values = (*state, 0, None) if len(state) == 5 else tuple(state)
+        if len(values) == 6:
+            values = (*values, None)
+        *counts, tier = values
         for name, value in zip(_TOKEN_FIELDS, counts, strict=True):
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "_counts", counts)
+        object.__setattr__(self, "_counts", tuple(counts))
+        object.__setattr__(self, "service_tier", tier_name(tier))
 
     @property
     def total_tokens(self) -> int:
@@ -202,10 +227,16 @@ class UsageSnapshot(_CountsSlot):
     def __add__(self, other: UsageSnapshot) -> UsageSnapshot:
         if not isinstance(other, UsageSnapshot):
             return NotImplemented
-        return UsageSnapshot(*map(sum, zip(self._counts, other._counts, strict=True)))
+        tier = self.service_tier if self.service_tier == other.service_tier else None
+        return UsageSnapshot(
+            *map(sum, zip(self._counts, other._counts, strict=True)), service_tier=tier
+        )
 
     def to_dict(self) -> dict[str, int]:
-        """Return the six counts and ``total_tokens`` as a JSON-serialisable dict."""
+        """Return the six counts and ``total_tokens`` as a JSON-serialisable dict.
+
+        The counts only: :attr:`service_tier` is not a count (read the attribute).
+        """
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -217,7 +248,7 @@ class UsageSnapshot(_CountsSlot):
         }
 
     @classmethod
-    def from_response(cls, obj: object) -> UsageSnapshot:
+    def from_response(cls, obj: object, *, service_tier: str | None = None) -> UsageSnapshot:
         """Read the usage of a model response, of its usage object, or of a plain dict.
 
         Duck-typed, no SDK imported. Recognised shapes: OpenAI Chat Completions
@@ -233,10 +264,20 @@ class UsageSnapshot(_CountsSlot):
         type for anything else, including a response whose usage is ``None``
         (a stream without usage), counts that contradict each other, and an
         attribute that raises.
+
+        The service tier is read too: OpenAI's ``response.service_tier`` (Chat
+        and Responses; a bare usage object has none), Anthropic's
+        ``usage.service_tier``, Gemini's ``usage_metadata.service_tier`` or
+        ``traffic_type``, Bedrock's ``response["serviceTier"]["type"]``; a tier
+        that is not a string is none. ``service_tier=`` states it instead,
+        whatever the response says: a batch API's results are billed as
+        ``"batch"`` (OpenAI's batch output says ``"default"``).
         """
-        fields, source = usage_fields(obj)
+        fields, source, tier = usage_fields(obj)
+        if service_tier is not None:
+            tier = tier_name(service_tier)
         try:
-            return cls(*fields)
+            return cls(*fields, service_tier=tier)
         except InvalidValueError as exc:
             raise UsageParseError(f"{source} is inconsistent: {exc}") from exc
 
