@@ -189,24 +189,27 @@ class _SessionCore:
             return entry
         model, attempt, duration, usage, femto, flagged, status, stamp = entry
         worker = self.worker
+        data = {
+            "model": model,
+            "attempt": attempt,
+            "duration_seconds": duration,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cost_usd": usd_text(femto),
+            "usage_unknown": flagged,
+        }
+        if usage.service_tier is not None:  # the tier that served the turn, when reported
+            data["service_tier"] = usage.service_tier
         return AgentEvent(
             name=EventName.TURN_COMPLETED,
             role=self._orch.role,
             phase=self._orch.phase,
             status=status.value,
-            data={
-                "model": model,
-                "attempt": attempt,
-                "duration_seconds": duration,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_tokens,
-                "cache_write_tokens": usage.cache_write_tokens,
-                "cache_write_1h_tokens": usage.cache_write_1h_tokens,
-                "reasoning_tokens": usage.reasoning_tokens,
-                "cost_usd": usd_text(femto),
-                "usage_unknown": flagged,
-            },
+            data=data,
             timestamp=datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, float) else stamp,
             session_id=self.id,
             worker_id="" if worker is None else worker.id,

@@ -486,6 +486,7 @@ class _TurnEngine(_SessionCore):
                 worker_id=self._require_worker().id,
                 project_id=self._orch.project_id,
                 timestamp=self._orch.wall_clock(),
+                service_tier=usage.service_tier,
             )
         )
 
@@ -574,6 +575,8 @@ class _TurnEngine(_SessionCore):
             data["input_tokens"] = billed.input_tokens
             data["output_tokens"] = billed.output_tokens
             data["cost_usd"] = usd_text(cost.cost_femto_usd)
+            if billed.service_tier is not None:
+                data["service_tier"] = billed.service_tier
         if isinstance(exc, CircuitOpenError):
             name = EventName.BREAKER_REJECTED
             data["retry_after"] = exc.retry_after
