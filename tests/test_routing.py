@@ -960,3 +960,64 @@ def test_records_and_routes_from_many_threads_count_exactly() -> None:
     order = labels(final)[1:] if final.explored is not None else labels(final)
     averages = {s.candidate.label: s.cost_usd for s in router.stats()}
     assert order == sorted(order, key=lambda label: averages[label])  # type: ignore[arg-type,return-value]
+
+
+# ---- edges -----------------------------------------------------------------------------
+
+
+def test_a_call_exactly_the_size_of_a_limit_fits() -> None:
+    clock = FakeClock()
+    exact = limiter(clock, tokens_per_minute=100, input_tokens_per_minute=60)
+    router = HealthAwareRouter([Candidate("a", limiter=exact)], clock=clock)
+    decision = router.candidates(RouteRequest(UsageSnapshot(input_tokens=60, output_tokens=40)))
+    assert labels(decision) == ["a"]
+    assert decision.ranked[0].wait == 0.0
+
+
+def test_every_failed_attempt_since_the_last_success_is_charged_to_the_next_only() -> None:
+    clock = FakeClock()
+    a = Candidate("a")
+    router = HealthAwareRouter([a], prefer="cost", clock=clock, smoothing=1.0)
+    router.record(a, Outcome.failure("llm_timeout", 2.0, "0.25"))
+    router.record(a, Outcome.failure("llm_timeout", 3.0, "0.5"))
+    router.record(a, Outcome.success(1.0, "0.125"))
+    stats = router.stats()[0]
+    assert (stats.latency_seconds, stats.cost_usd) == (6.0, Decimal("0.875"))
+    router.record(a, Outcome.success(1.0, "0.125"))  # nothing failed since: only its own
+    stats = router.stats()[0]
+    assert (stats.latency_seconds, stats.cost_usd) == (1.0, Decimal("0.125"))
+
+
+def test_a_draw_on_a_weight_boundary_belongs_to_the_next_candidate() -> None:
+    cs = [Candidate("a", weight=5), Candidate("z", weight=0), Candidate("b", weight=5)]
+    router = WeightedRouter(cs, rng=Stratified([0.5, 0.0, 0.5]))
+    assert labels(router.candidates())[0] == "b"  # 0.5 * 10 = 5.0: the start of b's share
+    assert labels(router.candidates())[0] == "a"
+    assert labels(router.candidates(RouteRequest(exclude={"z"})))[0] == "b"  # the same, drawn
+    # among the candidates left
+
+
+def test_the_first_candidate_moves_down_when_it_gets_worse() -> None:
+    clock = FakeClock()
+    a, b, c = Candidate("a"), Candidate("b"), Candidate("c")
+    router = HealthAwareRouter([a, b, c], clock=clock, smoothing=1.0, explore=0)
+    for candidate, seconds in ((a, 1.0), (b, 2.0), (c, 3.0)):
+        router.record(candidate, Outcome.success(seconds))
+    assert labels(router.candidates()) == ["a", "b", "c"]
+    router.record(a, Outcome.success(2.5))
+    assert labels(router.candidates()) == ["b", "a", "c"]
+    router.record(c, Outcome.success(0.5))
+    assert labels(router.candidates()) == ["c", "b", "a"]
+
+
+def test_a_candidate_whose_cost_average_went_stale_ranks_with_the_unmeasured() -> None:
+    clock = FakeClock()
+    a, b = Candidate("a"), Candidate("b")
+    router = HealthAwareRouter([a, b], prefer="cost", clock=clock, stale_after=10.0, explore=0)
+    router.record(a, Outcome.success(1.0, "0.001"))
+    router.record(b, Outcome.success(1.0, "0.002"))
+    assert labels(router.candidates()) == ["a", "b"]
+    clock.advance(11.0)
+    router.record(a, Outcome.success(1.0))  # stale, and unpriced this time: no cost known
+    assert router.stats()[0].cost_usd is None
+    assert labels(router.candidates()) == ["b", "a"]
