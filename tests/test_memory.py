@@ -318,6 +318,13 @@ def test_compact_without_arguments_drops_a_quarter_of_the_tokens() -> None:
     )
 
 
+def test_a_message_may_count_up_to_a_trillion_tokens() -> None:
+    memory = ConversationMemory(counter=lambda m: 10**12)
+    memory.extend([user("a"), user("b")])
+    assert memory.token_estimate == 2 * 10**12
+    assert memory.compact(target_tokens=10**12).tokens_dropped == 10**12
+
+
 def test_compact_to_a_target_drops_the_fewest_groups_that_reach_it() -> None:
     memory = ConversationMemory(counter=fixed, messages=[user(str(i)) for i in range(10)])
     assert memory.compact(target_tokens=100).messages_dropped == 0
@@ -396,10 +403,10 @@ def test_extend_adds_all_or_none_and_names_the_bad_index() -> None:
             memory.extend(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("answer", [-1, True, 1.5, None])
-def test_a_counter_must_answer_an_int_at_least_zero(answer: object) -> None:
+@pytest.mark.parametrize("answer", [-1, True, 1.5, None, 10**12 + 1])
+def test_a_counter_must_answer_an_int_from_zero_to_a_trillion(answer: object) -> None:
     memory = ConversationMemory(counter=lambda m: answer)  # type: ignore[arg-type]
-    with pytest.raises(InvalidValueError, match=f"counter must return an int >= 0, got {answer}"):
+    with pytest.raises(InvalidValueError, match=f"<= 1e\\+12, got {answer}"):
         memory.append(user("x"))
     assert len(memory) == 0
 

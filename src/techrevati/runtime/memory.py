@@ -13,6 +13,7 @@ and a tool call never loses its results (or they it): the memory drops whole
 from __future__ import annotations
 
 import threading
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ DEFAULT_REDUCE_BY: Final = 0.25
 """The share of the tokens :meth:`ConversationMemory.compact` drops when given no target."""
 
 _FORMAT: Final = 1
+_MOST: Final = 10**12  # tokens one message may count: the sums stay machine ints
 _KEYS: Final = frozenset({"version", "strategy", "messages", "pinned"})
 
 
@@ -169,8 +171,8 @@ class ConversationMemory:
         # running token sum to each group's end (``_dropped_cum``: to the last dropped).
         self._msgs: list[dict[str, Any]] = []
         self._base = 0
-        self._firsts: list[int] = []
-        self._cum: list[int] = []
+        self._firsts = array("q")  # machine ints: dropping a run of them frees nothing
+        self._cum = array("q")
         self._dropped_cum = 0
         # Pinned messages, each with the absolute index of the group message it precedes.
         self._pinned: list[tuple[int, dict[str, Any]]] = []
@@ -327,9 +329,10 @@ class ConversationMemory:
     def _count(self, message: dict[str, Any]) -> int:
         """Count ``message`` and check the answer (called without the lock)."""
         tokens = self._counter(message)
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= _MOST:
             raise InvalidValueError(
-                f"counter must return an int >= 0, got {tokens!r} for {short(message)}"
+                f"counter must return an int >= 0 and <= {_MOST:.0e}, "
+                f"got {tokens!r} for {short(message)}"
             )
         return tokens
 
@@ -408,7 +411,7 @@ class ConversationMemory:
         else:
             dropped = self._firsts[groups] - self._base
             tokens = self._cum[groups - 1] - self._dropped_cum
-            del self._msgs[:dropped]
+            del self._msgs[:dropped]  # O(dropped): the freeing of the messages themselves
             self._base += dropped
             self._dropped_cum = self._cum[groups - 1]
             del self._firsts[:groups]
