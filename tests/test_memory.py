@@ -398,7 +398,7 @@ def test_extend_adds_all_or_none_and_names_the_bad_index() -> None:
     with pytest.raises(InvalidValueError, match=r"messages\[1\]: .*got 'robot'"):
         memory.extend([user("a"), {"role": "robot"}, user("b")])
     assert contents(memory) == ["kept"]
-    for bad in ("abc", user("not a list")):
+    for bad in ("abc", user("not a list"), 5):
         with pytest.raises(InvalidValueError, match="an iterable of messages"):
             memory.extend(bad)  # type: ignore[arg-type]
 

@@ -206,8 +206,9 @@ class ConversationMemory:
     def append(self, message: Mapping[str, Any], *, pinned: bool = False) -> CompactionResult:
         """Add ``message``, then drop what the strategy no longer keeps; return what went.
 
-        With ``pinned=True`` the message is never dropped (system messages
-        always are pinned), nor are the tool results that answer it. A tool
+        With ``pinned=True`` the message is never dropped (system and
+        developer messages always are pinned), nor are the tool results that
+        answer it. A tool
         result cannot be pinned apart from the message it answers.
         """
         strict_bool("pinned", pinned)
@@ -219,7 +220,7 @@ class ConversationMemory:
 
     def extend(self, messages: Iterable[Mapping[str, Any]]) -> CompactionResult:
         """Add each of ``messages`` in order (all or none), then apply the strategy once."""
-        if isinstance(messages, Mapping | str | bytes):
+        if isinstance(messages, Mapping | str | bytes) or not isinstance(messages, Iterable):
             raise InvalidValueError(
                 f"messages must be an iterable of messages, got {short(messages)}"
             )
