@@ -105,6 +105,16 @@ def limiter_wait(
     now = limiter._clock()
     with window._lock:  # the checks of _LocalWindow.admit, without the admission
         now = window._advance(now)
+        most = window._max_concurrent
+        if (
+            not any(window._caps)
+            and (limits[0] is None or window._requests < limits[0])
+            and (limits[1] is None or window._input + window._output + wanted[1] <= limits[1])
+            and (limits[2] is None or window._input + input_tokens <= limits[2])
+            and (limits[3] is None or window._output + output_tokens <= limits[3])
+            and (most is None or len(window._open) < most)
+        ):
+            return _FITS  # the common case, decided on the running totals alone
         kind, wait = window._window_wait(now, wanted)
         for dimension, cap in enumerate(window._caps):
             if cap is None or cap[1] <= now:
@@ -113,7 +123,6 @@ def limiter_wait(
                 kind, wait = "server", cap[1] - now
         if kind:
             return wait, kind
-        most = window._max_concurrent
         if most is not None and len(window._open) >= most:
             return math.inf, "concurrent"
     return _FITS

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 import random
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Final, Literal, NamedTuple, Protocol, overload, runtime_check
 
 from techrevati.runtime._breaker_state import _CLOSED, _HALF_OPEN, CircuitState
 from techrevati.runtime._clock import Clock
-from techrevati.runtime._money import MoneyInput, _to_decimal
+from techrevati.runtime._money import _USD_POWER, MoneyInput, _scaled, _to_decimal, _usd
 from techrevati.runtime._routing_reads import (
     FORCED_OPEN,
     OPEN,
@@ -47,7 +48,7 @@ from techrevati.runtime._routing_reads import (
     breaker_health,
     limiter_wait,
 )
-from techrevati.runtime._routing_tally import Slot, settle
+from techrevati.runtime._routing_tally import Slot, averaging, settle
 from techrevati.runtime._validate import (
     callable_or_none,
     enum_member,
@@ -92,6 +93,7 @@ DEFAULT_STALE_AFTER: Final = 300.0
 """Seconds without a success after which a candidate's averages are replaced, not moved."""
 
 _NO_EXTRA: Final[Mapping[str, object]] = MappingProxyType({})
+_CANDIDATE: Final = operator.itemgetter(0)
 
 
 def _no_extra() -> Mapping[str, object]:
@@ -142,21 +144,30 @@ class Outcome:
 
     Build it with :meth:`success` or :meth:`failure`. ``latency_seconds`` is
     the attempt's own duration (not the time it waited for the rate
-    limiter); ``cost_usd`` is what it was billed (exact; None when unpriced
-    or unknown); ``failure_class`` says why a failed attempt failed.
+    limiter); ``cost_usd`` is what it was billed (exact to 1e-15 USD, as
+    every amount in the library; None when unpriced or unknown);
+    ``failure_class`` says why a failed attempt failed.
     """
 
     ok: bool
     latency_seconds: float = 0.0
     cost_usd: Decimal | None = None
     failure_class: AgentFailureClass | None = None
+    cost_femto_usd: int | None = field(init=False, repr=False, compare=False)
+    """``cost_usd`` as an exact int of 1e-15 USD (None with it)."""
 
     def __post_init__(self) -> None:
         strict_bool("ok", self.ok)
-        latency = non_negative_number("latency_seconds", self.latency_seconds)
-        object.__setattr__(self, "latency_seconds", latency)
+        latency = self.latency_seconds
+        if type(latency) is not float or not 0.0 <= latency < math.inf:  # NaN fails too
+            latency = non_negative_number("latency_seconds", latency)
+            object.__setattr__(self, "latency_seconds", latency)
+        femto = None
         if self.cost_usd is not None:
-            object.__setattr__(self, "cost_usd", _to_decimal(self.cost_usd, "cost_usd"))
+            cost = _to_decimal(self.cost_usd, "cost_usd")
+            femto = _scaled(cost, _USD_POWER, "cost_usd", "1e-15 USD")
+            object.__setattr__(self, "cost_usd", cost)
+        object.__setattr__(self, "cost_femto_usd", femto)
         if self.ok:
             if self.failure_class is not None:
                 raise InvalidValueError(
@@ -173,7 +184,7 @@ class Outcome:
     @classmethod
     def success(cls, latency_seconds: float, cost_usd: MoneyInput | None = None) -> Outcome:
         """Make the outcome of a successful attempt: how long it took, what it cost."""
-        return cls(True, latency_seconds, _exact_or_none(cost_usd))
+        return cls(True, latency_seconds, cost_usd)  # type: ignore[arg-type]  # made exact in __post_init__
 
     @classmethod
     def failure(
@@ -183,7 +194,7 @@ class Outcome:
         cost_usd: MoneyInput | None = None,
     ) -> Outcome:
         """Make the outcome of a failed attempt: why (an ``AgentFailureClass``), how long, cost."""
-        return cls(False, latency_seconds, _exact_or_none(cost_usd), failure_class)  # type: ignore[arg-type]  # checked in __post_init__
+        return cls(False, latency_seconds, cost_usd, failure_class)  # type: ignore[arg-type]  # checked in __post_init__
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +301,8 @@ class Ranked(NamedTuple):
         return ", ".join(parts)
 
 
+_new_ranked: Final = tuple.__new__  # Ranked without its Python-level __new__: the hot path
+
 _STATE_WORDS: Final = {
     CircuitState.CLOSED: "closed",
     CircuitState.HALF_OPEN: "half-open: a probe",
@@ -363,7 +376,7 @@ class RouteDecision(Sequence[Candidate]):
         self.explored = explored
         self.least_bad = least_bad
         self.unit = unit
-        self._order = tuple(entry.candidate for entry in ranked)
+        self._order: tuple[Candidate, ...] = tuple(map(_CANDIDATE, ranked))
 
     @property
     def first(self) -> Candidate:
@@ -467,8 +480,9 @@ class CandidateStats:
     """What a router has observed of one candidate (a snapshot from ``stats()``).
 
     ``latency_seconds`` and ``cost_usd`` are moving averages per successful
-    turn (failed attempts' time and cost are added to the next success);
-    ``cost_usd_total`` is the exact sum of every cost recorded;
+    turn (failed attempts' time and cost are added to the next success; the
+    cost average is integer arithmetic in 1e-18 USD, rounded down at each
+    step); ``cost_usd_total`` is the exact sum of every cost recorded;
     ``last_measured`` is the router's clock at the last success.
     """
 
@@ -500,16 +514,7 @@ class ProviderRouter(Protocol):
 class _Router:
     """The candidates, their tallies, the lock, and record/stats/explain shared by every router."""
 
-    __slots__ = (
-        "_alpha",
-        "_alpha_usd",
-        "_by_label",
-        "_clock",
-        "_lock",
-        "_slots",
-        "_stale_after",
-        "rule",
-    )
+    __slots__ = ("_averaging", "_by_label", "_clock", "_lock", "_slots", "rule")
 
     rule: str
     """The router's rule, as decisions name it (``static``, ``health-aware, by latency``, ...)."""
@@ -530,11 +535,9 @@ class _Router:
         alpha = non_negative_number("smoothing", smoothing, above_zero=True)
         if alpha > 1:
             raise InvalidValueError(f"smoothing must be a number > 0 and <= 1, got {smoothing!r}")
-        self._alpha = alpha
-        self._alpha_usd = Decimal(repr(alpha))
         if stale_after is not None:
             stale_after = non_negative_number("stale_after", stale_after, finite=False)
-        self._stale_after = stale_after
+        self._averaging = averaging(alpha, stale_after)
 
     @property
     def members(self) -> tuple[Candidate, ...]:
@@ -553,14 +556,7 @@ class _Router:
             raise InvalidValueError(f"outcome must be an Outcome, got {outcome!r}")
         now = self._clock()
         with self._lock:
-            if settle(
-                slot,
-                outcome,
-                now=now,
-                alpha=self._alpha,
-                alpha_usd=self._alpha_usd,
-                stale_after=self._stale_after,
-            ):
+            if settle(slot, outcome, now, self._averaging):
                 self._measured_locked(slot)
 
     def stats(self) -> tuple[CandidateStats, ...]:
@@ -892,10 +888,11 @@ class HealthAwareRouter(_Router):
                         continue
                     waits = True
             view = slot.view
-            entry = (
-                Ranked(candidate, state, view.cost, view.cost_samples, wait, allowed, "")
+            entry = _new_ranked(
+                Ranked,
+                (candidate, state, view.cost, view.cost_samples, wait, allowed, "")
                 if by_cost
-                else Ranked(candidate, state, view.latency, view.samples, wait, allowed, "")
+                else (candidate, state, view.latency, view.samples, wait, allowed, ""),
             )
             if state is _HALF_OPEN:
                 probing.append(entry)
@@ -926,7 +923,7 @@ class HealthAwareRouter(_Router):
         if self._prefer == "order":
             return
         view = slot.view
-        score = view.cost if self._by_cost else view.latency
+        score = view.cost_atto if self._by_cost else view.latency
         slot.key = (1, 0, slot.index) if score is None else (0, score, slot.index)
         order = self._order
         at = slot.position
@@ -1042,7 +1039,7 @@ def _placed(number: int, entry: Ranked, unit: str) -> str:
     return f"{number}. {label} ({words})" if words else f"{number}. {label}"
 
 
-def _key_of(slot: Slot) -> tuple[int, float | Decimal, int]:
+def _key_of(slot: Slot) -> tuple[int, float, int]:
     return slot.key
 
 
@@ -1063,14 +1060,10 @@ def _stats_of(slot: Slot) -> CandidateStats:
         cost_usd=view.cost,
         samples=view.samples,
         cost_samples=view.cost_samples,
-        cost_usd_total=slot.cost_total,
+        cost_usd_total=_usd(slot.cost_femto),
         last_measured=view.measured_at,
         last_failure=slot.last_failure,
     )
-
-
-def _exact_or_none(cost: MoneyInput | None) -> Decimal | None:
-    return None if cost is None else _to_decimal(cost, "cost_usd")
 
 
 def _json_number(value: float | Decimal | None) -> float | str | None:
