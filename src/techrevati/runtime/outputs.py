@@ -16,6 +16,7 @@ feedback, a bounded number of times, then escalate with
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar, cast, overload
@@ -221,8 +222,6 @@ class OutputSpec(Generic[T_co]):
         the answer, or must match all of it with ``fullmatch=True``. A group
         that took no part in the match is ``None``.
         """
-        import re  # noqa: PLC0415 (only regex specs need it)
-
         if isinstance(pattern, re.Pattern):
             if flags:
                 raise InvalidValueError("give flags in the compiled pattern, not both")
@@ -363,7 +362,6 @@ def _unfenced(text: str) -> str:
 
 def _json_parser(kind: type, keys: tuple[str, ...], max_depth: int) -> Callable[[str], Any]:
     import json  # noqa: PLC0415 (only JSON specs need it)
-    import re  # noqa: PLC0415
 
     decoder = json.JSONDecoder(
         parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
@@ -425,7 +423,7 @@ def _typed(value: Any, kind: type, keys: tuple[str, ...], wanted: str, instructi
 
 
 def _bounded_int(digits: str) -> int:
-    if len(digits) > MAX_INT_DIGITS + 1:  # a sign, then the digits
+    if len(digits) - digits.startswith("-") > MAX_INT_DIGITS:
         raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
     return int(digits)
 
@@ -622,7 +620,7 @@ async def avalidated_call(
         except OutputValidationError as exc:
             if on_feedback is not None:
                 pending = on_feedback(exc)
-                if inspect.isawaitable(pending):
+                if isinstance(pending, Awaitable):
                     await pending
 
 
