@@ -173,8 +173,15 @@ def test_totals_and_per_model_rows_add_up() -> None:
         "cost_usd": "3.250003",
         "priced": True,
         "unpriced_turns": 0,
+        "service_tiers": {"default": {**without_tiers(rows["a"]), "tier_unpriced_turns": 0}},
     }
     assert tracker.total_cost() == Decimal("4.450003")
+
+
+def without_tiers(row: object) -> dict[str, object]:
+    """A summary row without its ``service_tiers`` (what each tier's row repeats)."""
+    assert isinstance(row, dict)
+    return {key: value for key, value in row.items() if key != "service_tiers"}
 
 
 def test_summary_is_json_serialisable_and_consistent() -> None:

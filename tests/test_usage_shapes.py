@@ -35,7 +35,13 @@ from openai.types.responses import ResponseUsage
 from techrevati.runtime import usage as usage_module
 from techrevati.runtime.errors import InvalidValueError
 from techrevati.runtime.events import UsageRecord
-from techrevati.runtime.pricing import LongContextTier, ModelPricing, _femto, register_pricing
+from techrevati.runtime.pricing import (
+    LongContextTier,
+    ModelPricing,
+    _femto,
+    _rates_femto,
+    register_pricing,
+)
 from techrevati.runtime.usage import UsageParseError, UsageSnapshot, UsageTracker
 from tests.conftest import CollectingSink, examples
 from tests.scripted_server import ScriptedServer, reply
@@ -835,11 +841,11 @@ def test_a_pricing_the_rates_cannot_be_read_off_is_priced_turn_by_turn(
     monkeypatch: pytest.MonkeyPatch, has_fee: Callable[[UsageSnapshot], bool]
 ) -> None:
     # A cost that is not linear in the counts (a flat fee of 7e-15 USD): no plan is
-    # made, and every turn is priced by _femto on the slow path.
+    # made, and every turn is priced by _rates_femto on the slow path.
     def with_fee(pricing: ModelPricing, usage: UsageSnapshot) -> int:
-        return _femto(pricing, usage) + (7 if has_fee(usage) else 0)
+        return _rates_femto(pricing, usage) + (7 if has_fee(usage) else 0)
 
-    monkeypatch.setattr(usage_module, "_femto", with_fee)
+    monkeypatch.setattr(usage_module, "_rates_femto", with_fee)
     monkeypatch.setattr(usage_module, "_PLANS", {})
     pricing = ModelPricing("3", "15")
     register_pricing("m", pricing)

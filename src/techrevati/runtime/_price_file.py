@@ -17,6 +17,20 @@ here so a loaded model costs what LiteLLM says it costs:
   ``start < input <= end``, the last tier past the highest range; a tier's
   unset cache rates are its input rate, an unset output rate is the model's.
 - ``cache_creation_input_token_cost_above_1hr`` is the one-hour cache write.
+- ``<key>_flex``, ``_priority``, ``_ultrafast``, ``_balanced`` price the turns
+  of that service tier (``cost_per_token(service_tier=...)``): each rate is
+  the tier's key, else the default one (an ``_above_`` rate: the tier's, else
+  the default's, else the tier's rate below; a one-hour write has no default
+  fallback above a threshold); a reasoning rate falls back to the tier's
+  output rate when the tier names an output rate.
+- ``<key>_batches`` price batch turns as ``batch_cost_calculator`` does: the
+  batch rates (each with its own ``_above_<N>_tokens_batches`` thresholds);
+  no batch cache-read rate means the default one, no batch cache-write rate
+  the batch input rate, no batch output rate half the default one, and no
+  batch input rate half the default input, cache-read and cache-write rates
+  (a cache read without a default rate then costs nothing, as in LiteLLM).
+  Reasoning is billed at the output rate. An entry with no batch key has no
+  batch tier: its batch turns are billed at the default rates, with a warning.
 """
 
 from __future__ import annotations
@@ -57,7 +71,9 @@ _OUR_RATE_KEYS: Final = frozenset(
         "reasoning_per_million",
     }
 )
-_OUR_MODEL_KEYS: Final = _OUR_RATE_KEYS | {"long_context"}
+_OUR_TIER_ENTRY_KEYS: Final = _OUR_RATE_KEYS | {"long_context"}
+_OUR_MODEL_KEYS: Final = _OUR_TIER_ENTRY_KEYS | {"service_tiers"}
+_OUR_NESTED: Final = frozenset({"long_context", "service_tiers"})
 _OUR_TIER_KEYS: Final = _OUR_RATE_KEYS | {"threshold_tokens"}
 _LITELLM_BASE: Final = {
     "input_cost_per_token": "input_per_million",
@@ -73,6 +89,27 @@ _LITELLM_THRESHOLD: Final = re.compile(
     r"_above_(\d+)(k?)_tokens$"
 )
 """The threshold keys LiteLLM reads (a reasoning rate is never re-priced by a threshold)."""
+_LITELLM_TIER_THRESHOLD: Final = re.compile(
+    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
+    r"|cache_creation_input_token_cost|cache_creation_input_token_cost_above_1hr)"
+    r"_above_(\d+)(k?)_tokens_(flex|priority|ultrafast|balanced|batches)$"
+)
+"""The threshold keys of one service tier (``input_cost_per_token_above_200k_tokens_priority``)."""
+_LITELLM_SERVICE: Final = ("flex", "priority", "ultrafast", "balanced")
+"""Suffixes LiteLLM's ``cost_per_token(service_tier=...)`` reads; each names our tier."""
+_BATCHES: Final = "batches"
+_ONE_HOUR: Final = "cache_creation_input_token_cost_above_1hr"
+_CACHE_WRITE: Final = "cache_creation_input_token_cost"
+_READ: Final = "cache_read_per_million"
+_WRITE: Final = "cache_write_per_million"
+_BATCH_KINDS: Final = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    _CACHE_WRITE,
+    _ONE_HOUR,
+)
+"""The kinds ``batch_cost_calculator`` reads ``_batches`` rates of (no reasoning rate)."""
 _LITELLM_SKIP: Final = "sample_spec"
 _INCLUSIVE_PROVIDERS: Final = frozenset({"xai"})
 """Providers whose ``_above_`` thresholds bill from the threshold itself (``>=``)."""
@@ -224,6 +261,7 @@ class _Reader:
         self.rounded: list[PricingFileNote] = []
         self.skipped: list[PricingFileNote] = []
         self.ignored: list[PricingFileNote] = []
+        self._read: dict[tuple[str, str], Decimal] = {}  # (entry, key) -> its rate, this entry
 
     def problem(self, entry: str, reason: str) -> None:
         self.problems.append((entry, reason))
@@ -271,6 +309,7 @@ class _Reader:
                 continue
             self.repeated(entry, name)
             count, rounded = len(self.problems), len(self.rounded)
+            self._read.clear()
             try:
                 pricing = self._litellm_entry(name, entry)
             except InvalidValueError as exc:
@@ -289,17 +328,28 @@ class _Reader:
         """Return the pricing of one LiteLLM entry, or None when it is not priced per token."""
         base = self._rates(name, entry, "")
         ranged = entry.get("tiered_pricing")
-        # Ranges that price tokens decide every turn with input; the _above_ keys then never do.
+        # Ranges that price tokens decide every turn with input; the _above_ keys then never do
+        # (and LiteLLM reads no service tier's rates: no entry with ranges names any).
         tiers = None if ranged is None else self._ranged_tiers(name, ranged, base)
+        service: dict[str, ModelPricing] = {}
         if tiers is None:
             if "input_per_million" not in base and "output_per_million" not in base:
                 return None  # not priced per token (image, audio, per-request, per-query models)
+            raw = dict(base)
             self._litellm_defaults(name, entry, base)
             inclusive = entry.get("litellm_provider") in _INCLUSIVE_PROVIDERS
-            tiers = self._threshold_tiers(name, entry, base, inclusive=inclusive)
+            above = self._above_rates(name, entry)
+            tiers = self._threshold_tiers(base, above, inclusive=inclusive)
+            for suffix in _LITELLM_SERVICE:
+                pricing = self._suffixed_tier(name, entry, base, above, suffix, inclusive)
+                if pricing is not None:
+                    service[suffix] = pricing
+            batch = self._batch_tier(name, entry, raw, above, inclusive)
+            if batch is not None:
+                service["batch"] = batch
         base.setdefault("input_per_million", Decimal(0))
         base.setdefault("output_per_million", Decimal(0))
-        return ModelPricing(**base, long_context=_chained(tiers))
+        return _made(base, tiers, service)
 
     def _litellm_defaults(
         self, name: str, entry: dict[str, object], base: dict[str, Decimal]
@@ -328,17 +378,24 @@ class _Reader:
             if (value := source.get(key)) is not None
         }
 
-    def _threshold_tiers(
-        self, name: str, entry: dict[str, object], base: dict[str, Decimal], *, inclusive: bool
-    ) -> list[tuple[int, dict[str, Decimal]]]:
+    def _above_rates(self, name: str, entry: dict[str, object]) -> dict[int, dict[str, Decimal]]:
+        """Read the default ``_above_<N>_tokens`` rates: threshold -> our rate name -> rate."""
         above: dict[int, dict[str, Decimal]] = {}
         for key, value in entry.items():
             match = _LITELLM_THRESHOLD.match(key)
             if match is None or value is None:
                 continue
-            threshold = int(match.group(2)) * (LONG_CONTEXT_LITELLM_UNIT if match.group(3) else 1)
             rate = self._per_token(name, key, value)
-            above.setdefault(threshold, {})[_LITELLM_BASE[match.group(1)]] = rate
+            above.setdefault(_threshold(match), {})[_LITELLM_BASE[match.group(1)]] = rate
+        return above
+
+    def _threshold_tiers(
+        self,
+        base: dict[str, Decimal],
+        above: dict[int, dict[str, Decimal]],
+        *,
+        inclusive: bool,
+    ) -> list[tuple[int, dict[str, Decimal]]]:
         tiers = []
         rates = dict(base)
         for threshold in sorted(above):
@@ -347,6 +404,173 @@ class _Reader:
                 raise _Skip(f"*_above_{threshold}_tokens", "an inclusive threshold of 0 tokens")
             tiers.append((threshold - 1 if inclusive else threshold, rates))
         return tiers
+
+    def _suffixed_tier(  # noqa: PLR0917 (one entry's readings)
+        self,
+        name: str,
+        entry: dict[str, object],
+        base: dict[str, Decimal],
+        above: dict[int, dict[str, Decimal]],
+        suffix: str,
+        inclusive: bool,
+    ) -> ModelPricing | None:
+        """Return the pricing of the ``_<suffix>`` tier, or None when the entry names none of it.
+
+        As ``cost_per_token(service_tier=...)`` reads it: each rate is the
+        tier's key, else the default key; above a threshold, the tier's
+        ``_above_`` key, else the default's (except for the one-hour write),
+        else the rate below.
+        """
+        own_above = self._tier_above(name, entry, suffix)
+        rates = dict(base)
+        named = bool(own_above)
+        for key, ours in _LITELLM_BASE.items():
+            value = entry.get(f"{key}_{suffix}")
+            if value is not None:
+                rates[ours] = self._per_token(name, f"{key}_{suffix}", value)
+                named = True
+        if not named:
+            return None
+        output = entry.get(f"output_cost_per_token_{suffix}")
+        if output is not None and entry.get(f"output_cost_per_reasoning_token_{suffix}") is None:
+            rates.pop("reasoning_per_million", None)  # billed at the tier's output rate
+        image_output = entry.get(_IMAGE_OUTPUT)
+        if not rates.get("output_per_million") and image_output is not None:
+            rates["output_per_million"] = self._per_token(name, _IMAGE_OUTPUT, image_output)
+        tiers = []
+        level = dict(rates)
+        for threshold in sorted(set(above) | set(own_above)):
+            default_step = {
+                kind: rate
+                for kind, rate in above.get(threshold, {}).items()
+                if kind != "cache_write_1h_per_million"  # no default fallback above (LiteLLM)
+            }
+            step = {**default_step, **own_above.get(threshold, {})}
+            if not step:
+                continue
+            level = {**level, **step}
+            if inclusive and threshold == 0:
+                raise _Skip(f"*_above_0_tokens_{suffix}", "an inclusive threshold of 0 tokens")
+            tiers.append((threshold - 1 if inclusive else threshold, level))
+        return _made(rates, tiers)
+
+    def _tier_above(
+        self, name: str, entry: dict[str, object], suffix: str
+    ) -> dict[int, dict[str, Decimal]]:
+        """Read one tier's ``_above_<N>_tokens_<suffix>`` rates: threshold -> rate name -> rate."""
+        above: dict[int, dict[str, Decimal]] = {}
+        for key, value in entry.items():
+            match = _LITELLM_TIER_THRESHOLD.match(key)
+            if match is None or value is None or match.group(4) != suffix:
+                continue
+            rate = self._per_token(name, key, value)
+            above.setdefault(_threshold(match), {})[_LITELLM_BASE[match.group(1)]] = rate
+        return above
+
+    def _batch_tier(
+        self,
+        name: str,
+        entry: dict[str, object],
+        raw: dict[str, Decimal],
+        above: dict[int, dict[str, Decimal]],
+        inclusive: bool,
+    ) -> ModelPricing | None:
+        """Return the batch tier as ``batch_cost_calculator`` bills it, or None without batch keys.
+
+        ``raw`` holds the default rates as the file gives them (before the
+        rates LiteLLM's code supplies), ``above`` the default thresholds.
+        Each kind's rate is a step function of the input: it is read at 0
+        input and just past every threshold, and a tier starts where it changes.
+        """
+        flat: dict[str, Decimal | None] = {}
+        for key in _BATCH_KINDS:
+            value = entry.get(f"{key}_{_BATCHES}")
+            flat[key] = None if value is None else self._per_token(name, f"{key}_{_BATCHES}", value)
+        steps: dict[str, dict[int, Decimal]] = {key: {} for key in _BATCH_KINDS}
+        for threshold, rates in self._tier_above(name, entry, _BATCHES).items():
+            for key in _BATCH_KINDS:
+                if _LITELLM_BASE[key] in rates:
+                    steps[key][threshold] = rates[_LITELLM_BASE[key]]
+        if all(rate is None for rate in flat.values()) and not any(steps.values()):
+            return None
+        halves = self._batch_halves(name, raw)
+        half_output = self._half(name, "output_cost_per_token", raw.get("output_per_million"))
+        image_output = None
+        image_rate = entry.get(_IMAGE_OUTPUT)
+        if not raw.get("output_per_million") and image_rate is not None:
+            # An image model's output tokens are image tokens: the batch image rate, else half.
+            value = entry.get(f"{_IMAGE_OUTPUT}_{_BATCHES}")
+            image_output = (
+                self._half(name, _IMAGE_OUTPUT, self._per_token(name, _IMAGE_OUTPUT, image_rate))
+                if value is None
+                else self._per_token(name, f"{_IMAGE_OUTPUT}_{_BATCHES}", value)
+            )
+
+        def batch_rate(key: str, tokens: int) -> Decimal | None:
+            crossed = [t for t in steps[key] if tokens > t or (inclusive and tokens == t)]
+            return steps[key][max(crossed)] if crossed else flat[key]
+
+        def default_read(tokens: int) -> Decimal | None:
+            crossed = [t for t, rates in above.items() if tokens > t and _READ in rates]
+            return above[max(crossed)][_READ] if crossed else raw.get(_READ)
+
+        def rates_at(tokens: int) -> dict[str, Decimal]:
+            rate_in = batch_rate("input_cost_per_token", tokens)
+            if rate_in is None:  # no batch input rate: half the default ones
+                rates = dict(halves)
+            else:
+                read = batch_rate(_CACHE_READ, tokens)
+                found = {
+                    "input_per_million": rate_in,
+                    _READ: default_read(tokens) if read is None else read,
+                    "cache_write_per_million": batch_rate(_CACHE_WRITE, tokens),
+                    "cache_write_1h_per_million": batch_rate(_ONE_HOUR, tokens),
+                }
+                rates = {kind: rate for kind, rate in found.items() if rate is not None}
+            output = batch_rate("output_cost_per_token", tokens)
+            rates["output_per_million"] = half_output if output is None else output
+            if image_output is not None:
+                rates["output_per_million"] = image_output
+            return rates
+
+        points = {t - 1 if inclusive else t for kind in steps.values() for t in kind}
+        points |= {t for t, rates in above.items() if _READ in rates}
+        base = level = rates_at(0)
+        tiers = []
+        for point in sorted(p for p in points if p >= 0):
+            rates = rates_at(point + 1)
+            if rates != level:
+                tiers.append((point, rates))
+                level = rates
+        return _made(base, tiers)
+
+    def _batch_halves(self, name: str, raw: dict[str, Decimal]) -> dict[str, Decimal]:
+        """Return the batch rates of an entry without a batch input rate: half the default ones.
+
+        As ``batch_cost_calculator`` bills it: no default input rate bills no
+        input at all; no default cache-read rate bills cache reads at nothing;
+        cache writes (one-hour ones too) at half the cache-write rate, else
+        half the input rate.
+        """
+        rate_in = raw.get("input_per_million")
+        if rate_in is None:
+            return dict.fromkeys(("input_per_million", _READ, _WRITE), Decimal(0))
+        read = raw.get(_READ)
+        write = raw.get(_WRITE, rate_in)
+        return {
+            "input_per_million": self._half(name, "input_cost_per_token", rate_in),
+            _READ: Decimal(0) if read is None else self._half(name, _CACHE_READ, read),
+            _WRITE: self._half(name, _CACHE_WRITE, write),
+        }
+
+    def _half(self, name: str, key: str, rate: Decimal | None) -> Decimal:
+        """Return half of a default rate (0 for none), on the grid: LiteLLM's batch default."""
+        if rate is None:
+            return Decimal(0)
+        femto = _scaled(rate, _RATE_POWER, key, _GRID)
+        half = Decimal(f"{femto * 5}E-10")  # exact, whatever the caller's context
+        text = f"(unset: half of {key}, as LiteLLM bills a batch)"
+        return self._on_grid(name, f"{key}_{_BATCHES}", half, text)
 
     def _ranged_tiers(
         self, name: str, ranged: object, base: dict[str, Decimal]
@@ -396,9 +620,18 @@ class _Reader:
         return tiers
 
     def _per_token(self, name: str, key: str, value: object) -> Decimal:
-        """Convert USD per token to USD per million; round to the grid unless strict."""
+        """Convert USD per token to USD per million; round to the grid unless strict.
+
+        Read once per entry and key (a tier may read a default key again): one note each.
+        """
+        memo = (name, key)
+        known = self._read.get(memo)
+        if known is not None:
+            return known
         number = _to_decimal(value, key)
-        return self._on_grid(name, key, _shifted(number, _PER_TOKEN_TO_MILLION), repr(value))
+        rate = self._on_grid(name, key, _shifted(number, _PER_TOKEN_TO_MILLION), repr(value))
+        self._read[memo] = rate
+        return rate
 
     def _on_grid(self, name: str, key: str, per_million: Decimal, text: str) -> Decimal:
         """Return ``per_million`` if the grid holds it; else round it (noted) or, strict, refuse."""
@@ -453,6 +686,29 @@ class _Reader:
                 )
 
 
+def _made(
+    rates: Mapping[str, Decimal],
+    tiers: Sequence[tuple[int, Mapping[str, object]]],
+    service: Mapping[str, ModelPricing] | None = None,
+) -> ModelPricing:
+    """Build a pricing from our rate names (unset input and output rates are 0) and its tiers."""
+    return ModelPricing(
+        rates.get("input_per_million", Decimal(0)),
+        rates.get("output_per_million", Decimal(0)),
+        cache_read_per_million=rates.get(_READ),
+        cache_write_per_million=rates.get(_WRITE),
+        cache_write_1h_per_million=rates.get("cache_write_1h_per_million"),
+        reasoning_per_million=rates.get("reasoning_per_million"),
+        long_context=_chained(tiers),
+        service_tiers=service,
+    )
+
+
+def _threshold(match: re.Match[str]) -> int:
+    """Return the tokens an ``_above_<N>[k]_tokens`` key names."""
+    return int(match.group(2)) * (LONG_CONTEXT_LITELLM_UNIT if match.group(3) else 1)
+
+
 def _token_range(where: str, value: object) -> tuple[int, int]:
     """Return a ``[start, end]`` range of whole token counts, or raise naming it."""
     if isinstance(value, list) and len(value) == 2:
@@ -486,11 +742,15 @@ def _shifted(number: Decimal, places: int) -> Decimal:
     return Decimal(int(shifted)) if exponent + places >= 0 else shifted
 
 
-def _our_entry(entry: object) -> ModelPricing:
-    """Return one entry of our schema as a pricing, or raise naming what is wrong."""
+def _our_entry(entry: object, *, tier: str | None = None) -> ModelPricing:
+    """Return one entry of our schema as a pricing, or raise naming what is wrong.
+
+    ``tier`` names the service tier an entry of ``service_tiers`` prices (it
+    may not have service tiers of its own).
+    """
     if not isinstance(entry, dict):
         raise InvalidValueError(f"entry must be a table of rates, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - _OUR_MODEL_KEYS)
+    unknown = sorted(set(entry) - (_OUR_MODEL_KEYS if tier is None else _OUR_TIER_ENTRY_KEYS))
     if unknown:
         raise InvalidValueError(f"unknown keys {unknown}")
     missing = sorted({"input_per_million", "output_per_million"} - set(entry))
@@ -504,8 +764,26 @@ def _our_entry(entry: object) -> ModelPricing:
     thresholds = [threshold for threshold, _ in tiers]
     if len(set(thresholds)) != len(thresholds):
         raise InvalidValueError(f"long_context tiers share a threshold_tokens: {thresholds}")
-    rates = {key: value for key, value in entry.items() if key != "long_context"}
-    return ModelPricing(**rates, long_context=_chained(tiers))
+    service = _our_service_tiers(entry.get("service_tiers"))
+    rates = {key: value for key, value in entry.items() if key not in _OUR_NESTED}
+    return ModelPricing(**rates, long_context=_chained(tiers), service_tiers=service)
+
+
+def _our_service_tiers(raw: object) -> dict[str, ModelPricing] | None:
+    """Return the ``service_tiers`` table of an entry: tier name -> its pricing."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidValueError(
+            f"service_tiers must be a table of tier name -> rates, got {type(raw).__name__}"
+        )
+    service = {}
+    for name, tier_entry in raw.items():
+        try:
+            service[name] = _our_entry(tier_entry, tier=name)
+        except InvalidValueError as exc:
+            raise InvalidValueError(f"service_tiers.{name}: {exc}") from None
+    return service
 
 
 def _chained(tiers: Sequence[tuple[int, Mapping[str, object]]]) -> LongContextTier | None:

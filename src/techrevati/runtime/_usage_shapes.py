@@ -25,7 +25,7 @@ __all__ = [
 
 DEFAULT_SERVICE_TIER: Final = "default"
 """The tier billed at a model's ordinary rates (OpenAI's ``default``, Anthropic's ``standard``)."""
-SERVICE_TIERS: Final = ("default", "flex", "priority", "batch", "ultrafast", "balanced")
+SERVICE_TIERS: Final = (DEFAULT_SERVICE_TIER, "flex", "priority", "batch", "ultrafast", "balanced")
 """The tiers a pricing may hold rates for (LiteLLM's ``_flex``, ``_priority``, ``_batches``,
 ``_ultrafast``, ``_balanced`` rates); any other tier a provider names is billed at the default
 rates, with a warning."""

@@ -1,20 +1,24 @@
 """Model pricing: per-token rates, the registry that holds them, and pricing files.
 
-:class:`ModelPricing` (with optional :class:`LongContextTier` tiers) turns a
-turn's tokens into exact money. Register one per model name with
-:func:`register_pricing` (thread-safe), or load many from our JSON/TOML schema
-or LiteLLM's price file with :func:`load_pricing_from_file` (the reading
-itself lives in the private ``_price_file`` module, loaded on first use). A
-model without pricing costs zero and is warned about once per process.
+:class:`ModelPricing` (with optional :class:`LongContextTier` tiers, and rates
+per service tier: flex, priority, batch) turns a turn's tokens into exact
+money. Register one per model name with :func:`register_pricing`
+(thread-safe), or load many from our JSON/TOML schema or LiteLLM's price file
+with :func:`load_pricing_from_file` (the reading itself lives in the private
+``_price_file`` module, loaded on first use). A model without pricing costs
+zero and is warned about once per process; a turn of a service tier its model
+has no rates for is billed at the default rates and warned about once per
+model and tier.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from techrevati.runtime._log import get_logger
@@ -58,10 +62,13 @@ __all__ = [
 
 
 LOGGER_NAME: Final = "techrevati.runtime.usage"
-"""The logger that reports unpriced models (one warning per model per process)."""
+"""The logger that reports unpriced models (one warning per model per process) and service
+tiers billed at the default rates (one warning per model and tier)."""
 LONG_CONTEXT_LITELLM_UNIT: Final = 1000
 """LiteLLM's ``*_above_200k_tokens`` means above ``200 * 1000`` input tokens."""
 _LOG: Final = get_logger(LOGGER_NAME)
+_OLD_PICKLE_FIELDS: Final = 11
+"""How many values a ModelPricing pickled before service tiers holds."""
 _NO_TIER: Final = 1 << 62
 """The ``_threshold`` of a pricing without a long-context tier: no turn is above it."""
 _RATE_FIELDS: Final = (
@@ -158,6 +165,15 @@ class ModelPricing:
     silent rounding. ``long_context`` optionally re-prices long turns whole
     (a :class:`LongContextTier`, which may chain higher ones); :attr:`tiers`
     lists every tier, lowest threshold first.
+
+    ``service_tiers`` maps a service tier (``"flex"``, ``"priority"``,
+    ``"batch"``, ...; see :data:`SERVICE_TIERS`) to the whole pricing of a
+    turn served at that tier, which replaces these rates for it (its own
+    defaults and long-context tiers apply; it may not have service tiers of
+    its own). A turn whose :attr:`UsageSnapshot.service_tier` is ``None`` or
+    ``"default"`` takes these rates; one of a tier with no entry here (OpenAI's
+    ``"scale"``, a ``"batch"`` turn of a model priced without batch rates)
+    takes them too, and is warned about once per model and tier.
     """
 
     input_per_million: Decimal
@@ -167,8 +183,12 @@ class ModelPricing:
     cache_write_1h_per_million: Decimal | None
     reasoning_per_million: Decimal | None
     long_context: LongContextTier | None
+    service_tiers: Mapping[str, ModelPricing] = field(compare=False)
+    """Service tier -> the pricing of its turns (read-only; empty when there is none)."""
     tiers: tuple[LongContextTier, ...] = field(init=False, repr=False, compare=False)
     """Every long-context tier, lowest threshold first: ``long_context`` and its ``above`` chain."""
+    _service: tuple[tuple[str, ModelPricing], ...] = field(init=False, repr=False)
+    """``service_tiers`` as sorted pairs: what equality and the hash compare."""
     _threshold: int = field(init=False, repr=False, compare=False)
     _full: _FullRates = field(init=False, repr=False, compare=False)
     _above: tuple[tuple[int, _FullRates], ...] = field(init=False, repr=False, compare=False)
@@ -183,6 +203,7 @@ class ModelPricing:
         cache_write_1h_per_million: MoneyInput | None = None,
         reasoning_per_million: MoneyInput | None = None,
         long_context: LongContextTier | None = None,
+        service_tiers: Mapping[str, ModelPricing] | None = None,
     ) -> None:
         _init_rates(
             self,
@@ -211,19 +232,95 @@ class ModelPricing:
         object.__setattr__(self, "_above", above)
         threshold = _NO_TIER if long_context is None else long_context.threshold_tokens
         object.__setattr__(self, "_threshold", threshold)  # turns up to it take the base rates
+        service = _service_tiers(service_tiers)
+        object.__setattr__(self, "_service", tuple(sorted(service.items())))
+        object.__setattr__(self, "service_tiers", MappingProxyType(service))
 
     def cost_usd(self, usage: UsageSnapshot) -> Decimal:
-        """Return the exact cost of one turn with ``usage`` at these rates."""
+        """Return the exact cost of one turn with ``usage`` at these rates.
+
+        The rates of ``usage.service_tier`` when this pricing has them; the
+        default rates otherwise (a tier without rates is warned about once).
+        """
         from techrevati.runtime.usage import _require_snapshot  # noqa: PLC0415 (a cycle)
 
         _require_snapshot(usage)
         return _usd(_femto(self, usage))
+
+    def for_tier(self, service_tier: str | None) -> ModelPricing | None:
+        """Return the pricing of turns served at ``service_tier``, or None when it has none here.
+
+        ``None`` and ``"default"`` (and its aliases, such as ``"standard"``) are
+        this pricing itself.
+        """
+        tier = tier_name(service_tier)
+        if tier is None or tier is DEFAULT_SERVICE_TIER:
+            return self
+        return self.service_tiers.get(tier)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (
+            self.input_per_million,
+            self.output_per_million,
+            self.cache_read_per_million,
+            self.cache_write_per_million,
+            self.cache_write_1h_per_million,
+            self.reasoning_per_million,
+            self.long_context,
+            dict(self.service_tiers),
+        )
+
+    def __setstate__(self, state: Sequence[object]) -> None:
+        # A pickle from before service tiers holds every field, the derived ones too (11).
+        values = (*state[:7], None) if len(state) == _OLD_PICKLE_FIELDS else tuple(state)
+        *rates, long_context, service = values
+        ModelPricing.__init__(
+            self,
+            *rates[:2],  # type: ignore[arg-type]
+            cache_read_per_million=rates[2],  # type: ignore[arg-type]
+            cache_write_per_million=rates[3],  # type: ignore[arg-type]
+            cache_write_1h_per_million=rates[4],  # type: ignore[arg-type]
+            reasoning_per_million=rates[5],  # type: ignore[arg-type]
+            long_context=long_context,  # type: ignore[arg-type]
+            service_tiers=service,  # type: ignore[arg-type]
+        )
+
+
+def _service_tiers(given: object) -> dict[str, ModelPricing]:
+    """Validate ``service_tiers`` and return it with its names normalised, in sorted order."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise InvalidValueError(
+            f"service_tiers must be a mapping of tier name to ModelPricing, got {given!r}"
+        )
+    service: dict[str, ModelPricing] = {}
+    for key, pricing in given.items():
+        tier = tier_name(key, "service_tiers key")
+        if tier is None or tier is DEFAULT_SERVICE_TIER:
+            raise InvalidValueError(
+                f"service_tiers key {key!r} names the default tier: its rates are the pricing's own"
+            )
+        if tier in service:
+            raise InvalidValueError(f"service_tiers names tier {tier!r} twice (as {key!r})")
+        if not isinstance(pricing, ModelPricing):
+            raise InvalidValueError(
+                f"service_tiers[{key!r}] must be a ModelPricing, got {pricing!r}"
+            )
+        if pricing.service_tiers:
+            raise InvalidValueError(
+                f"service_tiers[{key!r}] has service tiers of its own; a tier's pricing has none"
+            )
+        service[tier] = pricing
+    return dict(sorted(service.items()))
 
 
 _PRICES: dict[str, ModelPricing] = {}
 """Model name (stripped) -> pricing. Written under _REGISTRY_LOCK; read without it."""
 _WARNED: set[str] = set()
 """Unpriced models already warned about in this process."""
+_TIER_WARNED: set[tuple[str, str]] = set()
+"""(model, tier) pairs already warned about: a tier the model has no rates for."""
 _REGISTRY_LOCK: Final = threading.Lock()
 
 
@@ -239,7 +336,7 @@ class _HotRates:
     -1, so every later turn takes the slow path, which looks the name up again.
     """
 
-    __slots__ = ("base", "ceiling", "pricing", "scale", "threshold", "tier")
+    __slots__ = ("base", "ceiling", "pricing", "scale", "service", "threshold", "tier")
 
     def __init__(
         self,
@@ -250,15 +347,20 @@ class _HotRates:
         if plan is None:  # no plan could be read: born retired
             plan = (-1, -1, (0,) * 6, (0,) * 6, 0)
         self.threshold, self.ceiling, self.base, self.tier, self.scale = plan
+        self.service: dict[str, _HotRates] = {}
+        """Service tier -> the hot rates of its pricing (added, and retired, under the lock)."""
 
     def retire(self) -> None:
         """Send every later turn to the slow path (the caller holds _REGISTRY_LOCK).
 
         The ceiling goes first: a turn that read the old threshold still
-        compares against a ceiling of the same pricing, or of none.
+        compares against a ceiling of the same pricing, or of none. The
+        service tiers' rates retire with the name's.
         """
         self.ceiling = -1
         self.threshold = -1
+        for rates in self.service.values():
+            rates.retire()
 
 
 _HOT: dict[str, _HotRates] = {}
@@ -310,7 +412,7 @@ def unregister_pricing(model: str) -> bool:
 
 
 def clear_pricing() -> None:
-    """Forget every registered pricing and which unpriced models were warned about.
+    """Forget every registered pricing and which unpriced models and tiers were warned about.
 
     Meant for tests; the registry starts empty.
     """
@@ -318,6 +420,7 @@ def clear_pricing() -> None:
         _retire(list(_HOT))
         _PRICES.clear()
         _WARNED.clear()
+        _TIER_WARNED.clear()
 
 
 def load_pricing_from_file(path: str | os.PathLike[str], *, strict: bool = False) -> list[str]:
@@ -383,12 +486,54 @@ def _lookup(name: str) -> ModelPricing | None:
 
 def _cost_femto(model: str, usage: UsageSnapshot) -> int:
     """Return what ``usage`` costs for ``model`` now, in 1e-15 USD (0 when unpriced)."""
-    pricing = _lookup(_model_name(model))
-    return 0 if pricing is None else _femto(pricing, usage)
+    name = _model_name(model)
+    pricing = _lookup(name)
+    return 0 if pricing is None else _femto(pricing, usage, name)
 
 
-def _femto(pricing: ModelPricing, usage: UsageSnapshot) -> int:
-    """Return the exact cost of ``usage`` in femto-dollars (disjoint parts, whole-turn tier)."""
+def _tier_pricing(pricing: ModelPricing, tier: str, name: str) -> ModelPricing | None:
+    """Return the pricing of ``tier`` (not the default one), or None after warning once.
+
+    ``name`` is the model the warning names; "" when the caller has none
+    (:meth:`ModelPricing.cost_usd`, a budget). Thread-safe: whatever the
+    threads, one warning per (name, tier) per process (until :func:`clear_pricing`).
+    """
+    found = pricing.service_tiers.get(tier)
+    if found is not None:
+        return found
+    key = (name, tier)
+    if key not in _TIER_WARNED:
+        with _REGISTRY_LOCK:
+            first = key not in _TIER_WARNED
+            _TIER_WARNED.add(key)
+        if first:
+            known = ", ".join(pricing.service_tiers) or "none"
+            _LOG.warning(
+                "no %r service-tier rates for %s (its tiers: %s): its %r turns are billed at "
+                "the default rates (give the pricing service_tiers=, or load a price file "
+                "that prices the tier)",
+                tier,
+                f"model {name!r}" if name else "a pricing",
+                known,
+                tier,
+            )
+    return None
+
+
+def _femto(pricing: ModelPricing, usage: UsageSnapshot, name: str = "") -> int:
+    """Return the exact cost of ``usage`` in femto-dollars (disjoint parts, whole-turn tier).
+
+    Priced at ``usage.service_tier``'s rates when ``pricing`` has them, else
+    at its own (warned about once per ``name`` and tier).
+    """
+    tier = usage.service_tier
+    if tier is not None and tier is not DEFAULT_SERVICE_TIER:
+        pricing = _tier_pricing(pricing, tier, name) or pricing
+    return _rates_femto(pricing, usage)
+
+
+def _rates_femto(pricing: ModelPricing, usage: UsageSnapshot) -> int:
+    """Return the exact cost of ``usage`` at ``pricing``'s own rates, whatever its tier."""
     inp = usage.input_tokens
     rates = pricing._full
     if inp > pricing._threshold:

@@ -47,6 +47,8 @@ from techrevati.runtime.pricing import (
     _HotRates,
     _lookup,
     _model_name,
+    _rates_femto,
+    _tier_pricing,
     clear_pricing,
     get_pricing,
     has_pricing,
@@ -208,12 +210,15 @@ class UsageSnapshot(_CountsSlot):
         object.__setattr__(self, "_counts", counts)
 
     def __setstate__(self, state: Sequence[int | str | None]) -> None:
-        # A pickle from before cache_write_1h_tokens existed has five counts, from before
-        # service_tier six.
-        values = (*state, 0, None) if len(state) == 5 else tuple(state)
-        if len(values) == 6:
-            values = (*values, None)
-        *counts, tier = values
+        # Six counts and the tier; a pickle from before service_tier has six counts, one
+        # from before cache_write_1h_tokens five. Any other length is refused (by zip).
+        values = tuple(state)
+        size = len(_TOKEN_FIELDS)
+        tier = None
+        if len(values) == size + 1 and (values[-1] is None or isinstance(values[-1], str)):
+            counts, tier = values[:size], values[-1]
+        else:
+            counts = (*values, 0) if len(values) == size - 1 else values
         for name, value in zip(_TOKEN_FIELDS, counts, strict=True):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_counts", tuple(counts))
@@ -309,15 +314,30 @@ _FOLD_AT: Final = 256
 
 
 class _ModelTotals:
-    """Running sums for one model inside a tracker (guarded by the tracker's lock).
+    """Running sums for one model's turns of one service tier (guarded by the tracker's lock).
 
-    ``pending`` and ``pending_parts`` hold the fast-path turns not yet added
-    to the sums (see :func:`_fold`): appending to a list is atomic, so the hot
-    path takes no lock, and :func:`_fold` adds the lists in one locked step
-    before any sum is read.
+    A model's default-tier totals (turns with no tier or ``"default"``) are
+    the ones its name maps to; they hold the model's other tiers' totals in
+    ``service``, by tier, in the order first recorded. ``pending`` and
+    ``pending_parts`` hold the fast-path turns not yet added to the sums (see
+    :func:`_fold`): appending to a list is atomic, so the hot path takes no
+    lock, and :func:`_fold` adds the lists in one locked step before any sum
+    is read. ``tier_unpriced_turns`` counts turns of this tier billed at the
+    default rates for want of the tier's (slow path only: such a tier has no
+    hot rates).
     """
 
-    __slots__ = ("counts", "femto", "name", "pending", "pending_parts", "turns", "unpriced_turns")
+    __slots__ = (
+        "counts",
+        "femto",
+        "name",
+        "pending",
+        "pending_parts",
+        "service",
+        "tier_unpriced_turns",
+        "turns",
+        "unpriced_turns",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -325,25 +345,40 @@ class _ModelTotals:
         self.counts: _Counts = (0, 0, 0, 0, 0, 0)
         self.femto = 0
         self.unpriced_turns = 0
+        self.tier_unpriced_turns = 0
         self.pending: list[tuple[int, ...]] = []  # (input, output, femto-dollars)
         self.pending_parts: list[tuple[int, ...]] = []  # (*six counts, femto-dollars)
+        self.service: dict[str, _ModelTotals] = {}
+
+    def of_tier(self, tier: str | None) -> _ModelTotals:
+        """Return the totals of this model's ``tier`` turns, made on first use (lock held)."""
+        if tier is None:
+            return self
+        totals = self.service.get(tier)
+        if totals is None:
+            totals = self.service[tier] = _ModelTotals(self.name)
+        return totals
 
 
 class UsageTracker:
     """Running token and cost totals of many turns, per model, in O(1) per turn.
 
     ``record_turn`` prices a turn with the pricing registered for its model
-    *at that moment* (re-registering later changes later turns only) and adds
-    it to per-model running sums; no per-turn list is kept beyond a bounded
-    buffer per model, so memory is bounded by the number of models. A model
-    without pricing costs zero, is listed in :attr:`unpriced_models`, and is
-    warned about once per process on the ``techrevati.runtime.usage`` logger.
+    *at that moment* (re-registering later changes later turns only), at the
+    rates of the service tier that served it (``usage.service_tier``), and
+    adds it to per-model (and per-tier) running sums; no per-turn list is kept
+    beyond a bounded buffer per model and tier, so memory is bounded by the
+    number of models and tiers. A model without pricing costs zero, is listed
+    in :attr:`unpriced_models`, and is warned about once per process on the
+    ``techrevati.runtime.usage`` logger; a turn of a tier its model has no
+    rates for is billed at the default rates, listed in :attr:`unpriced_tiers`
+    and warned about once per model and tier.
     With ``budget=``, every recorded turn is also charged to that
     :class:`Budget` (never refused: check the budget before the call). Safe to
     share between threads.
     """
 
-    __slots__ = ("_budget", "_by_key", "_by_name", "_fast", "_lock")
+    __slots__ = ("_budget", "_by_key", "_by_name", "_fast", "_fast_tiers", "_lock")
 
     def __init__(self, *, budget: Budget | None = None) -> None:
         if budget is not None:
@@ -356,8 +391,10 @@ class UsageTracker:
         # Every spelling of a model name seen -> its totals; and stripped name -> totals.
         self._by_key: dict[str, _ModelTotals] = {}
         self._by_name: dict[str, _ModelTotals] = {}
-        # A registered name as spelt in the registry -> its rates and totals (under the lock).
+        # A registered name as spelt in the registry -> its rates and totals (under the lock);
+        # and -> service tier -> that tier's rates and totals.
         self._fast: dict[str, tuple[_HotRates, _ModelTotals]] = {}
+        self._fast_tiers: dict[str, dict[str, tuple[_HotRates, _ModelTotals]]] = {}
 
     @property
     def budget(self) -> Budget | None:
@@ -371,11 +408,15 @@ class UsageTracker:
         ``usage`` not a :class:`UsageSnapshot`.
         """
         try:
-            rates, totals = self._fast[model]
+            tier = usage.service_tier
+            if tier is None or tier is DEFAULT_SERVICE_TIER:
+                rates, totals = self._fast[model]
+            else:
+                rates, totals = self._fast_tiers[model][tier]
             inp, out, cache_read, cache_write, reasoning, one_hour = usage._counts
         except (KeyError, TypeError, AttributeError, ValueError):
-            # First turn of this spelling, an unpriced model, a name to strip, not a str,
-            # or no snapshot (a subclass of one has the same counts, and is priced alike).
+            # First turn of this spelling (or tier), an unpriced model or tier, a name to
+            # strip, not a str, or no snapshot (a subclass of one is priced alike).
             return self._record_slow(model, usage)
         if inp > rates.threshold:
             if inp > rates.ceiling:  # retired (registration changed), or past a second tier
@@ -406,10 +447,11 @@ class UsageTracker:
         return _new_turn_cost(TurnCost, (model, usage, femto, True))
 
     def cost_for_turn(self, model: str, usage: UsageSnapshot) -> Decimal:
-        """Return what ``usage`` would cost for ``model`` now, without recording it."""
+        """Return what ``usage`` would cost for ``model`` now, at its tier, without recording it."""
         _require_snapshot(usage)
-        pricing = _lookup(_model_name(model))
-        return Decimal(0) if pricing is None else _usd(_femto(pricing, usage))
+        name = _model_name(model)
+        pricing = _lookup(name)
+        return Decimal(0) if pricing is None else _usd(_femto(pricing, usage, name))
 
     def total_cost(self) -> Decimal:
         """Return the exact total cost of every recorded turn."""
@@ -428,16 +470,41 @@ class UsageTracker:
     def unpriced_models(self) -> frozenset[str]:
         """Models that had at least one turn recorded without pricing."""
         with self._lock:
-            return frozenset(t.name for t in self._by_name.values() if t.unpriced_turns)
+            return frozenset(
+                t.name
+                for t in self._by_name.values()
+                if t.unpriced_turns or any(part.unpriced_turns for part in t.service.values())
+            )
+
+    @property
+    def unpriced_tiers(self) -> frozenset[tuple[str, str]]:
+        """``(model, tier)`` pairs with a turn billed at the default rates for want of the tier's.
+
+        A priced model's turn of a service tier its pricing has no rates for
+        (OpenAI's ``"scale"``, a ``"batch"`` turn of a model priced without
+        batch rates): charged at the default rates, so fail closed on these
+        if a tier's discount or surcharge matters.
+        """
+        with self._lock:
+            return frozenset(
+                (t.name, tier)
+                for t in self._by_name.values()
+                for tier, part in t.service.items()
+                if part.tier_unpriced_turns
+            )
 
     def per_model_summary(self) -> dict[str, dict[str, object]]:
         """Return per-model totals (JSON-serialisable; ``cost_usd`` as an exact string).
 
         Keys per model: ``turns``, the six token counts, ``total_tokens``,
-        ``cost_usd``, ``priced`` (every turn was priced) and ``unpriced_turns``.
-        Models appear in the order first recorded.
+        ``cost_usd``, ``priced`` (every turn was priced), ``unpriced_turns``
+        and ``service_tiers``: the same keys per service tier that served the
+        model's turns (``"default"`` for turns with no tier or the default
+        one; tiers in the order first recorded), each also with
+        ``tier_unpriced_turns`` (turns billed at the default rates for want of
+        the tier's). Models appear in the order first recorded.
         """
-        return {name: _model_row(row) for name, row in self._rows()[0]}
+        return {name: _model_row(row, parts) for name, row, parts in self._rows()[0]}
 
     def format_cost(self) -> str:
         """Return the total cost like ``"$0.0330"``.
@@ -463,8 +530,10 @@ class UsageTracker:
 
         Keys: ``turns``, the six token counts, ``total_tokens``, ``cost_usd``
         (exact string), ``cost`` (as :meth:`format_cost`), ``models``
-        (as :meth:`per_model_summary`) and ``unpriced_models`` (sorted list).
-        All read under one lock, so the figures agree with each other.
+        (as :meth:`per_model_summary`), ``unpriced_models`` (sorted list) and
+        ``unpriced_tiers`` (sorted ``[model, tier]`` pairs, as
+        :attr:`unpriced_tiers`). All read under one lock, so the figures agree
+        with each other.
         """
         rows, sums = self._rows()
         return {
@@ -473,55 +542,84 @@ class UsageTracker:
             "total_tokens": sums[0] + sums[1],
             "cost_usd": str(_usd(sums[6])),
             "cost": _format_usd(sums[6]),
-            "models": {name: _model_row(row) for name, row in rows},
-            "unpriced_models": sorted(name for name, row in rows if row[8]),
+            "models": {name: _model_row(row, parts) for name, row, parts in rows},
+            "unpriced_models": sorted(name for name, row, _ in rows if row[8]),
+            "unpriced_tiers": sorted(
+                [name, tier] for name, _, parts in rows for tier, part in parts if part[9]
+            ),
         }
 
     def __repr__(self) -> str:
         return f"UsageTracker(turns={self.turns}, cost={self.format_cost()})"
 
-    def _rows(self) -> tuple[list[tuple[str, _Row]], _Row]:
-        """Fold every model's pending turns; return each model's row and their sums, in one lock.
+    def _rows(self) -> tuple[list[tuple[str, _Row, list[tuple[str, _Row]]]], _Row]:
+        """Fold every pending turn; return each model's row, its tiers' rows, and the sums.
 
-        A row is the six counts, femto-dollars, turns and unpriced turns.
+        All in one lock. A row is the six counts, femto-dollars, turns,
+        unpriced turns and tier-unpriced turns; a model's row is the sum of
+        its tiers' (``"default"`` first when it had default-tier turns).
         """
         with self._lock:
+            models = []
             for totals in self._by_name.values():
+                parts = []
                 _fold(totals)
-            rows = [
-                (t.name, (*t.counts, t.femto, t.turns, t.unpriced_turns))
-                for t in self._by_name.values()
-            ]
-        sums = tuple(map(sum, zip(*(row for _, row in rows), strict=True))) if rows else _NO_ROW
-        return rows, cast(_Row, sums)
+                if totals.turns:
+                    parts.append((DEFAULT_SERVICE_TIER, _row_of(totals)))
+                for tier, part in totals.service.items():
+                    _fold(part)
+                    parts.append((tier, _row_of(part)))
+                models.append((totals.name, parts))
+        rows = [(name, _summed([row for _, row in parts]), parts) for name, parts in models]
+        return rows, _summed([row for _, row, _ in rows])
 
     def _record_slow(self, model: str, usage: UsageSnapshot) -> TurnCost:
-        """First turn of a spelling, an unpriced model, a name needing a strip, or a bad call."""
+        """Record a first turn (of a spelling or tier), an unpriced model or tier, a bad call."""
         _require_snapshot(usage)
         name = _model_name(model)
+        tier = usage.service_tier
+        if tier == DEFAULT_SERVICE_TIER:
+            tier = None
         pricing = _lookup(name)
+        fell_back = False
+        rates = None
         if pricing is None:
-            femto, rates = 0, None
+            femto = 0
         else:
-            femto, rates = _femto(pricing, usage), None
-            if name == model:  # only a name spelt as registered takes the fast path
-                fast = self._fast.get(model)
+            used = pricing if tier is None else _tier_pricing(pricing, tier, name)
+            if used is None:  # no rates for the tier: the default ones (warned about once)
+                used, fell_back = pricing, True
+            femto = _rates_femto(used, usage)
+            if name == model and not fell_back:  # a name spelt as registered: the fast path
+                fast = (
+                    self._fast.get(model)
+                    if tier is None
+                    else self._fast_tiers.get(model, {}).get(tier)
+                )
                 rates = fast[0] if fast is not None else None
-                if rates is None or rates.pricing is not pricing:
-                    rates = _hot_rates(name, pricing)
+                if rates is None or rates.pricing is not used:
+                    rates = _hot_rates(name, pricing, tier, used)
         with self._lock:
             totals = self._by_key.get(model)
             if totals is None:
                 totals = self._by_key[model] = self._totals(name)
+            totals = totals.of_tier(tier)
             totals.turns += 1
             totals.counts = _plus(totals.counts, usage._counts)
             totals.femto += femto
             if pricing is None:
                 totals.unpriced_turns += 1
-            if rates is not None:
-                self._fast[model] = (rates, totals)
-            elif model in self._fast:  # unregistered since
-                del self._fast[model]
+            if fell_back:
+                totals.tier_unpriced_turns += 1
+            if tier is None:
+                if rates is not None:
+                    self._fast[model] = (rates, totals)
+                elif model in self._fast:  # unregistered since
+                    del self._fast[model]
+            elif rates is not None:
+                self._fast_tiers.setdefault(model, {})[tier] = (rates, totals)
+            elif tier in self._fast_tiers.get(model, ()):  # unregistered, or the tier dropped
+                del self._fast_tiers[model][tier]
         if self._budget is not None:
             self._budget._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return _new_turn_cost(TurnCost, (name, usage, femto, pricing is not None))
@@ -532,10 +630,12 @@ class UsageTracker:
         Not priced again and not charged to :attr:`budget`: the log says what was paid.
         """
         name = _model_name(model)
+        tier = usage.service_tier
         with self._lock:
             totals = self._by_key.get(model)
             if totals is None:
                 totals = self._by_key[model] = self._totals(name)
+            totals = totals.of_tier(None if tier == DEFAULT_SERVICE_TIER else tier)
             totals.turns += 1
             totals.counts = _plus(totals.counts, usage._counts)
             totals.femto += femto
@@ -550,9 +650,27 @@ class UsageTracker:
         return totals
 
 
-_Row = tuple[int, int, int, int, int, int, int, int, int]
-_NO_ROW: Final[_Row] = (0, 0, 0, 0, 0, 0, 0, 0, 0)
+_Row = tuple[int, int, int, int, int, int, int, int, int, int]
+_NO_ROW: Final[_Row] = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 _new_turn_cost: Final = tuple.__new__
+
+
+def _row_of(totals: _ModelTotals) -> _Row:
+    """Return the row of folded totals (see :meth:`UsageTracker._rows`)."""
+    return (
+        *totals.counts,
+        totals.femto,
+        totals.turns,
+        totals.unpriced_turns,
+        totals.tier_unpriced_turns,
+    )
+
+
+def _summed(rows: Sequence[_Row]) -> _Row:
+    """Return the column sums of ``rows`` (:data:`_NO_ROW` for none)."""
+    if not rows:
+        return _NO_ROW
+    return cast(_Row, tuple(map(sum, zip(*rows, strict=True))))
 
 
 def _fold(totals: _ModelTotals) -> None:
@@ -637,33 +755,47 @@ def _plan_of(pricing: ModelPricing) -> _Plan | None:
     return plan
 
 
-def _hot_rates(name: str, pricing: ModelPricing) -> _HotRates | None:
+def _hot_rates(
+    name: str,
+    pricing: ModelPricing,
+    tier: str | None = None,
+    used: ModelPricing | None = None,
+) -> _HotRates | None:
     """Return the shared hot rates of ``name``'s current pricing ``pricing``, made on first use.
 
+    With ``tier``, those of the tier, whose pricing is ``used`` (one of
+    ``pricing.service_tiers``), kept by the name's and retired with them.
     None when ``name`` was registered again or unregistered since ``pricing``
     was looked up (the turn is priced with ``pricing``; the next one looks again).
     """
     plan = _plan_of(pricing)  # slow the first time: outside the lock
+    tier_plan = None if used is None else _plan_of(used)
     with _REGISTRY_LOCK:
         if _PRICES.get(name) is not pricing:
             return None
         hot = _HOT.get(name)
         if hot is None:
             hot = _HOT[name] = _HotRates(pricing, plan)
-        return hot
+        if tier is None or used is None:
+            return hot
+        child = hot.service.get(tier)
+        if child is None or child.pricing is not used:
+            child = hot.service[tier] = _HotRates(used, tier_plan)
+        return child
 
 
 def _plan_for(pricing: ModelPricing) -> _Plan | None:
     """Return a :class:`_Plan` that prices exactly as ``pricing`` does, or None.
 
-    The rates are read off :func:`~techrevati.runtime.pricing._femto` itself,
-    the one definition of a turn's cost, with one-token probes below the first
-    long-context threshold and just above it (``_femto`` is linear in the
-    counts within a tier), then divided by their greatest common divisor so
-    the hot path multiplies small ints. As a guard, the plan must also agree
-    with ``_femto`` on mixed turns around the threshold and below the ceiling.
-    None (every turn priced by ``_femto`` on the slow path) for a pricing the
-    probes cannot read: a first threshold of 0, or any disagreement.
+    The rates are read off :func:`~techrevati.runtime.pricing._rates_femto`
+    itself, the one definition of a turn's cost at given rates, with
+    one-token probes below the first long-context threshold and just above
+    it (the cost is linear in the counts within a tier), then divided by
+    their greatest common divisor so the hot path multiplies small ints.
+    As a guard, the plan must also agree with ``_rates_femto`` on mixed turns
+    around the threshold and below the ceiling. None (every turn priced on
+    the slow path) for a pricing the probes cannot read: a first threshold
+    of 0, or any disagreement.
     """
     thresholds = []
     tier = pricing.long_context
@@ -688,20 +820,20 @@ def _plan_for(pricing: ModelPricing) -> _Plan | None:
     )
     for inp in {1, 9, threshold, threshold + 1, min(2 * threshold + 3, ceiling), ceiling}:
         usage = UsageSnapshot(inp, 5 + inp // 3, inp // 5, inp // 4, 3, inp // 9)
-        if _planned(plan, usage) != _femto(pricing, usage):
+        if _planned(plan, usage) != _rates_femto(pricing, usage):
             return None
     return plan
 
 
 def _coefficients(pricing: ModelPricing, inp: int) -> _Counts | None:
     """Return the cost per token of each count for turns of ``inp`` input tokens, or None."""
-    at = _femto(pricing, UsageSnapshot(inp))
+    at = _rates_femto(pricing, UsageSnapshot(inp))
     rate_in, left = divmod(at, inp)
     if left:
         return None
 
     def extra(*counts: int) -> int:
-        return _femto(pricing, UsageSnapshot(inp, *counts)) - at
+        return _rates_femto(pricing, UsageSnapshot(inp, *counts)) - at
 
     rate_out = extra(1)
     write = extra(0, 0, 1)
@@ -726,8 +858,18 @@ def _require_snapshot(usage: object) -> None:
         raise InvalidValueError(f"usage must be a UsageSnapshot, got {usage!r}")
 
 
-def _model_row(row: _Row) -> dict[str, object]:
-    *counts, femto, turns, unpriced = row
+def _model_row(row: _Row, parts: Sequence[tuple[str, _Row]]) -> dict[str, object]:
+    """Return a model's summary row, with a row per service tier under ``service_tiers``."""
+    return {
+        **_tier_row(row),
+        "service_tiers": {
+            tier: {**_tier_row(part), "tier_unpriced_turns": part[9]} for tier, part in parts
+        },
+    }
+
+
+def _tier_row(row: _Row) -> dict[str, object]:
+    *counts, femto, turns, unpriced, _ = row
     return {
         "turns": turns,
         **dict(zip(_TOKEN_FIELDS, counts, strict=True)),
