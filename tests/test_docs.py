@@ -36,6 +36,10 @@ def test_every_python_block_runs(
         server.reply(200, openai_chat_completion())
         server.script(openai_chat("Hel", "lo", usage=(12, 3)))  # the streaming helper's
         monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    if path.name == "memory.md":  # tiktoken reads the encodings litellm ships (offline)
+        from tests.test_memory import offline_tiktoken
+
+        offline_tiktoken(monkeypatch)
     if path.name == "fleet.md":  # its examples talk to a real redis-server the tests start
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     if path.name == "openai_agents.md":  # its examples talk to a scripted OpenAI server

@@ -81,6 +81,7 @@ PRIMITIVES: dict[str, set[str]] = {
     "quality_gate": set(),
     "rate_limit": set(),
     "approvals": {"permissions"},
+    "memory": set(),
 }
 NEVER = ("sqlite3", "asyncio", "json", "tomllib")
 """Heavy standard modules no primitive needs at import time (usage's pricing files aside)."""
