@@ -55,6 +55,7 @@ class AgentFailureClass(StrEnum):
     VALIDATION_ERROR = "validation_error"
     BUDGET_EXCEEDED = "budget_exceeded"
     PERMISSION_DENIED = "permission_denied"
+    GOVERNANCE_BREACHED = "governance_breached"
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
 
@@ -76,7 +77,15 @@ class EventName(StrEnum):
     ``store.recovered`` ``store``, ``primitive`` and ``after``;
     ``tool.approval_requested`` has ``tool``, ``rule`` and ``approver`` (whether
     there is one), ``tool.approved`` ``tool``, ``rule`` and ``answer``
-    (``allow_once``, ``allow_session`` or ``token``).
+    (``allow_once``, ``allow_session`` or ``token``);
+    ``governance.breached`` has ``limit``, ``maximum``, ``value``, ``refused``
+    and ``tool``; ``memory.compacted`` ``model``, ``messages_dropped``,
+    ``tokens_dropped``, ``messages_kept`` and ``tokens_kept``;
+    ``turn.output_invalid`` ``model``, ``attempt``, ``spec`` and ``feedback``;
+    ``turn.routed`` ``model`` and ``route`` (the router's decision);
+    ``checkpoint.saved`` ``thread_id``, ``step`` and ``turn_key``;
+    ``session.resumed`` ``thread_id``, ``step`` and ``rerun`` (the turn key
+    re-run, or ``None``).
     """
 
     SESSION_STARTED = "session.started"
@@ -106,6 +115,12 @@ class EventName(StrEnum):
     SINK_FAILED = "sink.failed"
     STORE_UNAVAILABLE = "store.unavailable"
     STORE_RECOVERED = "store.recovered"
+    GOVERNANCE_BREACHED = "governance.breached"
+    MEMORY_COMPACTED = "memory.compacted"
+    OUTPUT_INVALID = "turn.output_invalid"
+    TURN_ROUTED = "turn.routed"
+    CHECKPOINT_SAVED = "checkpoint.saved"
+    SESSION_RESUMED = "session.resumed"
 
 
 @dataclass(frozen=True, slots=True)
