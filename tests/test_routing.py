@@ -1021,3 +1021,29 @@ def test_a_candidate_whose_cost_average_went_stale_ranks_with_the_unmeasured() -
     router.record(a, Outcome.success(1.0))  # stale, and unpriced this time: no cost known
     assert router.stats()[0].cost_usd is None
     assert labels(router.candidates()) == ["b", "a"]
+
+
+def test_each_token_limit_counts_on_its_own_in_the_wait_read() -> None:
+    clock = FakeClock()
+    split = limiter(clock, input_tokens_per_minute=100, output_tokens_per_minute=100)
+    split.acquire(input_tokens=90, output_tokens=90).settle()
+    router = HealthAwareRouter([Candidate("a", limiter=split)], clock=clock, max_wait=math.inf)
+    for wanted in (UsageSnapshot(input_tokens=20), UsageSnapshot(output_tokens=20)):
+        (entry,) = router.candidates(RouteRequest(wanted)).ranked
+        assert entry.wait == 60.0
+    (entry,) = router.candidates(RouteRequest(UsageSnapshot(10, 10))).ranked
+    assert entry.wait == 0.0
+
+
+def test_an_average_of_whole_dollars_shows_no_trailing_zeros() -> None:
+    a = Candidate("a")
+    router = HealthAwareRouter([a], prefer="cost")
+    router.record(a, Outcome.success(1.0, "2"))
+    assert str(router.stats()[0].cost_usd) == "2"
+    assert router.candidates().to_dict()["ranked"][0]["score"] == "2"  # type: ignore[index]
+
+
+def test_a_cost_finer_than_a_femto_dollar_is_refused_not_rounded() -> None:
+    with pytest.raises(InvalidValueError, match="more precision than 1e-15 USD"):
+        Outcome.success(1.0, "0.0000000000000001")
+    assert Outcome.success(1.0, "0.000000000000001").cost_femto_usd == 1
