@@ -515,6 +515,8 @@ def test_a_response_without_text_is_invalid_saying_why(response: object, why: st
     error = invalid(SPEC, response)
     assert why in error.feedback
     assert error.feedback.startswith("The answer has no text: ")
+    assert error.feedback.endswith(". Answer with text in the required format.")
+    assert ".." not in error.feedback
     assert error.text == ""
 
 

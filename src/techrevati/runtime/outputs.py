@@ -331,7 +331,7 @@ class OutputSpec(Generic[T_co]):
 
 
 def _no_text(reason: str) -> str:
-    return f"The answer has no text: {reason}. Answer with text in the required format."
+    return f"The answer has no text: {reason.rstrip('.')}. Answer with text in the required format."
 
 
 def _key_names(keys: object) -> tuple[str, ...]:
