@@ -753,6 +753,20 @@ def test_a_delta_planned_on_a_state_another_writer_replaced_is_stored_whole(
             assert checkpoint.caller_state == ["a1", "a3"]
 
 
+def test_the_module_loads_sqlite3_only_when_sqlite_saver_is_used() -> None:
+    code = (
+        "import sys; from techrevati.runtime.checkpoints import InMemorySaver;"
+        "InMemorySaver().put('t', 1, ['a'], {}, 't/1');"
+        "print('sqlite3' in sys.modules, 'asyncio' in sys.modules);"
+        "from techrevati.runtime.checkpoints import SqliteSaver;"
+        "print('sqlite3' in sys.modules, SqliteSaver.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False", "True", "SqliteSaver"]
+
+
 # --- the SQLite file --------------------------------------------------------------------
 
 
