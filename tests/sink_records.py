@@ -54,6 +54,7 @@ def usage(
     session_id: str = "s1",
     role: str = "writer",
     project_id: str | int | None = 42,
+    service_tier: str | None = None,
 ) -> UsageRecord:
     return UsageRecord(
         model=model,
@@ -71,6 +72,7 @@ def usage(
         worker_id="w1",
         project_id=project_id,
         timestamp=T0 + timedelta(seconds=i),
+        service_tier=service_tier,
     )
 
 

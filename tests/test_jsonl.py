@@ -48,6 +48,24 @@ def test_jsonl_round_trips_events_and_usage_in_order(tmp_path: Path) -> None:
     assert json.loads(lines[1])["cost_usd"] == "1.23456789E-7"
 
 
+def test_jsonl_keeps_the_service_tier_and_reads_lines_written_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write_usage(usage(1, service_tier="flex"))
+        sink.write_usage(usage(2))
+    assert read_jsonl(path) == [usage(1, service_tier="flex"), usage(2)]
+    first, second = (json.loads(line) for line in path.read_bytes().splitlines())
+    assert (first["service_tier"], second["service_tier"]) == ("flex", None)
+    # A line from before tiers has no such key: it reads as no tier reported.
+    del second["service_tier"]
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps(second) + "\n")
+    (record,) = read_jsonl(old)
+    assert isinstance(record, UsageRecord)
+    assert record == usage(2)
+    assert record.service_tier is None
+
+
 def test_jsonl_writes_nothing_until_a_batch_is_due(tmp_path: Path, fake_clock: FakeClock) -> None:
     path = tmp_path / "log.jsonl"
     clock = fake_clock

@@ -53,6 +53,7 @@ def use(
     inp: int,
     out: int,
     priced: bool = True,
+    tier: str | None = None,
     **tokens: int,
 ) -> UsageRecord:
     return UsageRecord(
@@ -68,6 +69,7 @@ def use(
         worker_id=f"w-{sid}",
         project_id=project,
         timestamp=at,
+        service_tier=tier,
         **tokens,
     )
 
@@ -144,6 +146,7 @@ USAGE = [
         out=200,
         cache_read_tokens=100,
         reasoning_tokens=50,
+        tier="flex",
     ),
     use(
         "s1",
@@ -176,6 +179,7 @@ USAGE = [
         cost="0.30",
         inp=10000,
         out=3000,
+        tier="batch",
     ),
     use(
         "s3",
@@ -213,6 +217,13 @@ model    turns  cost_usd
 model-a      3    0.3450
 model-b      1    0.0021
 model-x      1         0
+
+Cost by service tier
+service_tier  turns  cost_usd
+------------  -----  --------
+batch             1      0.30
+flex              1    0.0300
+default           3    0.0171
 
 Cost by day (UTC)
 day         turns  cost_usd
@@ -316,6 +327,12 @@ def test_report_json_is_one_object_with_costs_as_decimal_strings(
         ("model-x", "0"),
     ]
     assert [r["day"] for r in report["cost_by_day"]] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    # The tier that served each turn; "default" holds the turns that reported none.
+    assert report["cost_by_tier"] == [
+        {"service_tier": "batch", "turns": 1, "cost_usd": "0.30"},
+        {"service_tier": "flex", "turns": 1, "cost_usd": "0.0300"},
+        {"service_tier": "default", "turns": 3, "cost_usd": "0.0171"},
+    ]
     assert report["tokens"] == {
         "input_tokens": 13900,
         "output_tokens": 3350,
@@ -406,7 +423,7 @@ def test_an_empty_jsonl_file_reports_zeros_and_empty_tables(
     code, out, _ = run(capsys, str(path))
     assert code == 0
     assert "sessions 0  turns 0  events 0  cost_usd 0" in out
-    assert out.count("(none)") == 7  # every table but the tokens one
+    assert out.count("(none)") == 8  # every table but the tokens one
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -196,6 +196,18 @@ SQLITE_CASES = [
     ),
     pytest.param(
         "usage",
+        {"ts": TS, "model": "m", "service_tier": b"\x00"},
+        "service_tier must be a string, got a BLOB of 1 bytes",
+        id="usage-blob-tier",
+    ),
+    pytest.param(
+        "usage",
+        {"ts": TS, "model": "m", "service_tier": "x" * 65},
+        f"service_tier must be a name of 1 to 64 characters, got {'x' * 40!r}...",
+        id="usage-tier-too-long",
+    ),
+    pytest.param(
+        "usage",
         {"ts": "0001-01-01T00:00:00+05:00", "model": "m"},
         "timestamp is out of range in UTC, got '0001-01-01T00:00:00+05:00'",
         id="usage-ts-before-year-1-in-utc",
@@ -426,6 +438,18 @@ JSONL_CASES = [
         "other",
         "not JSON: 'utf-8' codec can't decode byte 0xff in position 25: invalid start byte",
         id="not-utf8",
+    ),
+    pytest.param(
+        usage_line(service_tier=7),
+        "usage",
+        "service_tier must be a string, got 7",
+        id="number-tier",
+    ),
+    pytest.param(
+        usage_line(service_tier="  "),
+        "usage",
+        "service_tier must be a name of 1 to 64 characters, got '  '",
+        id="blank-tier",
     ),
 ]
 
@@ -696,6 +720,7 @@ def test_csv_is_the_json_figures_section_by_section(
         "cost_by_project",
         "cost_by_role",
         "cost_by_model",
+        "cost_by_tier",
         "cost_by_day",
         "failures",
         "slowest_sessions",
@@ -712,6 +737,7 @@ def test_csv_is_the_json_figures_section_by_section(
         ["section", "project_id"],
         ["section", "role"],
         ["section", "model"],
+        ["section", "service_tier"],
         ["section", "day"],
         ["section", "kind"],
         ["section", "failure_class"],
@@ -719,7 +745,7 @@ def test_csv_is_the_json_figures_section_by_section(
         ["section", "session_id"],
         ["section", "source"],
     ]
-    assert csv_headers(out)[8] == [
+    assert csv_headers(out)[9] == [
         "section",
         "session_id",
         "status",
@@ -993,3 +1019,19 @@ def test_fuzz_sqlite_rows_exit_0_or_2_with_bounded_output(
             with contextlib.suppress(sqlite3.IntegrityError):  # NOT NULL, a duplicate session
                 insert(db, table, row)
         bounded(db)
+
+
+def test_a_schema_3_database_reports_its_turns_under_the_default_tier(tmp_path: Path) -> None:
+    db = tmp_path / "v3.db"
+    with SqliteSink(db) as sink:
+        fill(sink)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # a schema-3 log: no tier column
+        conn.executescript("DROP VIEW turns; DROP VIEW session_summary")
+        conn.execute("ALTER TABLE usage DROP COLUMN service_tier")
+        conn.execute("PRAGMA user_version = 3")
+    report = build_report(db)
+    assert report.turns == 5
+    assert [(line.key, line.turns) for line in report.cost_by_tier] == [("default", 5)]
+    assert report.cost_usd == Decimal("0.3471")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)  # read, not migrated

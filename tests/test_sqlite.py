@@ -853,13 +853,14 @@ def test_a_version_2_database_gains_one_hour_cache_writes_on_open(
     with sqlite3.connect(db) as conn:  # what a version 2 file looks like: no views, no column
         conn.executescript("DROP VIEW turns; DROP VIEW session_summary; DROP TABLE rejected")
         conn.execute("ALTER TABLE usage DROP COLUMN cache_write_1h_tokens")
+        conn.execute("ALTER TABLE usage DROP COLUMN service_tier")
         conn.execute("PRAGMA user_version = 2")
-    with pytest.raises(SchemaError, match=r"schema version 2, this reader needs 3"):
+    with pytest.raises(SchemaError, match=r"schema version 2, this reader needs 4 \(or 3\)"):
         SqliteReader(db)
     with caplog.at_level(logging.INFO, logger="techrevati.runtime.sinks"):
         sink = SqliteSink(db)
     migrated = [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"]
-    assert [(r.from_version, r.to_version) for r in migrated] == [(2, 3)]  # type: ignore[attr-defined]
+    assert [(r.from_version, r.to_version) for r in migrated] == [(2, 4)]  # type: ignore[attr-defined]
     with sink:
         sink.write_usage(
             UsageRecord(model="m", input_tokens=10, cache_write_tokens=8, cache_write_1h_tokens=5)
@@ -869,9 +870,95 @@ def test_a_version_2_database_gains_one_hour_cache_writes_on_open(
     assert old.cache_write_1h_tokens == 0
     assert (new.cache_write_tokens, new.cache_write_1h_tokens) == (8, 5)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     with SqliteReader(db) as reader:
         assert len(reader.read_usage()) == 2
+
+
+# What SqliteSink wrote as schema 3, word for word: the usage table before service_tier.
+_USAGE_V3 = """CREATE TABLE usage (
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    session_id TEXT NOT NULL DEFAULT '',
+    worker_id TEXT NOT NULL DEFAULT '',
+    project_id,
+    role TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd TEXT NOT NULL DEFAULT '0',
+    priced INTEGER NOT NULL DEFAULT 1,
+    duration_seconds REAL
+)"""
+
+
+def _version_3_file(db: Path) -> None:
+    """Make ``db`` a schema-3 log with one usage row (and the views a schema-3 sink made)."""
+    with SqliteSink(db) as sink:
+        sink.write_event(event(i=0))
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            f"DROP VIEW turns; DROP VIEW session_summary; DROP TABLE usage; {_USAGE_V3};"
+            "CREATE VIEW turns AS SELECT *, substr(ts, 1, 10) AS day, "
+            "input_tokens + output_tokens AS total_tokens, "
+            "CAST(cost_usd AS REAL) AS cost_usd_float FROM usage"
+        )
+        conn.execute(
+            "INSERT INTO usage (ts, session_id, worker_id, project_id, role, phase, model, "
+            "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+            "cache_write_1h_tokens, cost_usd, priced, duration_seconds) VALUES "
+            "('2026-01-01T12:00:01.000000+00:00', 's1', 'w1', 42, 'writer', 'draft', 'model-a', "
+            "1001, 200, 300, 50, 20, 0, '0.0123', 1, 1.25)"
+        )
+        conn.execute("PRAGMA user_version = 3")
+
+
+def test_the_service_tier_round_trips(db: Path) -> None:
+    with SqliteSink(db) as sink:
+        sink.write_usage(usage(1, service_tier="batch"))
+        sink.write_usage(usage(2))
+        assert sink.read_usage() == [usage(1, service_tier="batch"), usage(2)]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT service_tier FROM turns ORDER BY id").fetchall()
+    assert rows == [("batch",), (None,)]  # the view selects * and so has the column too
+
+
+def test_a_version_3_log_reads_as_it_is_and_migrates_on_open(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _version_3_file(db)
+    with SqliteReader(db) as reader:  # read-only: no migration, no tier
+        (old,) = reader.read_usage()
+    assert old == usage(1)
+    assert old.service_tier is None
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3  # the reader changed nothing
+    with caplog.at_level(logging.INFO, logger="techrevati.runtime.sinks"):
+        sink = SqliteSink(db)
+    migrated = [r for r in caplog.records if getattr(r, "event", None) == "sink.migrated"]
+    assert [(r.from_version, r.to_version) for r in migrated] == [(3, 4)]  # type: ignore[attr-defined]
+    with sink:
+        sink.write_usage(usage(2, service_tier="flex"))
+        assert sink.read_usage() == [usage(1), usage(2, service_tier="flex")]
+    with SqliteReader(db) as reader:
+        assert [r.service_tier for r in reader.read_usage()] == [None, "flex"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        tiers = conn.execute("SELECT service_tier FROM turns ORDER BY id").fetchall()
+    assert tiers == [(None,), ("flex",)]  # the old view picks up the added column
+
+
+def test_a_tier_a_column_cannot_hold_is_stored_sanitised(db: Path) -> None:
+    with SqliteSink(db, background=False) as sink:
+        sink.write_usage(usage(1, service_tier="fl\udcffex"))
+        assert sink.sanitised == 1
+        (stored,) = sink.read_usage()
+    assert stored.service_tier == "fl\\udcffex"
 
 
 def test_the_turns_and_session_summary_views_read_straight_from_the_file(db: Path) -> None:

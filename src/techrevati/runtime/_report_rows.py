@@ -44,6 +44,7 @@ _MAX_SECONDS: Final = 1e10
 _MAX_NUMBER_TEXT: Final = 64
 """A cost written as text longer than this is refused before it is parsed."""
 _MAX_REASON: Final = 200
+_MAX_TIER: Final = 64
 _SHOWN: Final = 40
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _SESSION_ENDS: Final = frozenset(
@@ -82,8 +83,11 @@ _USAGE_FIELDS: Final = (
     "cost_usd",
     "priced",
     "duration_seconds",
+    "service_tier",
 )
 _USAGE_COLUMNS: Final = (("timestamp", "ts"), *((name, name) for name in _USAGE_FIELDS))
+_USAGE_COLUMNS_V3: Final = (*_USAGE_COLUMNS[:-1], ("service_tier", "NULL"))
+"""A schema-3 file's usage table has no ``service_tier``: read as NULL (no tier reported)."""
 _SESSION_COLUMNS: Final = tuple((f.name, f.name) for f in dataclasses.fields(SessionRow))
 _TOKEN_FIELDS: Final = _USAGE_FIELDS[6:12]
 
@@ -140,7 +144,9 @@ def read_sqlite_rows(path: Path) -> Generator[Record | Malformed, None, None]:
         conn.text_factory = operator.methodcaller("decode", "utf-8", "surrogateescape")
         for fields in _select(conn, "events", "id", _EVENT_COLUMNS, "ts, id"):
             yield _checked("events", fields, _event_from_row)
-        for fields in _select(conn, "usage", "id", _USAGE_COLUMNS, "ts, id"):
+        tiered = any(row[1] == "service_tier" for row in conn.execute("PRAGMA table_info(usage)"))
+        columns = _USAGE_COLUMNS if tiered else _USAGE_COLUMNS_V3
+        for fields in _select(conn, "usage", "id", columns, "ts, id"):
             yield _checked("usage", fields, _usage_from)
         for fields in _select(conn, "sessions", "rowid", _SESSION_COLUMNS, "rowid"):
             yield _checked("sessions", fields, _session_from_row)
@@ -256,7 +262,20 @@ def _usage_from(fields: Mapping[str, object]) -> UsageRecord:
         worker_id=_text("worker_id", fields.get("worker_id", "")),
         project_id=_project(fields.get("project_id")),
         timestamp=_when("timestamp", fields.get("timestamp")),
+        service_tier=_tier(fields.get("service_tier")),
     )
+
+
+def _tier(value: object) -> str | None:
+    """Return a service tier: a name of at most 64 characters, or null (none reported)."""
+    if value is None:
+        return None
+    text = _text("service_tier", value)
+    if not text.strip() or len(text) > _MAX_TIER:
+        raise _BadFieldError(
+            f"service_tier must be a name of 1 to {_MAX_TIER} characters, got {_shown(value)}"
+        )
+    return text
 
 
 def _session_from_row(fields: Mapping[str, object]) -> SessionRow:

@@ -48,8 +48,10 @@ EVENT_COLUMNS: Final = (
 USAGE_COLUMNS: Final = (
     "ts, session_id, worker_id, project_id, role, phase, model, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, "
-    "priced, duration_seconds"
+    "priced, duration_seconds, service_tier"
 )
+USAGE_COLUMNS_V3: Final = USAGE_COLUMNS.replace("service_tier", "NULL AS service_tier")
+"""What :data:`USAGE_COLUMNS` reads from a schema-3 file, which has no ``service_tier``."""
 _SESSION_FIELDS: Final = (
     "session_id",
     "status",
@@ -70,7 +72,7 @@ _INSERT_EVENT: Final = (
     "INSERT INTO events (ts, name, session_id, worker_id, project_id, role, phase, status, "
     "failure_class, detail, model, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_USAGE: Final = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_INSERT_USAGE: Final = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 _UPSERT_SESSION: Final = (
     f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(_SESSION_FIELDS))})"
@@ -86,7 +88,7 @@ SqliteItem = tuple[int, tuple[object, ...], AgentEvent | None]
 # What each column of a row holds. T: text; t: text or NULL; I: a 64-bit int;
 # i: a 64-bit int or NULL; R: a number or NULL; V: anything SQLite stores (project_id).
 _EVENT_KINDS: Final = "TTTTVTTttttT"
-_USAGE_KINDS: Final = "TTTVTTTIIIIIITIR"
+_USAGE_KINDS: Final = "TTTVTTTIIIIIITIRt"
 _SESSION_KINDS: Final = "TTttRtiTTVTtt"
 _TEXT: Final = frozenset("TtV")
 _NULL: Final = frozenset("tiRV")
@@ -149,8 +151,10 @@ def _plain_usage_row(record: UsageRecord) -> bool:
     """Whether a usage record's row is plainly storable (tokens are ints >= 0 by construction)."""
     project_id: object = record.project_id
     duration: object = record.duration_seconds
+    tier: object = record.service_tier
     if not (
-        type(record.session_id) is str
+        (tier is None or (type(tier) is str and tier.isascii()))
+        and type(record.session_id) is str
         and type(record.worker_id) is str
         and type(record.role) is str
         and type(record.phase) is str
@@ -296,7 +300,7 @@ def event_from_row(row: Sequence[object]) -> AgentEvent:
 def usage_from_row(row: Sequence[object]) -> UsageRecord:
     """Return the usage record a ``usage`` row in :data:`USAGE_COLUMNS` order holds."""
     (ts, session_id, worker_id, project_id, role, phase, model) = row[:7]
-    (inp, out, cache_read, cache_write, reasoning, one_hour, cost, priced, duration) = row[7:]
+    (inp, out, cache_read, cache_write, reasoning, one_hour, cost, priced, duration) = row[7:16]
     return UsageRecord(
         model=cast(str, model),
         input_tokens=cast(int, inp),
@@ -314,6 +318,7 @@ def usage_from_row(row: Sequence[object]) -> UsageRecord:
         worker_id=cast(str, worker_id),
         project_id=cast("str | int | None", project_id),
         timestamp=datetime.fromisoformat(cast(str, ts)),
+        service_tier=cast("str | None", row[16]),
     )
 
 
@@ -385,6 +390,7 @@ def _usage_row(record: UsageRecord) -> tuple[object, ...]:
         decimal_text(record.cost_usd),
         int(record.priced),
         record.duration_seconds,
+        record.service_tier,
     )
 
 

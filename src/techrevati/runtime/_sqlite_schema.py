@@ -4,14 +4,16 @@ A database of ours carries ``PRAGMA application_id`` :data:`SQLITE_APPLICATION_I
 and ``PRAGMA user_version`` :data:`SCHEMA_VERSION`. :func:`ensure_schema`
 creates the tables in an empty file, migrates an older version in place and
 refuses a file that is not ours (:class:`SchemaError`); :func:`check_schema`
-only reads the version, for a read-only reader. The public names are
+only reads the version, for a read-only reader, which reads a version-3 file
+as it is (:data:`READABLE_VERSIONS`: version 4 only added ``usage.service_tier``,
+read as NULL there). The public names are
 re-exported from :mod:`techrevati.runtime.sqlite`.
 
 The ``rejected`` table (records quarantined because no column could hold
 them) and the views ``turns`` and ``session_summary`` (for sqlite3, pandas,
 DuckDB) are additions no reader of schema 3 depends on: every sink creates
 them when it opens a file that lacks them, without a new schema version, so
-files written before them still open in any reader of version 3. The views
+files written before them still open in any reader of version 3 or 4. The views
 select ``*`` so that a migration can still add or drop a table's columns; a
 view whose definition changes must come with a new version and a migration
 that drops the old one.
@@ -38,16 +40,16 @@ from techrevati.runtime.errors import SchemaError
 if TYPE_CHECKING:
     import sqlite3
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The SQLite schema version this library writes (``PRAGMA user_version``)."""
 
 SQLITE_APPLICATION_ID: Final = 0x54524556
 """``PRAGMA application_id`` of our databases (ASCII ``TREV``)."""
 
 
-# Version 3 (current). ``project_id`` has no declared type on purpose: SQLite
+# Version 4 (current). ``project_id`` has no declared type on purpose: SQLite
 # keeps 42 an integer and "42" a string, so records read back unchanged.
-_SCHEMA_V3: Final = (
+_SCHEMA_V4: Final = (
     """CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         ts TEXT NOT NULL,
@@ -80,7 +82,8 @@ _SCHEMA_V3: Final = (
         cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
         cost_usd TEXT NOT NULL DEFAULT '0',
         priced INTEGER NOT NULL DEFAULT 1,
-        duration_seconds REAL
+        duration_seconds REAL,
+        service_tier TEXT
     )""",
 )
 _SESSIONS_TABLE: Final = """CREATE TABLE sessions (
@@ -149,11 +152,16 @@ _MIGRATE_1_TO_2: Final = (
 _MIGRATE_2_TO_3: Final = (
     "ALTER TABLE usage ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0",
 )
+# Version 3 had no usage.service_tier; old rows read as NULL (no tier reported).
+_MIGRATE_3_TO_4: Final = ("ALTER TABLE usage ADD COLUMN service_tier TEXT",)
 _REQUIRED_TABLES: Final[Mapping[int, frozenset[str]]] = {
     1: frozenset({"events", "usage"}),
     2: frozenset({"events", "usage", "sessions"}),
     3: frozenset({"events", "usage", "sessions"}),
+    4: frozenset({"events", "usage", "sessions"}),
 }
+READABLE_VERSIONS: Final = frozenset({3, SCHEMA_VERSION})
+"""Schema versions a read-only reader reads as they are (3 lacks only ``usage.service_tier``)."""
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
@@ -161,12 +169,15 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
     with write_transaction(conn):
         version = check_schema(conn, path)
         if version == 0:
-            for statement in (*_SCHEMA_V3, _SESSIONS_TABLE, *_INDEXES):
+            for statement in (*_SCHEMA_V4, _SESSIONS_TABLE, *_INDEXES):
                 conn.execute(statement)
         if version == 1:
             _migrate_1_to_2(conn)
         if version in (1, 2):
             for statement in _MIGRATE_2_TO_3:
+                conn.execute(statement)
+        if version in (1, 2, 3):
+            for statement in _MIGRATE_3_TO_4:
                 conn.execute(statement)
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

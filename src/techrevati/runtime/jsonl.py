@@ -369,5 +369,6 @@ def _record_from_json(line: bytes) -> AgentEvent | UsageRecord | None:
             worker_id=obj.get("worker_id", ""),
             project_id=obj.get("project_id"),
             timestamp=datetime.fromisoformat(obj["timestamp"]),
+            service_tier=obj.get("service_tier"),  # absent from lines written before tiers
         )
     raise ValueError(f"kind must be 'event' or 'usage', got {kind!r}")

@@ -2,8 +2,8 @@
 
 Point it at a database written by :class:`~techrevati.runtime.sinks.SqliteSink`
 or a file written by :class:`~techrevati.runtime.sinks.JsonlSink` (told apart
-by the SQLite header) and it prints cost by project, role, model and day,
-tokens by kind, failures by class, and the slowest and most expensive
+by the SQLite header) and it prints cost by project, role, model, service
+tier and day, tokens by kind, failures by class, and the slowest and most expensive
 sessions, as aligned plain-text tables, as one JSON object with costs as
 exact decimal strings (``--format json``), or as CSV (``--format csv``).
 Malformed rows are skipped and counted (``--strict`` refuses them instead),
@@ -56,6 +56,9 @@ __all__ = [
 DEFAULT_TOP: Final = 5
 """How many sessions the slowest and most expensive tables list."""
 
+_DEFAULT_TIER: Final = "default"
+"""The service tier of a turn whose tier was not reported (billed at the default rates)."""
+
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _PROG: Final = "python -m techrevati.runtime report"
 _TOKEN_KINDS: Final = (
@@ -92,7 +95,7 @@ _SUM: Final = Context(prec=60, rounding=ROUND_HALF_EVEN)
 
 @dataclass(frozen=True, slots=True)
 class CostLine:
-    """Turns and exact cost of one project, role, model or day."""
+    """Turns and exact cost of one project, role, model, service tier or day."""
 
     key: str | int | None
     turns: int
@@ -133,7 +136,11 @@ class SkippedRows:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Every figure the report command prints."""
+    """Every figure the report command prints.
+
+    ``cost_by_tier`` groups turns by the service tier that served them
+    (``"default"`` also holds the turns whose tier was not reported).
+    """
 
     source: str
     format: Literal["sqlite", "jsonl"]
@@ -154,6 +161,7 @@ class Report:
     most_expensive_sessions: tuple[SessionRow, ...]
     top: int = DEFAULT_TOP
     skipped: tuple[SkippedRows, ...] = ()
+    cost_by_tier: tuple[CostLine, ...] = ()
 
     @property
     def skipped_rows(self) -> int:
@@ -177,6 +185,7 @@ class Report:
             "cost_by_project": _cost_dicts("project_id", self.cost_by_project),
             "cost_by_role": _cost_dicts("role", self.cost_by_role),
             "cost_by_model": _cost_dicts("model", self.cost_by_model),
+            "cost_by_tier": _cost_dicts("service_tier", self.cost_by_tier),
             "cost_by_day": _cost_dicts("day", self.cost_by_day),
             "tokens": dict(self.tokens),
             "failures": [
@@ -232,6 +241,7 @@ class Report:
             ("Cost by project", "project", self.cost_by_project),
             ("Cost by role", "role", self.cost_by_role),
             ("Cost by model", "model", self.cost_by_model),
+            ("Cost by service tier", "service_tier", self.cost_by_tier),
             ("Cost by day (UTC)", "day", self.cost_by_day),
         ):
             rows = [
@@ -466,7 +476,7 @@ class _Tally:
         self.tokens = dict.fromkeys(_TOKEN_KINDS, 0)
         self.unpriced = 0
         self.turns = 0
-        self.groups: tuple[_Groups, ...] = (_Groups(), _Groups(), _Groups(), _Groups())
+        self.groups: tuple[_Groups, ...] = tuple(_Groups() for _ in range(5))
         self.failures: dict[str, dict[str, int]] = {}
         self.sessions: list[SessionRow] = []
         self.skipped: dict[str, tuple[int, Malformed]] = {}
@@ -517,7 +527,7 @@ class _Tally:
         )
         timed = [row for row in self.sessions if row.duration_seconds is not None]
         costed = [row for row in self.sessions if row.cost_usd is not None]
-        by_project, by_role, by_model, by_day = (groups.lines() for groups in self.groups)
+        by_project, by_role, by_model, by_tier, by_day = (groups.lines() for groups in self.groups)
         return Report(
             source=source,
             format=kind,
@@ -532,6 +542,7 @@ class _Tally:
             cost_by_role=by_role,
             cost_by_model=by_model,
             cost_by_day=tuple(sorted(by_day, key=lambda line: str(line.key))),
+            cost_by_tier=by_tier,
             tokens=(
                 *self.tokens.items(),
                 ("total_tokens", self.tokens["input_tokens"] + self.tokens["output_tokens"]),
@@ -561,9 +572,9 @@ class _Tally:
         for token_kind in _TOKEN_KINDS:
             self.tokens[token_kind] += getattr(record, token_kind)
         day = record.timestamp.astimezone(UTC).date().isoformat()
-        for groups, key in zip(
-            self.groups, (record.project_id, record.role, record.model, day), strict=True
-        ):
+        tier = record.service_tier or _DEFAULT_TIER
+        keys = (record.project_id, record.role, record.model, tier, day)
+        for groups, key in zip(self.groups, keys, strict=True):
             groups.add(key, record.cost_usd)
 
 
@@ -668,6 +679,7 @@ def _csv_blocks(data: dict[str, object]) -> Iterator[tuple[str, list[str], list[
         ("cost_by_project", "project_id"),
         ("cost_by_role", "role"),
         ("cost_by_model", "model"),
+        ("cost_by_tier", "service_tier"),
         ("cost_by_day", "day"),
     ):
         fields = (key, "turns", "cost_usd")

@@ -38,6 +38,7 @@ from techrevati.runtime._sqlite_rows import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     USAGE_COLUMNS,
+    USAGE_COLUMNS_V3,
     SqliteItem,
     event_from_row,
     record_item,
@@ -48,6 +49,7 @@ from techrevati.runtime._sqlite_rows import (
     usage_from_row,
 )
 from techrevati.runtime._sqlite_schema import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     SQLITE_APPLICATION_ID,
     check_schema,
@@ -75,6 +77,9 @@ _T = TypeVar("_T")
 
 class _SqliteQueries:
     """The typed, filtered readers shared by :class:`SqliteSink` and :class:`SqliteReader`."""
+
+    _usage_columns: str = USAGE_COLUMNS
+    """What ``read_usage`` selects: a schema-3 file (read-only) has no ``service_tier``."""
 
     def read_events(
         self,
@@ -130,7 +135,7 @@ class _SqliteQueries:
         where.equal("model", model)
         where.equal("session_id", session_id)
         where.time_range("ts", since, until)
-        sql = f"SELECT {USAGE_COLUMNS} FROM usage{where.sql(limit, newest_first)}"
+        sql = f"SELECT {self._usage_columns} FROM usage{where.sql(limit, newest_first)}"
         return self._select(sql, where, usage_from_row)
 
     def read_sessions(
@@ -276,9 +281,10 @@ class SqliteReader(_SqliteQueries, ClosesOnExit):
     """Read a database written by :class:`SqliteSink`, read-only.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`SchemaError`
-    for a file that is not a database, not ours, or of another schema version
-    (open an older one once with :class:`SqliteSink` to migrate it). Safe to
-    share between threads.
+    for a file that is not a database, not ours, or of a schema version it
+    cannot read: it reads the current one and version 3 (whose usage records
+    read with ``service_tier=None``); open an older one once with
+    :class:`SqliteSink` to migrate it. Safe to share between threads.
     """
 
     def __init__(
@@ -294,11 +300,13 @@ class SqliteReader(_SqliteQueries, ClosesOnExit):
         self._lock = threading.Lock()
         with _closed_on_error(self._conn, f"{self._path} is not a SQLite database"):
             version = check_schema(self._conn, str(self._path))
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise SchemaError(
                     f"{self._path} has schema version {version}, this reader needs "
-                    f"{SCHEMA_VERSION}; open it once with SqliteSink to migrate it"
+                    f"{SCHEMA_VERSION} (or 3); open it once with SqliteSink to migrate it"
                 )
+        if version != SCHEMA_VERSION:
+            self._usage_columns = USAGE_COLUMNS_V3
 
     @property
     def path(self) -> Path:
