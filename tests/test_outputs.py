@@ -4,6 +4,7 @@ retry-with-feedback recipe (validated_call, avalidated_call, OutputRun)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import pickle
 import re
@@ -692,6 +693,32 @@ def test_feedback_caller_inspects_the_signature_once() -> None:
     assert feedback_caller(forwards)("c") == "f"  # **kwargs does not count
     assert received == ["a", "b", {}]
     assert feedback_caller(dict)(None) == {}  # no feedback parameter
+
+    def positional_only(feedback: str | None = None, /) -> str:
+        received.append(feedback)
+        return "o"
+
+    assert feedback_caller(positional_only)("d") == "o"  # cannot take it by keyword
+    assert received.pop() is None
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    assert feedback_caller(logged(positional))("e") == "p"  # the wrapped signature counts
+    assert received.pop() == "e"
+    assert feedback_caller(logged(lambda: "bare"))("f") == "bare"
+
+    class Caller:
+        def __call__(self, *, feedback: str | None) -> str:
+            received.append(feedback)
+            return "c"
+
+    assert feedback_caller(Caller())("g") == "c"
+    assert received.pop() == "g"
     with pytest.raises(InvalidValueError, match="fn must be callable"):
         feedback_caller(None)  # type: ignore[arg-type]
 

@@ -57,10 +57,17 @@ def read_text(value: object) -> str:
 
 
 def _part(obj: object, name: str) -> object:
-    """``obj[name]`` of a mapping or ``obj.name``; ``_MISSING`` when absent or unreadable."""
-    if type(obj) is dict or isinstance(obj, Mapping):
+    """``obj[name]`` of a mapping or ``obj.name``; ``_MISSING`` when absent or unreadable.
+
+    The attribute is tried before ``isinstance(obj, Mapping)``, which is slow
+    for the SDKs' pydantic models (no mapping has these names as attributes).
+    """
+    if type(obj) is dict:
+        return obj.get(name, _MISSING)
+    value = _get(obj, name)
+    if value is _MISSING and isinstance(obj, Mapping):
         return _key(obj, name)
-    return _get(obj, name)
+    return value
 
 
 def _known_shape(value: object) -> object:

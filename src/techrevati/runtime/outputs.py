@@ -15,10 +15,12 @@ feedback, a bounded number of times, then escalate with
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from techrevati.runtime._validate import int_at_least, required_callable
@@ -309,12 +311,11 @@ class OutputSpec(Generic[T_co]):
         if type(value) is str:
             text = value
         else:
-            from techrevati.runtime._outputs_text import NoText, read_text  # noqa: PLC0415
-
+            read_text, no_text = _text_reader()
             try:
                 text = read_text(value)
-            except NoText as exc:
-                raise OutputValidationError(self.name, _no_text(exc.reason)) from None
+            except no_text as exc:
+                raise OutputValidationError(self.name, _no_text(str(exc))) from None
         if len(text) > self.max_chars:
             raise OutputValidationError(
                 self.name,
@@ -328,6 +329,14 @@ class OutputSpec(Generic[T_co]):
             raise OutputValidationError(self.name, exc.feedback, text) from None
         except OutputValidationError as exc:  # a callable spec's own
             raise OutputValidationError(self.name, exc.feedback, text) from exc
+
+
+@functools.cache
+def _text_reader() -> tuple[Callable[[object], str], type[Exception]]:
+    """Import the response reader on first use (it loads the usage readers)."""
+    from techrevati.runtime._outputs_text import NoText, read_text  # noqa: PLC0415
+
+    return read_text, NoText
 
 
 def _no_text(reason: str) -> str:
@@ -562,6 +571,13 @@ def feedback_caller(fn: Callable[..., T]) -> Callable[[str | None], T]:
 
 
 def _takes_feedback(fn: Callable[..., object]) -> bool:
+    if type(fn) is FunctionType and not hasattr(fn, "__wrapped__"):
+        # A plain function: its code says (inspect.signature costs microseconds).
+        code = fn.__code__
+        names = code.co_varnames[
+            code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount
+        ]
+        return "feedback" in names and not hasattr(fn, "__signature__")
     try:
         parameter = inspect.signature(fn).parameters.get("feedback")
     except (TypeError, ValueError):  # a builtin without a signature
