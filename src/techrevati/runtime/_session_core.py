@@ -37,6 +37,7 @@ from techrevati.runtime.events import (
     AgentFailureClass,
     EventName,
 )
+from techrevati.runtime.governance import GovernanceBreachedError, GovernanceMeter
 from techrevati.runtime.hooks import (
     GuardrailViolatedError,
     ModelCall,
@@ -58,6 +59,7 @@ from techrevati.runtime.usage import UsageSnapshot, UsageTracker
 if TYPE_CHECKING:
     from techrevati.runtime._turns import _Turn
     from techrevati.runtime.approvals import ApprovalToken
+    from techrevati.runtime.memory import ConversationMemory
     from techrevati.runtime.orchestrator import Handoff, Orchestrator
 
 _T = TypeVar("_T")
@@ -69,11 +71,25 @@ _TURN_COMPLETED: Final = EventName.TURN_COMPLETED.value
 class _SessionCore:
     """The state of one session and how it records events, failures and hook calls."""
 
-    def __init__(self, orch: Orchestrator, *, metadata: Mapping[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        orch: Orchestrator,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        memory: ConversationMemory | None = None,
+    ) -> None:
         self._orch = orch
         self.id = uuid.uuid4().hex
         self.metadata: Mapping[str, object] = dict(metadata or {})
         self.tracker = UsageTracker()
+        self.memory = memory
+        """The conversation compacted, and the turn retried once, on a context overflow."""
+        governance = orch.governance
+        self.governance: GovernanceMeter | None = (
+            None if governance is None else GovernanceMeter(governance, clock=orch.clock)
+        )
+        """This session's count against the orchestrator's ``governance`` (None without)."""
+        self._breach: GovernanceBreachedError | None = None
         policy = orch.retry
         self.recovery = RecoveryContext(
             recipes=None if policy is None else policy.recipes,
@@ -220,6 +236,25 @@ class _SessionCore:
         with self._lock:
             self._failures[failure.value] += 1
 
+    def _governance_breached(self, breach: GovernanceBreachedError) -> GovernanceBreachedError:
+        """Record a governance refusal and fail the worker at once; return it, to be raised."""
+        first = False
+        with self._lock:
+            if self._breach is None:
+                self._breach = breach
+                first = True
+        self._record_failure(AgentFailureClass.GOVERNANCE_BREACHED)
+        self._emit(
+            EventName.GOVERNANCE_BREACHED,
+            failure_class=AgentFailureClass.GOVERNANCE_BREACHED,
+            detail=str(breach),
+            data=breach.to_dict(),
+        )
+        worker = self.worker
+        if first and worker is not None and not worker.is_terminal:
+            self._transition(AgentStatus.FAILED, f"governance_breached: {breach.limit.value}")
+        return breach
+
     def _run_hook(self, hook: object, point: str, method: Callable[..., _T], *args: object) -> _T:
         try:
             return method(*args)
@@ -322,6 +357,8 @@ def failure_class_of(exc: BaseException) -> AgentFailureClass:
     """Classify any exception a session sees into an :class:`AgentFailureClass`."""
     if _cancelled(exc):
         return AgentFailureClass.CANCELLED
+    if isinstance(exc, GovernanceBreachedError):
+        return AgentFailureClass.GOVERNANCE_BREACHED
     if isinstance(exc, (BudgetExceededError, MaxIterationsExceededError)):
         return AgentFailureClass.BUDGET_EXCEEDED
     if isinstance(exc, PermissionDeniedError):

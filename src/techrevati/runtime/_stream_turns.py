@@ -461,6 +461,9 @@ class _StreamTurnEngine(_TurnEngine):
             "abandoned": abandoned,
         }
         self._stream_done(turn, usage, cost.cost_femto_usd, flagged, duration, extra)
+        meter = self.governance
+        if meter is not None:
+            meter._record_turn(turn.billed_femto + cost.cost_femto_usd, False)
         if self._usage_sinks:
             self._write_usage(turn, usage, cost, duration)
         if self._stats is not None:
@@ -487,6 +490,11 @@ class _StreamTurnEngine(_TurnEngine):
             cost = self._charge(turn, partial)
             if self._usage_sinks:
                 self._write_usage(turn, partial, cost, duration)
+        meter = self.governance
+        if meter is not None:
+            meter._record_turn(
+                turn.billed_femto + (0 if cost is None else cost.cost_femto_usd), True
+            )
         failure = failure_class_of(exc)
         self._record_failure(failure)
         stats, policy = self._stats, self._orch.retry

@@ -42,6 +42,7 @@ from techrevati.runtime.events import (
     EventName,
     UsageRecord,
 )
+from techrevati.runtime.governance import GovernanceBreachedError
 from techrevati.runtime.hooks import (
     ModelCall,
 )
@@ -53,6 +54,7 @@ from techrevati.runtime.retry_policy import (
     RetriesExhaustedError,
     RetryAttempt,
     RetryRun,
+    inspect_exception,
 )
 from techrevati.runtime.usage import TurnCost, UsageSnapshot
 
@@ -174,6 +176,12 @@ class _TurnEngine(_SessionCore):
         if worker is None or worker.status is not AgentStatus.RUNNING:
             self._require_running()  # raises, saying why
         model = model or UNNAMED_MODEL
+        meter = self.governance
+        if meter is not None:
+            try:
+                meter.before_turn()
+            except GovernanceBreachedError as breach:
+                raise self._governance_breached(breach) from None
         limit = self._orch.max_iterations
         with self._lock:
             refused = limit is not None and self._turns >= limit
@@ -249,7 +257,10 @@ class _TurnEngine(_SessionCore):
         """Run before_model hooks for the next attempt, then reserve its budget.
 
         ``reserve=False``: the async engine reserves itself (:meth:`_areserve`).
+        A retry is refused here once the governance's wall time has passed.
         """
+        if turn.attempt and self.governance is not None:
+            self._check_wall(turn)
         turn.attempt += 1
         call = turn.call
         if call is not None:  # only built when hooks look at it
@@ -262,6 +273,16 @@ class _TurnEngine(_SessionCore):
             self._hold_cap(turn)
         if reserve and self._budgets:
             self._reserve(turn)
+
+    def _check_wall(self, turn: _Turn) -> None:
+        """Refuse the next attempt of ``turn`` when the governance's wall time has passed."""
+        meter = self.governance
+        assert meter is not None
+        try:
+            meter.check_wall()
+        except GovernanceBreachedError as breach:
+            meter._record_turn(turn.billed_femto, True)
+            raise self._governance_breached(breach) from None
 
     def _hold_cap(self, turn: _Turn) -> None:
         """Hold the attempt's expected cost on the session's cap (``budget_usd``)."""
@@ -454,6 +475,9 @@ class _TurnEngine(_SessionCore):
             self._release(turn)
             raise
         self._turn_done(turn, usage, cost.cost_femto_usd, flagged, duration)
+        meter = self.governance
+        if meter is not None:
+            meter._record_turn(turn.billed_femto + cost.cost_femto_usd, False)
         if self._usage_sinks:
             self._write_usage(turn, usage, cost, duration)
         if self._stats is not None:
@@ -506,6 +530,7 @@ class _TurnEngine(_SessionCore):
             cost = None
         else:
             cost = self._charge(turn, billed)
+            turn.billed_femto += cost.cost_femto_usd
             if self._usage_sinks:
                 self._write_usage(turn, billed, cost, duration)
         failure = failure_class_of(exc)
@@ -516,19 +541,11 @@ class _TurnEngine(_SessionCore):
         self._emit_failure(
             turn=turn, exc=exc, failure=failure, duration=duration, billed=billed, cost=cost
         )
-        policy = self._orch.retry
-        if policy is None or not isinstance(exc, Exception):
-            return None
-        run = turn.run
-        if run is None:
-            run = turn.run = RetryRun(policy, cap=self.recovery)
-        try:
-            retry = run.failed(exc)
-        except RetriesExhaustedError:
-            with self._lock:
-                self._retries_exhausted = True
-            raise
+        retry = self._retry_for(turn, exc, failure)
         if retry is None:
+            meter = self.governance
+            if meter is not None:
+                meter._record_turn(turn.billed_femto, True)
             return None
         if RecoveryStep.SWITCH_PROVIDER in retry.steps and turn.models:
             previous = turn.model
@@ -552,6 +569,67 @@ class _TurnEngine(_SessionCore):
             },
         )
         return retry
+
+    def _retry_for(
+        self, turn: _Turn, exc: BaseException, failure: AgentFailureClass
+    ) -> RetryAttempt | None:
+        """Return the retry the memory or the policy grants after ``exc``, or None.
+
+        Raises :class:`RetriesExhaustedError` from ``exc`` when attempts run out
+        (the turn is then counted as failed on the governance meter).
+        """
+        if not isinstance(exc, Exception) or isinstance(exc, GovernanceBreachedError):
+            return None
+        if failure is AgentFailureClass.CONTEXT_OVERFLOW and self.memory is not None:
+            return self._compacted(turn, exc)
+        policy = self._orch.retry
+        if policy is None:
+            return None
+        run = turn.run
+        if run is None:
+            run = turn.run = RetryRun(policy, cap=self.recovery)
+        try:
+            return run.failed(exc)
+        except RetriesExhaustedError:
+            with self._lock:
+                self._retries_exhausted = True
+            meter = self.governance
+            if meter is not None:
+                meter._record_turn(turn.billed_femto, True)
+            raise
+
+    def _compacted(self, turn: _Turn, exc: Exception) -> RetryAttempt | None:
+        """Compact the session's memory after a context overflow: one retry, if it shed any."""
+        memory = self.memory
+        assert memory is not None
+        if turn.compacted:  # healed once already: the second overflow is the caller's
+            return None
+        turn.compacted = True
+        result = memory.compact()
+        self._emit(
+            EventName.MEMORY_COMPACTED,
+            detail=(
+                f"dropped {result.messages_dropped} messages "
+                f"({result.tokens_dropped} tokens) after a context overflow"
+            ),
+            data={
+                "model": turn.model,
+                "messages_dropped": result.messages_dropped,
+                "tokens_dropped": result.tokens_dropped,
+                "messages_kept": result.messages_kept,
+                "tokens_kept": result.tokens_kept,
+            },
+        )
+        if not result.messages_dropped:
+            return None
+        return RetryAttempt(
+            attempt=turn.attempt,
+            delay_seconds=0.0,
+            failure=inspect_exception(exc),
+            steps=(RecoveryStep.REDUCE_CONTEXT,),
+            exception=exc,
+            reason="context overflow: the memory was compacted, the turn is retried once",
+        )
 
     def _emit_failure(
         self,
@@ -590,8 +668,10 @@ class _Turn:
 
     __slots__ = (
         "attempt",
+        "billed_femto",
         "call",
         "cap_held",
+        "compacted",
         "estimate",
         "holds",
         "lease",
@@ -628,6 +708,8 @@ class _Turn:
         self.run: RetryRun | None = None
         self.lease: RateLease | None = None  # the attempt's rate-limit admission, ended once
         self.throttled = 0.0  # seconds the turn's attempts waited for the rate limiter
+        self.billed_femto = 0  # what failed attempts were billed (the governance counts it)
+        self.compacted = False  # the memory was compacted once for this turn
 
 
 def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:

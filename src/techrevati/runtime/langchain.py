@@ -320,6 +320,9 @@ class _Turns:
             cost = session._charge(turn, billed)
             if session._usage_sinks:
                 session._write_usage(turn, billed, cost, duration)
+        meter = session.governance
+        if meter is not None:  # LangChain's attempt is the session's turn: it failed
+            meter._record_turn(0 if cost is None else cost.cost_femto_usd, True)
         failure = failure_class_of(exc)
         session._record_failure(failure)
         if isinstance(exc, TurnTimeoutError):

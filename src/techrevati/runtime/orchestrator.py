@@ -61,6 +61,7 @@ from techrevati.runtime.events import (
     EventSink,
     UsageSink,
 )
+from techrevati.runtime.governance import GOVERNANCE_KEY, Governance, GovernanceBreachedError
 from techrevati.runtime.hooks import (
     BaseHook,
     Hook,
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
 
     from techrevati.runtime.approvals import ApprovalLedger
     from techrevati.runtime.jsonl import JsonlSink
+    from techrevati.runtime.memory import ConversationMemory
     from techrevati.runtime.redis_store import RedisStore
     from techrevati.runtime.sqlite import SqliteReader, SqliteSink
 
@@ -149,7 +151,11 @@ class Orchestrator:
     a turn waits for its capacity before the call (a ``turn.throttled`` event
     says how long), settles with the attempt's usage or releases on failure,
     and the limiter observes the rate-limit headers of what the call returned
-    or raised. Every argument is checked here, so a
+    or raised. ``governance`` sets hard-stop limits per session (turns,
+    dollars, failed turns in a row, tool calls, wall time): a breach raises
+    :class:`~techrevati.runtime.governance.GovernanceBreachedError`, which no
+    retry catches, fails the worker at once and emits ``governance.breached``.
+    Every argument is checked here, so a
     wrong one fails at construction with an :class:`InvalidValueError`
     naming it, never later inside a turn.
     """
@@ -168,6 +174,7 @@ class Orchestrator:
         rate_limiter: RateLimiter | None = None,
         policy_engine: PolicyEngine | None = None,
         quality_gate: QualityGate | None = None,
+        governance: Governance | None = None,
         budget_usd: MoneyInput | None = None,
         budget: Budget | None = None,
         enforce_budget: bool = True,
@@ -207,6 +214,8 @@ class Orchestrator:
         self.rate_limiter = instance_or_none("rate_limiter", rate_limiter, RateLimiter)
         self.policy_engine = instance_or_none("policy_engine", policy_engine, PolicyEngine)
         self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
+        self.governance = instance_or_none("governance", governance, Governance)
+        """Hard-stop limits each session counts against with its own meter (None: none)."""
         if budget_usd is None:
             self.budget_usd: Decimal | None = None
             self._budget_femto: int | None = None
@@ -241,13 +250,29 @@ class Orchestrator:
         self._model_hooks = bool(self._points["before_model"] or self._points["after_model"])
         self.sinks = SinkFanout(list(sinks))
 
-    def session(self, *, metadata: Mapping[str, object] | None = None) -> Session:
-        """Return a new session; use it as ``with orch.session() as session:``."""
-        return Session(self, metadata=metadata)
+    def session(
+        self,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        memory: ConversationMemory | None = None,
+    ) -> Session:
+        """Return a new session; use it as ``with orch.session() as session:``.
 
-    def asession(self, *, metadata: Mapping[str, object] | None = None) -> Session:
+        ``memory``: the conversation the turns send; on a context overflow the
+        session compacts it (``memory.compact()``) and retries the turn once,
+        emitting ``memory.compacted``. ``fn`` must read ``memory.messages``
+        when it is called, so the retry sends the compacted history.
+        """
+        return Session(self, metadata=metadata, memory=_memory_or_none(memory))
+
+    def asession(
+        self,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        memory: ConversationMemory | None = None,
+    ) -> Session:
         """Return a new session; use it as ``async with orch.asession() as session:``."""
-        return Session(self, metadata=metadata)
+        return Session(self, metadata=metadata, memory=_memory_or_none(memory))
 
     def resume(
         self,
@@ -408,8 +433,9 @@ class Session(_StreamTurnEngine, _ToolGate):
         """Build a :class:`PhaseContext` from this session's facts, overridden by ``facts``.
 
         The session supplies ``phase``, ``cost_usd``, ``failed_roles``,
-        ``failures``, ``retries_exhausted``, ``timed_out`` and, when the
-        worker completed, ``completed_roles``.
+        ``failures``, ``retries_exhausted``, ``timed_out``, when the
+        worker completed, ``completed_roles``, and with ``governance`` its
+        meter as ``extra["governance"]`` (what the governance conditions read).
         """
         with self._lock:
             failures = {AgentFailureClass(k): v for k, v in self._failures.items()}
@@ -429,6 +455,8 @@ class Session(_StreamTurnEngine, _ToolGate):
         }
         if self._orch.quality_gate is not None:
             base["gate_required"] = self._orch.quality_gate.required
+        if self.governance is not None:
+            base["extra"] = {GOVERNANCE_KEY: self.governance, **facts.pop("extra", {})}
         base.update(facts)
         return PhaseContext(**base)
 
@@ -547,6 +575,8 @@ class Session(_StreamTurnEngine, _ToolGate):
         worker = self.worker
         if worker is None:
             return
+        if exc is None and self._breach is not None:  # caught by the caller: still a failure
+            exc = self._breach
         if self._orch.circuit_breaker is not None:
             self._orch.circuit_breaker.remove_listener(self._on_breaker_change)
         for store in _stores(self._orch):
@@ -587,6 +617,12 @@ class Session(_StreamTurnEngine, _ToolGate):
         self, name: str, args: tuple[object, ...], kwargs: Mapping[str, object]
     ) -> ToolCall:
         """Make the call the hooks see (permission already given by :meth:`_gate`)."""
+        meter = self.governance
+        if meter is not None:
+            try:
+                meter.before_tool(name)
+            except GovernanceBreachedError as breach:
+                raise self._governance_breached(breach) from None
         call = ToolCall(
             name=name,
             args=args,
@@ -634,3 +670,14 @@ def _stores(orch: Orchestrator) -> list[RedisStore]:
         if store is not None and all(store is not seen for seen in found):
             found.append(store)
     return found
+
+
+def _memory_or_none(memory: object) -> ConversationMemory | None:
+    """Check ``memory=`` is a ConversationMemory (imported only when one is given)."""
+    if memory is None:
+        return None
+    from techrevati.runtime.memory import ConversationMemory  # noqa: PLC0415
+
+    if not isinstance(memory, ConversationMemory):
+        raise InvalidValueError(f"memory must be a ConversationMemory or None, got {memory!r}")
+    return memory
