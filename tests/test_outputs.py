@@ -29,6 +29,7 @@ from techrevati.runtime.outputs import (
     OutputSpec,
     OutputValidationError,
     avalidated_call,
+    bind_feedback,
     feedback_caller,
     validated_call,
 )
@@ -721,6 +722,23 @@ def test_feedback_caller_inspects_the_signature_once() -> None:
     assert received.pop() == "g"
     with pytest.raises(InvalidValueError, match="fn must be callable"):
         feedback_caller(None)  # type: ignore[arg-type]
+
+
+def test_bind_feedback_leaves_the_other_parameters_open() -> None:
+    import inspect
+
+    def turn(model: str, feedback: str | None = None) -> str:
+        return f"{model}: {feedback}"
+
+    def plain(model: str) -> str:
+        return model
+
+    bound = bind_feedback(turn, "add the score")
+    assert bound(model="m") == "m: add the score"
+    assert "model" in inspect.signature(bound).parameters
+    assert bind_feedback(plain, "ignored") is plain
+    with pytest.raises(InvalidValueError, match="fn must be callable"):
+        bind_feedback(3, None)  # type: ignore[arg-type]
 
 
 @HYPOTHESIS

@@ -39,6 +39,7 @@ __all__ = [
     "OutputSpec",
     "OutputValidationError",
     "avalidated_call",
+    "bind_feedback",
     "feedback_caller",
     "validated_call",
 ]
@@ -222,7 +223,8 @@ class OutputSpec(Generic[T_co]):
         ``pattern`` is a str or a compiled ``re.Pattern[str]`` and must have
         at least one named group (``(?P<name>...)``). It is searched for in
         the answer, or must match all of it with ``fullmatch=True``. A group
-        that took no part in the match is ``None``.
+        that took no part in the match is ``None``. ``max_chars`` bounds the
+        text; the pattern's own backtracking is the pattern's (keep it linear).
         """
         if isinstance(pattern, re.Pattern):
             if flags:
@@ -568,6 +570,17 @@ def feedback_caller(fn: Callable[..., T]) -> Callable[[str | None], T]:
     if _takes_feedback(fn):
         return lambda feedback: fn(feedback=feedback)
     return lambda feedback: fn()
+
+
+def bind_feedback(fn: Callable[..., T], feedback: str | None) -> Callable[..., T]:
+    """Return ``fn`` with ``feedback=`` bound if it takes that keyword, else ``fn`` itself.
+
+    Unlike :func:`feedback_caller`, every other parameter stays open (a
+    ``functools.partial``), so a caller that passes more keywords (a
+    session's ``model=``) still can, and still sees them in the signature.
+    """
+    required_callable("fn", fn)
+    return functools.partial(fn, feedback=feedback) if _takes_feedback(fn) else fn
 
 
 def _takes_feedback(fn: Callable[..., object]) -> bool:
