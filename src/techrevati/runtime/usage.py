@@ -642,6 +642,34 @@ class UsageTracker:
             if not priced:
                 totals.unpriced_turns += 1
 
+    def _restore_totals(
+        self,
+        model: str,
+        usage: UsageSnapshot,
+        femto: int,
+        *,
+        turns: int,
+        unpriced_turns: int = 0,
+        tier_unpriced_turns: int = 0,
+    ) -> None:
+        """Add the totals of ``turns`` earlier turns of one model and tier at once (a checkpoint).
+
+        ``usage`` holds their summed counts (and the tier), ``femto`` what they
+        were charged. Not priced again and not charged to :attr:`budget`.
+        """
+        name = _model_name(model)
+        tier = usage.service_tier
+        with self._lock:
+            totals = self._by_key.get(model)
+            if totals is None:
+                totals = self._by_key[model] = self._totals(name)
+            totals = totals.of_tier(None if tier == DEFAULT_SERVICE_TIER else tier)
+            totals.turns += turns
+            totals.counts = _plus(totals.counts, usage._counts)
+            totals.femto += femto
+            totals.unpriced_turns += unpriced_turns
+            totals.tier_unpriced_turns += tier_unpriced_turns
+
     def _totals(self, name: str) -> _ModelTotals:
         """Return the totals of the stripped ``name``, made on first use (under the lock)."""
         totals = self._by_name.get(name)
