@@ -5,7 +5,10 @@ a latency and an exact cost) on the first one, as a session would once per
 turn. The health-aware router reads a real CircuitBreaker (closed) and a real
 RateLimiter (holding a few admissions) per candidate; one variant has the
 first candidate's breaker open, so every route skips it and reads its
-retry time. Variants are timed in interleaved rounds, best kept.
+retry time. Two references run in the same rounds: one closed
+``CircuitBreaker.call`` and one ``Session.run_turn`` (a breaker, usage given),
+the turn a router will be asked from. Variants are timed in interleaved
+rounds, best kept; the machine is shared, so compare within a run.
 
 Run: ``.venv/bin/python -m bench.bench_routing``
 """
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from bench._timing import interleaved, report, sync_loop_ns
+from techrevati.runtime import Orchestrator, UsageSnapshot
 from techrevati.runtime.circuit_breaker import CircuitBreaker
 from techrevati.runtime.rate_limit import RateLimiter
 from techrevati.runtime.routing import (
@@ -101,14 +105,40 @@ def _routers(count: int) -> dict[str, ProviderRouter]:
 
 def main() -> None:
     """Print ns per route + record for each router at 3 and 20 candidates."""
-    for count, calls in CALLS.items():
-        variants = {"bare call": _measure(_answer, calls)}
-        for name, router in _routers(count).items():
-            variants[name] = _measure(_turn(router), calls)
-        best = interleaved(variants, rounds=ROUNDS)
-        print(f"{count} candidates, candidates() + record() (best of {ROUNDS} interleaved rounds):")
-        report(list(best.items()), baseline=best["bare call"], unit="turn")
-        print()
+    breaker = CircuitBreaker("reference")
+    usage = UsageSnapshot(input_tokens=1200, output_tokens=300)
+    orchestrator = Orchestrator(
+        role="bench", phase="route", circuit_breaker=CircuitBreaker("turns")
+    )
+    with orchestrator.session() as session:
+        for count, calls in CALLS.items():
+            variants = {
+                "bare call": _measure(_answer, calls),
+                "(reference) CircuitBreaker.call, closed": _measure(
+                    lambda: breaker.call(_answer), calls
+                ),
+                "(reference) Session.run_turn, breaker": _measure(
+                    lambda: session.run_turn(_answer, model="m", usage=usage), calls
+                ),
+            }
+            for name, router in _routers(count).items():
+                variants[name] = _measure(_turn(router), calls)
+            _table(count, interleaved(variants, rounds=ROUNDS))
+    _outcomes()
+
+
+def _table(count: int, best: dict[str, float]) -> None:
+    print(f"{count} candidates, candidates() + record() (best of {ROUNDS} interleaved rounds):")
+    report(list(best.items()), baseline=best["bare call"], unit="turn")
+    turn = best["(reference) Session.run_turn, breaker"]
+    print("as a share of the reference run_turn:")
+    for name, ns in best.items():
+        if not name.startswith(("bare", "(reference)")):
+            print(f"  {name:<52} {ns / turn:>6.2f}x")
+    print()
+
+
+def _outcomes() -> None:
     outcome = interleaved(
         {
             "bare call": lambda: sync_loop_ns(_answer, 50_000),

@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal, localcontext
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -38,6 +39,9 @@ from techrevati.runtime.routing import (
 )
 from techrevati.runtime.usage import UsageSnapshot
 from tests.conftest import FakeClock, examples
+
+if TYPE_CHECKING:
+    from tests.redis_servers import RedisServer
 
 WAIT = 10.0  # seconds a thread barrier waits before the test fails
 
@@ -236,6 +240,9 @@ def test_every_router_is_a_provider_router_and_refuses_strangers(
     decision = router.candidates(RouteRequest(max_wait=1.0))
     assert json.loads(json.dumps(decision.to_dict()))["order"] == labels(decision)
     assert [e.max_wait for e in decision.ranked] == [1.0, 1.0]
+    later = router.candidates(RouteRequest(max_wait=2.0))
+    assert [e.max_wait for e in later.ranked] == [2.0, 2.0]
+    assert [e.max_wait for e in router.candidates().ranked] == [None, None]
     assert sorted(labels(decision)) == ["a", "b"]
     assert decision.first is decision[0]
 
@@ -439,9 +446,12 @@ def test_reading_a_breaker_takes_no_permit_and_no_probe_slot() -> None:
     decision = router.candidates()
     assert skipped(decision) == {"g": SkipReason.PROBES_TAKEN}
     assert "breaker 'g' half-open with every probe slot taken" in decision.explain()
+    assert router.candidates(RouteRequest(exclude={"h"})).skipped[0].candidate.label == "g"
     permit.record_success()
     assert guard.state is CircuitState.CLOSED
-    assert labels(router.candidates())[:1] == ["g"]
+    decision = router.candidates()
+    assert labels(decision)[:1] == ["g"]
+    assert decision.ranked[0].state is CircuitState.CLOSED  # not the half-open read before
 
 
 def test_a_forced_open_breaker_is_skipped_with_no_end_in_sight() -> None:
@@ -1047,3 +1057,31 @@ def test_a_cost_finer_than_a_femto_dollar_is_refused_not_rounded() -> None:
     with pytest.raises(InvalidValueError, match="more precision than 1e-15 USD"):
         Outcome.success(1.0, "0.0000000000000001")
     assert Outcome.success(1.0, "0.000000000000001").cost_femto_usd == 1
+
+
+# ---- the shared tier -------------------------------------------------------------------
+
+
+def test_a_breaker_opened_by_another_worker_is_routed_around(redis_server: RedisServer) -> None:
+    from techrevati.runtime.redis_store import RedisStore
+
+    client = redis_server.client()
+    try:
+        store = RedisStore(client, prefix="routing-test")
+        theirs = CircuitBreaker("openai", 1, 30.0, store=store)  # another worker's object
+        mine = CircuitBreaker("openai", 1, 30.0, store=store)
+        quota = RateLimiter(requests_per_minute=1, name="openai-rpm", store=store)
+        quota.acquire().settle()
+        primary = Candidate("gpt-4o", "openai", breaker=mine, limiter=quota)
+        router = HealthAwareRouter([primary, Candidate("claude")], max_wait=1.0, explore=0)
+        first = router.candidates()
+        assert labels(first) == ["openai/gpt-4o", "claude"]
+        assert first.ranked[0].wait is None  # a shared limiter's wait cannot be read
+        trip(theirs)
+        decision = router.candidates()
+        assert labels(decision) == ["claude"]
+        (skip,) = decision.skipped
+        assert skip.reason is SkipReason.BREAKER_OPEN
+        assert 29.0 < skip.seconds <= 30.0
+    finally:
+        client.close()

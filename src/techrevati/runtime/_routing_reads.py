@@ -14,10 +14,11 @@ timeout has passed, as any admission would) and then run the breaker's state
 listeners in the reading thread. The probe-slot limit is read from the
 breaker's settings (``_max_probes``): the breaker has no public property for it.
 
-The limiter has no public read of its wait, so :func:`limiter_wait` repeats
-the checks of ``_LocalWindow.admit`` under the window's own lock and stops
-before the admission (dropping expired entries from the log on the way, as
-every read of the window does). A limiter on a shared store (Redis) has no
+The limiter has no public read of its wait, so :func:`limiter_wait` decides
+the common case (the call fits) on the window's running totals, and
+otherwise repeats the checks of ``_LocalWindow.admit`` under the window's own
+lock and stops before the admission (dropping expired entries from the log
+on the way, as every read of the window does). A limiter on a shared store (Redis) has no
 such read: its wait is unknown (None) and the router does not skip it. Both
 private reads are stand-ins for public ones the breaker and the limiter do
 not have yet (see docs/routing.md, "Limits").
@@ -102,19 +103,22 @@ def limiter_wait(
         limit = limits[dimension]
         if limit is not None and wanted[dimension] > limit:
             return math.inf, "too_large"
+    most = window._max_concurrent
+    # The common case, on the running totals without the lock: expired entries still in
+    # them only make the totals larger, so a call that fits them fits. (A read, not a
+    # reservation: another caller may take the room before this call's acquire.)
+    if (
+        not any(window._caps)
+        and (limits[0] is None or window._requests < limits[0])
+        and (limits[1] is None or window._input + window._output + wanted[1] <= limits[1])
+        and (limits[2] is None or window._input + input_tokens <= limits[2])
+        and (limits[3] is None or window._output + output_tokens <= limits[3])
+        and (most is None or len(window._open) < most)
+    ):
+        return _FITS
     now = limiter._clock()
     with window._lock:  # the checks of _LocalWindow.admit, without the admission
         now = window._advance(now)
-        most = window._max_concurrent
-        if (
-            not any(window._caps)
-            and (limits[0] is None or window._requests < limits[0])
-            and (limits[1] is None or window._input + window._output + wanted[1] <= limits[1])
-            and (limits[2] is None or window._input + input_tokens <= limits[2])
-            and (limits[3] is None or window._output + output_tokens <= limits[3])
-            and (most is None or len(window._open) < most)
-        ):
-            return _FITS  # the common case, decided on the running totals alone
         kind, wait = window._window_wait(now, wanted)
         for dimension, cap in enumerate(window._caps):
             if cap is None or cap[1] <= now:

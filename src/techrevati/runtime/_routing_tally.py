@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
     from techrevati.runtime.events import AgentFailureClass
-    from techrevati.runtime.routing import Candidate, Outcome
+    from techrevati.runtime.routing import Candidate, Outcome, Ranked
 
 __all__ = ["UNMEASURED", "Averaging", "Slot", "View", "atto_usd", "averaging", "settle"]
 
@@ -71,10 +71,12 @@ class Slot:
     __slots__ = (
         "candidate",
         "cost_femto",
+        "entry",
         "failures",
         "index",
         "key",
         "last_failure",
+        "local_breaker",
         "pending_femto",
         "pending_latency",
         "position",
@@ -94,6 +96,10 @@ class Slot:
         self.pending_femto = 0  # femto-USD of failed attempts since the last success
         self.cost_femto = 0  # every cost recorded, exact
         self.view = UNMEASURED
+        # A health-aware router's: whether the breaker's CLOSED state reads without a lock,
+        # and the last Ranked built for this candidate with the view it was built from.
+        self.local_breaker = False
+        self.entry: tuple[View | None, Ranked]  # set by the health-aware router only
 
 
 def settle(slot: Slot, outcome: Outcome, now: float, settings: Averaging) -> bool:

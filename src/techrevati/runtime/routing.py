@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple, Protocol, overload, runtime_checkable
+from typing import Final, Literal, NamedTuple, Protocol, TypeVar, overload, runtime_checkable
 
 from techrevati.runtime._breaker_state import _CLOSED, _HALF_OPEN, CircuitState
 from techrevati.runtime._clock import Clock
@@ -92,6 +92,7 @@ DEFAULT_EXPLORE: Final = 0.05
 DEFAULT_STALE_AFTER: Final = 300.0
 """Seconds without a success after which a candidate's averages are replaced, not moved."""
 
+_T = TypeVar("_T")
 _NO_EXTRA: Final[Mapping[str, object]] = MappingProxyType({})
 _CANDIDATE: Final = operator.itemgetter(0)
 
@@ -358,7 +359,7 @@ class RouteDecision(Sequence[Candidate]):
     ``unit`` is what the scores are in (``s``, ``$``; ``""``: no scores).
     """
 
-    __slots__ = ("_order", "explored", "least_bad", "ranked", "rule", "skipped", "unit")
+    __slots__ = ("explored", "least_bad", "ranked", "rule", "skipped", "unit")
 
     def __init__(
         self,
@@ -376,12 +377,11 @@ class RouteDecision(Sequence[Candidate]):
         self.explored = explored
         self.least_bad = least_bad
         self.unit = unit
-        self._order: tuple[Candidate, ...] = tuple(map(_CANDIDATE, ranked))
 
     @property
     def first(self) -> Candidate:
         """The candidate to try first."""
-        return self._order[0]
+        return self.ranked[0][0]
 
     @overload
     def __getitem__(self, index: int) -> Candidate: ...
@@ -390,13 +390,16 @@ class RouteDecision(Sequence[Candidate]):
     def __getitem__(self, index: slice) -> tuple[Candidate, ...]: ...
 
     def __getitem__(self, index: int | slice) -> Candidate | tuple[Candidate, ...]:
-        return self._order[index]
+        if isinstance(index, slice):
+            return tuple(map(_CANDIDATE, self.ranked[index]))
+        candidate: Candidate = self.ranked[index][0]
+        return candidate
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self.ranked)
 
     def __iter__(self) -> Iterator[Candidate]:
-        return iter(self._order)
+        return map(_CANDIDATE, self.ranked)
 
     def explain(self) -> str:
         """One line: the rule, each candidate in order with why, then each skipped one with why."""
@@ -411,7 +414,7 @@ class RouteDecision(Sequence[Candidate]):
         """Return the decision as JSON-ready data for a turn event (``inf`` becomes None)."""
         return {
             "router": self.rule,
-            "order": [candidate.label for candidate in self._order],
+            "order": [candidate.label for candidate in self],
             "ranked": [
                 {
                     "candidate": entry.candidate.label,
@@ -438,7 +441,7 @@ class RouteDecision(Sequence[Candidate]):
         }
 
     def __repr__(self) -> str:
-        labels = ", ".join(candidate.label for candidate in self._order)
+        labels = ", ".join(candidate.label for candidate in self)
         return f"RouteDecision({self.rule!r}, [{labels}], skipped={len(self.skipped)})"
 
 
@@ -732,8 +735,7 @@ class WeightedRouter(_Router):
             request = self._given(request)
             if request.exclude:
                 return self._drawn_among(request)
-        with self._lock:
-            draw = self._rng.random() * self._total
+        draw = self._rng.random() * self._total  # one C call, thread-safe on its own
         first = bisect.bisect_right(self._cumulative, draw)
         decision = self._firsts[first if first <= self._last else self._last]
         if request is None or request.max_wait is None:
@@ -753,8 +755,7 @@ class WeightedRouter(_Router):
             for slot in weighted:
                 running += slot.candidate.weight
                 cumulative.append(running)
-            with self._lock:
-                draw = self._rng.random() * running
+            draw = self._rng.random() * running
             at = bisect.bisect_right(cumulative, draw)
             first = weighted[min(at, len(weighted) - 1)]
             note = f"drawn by weight {first.candidate.weight:g} of {running:g}"
@@ -834,6 +835,13 @@ class HealthAwareRouter(_Router):
         self._least_bad = if_none_healthy == "least_bad"
         self._rng = rng if rng is not None else random.Random()
         self._order = self._slots  # ranked by key; replaced whole, so a route reads it unlocked
+        for slot in self._slots:
+            slot.entry = (None, _plain(slot.candidate, ""))  # matches no view: built on first use
+            breaker = slot.candidate.breaker
+            # A breaker whose state property is the base class's keeps its state in this
+            # process: CLOSED reads from _state without the lock. (A shared breaker's state
+            # property reads its store instead.)
+            slot.local_breaker = breaker is not None and type(breaker).state is CircuitBreaker.state
         self.rule = (
             "health-aware, by given order" if prefer == "order" else f"health-aware, by {prefer}"
         )
@@ -854,28 +862,35 @@ class HealthAwareRouter(_Router):
         Raises :class:`NoHealthyProviderError` when every candidate is
         skipped (unless ``if_none_healthy="least_bad"``).
         """
-        request = self._given(request)
+        if request is None:
+            request = _ANY
+        elif type(request) is not RouteRequest:
+            self._given(request)  # raises
         tokens_in, tokens_out = request.tokens
         allowed = self._max_wait if request.max_wait is None else request.max_wait
         exclude = request.exclude
         by_cost = self._by_cost
         ranked: list[Ranked] = []
-        probing: list[Ranked] = []
-        skipped: list[Skipped] = []
+        probing: list[Ranked] | None = None
+        skipped: list[Skipped] | None = None
         waits = False
         for slot in self._order:
             candidate = slot.candidate
             if exclude and candidate.label in exclude:
-                skipped.append(Skipped(candidate, SkipReason.EXCLUDED, 0.0))
+                skipped = _appended(skipped, Skipped(candidate, SkipReason.EXCLUDED, 0.0))
                 continue
             state: CircuitState | None = None
             breaker = candidate.breaker
             if breaker is not None:
-                health, seconds = breaker_health(breaker)
-                if health > PROBE:
-                    skipped.append(Skipped(candidate, _SKIP_FOR_HEALTH[health], seconds))
-                    continue
-                state = _HALF_OPEN if health == PROBE else _CLOSED
+                if slot.local_breaker and breaker._state is _CLOSED:
+                    state = _CLOSED  # a local breaker leaves CLOSED only by a call: no lock
+                else:
+                    health, seconds = breaker_health(breaker)
+                    if health > PROBE:
+                        skip = Skipped(candidate, _SKIP_FOR_HEALTH[health], seconds)
+                        skipped = _appended(skipped, skip)
+                        continue
+                    state = _HALF_OPEN if health == PROBE else _CLOSED
             wait: float | None = 0.0
             limiter = candidate.limiter
             if limiter is not None:
@@ -884,35 +899,42 @@ class HealthAwareRouter(_Router):
                     most = limiter.max_wait if allowed is None else allowed
                     if wait > most or limit == "too_large":
                         reason = _SKIP_FOR_LIMIT.get(limit, SkipReason.RATE_LIMITED)
-                        skipped.append(Skipped(candidate, reason, wait, limit, most))
+                        skipped = _appended(skipped, Skipped(candidate, reason, wait, limit, most))
                         continue
                     waits = True
             view = slot.view
-            entry = _new_ranked(
-                Ranked,
-                (candidate, state, view.cost, view.cost_samples, wait, allowed, "")
-                if by_cost
-                else (candidate, state, view.latency, view.samples, wait, allowed, ""),
-            )
+            built_from, entry = slot.entry  # the last one built, reused while nothing changed
+            if (
+                built_from is not view
+                or entry[1] is not state
+                or entry[4] != wait
+                or entry[5] != allowed
+            ):
+                entry = _new_ranked(
+                    Ranked,
+                    (candidate, state, view.cost, view.cost_samples, wait, allowed, "")
+                    if by_cost
+                    else (candidate, state, view.latency, view.samples, wait, allowed, ""),
+                )
+                slot.entry = (view, entry)  # one store: a racing route sees a matching pair
             if state is _HALF_OPEN:
-                probing.append(entry)
+                probing = _appended(probing, entry)
             else:
                 ranked.append(entry)
         if waits and self._prefer == "latency":  # the wait is part of the latency
             ranked.sort(key=_latency_with_wait)
-            probing.sort(key=_latency_with_wait)
-        ranked.extend(probing)
+            if probing:
+                probing.sort(key=_latency_with_wait)
+        if probing:
+            ranked.extend(probing)
+        left = () if skipped is None else tuple(skipped)
         if not ranked:
-            return self._none_healthy(skipped, allowed)
+            return self._none_healthy(left, allowed)
         explored = None
-        if self._explore and len(ranked) > 1:
-            with self._lock:
-                draw = self._rng.random()
-            if draw < self._explore:
-                explored = self._explored(ranked)
-        return RouteDecision(
-            self.rule, tuple(ranked), tuple(skipped), explored=explored, unit=self._unit
-        )
+        # random() is one C call, thread-safe on its own (the random module says so): no lock
+        if self._explore and len(ranked) > 1 and self._rng.random() < self._explore:
+            explored = self._explored(ranked)
+        return RouteDecision(self.rule, tuple(ranked), left, explored=explored, unit=self._unit)
 
     @property
     def _unit(self) -> str:
@@ -953,7 +975,7 @@ class HealthAwareRouter(_Router):
         ranked.insert(0, entry._replace(note=note))
         return entry.candidate
 
-    def _none_healthy(self, skipped: list[Skipped], allowed: float | None) -> RouteDecision:
+    def _none_healthy(self, skipped: tuple[Skipped, ...], allowed: float | None) -> RouteDecision:
         """Every candidate was skipped: raise, or fall back to the one available soonest."""
         if self._least_bad:
             pick: Skipped | None = None
@@ -1031,6 +1053,14 @@ def _checked_candidates(candidates: object) -> tuple[Candidate, ...]:
 
 def _plain(candidate: Candidate, note: str) -> Ranked:
     return Ranked(candidate, None, None, 0, None, None, note)
+
+
+def _appended(items: list[_T] | None, item: _T) -> list[_T]:
+    """Append ``item`` to ``items``, made on first use (most routes skip nothing)."""
+    if items is None:
+        return [item]
+    items.append(item)
+    return items
 
 
 def _placed(number: int, entry: Ranked, unit: str) -> str:
