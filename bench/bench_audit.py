@@ -1,0 +1,145 @@
+"""AuditSink throughput against the plain SqliteSink, same run, and where a record's time goes.
+
+Run: ``.venv/bin/python -m bench.bench_audit``
+
+Part 1 writes turns (a ``turn.completed`` event and a usage record each)
+into each sink with ``flush_every=100`` as fast as one thread can and times
+until ``close()`` returns (everything committed), like ``bench.bench_sinks``.
+The variants run interleaved, one run of each per round, each round starting
+one variant further along; it prints each variant's best and median rate
+and the audit sink's rates as a share of the plain sink's (best over best,
+median over median). The goal is >= 80 %. Part 2 times the pieces of one
+record on its own: the plain sink's row, the audit sink's canonical JSON,
+and the SHA-256 link hash and HMAC the writer adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from bench._timing import per_call_ns, report
+from techrevati.runtime._audit_chain import link, mac_of, record_text
+from techrevati.runtime._sqlite_rows import record_item
+from techrevati.runtime.audit import AuditSink, verify
+from techrevati.runtime.events import AgentEvent, UsageRecord
+from techrevati.runtime.sqlite import SqliteSink
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+EVENT = AgentEvent(
+    name="turn.completed",
+    role="writer",
+    phase="draft",
+    data={"model": "model-a", "duration_seconds": 1.25, "input_tokens": 5000, "cost_usd": "0.033"},
+    session_id="s1",
+    worker_id="w1",
+    project_id=42,
+    timestamp=AT,
+)
+RECORD = UsageRecord(
+    model="model-a",
+    input_tokens=5000,
+    output_tokens=1200,
+    cost_usd=Decimal("0.033"),
+    role="writer",
+    phase="draft",
+    session_id="s1",
+    worker_id="w1",
+    project_id=42,
+    timestamp=AT,
+)
+KEY = bytes(range(32))
+TURNS = 10_000  # per run: 20,000 records
+ROUNDS = 7
+
+Sink = SqliteSink | AuditSink
+VARIANTS: dict[str, Callable[[Path], Sink]] = {
+    "SqliteSink": lambda d: SqliteSink(d / "plain.db"),
+    "AuditSink": lambda d: AuditSink(d / "audit.db"),
+    "AuditSink(key=...)": lambda d: AuditSink(d / "keyed.db", key=KEY),
+}
+
+
+def _run(make: Callable[[Path], Sink]) -> float:
+    """Write TURNS turns into a fresh sink and close it; return records per second."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = make(Path(tmp))
+        start = time.perf_counter()
+        for _ in range(TURNS):
+            sink.write_event(EVENT)
+            sink.write_usage(RECORD)
+        sink.close()
+        elapsed = time.perf_counter() - start
+        if isinstance(sink, AuditSink):
+            verdict = verify(sink.path, key=KEY if sink.keyed else None)
+            if not verdict.ok or verdict.records != 2 * TURNS:
+                raise SystemExit(f"the chain does not verify: {verdict.summary}")
+        return 2 * TURNS / elapsed
+
+
+def throughput(rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """Records/s of each variant, one run of each per round, the order rotated each round."""
+    names = list(VARIANTS)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(_run(VARIANTS[name]))
+    return rates
+
+
+def pieces() -> None:
+    """Time what one record costs in each sink, piece by piece."""
+    event_text = record_text(EVENT).encode("ascii")
+    prev = hashlib.sha256(b"prev").digest()
+    digest = link(prev, 12345, event_text)
+    rows = [
+        ("SqliteSink row of the event (record_item)", per_call_ns(lambda: record_item(EVENT))),
+        ("SqliteSink row of the usage record", per_call_ns(lambda: record_item(RECORD))),
+        ("AuditSink canonical JSON of the event", per_call_ns(lambda: record_text(EVENT))),
+        ("AuditSink canonical JSON of the usage record", per_call_ns(lambda: record_text(RECORD))),
+        ("  of which event.to_dict()", per_call_ns(EVENT.to_dict)),
+        ("  of which usage.to_dict()", per_call_ns(RECORD.to_dict)),
+        (
+            "link hash (SHA-256 of prev + seq + record)",
+            per_call_ns(lambda: link(prev, 12345, event_text)),
+        ),
+        ("  + hex of it", per_call_ns(digest.hex)),
+        ("HMAC-SHA256 of the link hash", per_call_ns(lambda: mac_of(KEY, digest))),
+    ]
+    bare = per_call_ns(lambda: None)
+    report(rows, baseline=bare)
+
+
+def main() -> None:
+    """Print the interleaved throughput table and the per-record pieces."""
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else ROUNDS
+    rates = throughput(rounds)
+    print(
+        f"sustained throughput, {TURNS:,} turns (2 records each) until close() returns, "
+        f"flush_every=100, synchronous=full; {rounds} interleaved rounds:"
+    )
+    plain = rates["SqliteSink"]
+    for name, values in rates.items():
+        best, median = max(values), statistics.median(values)
+        share = (
+            ""
+            if name == "SqliteSink"
+            else f"  {best / max(plain):6.1%} (best)  {median / statistics.median(plain):6.1%} "
+            "(median) of SqliteSink"
+        )
+        print(f"  {name:<20} best {best:>9,.0f}  median {median:>9,.0f} records/s{share}")
+    print()
+    print("one record, piece by piece (best of 7 x 200,000 calls):")
+    pieces()
+
+
+if __name__ == "__main__":
+    main()
