@@ -24,6 +24,8 @@ from techrevati.runtime._money import usd_text
 from techrevati.runtime._responses import (
     StreamResultError,
 )
+from techrevati.runtime._threads import turn_key
+from techrevati.runtime._validate import non_empty_str
 from techrevati.runtime.budget import BudgetExceededError
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.errors import (
@@ -59,6 +61,7 @@ from techrevati.runtime.usage import UsageSnapshot, UsageTracker
 if TYPE_CHECKING:
     from techrevati.runtime._turns import _Turn
     from techrevati.runtime.approvals import ApprovalToken
+    from techrevati.runtime.checkpoints import CheckpointSaver
     from techrevati.runtime.memory import ConversationMemory
     from techrevati.runtime.orchestrator import Handoff, Orchestrator
 
@@ -77,6 +80,7 @@ class _SessionCore:
         *,
         metadata: Mapping[str, object] | None = None,
         memory: ConversationMemory | None = None,
+        thread_id: str | None = None,
     ) -> None:
         self._orch = orch
         self.id = uuid.uuid4().hex
@@ -90,6 +94,18 @@ class _SessionCore:
         )
         """This session's count against the orchestrator's ``governance`` (None without)."""
         self._breach: GovernanceBreachedError | None = None
+        if thread_id is not None:
+            thread_id = non_empty_str("thread_id", thread_id)
+            if orch.checkpoints is None:
+                raise InvalidValueError(
+                    f"thread_id={thread_id!r} needs somewhere to keep the thread: "
+                    "pass checkpoints= (InMemorySaver, SqliteSaver) to the Orchestrator"
+                )
+        self.thread_id = thread_id
+        """The checkpointed thread this session goes on (None: no checkpoints)."""
+        self._thread_state: object = None
+        self._step = 0
+        self._step_begun = False  # the step in progress is marked started on the saver
         policy = orch.retry
         self.recovery = RecoveryContext(
             recipes=None if policy is None else policy.recipes,
@@ -235,6 +251,24 @@ class _SessionCore:
     def _record_failure(self, failure: AgentFailureClass) -> None:
         with self._lock:
             self._failures[failure.value] += 1
+
+    def _begin_step(self) -> None:
+        """Mark the thread's step in progress as started on the saver, once per step."""
+        saver, thread, key = self._step_marker()
+        saver.begin_turn(thread, key)
+        self._step_begun = True
+
+    async def _abegin_step(self) -> None:
+        """Async twin of :meth:`_begin_step`."""
+        saver, thread, key = self._step_marker()
+        await saver.abegin_turn(thread, key)
+        self._step_begun = True
+
+    def _step_marker(self) -> tuple[CheckpointSaver, str, str]:
+        saver, thread = self._orch.checkpoints, self.thread_id
+        assert saver is not None
+        assert thread is not None
+        return saver, thread, turn_key(thread, self._step + 1)
 
     def _governance_breached(self, breach: GovernanceBreachedError) -> GovernanceBreachedError:
         """Record a governance refusal and fail the worker at once; return it, to be raised."""

@@ -127,6 +127,8 @@ class _TurnEngine(_SessionCore):
         fallback_models: Sequence[str] = (),
     ) -> tuple[_T, UsageSnapshot]:
         """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
+        if self.thread_id is not None and not self._step_begun:
+            await self._abegin_step()
         turn = self._begin_turn(
             fn, model, usage, estimate, timeout, fallback_models=fallback_models
         )
@@ -176,6 +178,8 @@ class _TurnEngine(_SessionCore):
         if worker is None or worker.status is not AgentStatus.RUNNING:
             self._require_running()  # raises, saying why
         model = model or UNNAMED_MODEL
+        if self.thread_id is not None and not self._step_begun:
+            self._begin_step()
         meter = self.governance
         if meter is not None:
             try:

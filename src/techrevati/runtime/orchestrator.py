@@ -34,6 +34,7 @@ from techrevati.runtime._session_core import (
     failure_class_of,
 )
 from techrevati.runtime._stream_turns import AsyncTurnStream, TurnStream, _StreamTurnEngine
+from techrevati.runtime._threads import restore, runtime_state, turn_key
 from techrevati.runtime._tool_gate import _ToolGate
 from techrevati.runtime._turns import UNNAMED_MODEL
 from techrevati.runtime._validate import (
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     import os
 
     from techrevati.runtime.approvals import ApprovalLedger
+    from techrevati.runtime.checkpoints import CheckpointSaver, CheckpointWrite
     from techrevati.runtime.jsonl import JsonlSink
     from techrevati.runtime.memory import ConversationMemory
     from techrevati.runtime.redis_store import RedisStore
@@ -175,6 +177,7 @@ class Orchestrator:
         policy_engine: PolicyEngine | None = None,
         quality_gate: QualityGate | None = None,
         governance: Governance | None = None,
+        checkpoints: CheckpointSaver | None = None,
         budget_usd: MoneyInput | None = None,
         budget: Budget | None = None,
         enforce_budget: bool = True,
@@ -216,6 +219,8 @@ class Orchestrator:
         self.quality_gate = instance_or_none("quality_gate", quality_gate, QualityGate)
         self.governance = instance_or_none("governance", governance, Governance)
         """Hard-stop limits each session counts against with its own meter (None: none)."""
+        self.checkpoints = _saver_or_none(checkpoints)
+        """Where ``session(thread_id=...)`` saves its steps and resumes from (None: nowhere)."""
         if budget_usd is None:
             self.budget_usd: Decimal | None = None
             self._budget_femto: int | None = None
@@ -255,6 +260,7 @@ class Orchestrator:
         *,
         metadata: Mapping[str, object] | None = None,
         memory: ConversationMemory | None = None,
+        thread_id: str | None = None,
     ) -> Session:
         """Return a new session; use it as ``with orch.session() as session:``.
 
@@ -262,17 +268,22 @@ class Orchestrator:
         session compacts it (``memory.compact()``) and retries the turn once,
         emitting ``memory.compacted``. ``fn`` must read ``memory.messages``
         when it is called, so the retry sends the compacted history.
+        ``thread_id`` (with ``checkpoints=`` on the orchestrator): the session
+        goes on from the thread's last checkpoint (its ``state``, its usage,
+        cost, counts, governance meter and memory) and saves a step with
+        :meth:`Session.checkpoint`; see docs/checkpoints.md.
         """
-        return Session(self, metadata=metadata, memory=_memory_or_none(memory))
+        return Session(self, metadata=metadata, memory=_memory_or_none(memory), thread_id=thread_id)
 
     def asession(
         self,
         *,
         metadata: Mapping[str, object] | None = None,
         memory: ConversationMemory | None = None,
+        thread_id: str | None = None,
     ) -> Session:
         """Return a new session; use it as ``async with orch.asession() as session:``."""
-        return Session(self, metadata=metadata, memory=_memory_or_none(memory))
+        return Session(self, metadata=metadata, memory=_memory_or_none(memory), thread_id=thread_id)
 
     def resume(
         self,
@@ -364,6 +375,74 @@ class Session(_StreamTurnEngine, _ToolGate):
             self._tool_failed(call, exc, self._orch.clock() - started)
             raise
         return self._tool_succeeded(call, result, self._orch.clock() - started)
+
+    @property
+    def state(self) -> object:
+        """The caller's state of the thread's last checkpoint (None: a new thread, or none)."""
+        return self._thread_state
+
+    @property
+    def step(self) -> int:
+        """Steps the thread has committed (0 for a new thread or a session without one)."""
+        return self._step
+
+    @property
+    def turn_key(self) -> str:
+        """The idempotency key of the step in progress: the same when it re-runs after a crash.
+
+        Raises :class:`SessionStateError` for a session without a ``thread_id``.
+        """
+        return turn_key(self._require_thread(), self._step + 1)
+
+    def checkpoint(self, state: object) -> CheckpointWrite:
+        """Commit the step in progress with the caller's ``state`` (a JSON value).
+
+        Saved together with the runtime's own state (usage and cost, the session
+        cap's spend, counts, the governance meter, the memory) in one write;
+        after a crash, ``orch.session(thread_id=...)`` goes on from here and
+        the steps after it run again. ``InvalidValueError`` (nothing written)
+        for a ``state`` that is not JSON.
+        """
+        thread = self._require_thread()
+        self._require_running()
+        saver = self._orch.checkpoints
+        assert saver is not None
+        step = self._step + 1
+        key = turn_key(thread, step)
+        write = saver.put(thread, step, state, runtime_state(self), key)
+        self._checkpointed(state, step, key)
+        return write
+
+    async def acheckpoint(self, state: object) -> CheckpointWrite:
+        """Async twin of :meth:`checkpoint` (the saver's write does not block the loop)."""
+        thread = self._require_thread()
+        self._require_running()
+        saver = self._orch.checkpoints
+        assert saver is not None
+        step = self._step + 1
+        key = turn_key(thread, step)
+        write = await saver.aput(thread, step, state, runtime_state(self), key)
+        self._checkpointed(state, step, key)
+        return write
+
+    def _checkpointed(self, state: object, step: int, key: str) -> None:
+        with self._lock:
+            self._thread_state = state
+            self._step = step
+            self._step_begun = False
+        self._emit(
+            EventName.CHECKPOINT_SAVED,
+            data={"thread_id": self.thread_id, "step": step, "turn_key": key},
+        )
+
+    def _require_thread(self) -> str:
+        thread = self.thread_id
+        if thread is None:
+            raise SessionStateError(
+                "this session has no thread: open it with orch.session(thread_id=...) "
+                "and Orchestrator(checkpoints=...)"
+            )
+        return thread
 
     def wrap(self, client: _Client) -> _Client:
         """Return ``client`` with every model call it makes run as a turn of this session.
@@ -570,6 +649,31 @@ class Session(_StreamTurnEngine, _ToolGate):
         except BaseException:
             self._outcome = "failed"
             raise
+        if self.thread_id is not None:
+            self._resume_thread(self.thread_id)
+
+    def _resume_thread(self, thread: str) -> None:
+        """Go on from the thread's last checkpoint, if it has one (entered sessions only)."""
+        saver = self._orch.checkpoints
+        assert saver is not None
+        latest = saver.latest(thread)
+        pending = saver.pending_turn(thread)
+        if latest is not None:
+            restore(self, latest.runtime_state)
+            with self._lock:
+                self._thread_state = latest.caller_state
+                self._step = latest.step
+        step = self._step
+        rerun = None
+        if pending is not None and pending.turn_key == turn_key(thread, step + 1):
+            rerun = pending.turn_key  # started before the crash, never committed: runs again
+        if latest is not None or rerun is not None:
+            self._emit(
+                EventName.SESSION_RESUMED,
+                detail=f"thread {thread} at step {step}"
+                + ("" if rerun is None else f"; step {step + 1} runs again"),
+                data={"thread_id": thread, "step": step, "rerun": rerun},
+            )
 
     def _finish(self, exc: BaseException | None) -> None:
         worker = self.worker
@@ -617,6 +721,8 @@ class Session(_StreamTurnEngine, _ToolGate):
         self, name: str, args: tuple[object, ...], kwargs: Mapping[str, object]
     ) -> ToolCall:
         """Make the call the hooks see (permission already given by :meth:`_gate`)."""
+        if self.thread_id is not None and not self._step_begun:
+            self._begin_step()
         meter = self.governance
         if meter is not None:
             try:
@@ -681,3 +787,16 @@ def _memory_or_none(memory: object) -> ConversationMemory | None:
     if not isinstance(memory, ConversationMemory):
         raise InvalidValueError(f"memory must be a ConversationMemory or None, got {memory!r}")
     return memory
+
+
+def _saver_or_none(saver: object) -> CheckpointSaver | None:
+    """Check ``checkpoints=`` is a CheckpointSaver (its module imported only when one is given)."""
+    if saver is None:
+        return None
+    from techrevati.runtime.checkpoints import CheckpointSaver  # noqa: PLC0415
+
+    if not isinstance(saver, CheckpointSaver):
+        raise InvalidValueError(
+            f"checkpoints must be a CheckpointSaver (InMemorySaver, SqliteSaver), got {saver!r}"
+        )
+    return saver
