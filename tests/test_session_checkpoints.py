@@ -229,9 +229,9 @@ def test_kill_9_mid_step_then_resume_loses_no_step_and_charges_none_twice(
             resumed = [e.data for e in session.events() if e.name == EventName.SESSION_RESUMED]
             assert resumed == [{"thread_id": "t", "step": 3, "rerun": "t/4"}]
             state = session.state
-            while state["step"] < 5:  # type: ignore[index]
+            while state["step"] < 5:
                 reply, _ = session.run_turn(answer, model="m", usage=USAGE)
-                state = {"messages": [*state["messages"], reply], "step": state["step"] + 1}  # type: ignore[index]
+                state = {"messages": [*state["messages"], reply], "step": state["step"] + 1}
                 session.checkpoint(state)
         assert session.tracker.total_cost() == STEP_COST * 5  # five steps, each charged once
         assert [c.step for c in saver.history("t", limit=None)] == [5, 4, 3, 2, 1]

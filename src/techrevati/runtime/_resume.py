@@ -289,7 +289,7 @@ def _counted(tracker: UsageTracker) -> Callable[[], tuple[int, int, int]]:
     """Return what a resumed session charged a shared budget: femto, tokens, turns."""
 
     def counted() -> tuple[int, int, int]:
-        inp, out, _, _, _, _, femto, turns, _ = tracker._rows()[1]
+        inp, out, _, _, _, _, femto, turns, _, _ = tracker._rows()[1]
         return femto, inp + out, turns
 
     return counted

@@ -377,7 +377,7 @@ class Session(_StreamTurnEngine, _ToolGate):
         return self._tool_succeeded(call, result, self._orch.clock() - started)
 
     @property
-    def state(self) -> object:
+    def state(self) -> Any:
         """The caller's state of the thread's last checkpoint (None: a new thread, or none)."""
         return self._thread_state
 
