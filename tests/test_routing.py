@@ -1084,3 +1084,32 @@ def test_a_breaker_opened_by_another_worker_is_routed_around(redis_server: Redis
         assert 29.0 < skip.seconds <= 30.0
     finally:
         client.close()
+
+
+def test_an_unchanged_route_hands_out_the_same_decision() -> None:
+    clock = FakeClock()
+    a, b = Candidate("a", breaker=breaker(clock, "a")), Candidate("b")
+    router = HealthAwareRouter([a, b], clock=clock, explore=0)
+    first = router.candidates()
+    assert router.candidates() is first
+    router.record(b, Outcome.success(1.0))
+    moved = router.candidates()
+    assert moved is not first
+    assert labels(moved) == ["b", "a"]
+    assert router.candidates() is moved
+    narrowed = router.candidates(RouteRequest(exclude={"b"}))
+    assert labels(narrowed) == ["a"]
+    assert router.candidates() is moved  # a route that skipped something is not kept
+    trip(a.breaker)  # type: ignore[arg-type]
+    assert labels(router.candidates()) == ["b"]
+    a.breaker.reset()  # type: ignore[union-attr]
+    assert router.candidates() is moved  # the same candidates, states and scores again
+    patient = router.candidates(RouteRequest(max_wait=3.0))
+    assert [e.max_wait for e in patient.ranked] == [3.0, 3.0]
+    again = router.candidates()
+    assert again is not moved
+    assert [e.max_wait for e in again.ranked] == [None, None]
+    explorer = HealthAwareRouter([a, b], clock=clock, explore=1.0, rng=random.Random(0))
+    explorer.record(a, Outcome.success(1.0))
+    assert explorer.candidates().explored == b
+    assert explorer.candidates() is not explorer.candidates()  # an exploring route is never kept

@@ -799,7 +799,16 @@ class HealthAwareRouter(_Router):
     the call), marked ``least_bad``, with the wait to allow its limiter.
     """
 
-    __slots__ = ("_by_cost", "_explore", "_least_bad", "_max_wait", "_order", "_prefer", "_rng")
+    __slots__ = (
+        "_by_cost",
+        "_explore",
+        "_last",
+        "_least_bad",
+        "_max_wait",
+        "_order",
+        "_prefer",
+        "_rng",
+    )
 
     def __init__(
         self,
@@ -835,6 +844,9 @@ class HealthAwareRouter(_Router):
         self._least_bad = if_none_healthy == "least_bad"
         self._rng = rng if rng is not None else random.Random()
         self._order = self._slots  # ranked by key; replaced whole, so a route reads it unlocked
+        # The last decision that skipped nothing and explored nothing, with the order it
+        # walked: handed out again while no candidate's entry changed.
+        self._last: tuple[tuple[Slot, ...] | None, RouteDecision | None] = (None, None)
         for slot in self._slots:
             slot.entry = (None, _plain(slot.candidate, ""))  # matches no view: built on first use
             breaker = slot.candidate.breaker
@@ -874,7 +886,9 @@ class HealthAwareRouter(_Router):
         probing: list[Ranked] | None = None
         skipped: list[Skipped] | None = None
         waits = False
-        for slot in self._order:
+        reused = True  # every entry as the last route built it: maybe the same decision
+        order = self._order
+        for slot in order:
             candidate = slot.candidate
             if exclude and candidate.label in exclude:
                 skipped = _appended(skipped, Skipped(candidate, SkipReason.EXCLUDED, 0.0))
@@ -917,6 +931,7 @@ class HealthAwareRouter(_Router):
                     else (candidate, state, view.latency, view.samples, wait, allowed, ""),
                 )
                 slot.entry = (view, entry)  # one store: a racing route sees a matching pair
+                reused = False
             if state is _HALF_OPEN:
                 probing = _appended(probing, entry)
             else:
@@ -930,11 +945,17 @@ class HealthAwareRouter(_Router):
         left = () if skipped is None else tuple(skipped)
         if not ranked:
             return self._none_healthy(left, allowed)
-        explored = None
         # random() is one C call, thread-safe on its own (the random module says so): no lock
         if self._explore and len(ranked) > 1 and self._rng.random() < self._explore:
             explored = self._explored(ranked)
-        return RouteDecision(self.rule, tuple(ranked), left, explored=explored, unit=self._unit)
+            return RouteDecision(self.rule, tuple(ranked), left, explored=explored, unit=self._unit)
+        last_order, last = self._last
+        if reused and skipped is None and order is last_order and last is not None:
+            return last  # nothing changed since the last plain route: the same decision
+        decision = RouteDecision(self.rule, tuple(ranked), left, unit=self._unit)
+        if skipped is None:
+            self._last = (order, decision)  # one store: a racing route sees a matching pair
+        return decision
 
     @property
     def _unit(self) -> str:
