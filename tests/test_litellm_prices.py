@@ -9,6 +9,7 @@ fetching its map from the network.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -421,3 +422,236 @@ def test_a_turn_gets_the_range_litellm_selects(
         rate = Decimal(0) if chosen is None else Decimal(str(chosen["input_cost_per_token"]))
         assert ours == rate * tokens, tokens
     assert unregister_pricing("ranges")
+
+
+# -- service tiers --------------------------------------------------------------------------
+#
+# LiteLLM prices flex, priority (and its sail/OpenAI ultrafast and balanced) turns in
+# cost_per_token(service_tier=...), and batch turns in its batch_cost_calculator
+# (cost_per_token(call_type="retrieve_batch"); its service_tier argument reads no
+# _batches key). Every tier of every model is checked against the one LiteLLM uses.
+
+
+def _litellm_tier_cost(
+    litellm: ModuleType, raw: dict[str, Any], model: str, usage: UsageSnapshot
+) -> Decimal:
+    """What LiteLLM charges for ``usage`` at ``usage.service_tier`` (flex, priority, batch...)."""
+    entry = raw[model]
+    provider = entry["litellm_provider"]
+    tier = usage.service_tier
+    if tier != "batch":
+        prompt, completion = litellm.cost_per_token(
+            model=model,
+            custom_llm_provider=provider,
+            usage_object=_litellm_usage(litellm, usage),
+            service_tier=tier,
+        )
+        return Decimal(repr(prompt + completion))
+    details = _litellm_usage(litellm, usage)
+    if not entry.get("output_cost_per_token") and entry.get("output_cost_per_image_token"):
+        # An image model's output tokens are image tokens (as the default rates take them).
+        assert details.completion_tokens_details is not None  # type: ignore[attr-defined]
+        details.completion_tokens_details.image_tokens = usage.output_tokens  # type: ignore[attr-defined]
+    prompt, completion = litellm.cost_per_token(
+        model=model, custom_llm_provider=provider, usage_object=details, call_type="retrieve_batch"
+    )
+    return Decimal(repr(prompt + completion))
+
+
+TIERS = ("flex", "priority", "batch")
+
+# (model, turn, what the row covers); each row is priced at each of the three tiers.
+TIER_TABLE: list[tuple[str, UsageSnapshot, str]] = [
+    ("gpt-5", _turn(30_000, 2_000, read=20_000, reasoning=1_500), "openai"),
+    ("gpt-5.1", _turn(8_000, 900, read=2_000), "openai, plain"),
+    ("gpt-5.4", _turn(272_000, 3_000, read=100_000, reasoning=800), "openai, at 272k"),
+    ("gpt-5.4", _turn(272_001, 3_000, read=100_000, reasoning=800), "openai, above 272k"),
+    ("azure/gpt-5.4", _turn(300_000, 1_000, read=50_000), "azure, above 272k"),
+    (
+        "gemini/gemini-2.5-flash",
+        _turn(40_000, 4_000, read=10_000, reasoning=3_000),
+        "own reasoning",
+    ),
+    ("gemini/gemini-2.5-pro", _turn(200_001, 5_000, read=150_000, reasoning=4_000), "above 200k"),
+    ("gemini-2.5-pro", _turn(150_000, 5_000, read=100_000), "vertex, below 200k"),
+    ("vertex_ai/gemini-3.1-pro-preview", _turn(250_000, 2_000, read=80_000), "vertex"),
+    ("amazon.nova-pro-v1:0", _turn(12_000, 700, read=5_000), "bedrock converse"),
+    ("bedrock/ap-northeast-1/deepseek.v3.2", _turn(9_000, 800), "bedrock, a region"),
+    ("bedrock_mantle/openai.gpt-oss-120b", _turn(20_000, 3_000, reasoning=2_500), "mantle"),
+    ("gemini/gemini-2.5-flash-image", _turn(1_000, 1_290), "image output"),
+    ("claude-sonnet-4-5", MIXED, "anthropic: batch only, the others at the default rates"),
+]
+
+
+TIER_CASES = [(model, usage, tier) for model, usage, _ in TIER_TABLE for tier in TIERS]
+
+
+@pytest.mark.parametrize(
+    "case", TIER_CASES, ids=[f"{what}, {tier}" for _, _, what in TIER_TABLE for tier in TIERS]
+)
+def test_each_tier_costs_what_litellm_charges_for_it(
+    litellm: ModuleType,
+    raw: dict[str, Any],
+    loaded: tuple[list[str], PricingFileWarning],
+    case: tuple[str, UsageSnapshot, str],
+) -> None:
+    model, usage, tier = case
+    pricing = get_pricing(model)
+    assert pricing is not None
+    turn = dataclasses.replace(usage, service_tier=tier)
+    ours = pricing.cost_usd(turn)
+    theirs = _litellm_tier_cost(litellm, raw, model, turn)
+    assert abs(ours - theirs) <= TOLERANCE, (model, tier, ours, theirs)
+
+
+def test_the_tier_table_covers_ten_models_at_each_tier_and_every_kind_of_token(
+    loaded: tuple[list[str], PricingFileWarning],
+) -> None:
+    # At each tier, ten models or more whose turn costs other than at the default rates.
+    differ: dict[str, set[str]] = {tier: set() for tier in TIERS}
+    for model, usage, _ in TIER_TABLE:
+        pricing = get_pricing(model)
+        assert pricing is not None
+        for tier in TIERS:
+            if pricing.cost_usd(dataclasses.replace(usage, service_tier=tier)) != (
+                pricing.cost_usd(usage)
+            ):
+                differ[tier].add(model)
+    assert all(len(models) >= 10 for models in differ.values()), differ
+    turns = [usage for _, usage, _ in TIER_TABLE]
+    assert any(u.cache_read_tokens for u in turns)
+    assert any(u.cache_write_1h_tokens for u in turns)
+    assert any(u.reasoning_tokens for u in turns)
+
+
+def test_the_loader_reads_every_tier_the_file_prices(
+    raw: dict[str, Any], loaded: tuple[list[str], PricingFileWarning]
+) -> None:
+    names, _ = loaded
+    counts: dict[str, int] = {}
+    for name in names:
+        for tier in get_pricing(name).service_tiers:  # type: ignore[union-attr]
+            counts[tier] = counts.get(tier, 0) + 1
+    # Measured on litellm 1.110.2's file: every entry with a _flex, _priority, _batches,
+    # _ultrafast or _balanced token rate has that tier (none of them has tiered_pricing).
+    assert counts == {"batch": 593, "priority": 432, "flex": 312, "balanced": 10, "ultrafast": 8}
+    suffixes = {"batch": "_batches"}
+    for tier, count in counts.items():
+        suffix = suffixes.get(tier, f"_{tier}")
+        named = [
+            name
+            for name in names
+            if any(
+                key.startswith(_TOKEN_KEYS[:5]) and key.endswith(suffix) and value is not None
+                for key, value in raw[name].items()
+            )
+        ]
+        assert len(named) == count, tier
+    gpt5 = get_pricing("gpt-5")
+    assert gpt5 is not None
+    assert (gpt5.input_per_million, gpt5.service_tiers["priority"].input_per_million) == (
+        Decimal("1.25"),
+        Decimal("2.5"),
+    )
+    assert gpt5.service_tiers["flex"].input_per_million == Decimal("0.625")
+    assert gpt5.service_tiers["batch"].input_per_million == Decimal("0.625")
+    o3 = get_pricing("o3")
+    assert o3 is not None
+    assert (o3.input_per_million, o3.service_tiers["priority"].input_per_million) == (
+        Decimal(2),
+        Decimal("3.5"),
+    )
+
+
+def _tier_turn(tokens: int, tier: str) -> UsageSnapshot:
+    return UsageSnapshot(
+        tokens,
+        700,
+        tokens * 5 // 12,
+        tokens // 4,
+        200,
+        tokens // 12,
+        service_tier=tier,
+    )
+
+
+def test_every_tier_of_every_model_costs_what_litellm_charges_for_a_mixed_turn(
+    litellm: ModuleType, raw: dict[str, Any], loaded: tuple[list[str], PricingFileWarning]
+) -> None:
+    """Each registered model at each of its tiers, one turn with every kind of token.
+
+    Left out as in the default-rates test above, and Fireworks' priority tier:
+    LiteLLM's Fireworks cost function reads no service tier (it bills a
+    priority turn at the default rates); we bill the file's priority rates.
+    """
+    names, warning = loaded
+    rounded = {note.entry for note in warning.rounded}
+    compared = fireworks = 0
+    for name in names:
+        entry = raw[name]
+        provider = entry["litellm_provider"]
+        if name in rounded or entry.get("off_peak_pricing") is not None or provider == "perplexity":
+            continue
+        if litellm.get_model_info(name, custom_llm_provider=provider)["key"] != name:
+            continue
+        pricing = get_pricing(name)
+        assert pricing is not None
+        for tier in pricing.service_tiers:
+            turn = _tier_turn(12_000, tier)
+            ours = pricing.cost_usd(turn)
+            theirs = _litellm_tier_cost(litellm, raw, name, turn)
+            if provider == "fireworks_ai" and tier == "priority":
+                assert theirs == _litellm_cost(litellm, raw, name, turn)  # the default rates
+                fireworks += 1
+                continue
+            assert abs(ours - theirs) <= TOLERANCE, (name, tier, ours, theirs)
+            compared += 1
+    assert (compared, fireworks) == (1_296, 49)
+
+
+_TIER_THRESHOLD = re.compile(
+    r"^(input|output|cache_read_input|cache_creation_input)_(cost_per_token|token_cost)"
+    r"_above_(\d+)(k?)_tokens(_flex|_priority|_batches|_ultrafast|_balanced)?$"
+)
+
+
+def test_every_service_tier_threshold_in_the_file_is_priced_as_litellm_prices_it(
+    litellm: ModuleType, raw: dict[str, Any], loaded: tuple[list[str], PricingFileWarning]
+) -> None:
+    """Each tier's thresholds (its own ``_above_`` keys and the default ones), one model each."""
+    names, warning = loaded
+    rounded = {note.entry for note in warning.rounded}
+    found: dict[tuple[str, int, bool, bool], str] = {}
+    for name in names:
+        entry = raw[name]
+        if name in rounded or entry.get("off_peak_pricing") is not None:
+            continue
+        if entry["litellm_provider"] == "fireworks_ai":
+            continue
+        pricing = get_pricing(name)
+        assert pricing is not None
+        for key, value in entry.items():
+            match = _TIER_THRESHOLD.match(key)
+            if match is None or value is None:
+                continue
+            point = int(match.group(3)) * (1000 if match.group(4) else 1)
+            inclusive = entry["litellm_provider"] == "xai"
+            for tier in pricing.service_tiers:
+                own = match.group(5) == ("_batches" if tier == "batch" else f"_{tier}")
+                found.setdefault((tier, point, inclusive, own), name)
+    # Measured on litellm 1.110.2's file: each tier at each threshold, with the tier's own
+    # _above_ rate there and with only the default one (xAI's inclusive ones too).
+    assert len(found) == 18
+    assert {tier for tier, *_ in found} == {"batch", "flex", "priority", "ultrafast"}
+    assert {inclusive for _, _, inclusive, _ in found} == {False, True}
+    checked = 0
+    for (tier, point, *_), model in found.items():
+        pricing = get_pricing(model)
+        assert pricing is not None
+        for tokens in (point - 1, point, point + 1):
+            turn = _tier_turn(tokens, tier)
+            ours = pricing.cost_usd(turn)
+            theirs = _litellm_tier_cost(litellm, raw, model, turn)
+            assert abs(ours - theirs) <= TOLERANCE, (model, tier, tokens, ours, theirs)
+            checked += 1
+    assert checked == 3 * len(found)

@@ -1067,7 +1067,9 @@ def test_sqlite_stores_one_hour_writes_and_migrates_a_version_2_file(tmp_path: P
     with SqliteSink(path, background=False) as sink:
         sink.write_usage(old)
     with sqlite3.connect(path) as conn:  # make it the file version 2 wrote
+        conn.executescript("DROP VIEW turns; DROP VIEW session_summary")
         conn.execute("ALTER TABLE usage DROP COLUMN cache_write_1h_tokens")
+        conn.execute("ALTER TABLE usage DROP COLUMN service_tier")
         conn.execute("PRAGMA user_version = 2")
     with pytest.raises(SchemaError, match=r"schema version 2.*open it once with SqliteSink"):
         SqliteReader(path)
@@ -1078,4 +1080,4 @@ def test_sqlite_stores_one_hour_writes_and_migrates_a_version_2_file(tmp_path: P
     with SqliteReader(path) as reader:
         assert reader.read_usage()[1] == new
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4

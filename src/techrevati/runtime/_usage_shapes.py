@@ -310,13 +310,22 @@ _GEMINI_CAMEL: Final = (
     "thoughtsTokenCount",
 )
 """The same fields as Gemini's REST API spells them (``promptTokenCount``, ...)."""
+_GEMINI_RESPONSE: Final = ("response_token_count", "responseTokenCount")
+"""The Live API's name for the candidates' tokens (snake, camel)."""
 
 
 def _gemini_fields(usage: object, names: tuple[str, ...], source: str) -> _Fields:
-    """Read Gemini usage: tool-use prompts are input, thoughts are billed as output."""
+    """Read Gemini usage: tool-use prompts are input, thoughts are billed as output.
+
+    The Live API's ``UsageMetadata`` names the candidates' tokens
+    ``response_token_count``: read when there is no ``candidates_token_count``.
+    """
     prompt, tool_prompt, candidates, cached, thoughts = (
         _count(usage, name, source) for name in names
     )
+    if not candidates:
+        response = _GEMINI_RESPONSE[1] if names is _GEMINI_CAMEL else _GEMINI_RESPONSE[0]
+        candidates = _count(usage, response, source)
     return (prompt + tool_prompt, candidates + thoughts, cached, 0, thoughts, 0)
 
 

@@ -500,7 +500,7 @@ class UsageTracker:
         ``cost_usd``, ``priced`` (every turn was priced), ``unpriced_turns``
         and ``service_tiers``: the same keys per service tier that served the
         model's turns (``"default"`` for turns with no tier or the default
-        one; tiers in the order first recorded), each also with
+        one, first; the others in the order first recorded), each also with
         ``tier_unpriced_turns`` (turns billed at the default rates for want of
         the tier's). Models appear in the order first recorded.
         """
