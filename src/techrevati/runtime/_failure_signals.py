@@ -122,6 +122,9 @@ _STRONG_NAMES: Final[Mapping[str, FailureScenario]] = MappingProxyType(
         "ContentFilterFinishReasonError": _S.CONTENT_POLICY,
         "BudgetExceededError": _S.QUOTA_EXHAUSTED,
         "ServiceQuotaExceededException": _S.QUOTA_EXHAUSTED,
+        # An answer that did not fit its OutputSpec (techrevati.runtime.outputs).
+        "OutputValidationError": _S.OUTPUT_INVALID,
+        "OutputEscalationError": _S.OUTPUT_INVALID,
     }
 )
 

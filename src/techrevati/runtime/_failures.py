@@ -56,6 +56,8 @@ class FailureScenario(StrEnum):
     """A tool's dependency timed out (a timeout with ``origin="tool"``)."""
     MEMORY_CORRUPTION = "memory_corruption"
     """The agent's state can no longer be trusted (MemoryError, unreadable checkpoint)."""
+    OUTPUT_INVALID = "output_invalid"
+    """The answer did not fit the turn's ``OutputSpec`` (``OutputValidationError``)."""
     LLM_ERROR = "llm_error"
     """A model-call failure nothing more specific fits (the default)."""
 
@@ -76,6 +78,7 @@ FAILURE_CLASS_BY_SCENARIO: Final[Mapping[FailureScenario, AgentFailureClass]] = 
         FailureScenario.TOOL_EXECUTION_ERROR: AgentFailureClass.TOOL_ERROR,
         FailureScenario.DEPENDENCY_TIMEOUT: AgentFailureClass.DEPENDENCY_FAILED,
         FailureScenario.MEMORY_CORRUPTION: AgentFailureClass.MEMORY_CORRUPTION,
+        FailureScenario.OUTPUT_INVALID: AgentFailureClass.VALIDATION_ERROR,
         FailureScenario.LLM_ERROR: AgentFailureClass.UNKNOWN,
     }
 )

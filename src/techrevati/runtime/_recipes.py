@@ -48,6 +48,8 @@ class RecoveryStep(StrEnum):
     """Reload or rotate the API key or token before retrying; the caller's job."""
     RESTORE_CHECKPOINT = "restore_checkpoint"
     """Reload the agent's last good state before retrying; the caller's job."""
+    RETRY_WITH_FEEDBACK = "retry_with_feedback"
+    """Call the model again with what was wrong with its answer (``run_turn(output=...)``)."""
     ESCALATE = "escalate"
     """Hand the failure to a human or the calling system."""
 
@@ -271,6 +273,7 @@ DEFAULT_RECIPES: Final[Mapping[FailureScenario, RecoveryRecipe]] = MappingProxyT
             _recipe(_Sc.TOOL_EXECUTION_ERROR, (_Step.RETRY_TOOL,), 2, _Esc.LOG_AND_CONTINUE),
             _recipe(_Sc.DEPENDENCY_TIMEOUT, (_Step.RETRY_WITH_BACKOFF,), 3, _Esc.ABORT),
             _recipe(_Sc.MEMORY_CORRUPTION, (_Step.RESTORE_CHECKPOINT,), 1, _Esc.ALERT_HUMAN),
+            _recipe(_Sc.OUTPUT_INVALID, (_Step.RETRY_WITH_FEEDBACK,), 2, _Esc.ALERT_HUMAN),
             _recipe(_Sc.LLM_ERROR, (_Step.RETRY_WITH_BACKOFF,), 1, _Esc.ABORT),
         ]
     )

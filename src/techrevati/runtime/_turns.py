@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 from techrevati.runtime._async_deadline import within_deadline
 from techrevati.runtime._money import usd_text
@@ -47,9 +47,17 @@ from techrevati.runtime.hooks import (
     ModelCall,
 )
 from techrevati.runtime.lifecycle import AgentStatus
+from techrevati.runtime.outputs import (
+    OutputEscalationError,
+    OutputRun,
+    OutputSpec,
+    OutputValidationError,
+    bind_feedback,
+)
 from techrevati.runtime.pricing import _cost_femto
 from techrevati.runtime.rate_limit import RateLease, RateLimitedError, RateLimiter
 from techrevati.runtime.retry_policy import (
+    FailureScenario,
     RecoveryStep,
     RetriesExhaustedError,
     RetryAttempt,
@@ -64,12 +72,14 @@ UNNAMED_MODEL: Final = "unnamed-model"
 """The model name a turn is recorded under when ``run_turn`` is given none."""
 
 _T = TypeVar("_T")
+_O = TypeVar("_O")
 _PLAIN_RESULTS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class _TurnEngine(_SessionCore):
     """``run_turn``, ``arun_turn`` and every step of a turn."""
 
+    @overload
     def run_turn(
         self,
         fn: Callable[..., _T],
@@ -79,7 +89,36 @@ class _TurnEngine(_SessionCore):
         estimate: UsageSnapshot | None = None,
         timeout: float | None = None,
         fallback_models: Sequence[str] = (),
-    ) -> tuple[_T, UsageSnapshot]:
+        output: None = None,
+        output_attempts: int | None = None,
+    ) -> tuple[_T, UsageSnapshot]: ...
+
+    @overload
+    def run_turn(
+        self,
+        fn: Callable[..., object],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+        output: OutputSpec[_O],
+        output_attempts: int | None = None,
+    ) -> tuple[_O, UsageSnapshot]: ...
+
+    def run_turn(
+        self,
+        fn: Callable[..., Any],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+        output: OutputSpec[Any] | None = None,
+        output_attempts: int | None = None,
+    ) -> tuple[Any, UsageSnapshot]:
         """Call ``fn`` as one model turn and return ``(result, usage)``.
 
         ``usage`` is charged when given; otherwise it is read from the result
@@ -89,7 +128,18 @@ class _TurnEngine(_SessionCore):
         SWITCH_PROVIDER. With a retry policy, failures are retried by the
         same engine as :func:`~techrevati.runtime.retry_policy.retry_call`,
         with a fresh attempt budget each turn.
+
+        ``output``: an :class:`~techrevati.runtime.outputs.OutputSpec`; the
+        result is its typed value. An answer that does not fit it is the
+        ``output_invalid`` scenario: ``fn`` is called again (a turn of its
+        own, charged) with the error's ``feedback`` keyword if it takes one,
+        up to ``output_attempts`` calls in all (by default the recipe's
+        attempts + 1: 3), then ``OutputEscalationError``.
         """
+        if output is not None:
+            return self._validated_turn(
+                fn, output, output_attempts, model, usage, estimate, timeout, fallback_models
+            )
         turn = self._begin_turn(
             fn, model, usage, estimate, timeout, fallback_models=fallback_models
         )
@@ -116,6 +166,7 @@ class _TurnEngine(_SessionCore):
                 continue
             return self._attempt_succeeded(turn, result, clock() - started)
 
+    @overload
     async def arun_turn(
         self,
         fn: Callable[..., Awaitable[_T]],
@@ -125,8 +176,41 @@ class _TurnEngine(_SessionCore):
         estimate: UsageSnapshot | None = None,
         timeout: float | None = None,
         fallback_models: Sequence[str] = (),
-    ) -> tuple[_T, UsageSnapshot]:
+        output: None = None,
+        output_attempts: int | None = None,
+    ) -> tuple[_T, UsageSnapshot]: ...
+
+    @overload
+    async def arun_turn(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+        output: OutputSpec[_O],
+        output_attempts: int | None = None,
+    ) -> tuple[_O, UsageSnapshot]: ...
+
+    async def arun_turn(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        model: str = "",
+        usage: UsageSnapshot | None = None,
+        estimate: UsageSnapshot | None = None,
+        timeout: float | None = None,
+        fallback_models: Sequence[str] = (),
+        output: OutputSpec[Any] | None = None,
+        output_attempts: int | None = None,
+    ) -> tuple[Any, UsageSnapshot]:
         """Async twin of :meth:`run_turn`: ``fn`` returns an awaitable."""
+        if output is not None:
+            return await self._avalidated_turn(
+                fn, output, output_attempts, model, usage, estimate, timeout, fallback_models
+            )
         if self.thread_id is not None and not self._step_begun:
             await self._abegin_step()
         turn = self._begin_turn(
@@ -152,6 +236,90 @@ class _TurnEngine(_SessionCore):
                     await self._orch._async_sleep(retry.delay_seconds)
                 continue
             return self._attempt_succeeded(turn, result, clock() - started)
+
+    def _validated_turn(  # noqa: PLR0917 (run_turn's own arguments, passed on)
+        self,
+        fn: Callable[..., Any],
+        output: OutputSpec[Any],
+        attempts: int | None,
+        model: str,
+        usage: UsageSnapshot | None,
+        estimate: UsageSnapshot | None,
+        timeout: float | None,
+        fallback_models: Sequence[str],
+    ) -> tuple[Any, UsageSnapshot]:
+        """``run_turn(output=...)``: turns until the answer fits ``output``, feedback fed back."""
+        run = self._output_run(output, attempts)
+        while True:
+            answer, used = self.run_turn(
+                bind_feedback(fn, run.feedback),
+                model=model,
+                usage=usage,
+                estimate=estimate,
+                timeout=timeout,
+                fallback_models=fallback_models,
+            )
+            try:
+                return run.feed(answer), used
+            except OutputValidationError as error:
+                self._output_invalid(error, model, escalated=False)
+            except OutputEscalationError as error:
+                self._output_invalid(error.errors[-1], model, escalated=True)
+                raise
+
+    async def _avalidated_turn(  # noqa: PLR0917 (arun_turn's own arguments, passed on)
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        output: OutputSpec[Any],
+        attempts: int | None,
+        model: str,
+        usage: UsageSnapshot | None,
+        estimate: UsageSnapshot | None,
+        timeout: float | None,
+        fallback_models: Sequence[str],
+    ) -> tuple[Any, UsageSnapshot]:
+        """Async twin of :meth:`_validated_turn`."""
+        run = self._output_run(output, attempts)
+        while True:
+            answer, used = await self.arun_turn(
+                bind_feedback(fn, run.feedback),
+                model=model,
+                usage=usage,
+                estimate=estimate,
+                timeout=timeout,
+                fallback_models=fallback_models,
+            )
+            try:
+                return run.feed(answer), used
+            except OutputValidationError as error:
+                self._output_invalid(error, model, escalated=False)
+            except OutputEscalationError as error:
+                self._output_invalid(error.errors[-1], model, escalated=True)
+                raise
+
+    def _output_run(self, output: object, attempts: int | None) -> OutputRun[Any]:
+        """Check ``output`` and make its run: ``attempts`` calls, or the recipe's retries + 1."""
+        if not isinstance(output, OutputSpec):
+            raise InvalidValueError(f"output must be an OutputSpec or None, got {output!r}")
+        if attempts is None:  # the session's recipes: the policy's own, or the defaults
+            attempts = self.recovery.recipe_for(FailureScenario.OUTPUT_INVALID).max_attempts + 1
+        return OutputRun(output, attempts)
+
+    def _output_invalid(self, error: OutputValidationError, model: str, *, escalated: bool) -> None:
+        """Record an answer that did not fit the turn's output spec."""
+        self._record_failure(AgentFailureClass.VALIDATION_ERROR)
+        self._emit(
+            EventName.OUTPUT_INVALID,
+            failure_class=AgentFailureClass.VALIDATION_ERROR,
+            detail=str(error),
+            data={
+                "model": model or UNNAMED_MODEL,
+                "attempt": error.attempt,
+                "spec": error.spec,
+                "feedback": error.feedback,
+                "escalated": escalated,
+            },
+        )
 
     def _begin_turn(
         self,
