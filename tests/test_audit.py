@@ -21,7 +21,7 @@ import sys
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from techrevati.runtime import Orchestrator
+from techrevati.runtime._audit_chain import Signer, generic_record_text, record_text
 from techrevati.runtime.audit import (
     GENESIS_HASH,
     RESERVED_KINDS,
@@ -55,7 +56,7 @@ from techrevati.runtime.errors import (
     SinkWriteError,
     TechrevatiError,
 )
-from techrevati.runtime.events import AgentEvent
+from techrevati.runtime.events import AgentEvent, AgentFailureClass, EventName, UsageRecord
 from techrevati.runtime.sqlite import SqliteSink
 from tests.conftest import FakeClock, examples
 from tests.sink_records import T0, event, usage
@@ -853,6 +854,25 @@ def test_tampering_with_the_checkpoint_is_detected(chain: Path, tmp_path: Path) 
     assert verify(counted).problem is AuditProblem.BAD_CHECKPOINT
 
 
+def test_a_checkpoint_that_miscounts_is_refused_even_when_self_consistent(
+    chain: Path, tmp_path: Path
+) -> None:
+    cp = archive(chain, 101, tmp_path / "archive.db")
+    wrong = AuditCheckpoint(cp.seq, cp.hash, 5, cp.created_at, cp.archive)
+    check = hashlib.sha256(wrong.signed_bytes()).hexdigest()
+    execute(chain, "UPDATE audit_checkpoint SET records = 5, check_hash = ?", check)
+    verdict = verify(chain)
+    assert (verdict.first_bad_seq, verdict.problem) == (100, AuditProblem.BAD_CHECKPOINT)
+    assert "it counts 5 records up to seq 100" in str(verdict.reason)
+
+
+def test_an_unsigned_checkpoint_fails_a_keyed_verification(chain: Path, tmp_path: Path) -> None:
+    archive(chain, 101, tmp_path / "archive.db")
+    verdict = verify(chain, key=KEY)
+    assert (verdict.first_bad_seq, verdict.problem) == (100, AuditProblem.BAD_CHECKPOINT)
+    assert "it has no HMAC, and a key was given" in str(verdict.reason)
+
+
 def test_a_keyed_checkpoint_is_signed_and_a_resigned_one_is_refused(
     keyed: Path, tmp_path: Path
 ) -> None:
@@ -1115,7 +1135,7 @@ def test_any_single_tampering_names_the_expected_seq(
     )
 )
 def test_a_record_text_is_canonical_and_reads_back_as_its_to_dict(data: dict[str, object]) -> None:
-    from techrevati.runtime._audit_chain import canonical, record_text
+    from techrevati.runtime._audit_chain import canonical
 
     ev = AgentEvent(name="tool.completed", data=data, timestamp=T0)
     text = record_text(ev)
@@ -1123,3 +1143,110 @@ def test_a_record_text_is_canonical_and_reads_back_as_its_to_dict(data: dict[str
     parsed = json.loads(text)
     assert parsed == json.loads(json.dumps({"kind": "event", **ev.to_dict()}))
     assert canonical(parsed) == text  # re-encoding what was read gives the same bytes
+
+
+_TEXT = st.text(max_size=6) | st.sampled_from(["", "é", json.loads('"\\ud800"'), '"\\\n'])
+_WHEN = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3, minutes=-30))]))
+
+
+@settings(max_examples=examples(60))
+@given(
+    name=st.sampled_from(["turn.completed", EventName.TOOL_DENIED, "x\u00e9"]),
+    role=_TEXT,
+    status=st.none() | _TEXT,
+    failure=st.none() | st.sampled_from(AgentFailureClass),
+    detail=st.none() | _TEXT,
+    data=st.dictionaries(_TEXT, st.integers() | _TEXT | st.floats() | st.none(), max_size=3),
+    project=st.none() | st.integers() | _TEXT,
+    when=_WHEN,
+)
+def test_the_event_fast_path_writes_the_generic_text(  # noqa: PLR0917
+    name: str,
+    role: str,
+    status: str | None,
+    failure: AgentFailureClass | None,
+    detail: str | None,
+    data: dict[str, object],
+    project: int | str | None,
+    when: datetime,
+) -> None:
+    ev = AgentEvent(
+        name=name,
+        role=role,
+        phase=role[::-1],
+        status=status,
+        failure_class=failure,
+        detail=detail,
+        data=data,
+        timestamp=when,
+        session_id=role + "s",
+        worker_id="w",
+        project_id=project,
+    )
+    assert record_text(ev) == generic_record_text(ev)
+
+
+@settings(max_examples=examples(60))
+@given(
+    tokens=st.lists(st.integers(0, 2**70), min_size=6, max_size=6),
+    cost=st.decimals(allow_nan=False, allow_infinity=False),
+    duration=st.none() | st.floats() | st.integers(-5, 5),
+    text=_TEXT,
+    tier=st.none() | _TEXT,
+    priced=st.booleans(),
+    project=st.none() | st.integers() | _TEXT,
+    when=_WHEN,
+)
+def test_the_usage_fast_path_writes_the_generic_text(  # noqa: PLR0917
+    tokens: list[int],
+    cost: Decimal,
+    duration: float | None,
+    text: str,
+    tier: str | None,
+    priced: bool,
+    project: int | str | None,
+    when: datetime,
+) -> None:
+    rec = UsageRecord(
+        model="m" + text,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        cache_read_tokens=tokens[2],
+        cache_write_tokens=tokens[3],
+        reasoning_tokens=tokens[4],
+        cache_write_1h_tokens=tokens[5],
+        cost_usd=cost,
+        priced=priced,
+        duration_seconds=duration,
+        role=text,
+        phase=text * 2,
+        session_id="s",
+        worker_id=text,
+        project_id=project,
+        timestamp=when,
+        service_tier=tier,
+    )
+    assert record_text(rec) == generic_record_text(rec)
+
+
+def test_records_of_unexpected_field_types_take_the_generic_path() -> None:
+    class Name(str):
+        pass
+
+    odd: list[AgentEvent | UsageRecord] = [
+        AgentEvent(name="n", role=Name("r"), timestamp=T0),
+        AgentEvent(name="n", project_id=True, timestamp=T0),
+        AgentEvent(name="n", data={"k": (1, 2)}, timestamp=T0),
+        UsageRecord(model="m", project_id=1.5, timestamp=T0),  # type: ignore[arg-type]
+        UsageRecord(model="m", duration_seconds=float("nan"), timestamp=T0),
+        UsageRecord(model="m", priced=1, timestamp=T0),  # type: ignore[arg-type]
+        UsageRecord(model=Name("m"), timestamp=T0),
+    ]
+    for record in odd:
+        assert record_text(record) == generic_record_text(record)
+
+
+@settings(max_examples=examples(40))
+@given(key=st.binary(min_size=16, max_size=150), message=st.binary(max_size=100))
+def test_the_signer_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    assert Signer(key)(message) == hmac.digest(key, message, "sha256")

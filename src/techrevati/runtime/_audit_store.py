@@ -29,9 +29,9 @@ from typing import Final
 from techrevati.runtime._audit_chain import (
     GENESIS,
     AuditCheckpoint,
+    Signer,
     key_id,
     link,
-    mac_of,
 )
 from techrevati.runtime.errors import SchemaError, TechrevatiError
 
@@ -243,7 +243,7 @@ def read_tip(conn: sqlite3.Connection, path: str) -> tuple[int, str]:
 
 
 def chain_rows(
-    conn: sqlite3.Connection, path: str, texts: Sequence[str], key: bytes | None
+    conn: sqlite3.Connection, path: str, texts: Sequence[str], signer: Signer | None
 ) -> tuple[int, str]:
     """Chain ``texts`` after the tip and insert them (inside the caller's transaction).
 
@@ -262,7 +262,7 @@ def chain_rows(
         seq += 1
         digest = link(prev, seq, text.encode("ascii"))
         digest_hex = digest.hex()
-        append((seq, text, prev_hex, digest_hex, None if key is None else mac_of(key, digest)))
+        append((seq, text, prev_hex, digest_hex, None if signer is None else signer(digest).hex()))
         prev, prev_hex = digest, digest_hex
     conn.executemany(_INSERT, rows)
     return seq, prev_hex

@@ -45,6 +45,7 @@ from techrevati.runtime._audit_chain import (
     AuditProblem,
     ChainWalk,
     Failure,
+    Signer,
     check_key,
     entry_text,
     record_text,
@@ -208,6 +209,7 @@ class AuditLog(ClosesOnExit):
             raise InvalidValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
         _check_busy_timeout(busy_timeout)
         self._key = check_key(key)
+        self._signer = None if self._key is None else Signer(self._key)
         self._now = required_callable("wall_clock", wall_clock)
         self._path = Path(path)
         self._target = str(self._path)
@@ -289,7 +291,7 @@ class AuditLog(ClosesOnExit):
         with self._lock:
             self._check_open()
             with transaction(self._conn):
-                tip = chain_rows(self._conn, self._target, texts, self._key)
+                tip = chain_rows(self._conn, self._target, texts, self._signer)
             self._tip = tip
             return tip
 
@@ -540,7 +542,9 @@ def archive(
                 raise AuditChainError(f"seq {through} of {path} changed during the archiving")
             write_checkpoint(live, checkpoint)
             live.execute("DELETE FROM audit_log WHERE seq <= ?", (through,))
-            chain_rows(live, str(live_path), [note], checked_key)
+            chain_rows(
+                live, str(live_path), [note], None if checked_key is None else Signer(checked_key)
+            )
     return checkpoint
 
 
