@@ -16,11 +16,21 @@ from typing import Any
 
 import pytest
 
-from techrevati.runtime import Orchestrator, RetryPolicy, UsageSnapshot
+from techrevati.runtime import (
+    CircuitBreaker,
+    CircuitState,
+    Orchestrator,
+    RetryPolicy,
+    UsageSnapshot,
+    retry_call,
+)
 from techrevati.runtime.errors import (
+    BudgetExceededError,
+    MaxIterationsExceededError,
     RetriesExhaustedError,
     SessionStateError,
     TransientRuntimeError,
+    is_refusal,
 )
 from techrevati.runtime.events import AgentFailureClass, EventName
 from techrevati.runtime.governance import (
@@ -28,6 +38,7 @@ from techrevati.runtime.governance import (
     GovernanceBreached,
     GovernanceBreachedError,
     GovernanceLimit,
+    GovernanceMeter,
     WithinGovernance,
 )
 from techrevati.runtime.lifecycle import AgentStatus
@@ -280,3 +291,44 @@ def test_without_governance_the_session_has_no_meter() -> None:
     with Orchestrator("writer", "draft").session() as session:
         session.run_turn(Calls(), model="m", usage=USAGE)
     assert session.governance is None
+
+
+def test_a_breach_wrapped_by_a_framework_is_still_never_retried() -> None:
+    calls = 0
+    meter = GovernanceMeter(Governance(max_tool_calls=0))
+
+    def step() -> str:
+        nonlocal calls
+        calls += 1
+        try:
+            meter.before_tool("shell")
+        except GovernanceBreachedError as breach:
+            raise RuntimeError("the framework's own error") from breach
+        return "ran"
+
+    policy = RetryPolicy(max_attempts=5, retry_on=lambda exc: True, sleep=lambda _s: None)
+    with pytest.raises(RuntimeError, match="framework"):
+        retry_call(step, policy=policy)
+    assert calls == 1
+
+
+def test_refusals_inside_a_breaker_never_count_as_the_dependencys_failures() -> None:
+    breaker = CircuitBreaker("llm", failure_threshold=1)
+    refusals: list[Exception] = [
+        GovernanceBreachedError(GovernanceLimit.TURNS, 1, 1),
+        BudgetExceededError("over the cap", limit=Decimal(1), spent=Decimal(1)),
+        MaxIterationsExceededError(3),
+    ]
+    for refusal in refusals:
+
+        def refuse(refusal: Exception = refusal) -> str:
+            raise refusal
+
+        with pytest.raises(type(refusal)):
+            breaker.call(refuse)
+        assert breaker.state is CircuitState.CLOSED, refusal
+    assert is_refusal(refusals[0])
+    assert not is_refusal(TransientRuntimeError("down"))
+    with pytest.raises(TransientRuntimeError):
+        breaker.call(lambda: (_ for _ in ()).throw(TransientRuntimeError("down")))
+    assert breaker.state is CircuitState.OPEN  # a real failure still counts

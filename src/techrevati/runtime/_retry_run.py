@@ -22,6 +22,7 @@ from techrevati.runtime.errors import (
     RetriesExhaustedError,
     TechrevatiError,
     TransientRuntimeError,
+    refusal_in_chain,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class RetryRun:
         if stats is not None:
             stats._failed(info.scenario)
         if isinstance(exc, TechrevatiError) and not isinstance(exc, TransientRuntimeError):
+            self._give_up()
+            return None
+        if refusal_in_chain(exc) is not None:  # a refusal wrapped in another error
             self._give_up()
             return None
         if policy.retry_on is not None:

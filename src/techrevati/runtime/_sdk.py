@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from techrevati.runtime.errors import is_refusal
+
 __all__ = ["is_dependency_failure", "safe_getattr"]
 
 # Substrings of a class name (along the MRO) or an AWS error code that mean
@@ -46,9 +48,10 @@ def is_dependency_failure(exc: BaseException) -> bool:
     AWS error code says throttling or timeout (``ThrottlingException`` comes
     as a 400). Exceptions without a status count: timeouts, connection
     errors, any ``OSError`` and anything unknown. Never raises, imports no
-    SDK; cancellations (non-``Exception`` BaseExceptions) return False.
+    SDK; cancellations (non-``Exception`` BaseExceptions) and the runtime's own
+    refusals (a spent budget, a denied tool, a governance limit) return False.
     """
-    if not isinstance(exc, Exception):
+    if not isinstance(exc, Exception) or is_refusal(exc):
         return False
     try:
         status = _http_status(exc)

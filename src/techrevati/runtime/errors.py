@@ -33,11 +33,22 @@ raises it (``techrevati.runtime.budget.BudgetExceededError``, ...) and from
     ├── ReportInputError (ValueError)           the report command's bad input
     └── MissingDependencyError (ImportError)    an optional extra not installed
 
-Three more live beside the state they describe: ``CircuitOpenError``
+More live beside the state they describe: ``CircuitOpenError``
 (:mod:`~techrevati.runtime.circuit_breaker`), ``InvalidTransitionError``
-(ValueError, :mod:`~techrevati.runtime.lifecycle`), and ``DuplicateRuleError``
+(ValueError, :mod:`~techrevati.runtime.lifecycle`), ``DuplicateRuleError``
 (ValueError) and ``PolicyEvaluationError``
-(:mod:`~techrevati.runtime.policy_engine`).
+(:mod:`~techrevati.runtime.policy_engine`), ``GovernanceBreachedError``
+(:mod:`~techrevati.runtime.governance`), ``OutputValidationError``
+(ValueError) and ``OutputEscalationError`` (:mod:`~techrevati.runtime.outputs`),
+``NoHealthyProviderError`` (:mod:`~techrevati.runtime.routing`), and
+``CheckpointConflictError`` (ValueError) and ``SaverClosedError``
+(RuntimeError, :mod:`~techrevati.runtime.checkpoints`).
+
+The runtime's *refusals* (``BudgetExceededError``,
+``MaxIterationsExceededError``, ``PermissionDeniedError``,
+``GovernanceBreachedError``) say so (:func:`is_refusal`): a circuit breaker
+never counts one as its dependency's failure, and a retry policy never
+retries a failure with one in its chain (:func:`refusal_in_chain`).
 
 One warning, outside the tree: :class:`PricingFileWarning` (``UserWarning``),
 what a pricing-file load rounded, skipped or ignored.
@@ -46,7 +57,7 @@ what a pricing-file load rounded, skipped or ignored.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from techrevati.runtime._classify import FailureInfo
@@ -57,6 +68,8 @@ LimitKind = Literal["usd", "tokens", "requests"]
 
 __all__ = [
     "BudgetExceededError",
+    "is_refusal",
+    "refusal_in_chain",
     "CorruptRecordError",
     "EmptyResponseError",
     "GuardrailViolatedError",
@@ -89,7 +102,34 @@ __all__ = [
 
 
 class TechrevatiError(Exception):
-    """Base class of every error raised by ``techrevati.runtime`` itself."""
+    """Base class of every error raised by ``techrevati.runtime`` itself.
+
+    ``_techrevati_refusal`` is True on the runtime's *refusals* (a spent budget,
+    a denied tool, the iteration limit, a governance limit): not a failure of
+    any dependency, so a breaker never counts one, and a retry policy never
+    retries a call whose failure has one anywhere in its chain (a framework
+    that wraps the refusal in its own error included).
+    """
+
+    _techrevati_refusal: ClassVar[bool] = False
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the runtime's refusals (see :class:`TechrevatiError`)."""
+    return getattr(type(exc), "_techrevati_refusal", False) is True
+
+
+def refusal_in_chain(exc: BaseException, depth: int = 8) -> BaseException | None:
+    """Return the first refusal among ``exc`` and its causes and contexts (``depth`` links)."""
+    node: BaseException | None = exc
+    seen: set[int] = set()
+    while node is not None and depth > 0 and id(node) not in seen:
+        if is_refusal(node):
+            return node
+        seen.add(id(node))
+        depth -= 1
+        node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
+    return None
 
 
 class InvalidValueError(TechrevatiError, ValueError):
@@ -142,6 +182,8 @@ def _rebuild_timeout(timeout: float, model: str, started: bool) -> TurnTimeoutEr
 
 class MaxIterationsExceededError(TechrevatiError):
     """The session already ran ``max_iterations`` turns; no further turn is started."""
+
+    _techrevati_refusal: ClassVar[bool] = True
 
     def __init__(self, max_iterations: int) -> None:
         self.max_iterations = max_iterations
@@ -234,6 +276,8 @@ class BudgetExceededError(TechrevatiError):
     ``limit_usd`` (``None`` without a dollar cap) and ``spent_usd`` are always
     the budget's dollar figures; ``model`` is the model asked for, if any.
     """
+
+    _techrevati_refusal: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -393,6 +437,8 @@ class PermissionDeniedError(TechrevatiError, PermissionError):
     Raised by :meth:`PermissionEnforcer.require` and by the orchestrator
     before a denied tool call; the message is ``outcome.reason``.
     """
+
+    _techrevati_refusal: ClassVar[bool] = True
 
     def __init__(self, outcome: PermissionOutcome) -> None:
         self.outcome = outcome

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Final, NamedTuple, TypeAlias
+from typing import ClassVar, Final, NamedTuple, TypeAlias
 
 from techrevati.runtime._money import _USD_POWER, MoneyInput, _scaled, _to_decimal, _usd, usd_text
 from techrevati.runtime._permission_names import (
@@ -93,6 +93,8 @@ class GovernanceBreachedError(TechrevatiError):
     so a retry policy re-raises it at once and never retries it, and the
     meter refuses again on every later call.
     """
+
+    _techrevati_refusal: ClassVar[bool] = True
 
     def __init__(
         self,
