@@ -36,7 +36,7 @@ from techrevati.runtime.routing import (
 
 ROUNDS = 9
 CALLS = {3: 20_000, 20: 5_000}
-OUTCOME = Outcome.success(0.42, Decimal("0.0012345"))
+OUTCOME = Outcome.success(0.42, cost_femto_usd=1_234_500_000_000)  # $0.0012345
 
 
 def _answer() -> str:
@@ -144,6 +144,9 @@ def _outcomes() -> None:
             "bare call": lambda: sync_loop_ns(_answer, 50_000),
             "Outcome.success(latency, Decimal cost)": lambda: sync_loop_ns(
                 lambda: Outcome.success(0.42, Decimal("0.0012345")), 50_000
+            ),
+            "Outcome.success(latency, cost_femto_usd=int)": lambda: sync_loop_ns(
+                lambda: Outcome.success(0.42, cost_femto_usd=1_234_500_000_000), 50_000
             ),
             "Outcome.failure(class, latency)": lambda: sync_loop_ns(
                 lambda: Outcome.failure("provider_failure", 0.42), 50_000

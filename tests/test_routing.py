@@ -1113,3 +1113,44 @@ def test_an_unchanged_route_hands_out_the_same_decision() -> None:
     explorer.record(a, Outcome.success(1.0))
     assert explorer.candidates().explored == b
     assert explorer.candidates() is not explorer.candidates()  # an exploring route is never kept
+
+
+def test_a_cost_may_come_as_femto_dollars_straight_from_a_turn_cost() -> None:
+    quick = Outcome.success(0.5, cost_femto_usd=1_234_500_000_000)
+    assert quick.cost_usd == Decimal("0.0012345")
+    assert quick == Outcome.success(0.5, "0.0012345")
+    assert Outcome.failure("rate_limit", cost_femto_usd=7).cost_usd == Decimal("7E-15")
+    with pytest.raises(InvalidValueError, match="give cost_usd or cost_femto_usd, not both"):
+        Outcome.success(0.5, "0.1", cost_femto_usd=1)
+    with pytest.raises(InvalidValueError, match="cost_femto_usd must be an int >= 0, got -1"):
+        Outcome(True, 0.5, -1)
+    with pytest.raises(InvalidValueError, match=r"cost_femto_usd must be an int >= 0, got 1\.5"):
+        Outcome(True, 0.5, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="got True"):
+        Outcome(True, 0.5, True)
+
+
+@pytest.mark.parametrize(
+    ("limits", "wanted"),
+    [
+        ({"tokens_per_minute": 100}, UsageSnapshot(input_tokens=60, output_tokens=40)),
+        ({"input_tokens_per_minute": 100}, UsageSnapshot(input_tokens=100)),
+        ({"output_tokens_per_minute": 100}, UsageSnapshot(output_tokens=100)),
+    ],
+)
+def test_a_call_the_size_of_a_limit_waits_for_the_window_and_one_larger_never_fits(
+    limits: dict[str, int], wanted: UsageSnapshot
+) -> None:
+    clock = FakeClock()
+    window = limiter(clock, **limits)
+    window.acquire(input_tokens=1, output_tokens=1).settle()
+    clock.advance(20.0)
+    router = HealthAwareRouter([Candidate("a", limiter=window), Candidate("b")], clock=clock)
+    decision = router.candidates(RouteRequest(wanted, max_wait=30.0))
+    assert [(s.reason, s.seconds) for s in decision.skipped] == [(SkipReason.RATE_LIMITED, 40.0)]
+    larger = UsageSnapshot(
+        input_tokens=wanted.input_tokens + (wanted.input_tokens > 0),
+        output_tokens=wanted.output_tokens + (wanted.input_tokens == 0),
+    )
+    decision = router.candidates(RouteRequest(larger, max_wait=math.inf))
+    assert [(s.reason, s.seconds) for s in decision.skipped] == [(SkipReason.TOO_LARGE, math.inf)]

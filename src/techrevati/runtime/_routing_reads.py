@@ -95,27 +95,32 @@ def limiter_wait(
     ``(None, "")``: unknown (a limiter on a shared store). Takes nothing.
     """
     window = limiter._state
-    if not isinstance(window, _LocalWindow):
+    if type(window) is not _LocalWindow:
         return _UNKNOWN
-    limits = limiter._limits
-    wanted = (1, input_tokens + output_tokens, input_tokens, output_tokens)
-    for dimension in (1, 2, 3):
-        limit = limits[dimension]
-        if limit is not None and wanted[dimension] > limit:
-            return math.inf, "too_large"
+    requests, tokens, inputs, outputs = limiter._limits
     most = window._max_concurrent
     # The common case, on the running totals without the lock: expired entries still in
     # them only make the totals larger, so a call that fits them fits. (A read, not a
     # reservation: another caller may take the room before this call's acquire.)
     if (
-        not any(window._caps)
-        and (limits[0] is None or window._requests < limits[0])
-        and (limits[1] is None or window._input + window._output + wanted[1] <= limits[1])
-        and (limits[2] is None or window._input + input_tokens <= limits[2])
-        and (limits[3] is None or window._output + output_tokens <= limits[3])
+        (requests is None or window._requests < requests)
+        and (
+            tokens is None
+            or window._input + window._output + input_tokens + output_tokens <= tokens
+        )
+        and (inputs is None or window._input + input_tokens <= inputs)
+        and (outputs is None or window._output + output_tokens <= outputs)
         and (most is None or len(window._open) < most)
+        and not any(window._caps)
     ):
         return _FITS
+    if (
+        (tokens is not None and input_tokens + output_tokens > tokens)
+        or (inputs is not None and input_tokens > inputs)
+        or (outputs is not None and output_tokens > outputs)
+    ):
+        return math.inf, "too_large"
+    wanted = (1, input_tokens + output_tokens, input_tokens, output_tokens)
     now = limiter._clock()
     with window._lock:  # the checks of _LocalWindow.admit, without the admission
         now = window._advance(now)

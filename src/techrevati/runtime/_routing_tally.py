@@ -36,8 +36,6 @@ class View(NamedTuple):
     """EWMA of seconds per successful turn; None until the first success."""
     cost_atto: int | None
     """EWMA of atto-USD per successful turn; None until a success reports a cost."""
-    cost: Decimal | None
-    """The same in USD, for showing."""
     samples: int
     """Successes in the latency average (since it was last reset as stale)."""
     cost_samples: int
@@ -46,7 +44,7 @@ class View(NamedTuple):
     """The router's clock at the last success; None: never measured."""
 
 
-UNMEASURED: Final = View(None, None, None, 0, 0, None)
+UNMEASURED: Final = View(None, None, 0, 0, None)
 _new_view: Final = tuple.__new__  # View without its Python-level __new__: the hot path
 
 
@@ -132,9 +130,7 @@ def settle(slot: Slot, outcome: Outcome, now: float, settings: Averaging) -> boo
         samples = old.samples + 1
     else:
         latency, samples = sample, 1
-    average, shown, cost_samples = (
-        (old.cost_atto, old.cost, old.cost_samples) if fresh else (None, None, 0)
-    )
+    average, cost_samples = (old.cost_atto, old.cost_samples) if fresh else (None, 0)
     if femto is not None:
         spent = (slot.pending_femto + femto) * ATTO_PER_FEMTO
         slot.pending_femto = 0
@@ -143,8 +139,7 @@ def settle(slot: Slot, outcome: Outcome, now: float, settings: Averaging) -> boo
         else:
             average += (spent - average) * numerator // denominator
             cost_samples += 1
-        shown = atto_usd(average)
-    slot.view = _new_view(View, (latency, average, shown, samples, cost_samples, now))
+    slot.view = _new_view(View, (latency, average, samples, cost_samples, now))
     return True
 
 

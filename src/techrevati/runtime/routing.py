@@ -48,11 +48,12 @@ from techrevati.runtime._routing_reads import (
     breaker_health,
     limiter_wait,
 )
-from techrevati.runtime._routing_tally import Slot, averaging, settle
+from techrevati.runtime._routing_tally import Slot, View, atto_usd, averaging, settle
 from techrevati.runtime._validate import (
     callable_or_none,
     enum_member,
     instance_or_none,
+    int_at_least,
     non_negative_number,
     strict_bool,
 )
@@ -145,17 +146,16 @@ class Outcome:
 
     Build it with :meth:`success` or :meth:`failure`. ``latency_seconds`` is
     the attempt's own duration (not the time it waited for the rate
-    limiter); ``cost_usd`` is what it was billed (exact to 1e-15 USD, as
-    every amount in the library; None when unpriced or unknown);
-    ``failure_class`` says why a failed attempt failed.
+    limiter); ``cost_femto_usd`` is what it was billed, as an exact int of
+    1e-15 USD like every amount in the library (``cost_usd`` is the same as a
+    ``Decimal``; None when unpriced or unknown); ``failure_class`` says why a
+    failed attempt failed.
     """
 
     ok: bool
     latency_seconds: float = 0.0
-    cost_usd: Decimal | None = None
+    cost_femto_usd: int | None = None
     failure_class: AgentFailureClass | None = None
-    cost_femto_usd: int | None = field(init=False, repr=False, compare=False)
-    """``cost_usd`` as an exact int of 1e-15 USD (None with it)."""
 
     def __post_init__(self) -> None:
         strict_bool("ok", self.ok)
@@ -163,12 +163,9 @@ class Outcome:
         if type(latency) is not float or not 0.0 <= latency < math.inf:  # NaN fails too
             latency = non_negative_number("latency_seconds", latency)
             object.__setattr__(self, "latency_seconds", latency)
-        femto = None
-        if self.cost_usd is not None:
-            cost = _to_decimal(self.cost_usd, "cost_usd")
-            femto = _scaled(cost, _USD_POWER, "cost_usd", "1e-15 USD")
-            object.__setattr__(self, "cost_usd", cost)
-        object.__setattr__(self, "cost_femto_usd", femto)
+        femto = self.cost_femto_usd
+        if femto is not None and (type(femto) is not int or femto < 0):
+            int_at_least("cost_femto_usd", femto, 0)
         if self.ok:
             if self.failure_class is not None:
                 raise InvalidValueError(
@@ -176,16 +173,32 @@ class Outcome:
                 )
         elif self.failure_class is None:
             raise InvalidValueError("a failed outcome needs its failure_class, got None")
-        else:
+        elif type(self.failure_class) is not AgentFailureClass:
             failure = enum_member(
                 AgentFailureClass, self.failure_class, "failure class", field="failure_class"
             )
             object.__setattr__(self, "failure_class", failure)
 
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """The attempt's cost in USD, exact (None when unpriced or unknown)."""
+        femto = self.cost_femto_usd
+        return None if femto is None else _usd(femto)
+
     @classmethod
-    def success(cls, latency_seconds: float, cost_usd: MoneyInput | None = None) -> Outcome:
-        """Make the outcome of a successful attempt: how long it took, what it cost."""
-        return cls(True, latency_seconds, cost_usd)  # type: ignore[arg-type]  # made exact in __post_init__
+    def success(
+        cls,
+        latency_seconds: float,
+        cost_usd: MoneyInput | None = None,
+        *,
+        cost_femto_usd: int | None = None,
+    ) -> Outcome:
+        """Make the outcome of a successful attempt: how long it took, what it cost.
+
+        Give the cost as ``cost_usd`` (a Decimal, str, int or float, exact to
+        1e-15 USD) or as ``cost_femto_usd`` (a ``TurnCost``'s, no conversion).
+        """
+        return cls(True, latency_seconds, _femto(cost_usd, cost_femto_usd))
 
     @classmethod
     def failure(
@@ -193,9 +206,23 @@ class Outcome:
         failure_class: AgentFailureClass | str,
         latency_seconds: float = 0.0,
         cost_usd: MoneyInput | None = None,
+        *,
+        cost_femto_usd: int | None = None,
     ) -> Outcome:
         """Make the outcome of a failed attempt: why (an ``AgentFailureClass``), how long, cost."""
-        return cls(False, latency_seconds, cost_usd, failure_class)  # type: ignore[arg-type]  # checked in __post_init__
+        femto = _femto(cost_usd, cost_femto_usd)
+        return cls(False, latency_seconds, femto, failure_class)  # type: ignore[arg-type]  # checked in __post_init__
+
+
+def _femto(cost_usd: MoneyInput | None, cost_femto_usd: int | None) -> int | None:
+    """One cost, given in USD or in femto-USD, as femto-USD (refusing sub-femto amounts)."""
+    if cost_usd is None:
+        return cost_femto_usd
+    if cost_femto_usd is not None:
+        raise InvalidValueError(
+            f"give cost_usd or cost_femto_usd, not both, got {cost_usd!r} and {cost_femto_usd!r}"
+        )
+    return _scaled(_to_decimal(cost_usd, "cost_usd"), _USD_POWER, "cost_usd", "1e-15 USD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -926,7 +953,7 @@ class HealthAwareRouter(_Router):
             ):
                 entry = _new_ranked(
                     Ranked,
-                    (candidate, state, view.cost, view.cost_samples, wait, allowed, "")
+                    (candidate, state, _usd_of(view), view.cost_samples, wait, allowed, "")
                     if by_cost
                     else (candidate, state, view.latency, view.samples, wait, allowed, ""),
                 )
@@ -1009,7 +1036,7 @@ class HealthAwareRouter(_Router):
                 rated = pick.reason in _RATE_REASONS
                 view = self._by_label[pick.candidate.label].view
                 by_cost = self._by_cost
-                score = view.cost if by_cost else view.latency
+                score = _usd_of(view) if by_cost else view.latency
                 samples = view.cost_samples if by_cost else view.samples
                 chosen = Ranked(
                     pick.candidate,
@@ -1076,6 +1103,12 @@ def _plain(candidate: Candidate, note: str) -> Ranked:
     return Ranked(candidate, None, None, 0, None, None, note)
 
 
+def _usd_of(view: View) -> Decimal | None:
+    """Return a view's cost average in USD (built only where a cost is shown or ranked)."""
+    atto = view.cost_atto
+    return None if atto is None else atto_usd(atto)
+
+
 def _appended(items: list[_T] | None, item: _T) -> list[_T]:
     """Append ``item`` to ``items``, made on first use (most routes skip nothing)."""
     if items is None:
@@ -1108,7 +1141,7 @@ def _stats_of(slot: Slot) -> CandidateStats:
         successes=slot.successes,
         failures=slot.failures,
         latency_seconds=view.latency,
-        cost_usd=view.cost,
+        cost_usd=None if view.cost_atto is None else atto_usd(view.cost_atto),
         samples=view.samples,
         cost_samples=view.cost_samples,
         cost_usd_total=_usd(slot.cost_femto),
