@@ -1154,3 +1154,24 @@ def test_a_call_the_size_of_a_limit_waits_for_the_window_and_one_larger_never_fi
     )
     decision = router.candidates(RouteRequest(larger, max_wait=math.inf))
     assert [(s.reason, s.seconds) for s in decision.skipped] == [(SkipReason.TOO_LARGE, math.inf)]
+
+
+@settings(max_examples=examples(30))
+@given(count=st.integers(1, 8), rounds=st.integers(1, 6), excluded=st.sets(st.integers(0, 7)))
+def test_round_robin_puts_each_candidate_first_exactly_once_per_cycle(
+    count: int, rounds: int, excluded: set[int]
+) -> None:
+    names = [f"m{i}" for i in range(count)]
+    router = RoundRobinRouter([Candidate(name) for name in names])
+    orders = [labels(router.candidates()) for _ in range(count * rounds)]
+    assert Counter(order[0] for order in orders) == dict.fromkeys(names, rounds)
+    for start, order in enumerate(orders):
+        shift = start % count
+        assert order == names[shift:] + names[:shift]  # a rotation of the given order
+    exclude = {f"m{i}" for i in excluded}
+    if set(names) <= exclude:
+        with pytest.raises(NoHealthyProviderError):
+            router.candidates(RouteRequest(exclude=exclude))
+    else:
+        kept = labels(router.candidates(RouteRequest(exclude=exclude)))
+        assert kept == [name for name in names if name not in exclude]  # the next is rotation 0
