@@ -154,7 +154,7 @@ class TextGuardrail:
         self,
         name: str,
         action: object,
-        on: Iterable[str],
+        on: object,
         max_depth: int,
     ) -> None:
         self._name = non_empty_str("name", name)
@@ -273,15 +273,39 @@ def replaced(text: str, hits: Iterable[Hit]) -> str:
 
 
 def non_overlapping(hits: Iterable[Hit], rank: Callable[[Hit], int]) -> list[Hit]:
-    """Keep the hits that overlap no earlier kept one: earliest first, then longest, then rank."""
-    ordered = sorted(hits, key=lambda h: (h.start, h.start - h.end, rank(h)))
+    """Keep the hits that overlap no better one; lower ``rank`` wins, then earlier, then longer.
+
+    Ranks are taken in turn: each hit of a rank is kept unless it overlaps a
+    hit kept at a better rank or one kept before it at its own. O(n log n).
+    """
+    by_rank: dict[int, list[Hit]] = {}
+    for hit in hits:
+        by_rank.setdefault(rank(hit), []).append(hit)
     kept: list[Hit] = []
-    end = -1
-    for hit in ordered:
-        if hit.start >= end:
-            kept.append(hit)
-            end = hit.end
-    return kept
+    starts: list[int] = []  # of the spans kept so far, sorted, disjoint
+    ends: list[int] = []
+    for level in sorted(by_rank):
+        new: list[Hit] = []
+        last_end = -1
+        for hit in sorted(by_rank[level], key=lambda h: (h.start, h.start - h.end)):
+            if hit.start < last_end or _overlaps(starts, ends, hit.start, hit.end):
+                continue
+            new.append(hit)
+            last_end = hit.end
+        kept.extend(new)
+        spans = sorted([*zip(starts, ends, strict=True), *((h.start, h.end) for h in new)])
+        starts = [start for start, _ in spans]
+        ends = [end for _, end in spans]
+    return sorted(kept, key=lambda h: (h.start, h.end))
+
+
+def _overlaps(starts: list[int], ends: list[int], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` overlaps one of the disjoint sorted spans ``starts``/``ends``."""
+    index = bisect_right(starts, start) - 1
+    if index >= 0 and ends[index] > start:
+        return True
+    after = index + 1
+    return after < len(starts) and starts[after] < end
 
 
 class SpanIndex:
@@ -312,16 +336,15 @@ def checked_action(action: object) -> GuardrailAction:
     raise InvalidValueError(f"action must be one of 'flag', 'redact', 'block', got {action!r}")
 
 
-def checked_targets(on: Iterable[str]) -> frozenset[GuardrailTarget]:
+def checked_targets(on: object) -> frozenset[GuardrailTarget]:
     """Return ``on`` as a set of targets; each must be one of :data:`TARGETS`, at least one."""
     if isinstance(on, str):
         on = (on,)
-    try:
-        given = tuple(on)
-    except TypeError:
+    if not isinstance(on, Iterable):
         raise InvalidValueError(
             f"on must be a collection of 'arguments', 'results', 'model_output', got {on!r}"
-        ) from None
+        )
+    given = tuple(on)
     targets: set[GuardrailTarget] = set()
     for item in given:
         for known in TARGETS:

@@ -154,10 +154,10 @@ _LEAK = (
 )
 _EXFIL = (
     r"\b(?:send|post|forward|upload|transmit|e-?mail|exfiltrate|leak|copy|paste|submit)\s+"
-    r"(?:\w+\s+){0,4}?(?:conversation|chat\s+(?:history|log)|system\s+prompt|api\s+keys?"
+    r"(?:[\w']+\s+){0,4}?(?:conversation|chat\s+(?:history|log)|system\s+prompt|api\s+keys?"
     r"|credentials|secrets?|passwords?|access\s+tokens?|tokens|private\s+(?:data|keys?)"
     r"|user(?:'s)?\s+data|personal\s+data|environment\s+variables|\.env(?:\s+file)?"
-    r"|ssh\s+keys?|session\s+cookies?|cookies)\s+(?:\w+\s+){0,3}?to\s+"
+    r"|ssh\s+keys?|session\s+cookies?|cookies)\s+(?:[\w']+\s+){0,3}?to\s+"
     r"(?:https?://|(?:this|the\s+following|my|our)\s+(?:url|address|endpoint|server|webhook"
     r"|email))"
 )
@@ -272,7 +272,7 @@ _HIDING: Final = re.compile(
     re.IGNORECASE,
 )
 _BASE64: Final = re.compile(
-    r"[A-Za-z0-9+/_\-](?<![A-Za-z0-9+/=_\-](?s:.))[A-Za-z0-9+/_\-]{23,}+={0,2}+(?![A-Za-z0-9+/=_\-])"
+    r"[A-Za-z0-9+/_\-](?<![A-Za-z0-9+/_\-](?s:.))[A-Za-z0-9+/_\-]{23,}+={0,2}+(?![A-Za-z0-9+/=_\-])"
 )
 _URLSAFE: Final = str.maketrans("-_", "+/")
 
@@ -307,11 +307,11 @@ class InjectionDetector(TextGuardrail):
 
     def __init__(
         self,
-        rules: Iterable[str] | None = None,
+        rules: str | Iterable[str] | None = None,
         *,
         action: GuardrailAction = "redact",
         replacement: str = "[removed: {rule}]",
-        on: Iterable[GuardrailTarget] = ("results",),
+        on: GuardrailTarget | Iterable[GuardrailTarget] = ("results",),
         name: str = "injection",
         max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
@@ -539,7 +539,7 @@ def _decoded(blob: str) -> str | None:
     return decoded if decoded and printable >= 0.95 * len(decoded) else None
 
 
-def _checked_rules(rules: Iterable[str] | None) -> tuple[str, ...]:
+def _checked_rules(rules: str | Iterable[str] | None) -> tuple[str, ...]:
     if rules is None:
         return tuple(INJECTION_RULES)
     if isinstance(rules, str):

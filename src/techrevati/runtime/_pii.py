@@ -117,9 +117,9 @@ _ASSIGNMENT: Final = (
     r"([a-z0-9_\-+/=.~]{16,}+)"
 )
 _ASSIGNED: Final = re.compile(_ASSIGNMENT)
-"""Run on the lower-cased text (an ASCII one: lower-casing keeps every offset)."""
+"""Run on the lower-cased text (when lower-casing keeps every offset: nearly always)."""
 _ASSIGNED_ANY: Final = re.compile(_ASSIGNMENT, re.IGNORECASE)
-"""The same on a non-ASCII text, case-insensitively (slower: no skip-ahead)."""
+"""The same on a text that lower-casing would lengthen (``İ``), case-insensitively (slower)."""
 _BEARER: Final = re.compile(r"bearer(?<![a-z0-9](?s:......))\s{1,8}+([a-z0-9_\-+/=.~]{20,}+)")
 _BEARER_ANY: Final = re.compile(_BEARER.pattern, re.IGNORECASE)
 _SECRET_KEY: Final = re.compile(rf"(?i){_KEYWORD}")
@@ -168,11 +168,11 @@ class PiiRedactor(TextGuardrail):
 
     def __init__(
         self,
-        kinds: Iterable[PiiKind] = PII_KINDS,
+        kinds: PiiKind | Iterable[PiiKind] = PII_KINDS,
         *,
         action: GuardrailAction = "redact",
         replacement: str = "[{kind}]",
-        on: Iterable[GuardrailTarget] = ("results",),
+        on: GuardrailTarget | Iterable[GuardrailTarget] = ("results",),
         allow: Iterable[str] = (),
         name: str = "pii",
         max_depth: int = DEFAULT_MAX_DEPTH,
@@ -313,20 +313,23 @@ def _secrets(text: str) -> Iterator[_Found]:
     for shape, literals, pattern, check, reason in _SHAPES:
         if any(literal in text for literal in literals):
             for match in pattern.finditer(text):
-                if check(match.group()):
+                token = match.group()
+                if check(token) and not _placeholder(token):
                     yield match.start(), match.end(), f"secret.{shape}", reason
     if "=" not in text and ":" not in text:
         return
-    ascii_text = text.isascii()
-    folded = text.lower() if ascii_text else text
-    assigned, bearer = (_ASSIGNED, _BEARER) if ascii_text else (_ASSIGNED_ANY, _BEARER_ANY)
+    folded = text.lower()
+    same = len(folded) == len(text)  # lower-casing never shortens: same length, same offsets
+    if not same:
+        folded = text
+    assigned, bearer = (_ASSIGNED, _BEARER) if same else (_ASSIGNED_ANY, _BEARER_ANY)
     for match in assigned.finditer(folded):
         key = _key_before(folded, match.start(), match.end(1))
         value = text[match.start(2) : match.end(2)]
         if _SECRET_KEY.fullmatch(key) and _random_value(value):
             reason = f"a high-entropy value assigned to {key[:40]!r}"
             yield match.start(2), match.end(2), "secret.assigned", reason
-    if "bearer" in folded or not ascii_text:
+    if "bearer" in folded or not same:
         for match in bearer.finditer(folded):
             if _random_value(text[match.start(1) : match.end(1)]):
                 yield match.start(1), match.end(1), "secret.bearer", "a bearer token"
@@ -336,11 +339,11 @@ def _key_before(folded: str, stem: int, stem_end: int) -> str:
     """Return the whole key name around a stem: up to 24 key characters either side, and it."""
     start = stem
     floor = max(0, stem - 24)
-    while start > floor and folded[start - 1] in _KEY_CHARS:
+    while start > floor and folded[start - 1].lower() in _KEY_CHARS:
         start -= 1
     end = stem_end
     limit = min(len(folded), stem_end + 24)
-    while end < limit and folded[end] in _KEY_CHARS:
+    while end < limit and folded[end].lower() in _KEY_CHARS:
         end += 1
     return folded[start:end]
 
@@ -358,10 +361,16 @@ def _mixed(body: str) -> bool:
     return upper >= 2 and lower >= 2 and digits >= 2
 
 
+def _placeholder(value: str) -> bool:
+    """Whether a value says it is a placeholder (``EXAMPLE``, ``your-key``, ``xxxx``)."""
+    folded = value.lower()
+    return any(word in folded for word in _PLACEHOLDERS)
+
+
 def _random_value(value: str) -> bool:
     """Whether an assigned value looks like a generated secret, not a word, path or placeholder."""
     folded = value.lower()
-    if any(word in folded for word in _PLACEHOLDERS):
+    if _placeholder(value):
         return False
     if not _DIGIT.search(value) or not any(char.isalpha() for char in value):
         return False
@@ -372,7 +381,7 @@ def _random_value(value: str) -> bool:
 
 def _keyed_secret(value: str) -> bool:
     """Whether the value of a secret-named key (``"password": ...``) is worth redacting."""
-    if len(value) < 8 or any(word in value.lower() for word in _PLACEHOLDERS):
+    if len(value) < 8 or _placeholder(value):
         return False
     has_letter = any(char.isalpha() for char in value)
     has_other = any(not char.isalpha() for char in value)
@@ -411,9 +420,11 @@ def iban_valid(iban: str) -> bool:
     return int(number) % 97 == 1
 
 
-def _checked_kinds(kinds: Iterable[PiiKind]) -> tuple[PiiKind, ...]:
+def _checked_kinds(kinds: object) -> tuple[PiiKind, ...]:
     if isinstance(kinds, str):
-        kinds = (kinds,)  # type: ignore[assignment]
+        kinds = (kinds,)
+    if not isinstance(kinds, Iterable):
+        raise InvalidValueError(f"kinds must be a collection of PII kinds, got {kinds!r}")
     try:
         given = set(kinds)
     except TypeError:

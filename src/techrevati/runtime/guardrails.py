@@ -117,7 +117,7 @@ class PatternGuardrail(TextGuardrail):
         allow: Iterable[Pattern] = (),
         *,
         action: GuardrailAction = "block",
-        on: Iterable[GuardrailTarget] = ("arguments", "results"),
+        on: GuardrailTarget | Iterable[GuardrailTarget] = ("arguments", "results"),
         replacement: str = "[redacted]",
         name: str = "pattern",
         max_chars: int = DEFAULT_MAX_CHARS,
@@ -125,7 +125,7 @@ class PatternGuardrail(TextGuardrail):
     ) -> None:
         super().__init__(name, action, on, max_depth)
         if isinstance(deny, Mapping):
-            named = [(f"{name}.{key}", str(key), value) for key, value in deny.items()]
+            named = [(f"{name}.{key}", f"deny[{key!r}]", value) for key, value in deny.items()]
         elif isinstance(deny, str | re.Pattern):
             raise InvalidValueError(f"deny must be a list or mapping of patterns, got {deny!r}")
         else:
@@ -462,7 +462,7 @@ def redacting_inputs(
     fn: Callable[P, T],
     redactor: Guardrail,
     *,
-    keys: Collection[str] = MODEL_INPUT_KEYS,
+    keys: str | Collection[str] = MODEL_INPUT_KEYS,
     on_fired: Callable[[GuardrailResult], object] | None = None,
 ) -> Callable[P, T]:
     """Wrap a model call so the prompt it is given is redacted first.
