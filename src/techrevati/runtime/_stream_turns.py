@@ -52,6 +52,7 @@ from techrevati.runtime.errors import (
     InvalidValueError,
     StreamFailedError,
 )
+from techrevati.runtime.routing import Outcome
 from techrevati.runtime.usage import TurnCost, UsageSnapshot
 
 __all__ = ["AsyncTurnStream", "StreamOutcome", "TurnStream"]
@@ -353,12 +354,11 @@ class _StreamTurnEngine(_TurnEngine):
         self, fn: Callable[..., object], turn: _Turn, state: _StreamState
     ) -> tuple[_Run, object]:
         """Run attempts until one stream gives its first chunk: the only retryable part."""
-        breaker = self._orch.circuit_breaker
-        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         wants_model = _accepts_model(fn)
         while True:
             self._before_attempt(turn)
+            breaker, limiter = turn.breaker, turn.limiter  # a route's switch changes them
             if limiter is not None:
                 self._throttle(limiter, turn)
             started = clock()
@@ -394,14 +394,13 @@ class _StreamTurnEngine(_TurnEngine):
         self, fn: Callable[..., object], turn: _Turn, state: _StreamState
     ) -> tuple[_Run, object]:
         """Async twin of :meth:`_open`."""
-        breaker = self._orch.circuit_breaker
-        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         wants_model = _accepts_model(fn)
         while True:
             self._before_attempt(turn, reserve=False)
             if self._budgets:
                 await self._areserve(turn)
+            breaker, limiter = turn.breaker, turn.limiter
             if limiter is not None:
                 await self._athrottle(limiter, turn)
             started = clock()
@@ -461,6 +460,8 @@ class _StreamTurnEngine(_TurnEngine):
             "abandoned": abandoned,
         }
         self._stream_done(turn, usage, cost.cost_femto_usd, flagged, duration, extra)
+        if turn.candidate is not None:
+            self._routed(turn, Outcome(True, max(duration, 0.0), cost.cost_femto_usd))
         meter = self.governance
         if meter is not None:
             meter._record_turn(turn.billed_femto + cost.cost_femto_usd, False)
@@ -490,12 +491,13 @@ class _StreamTurnEngine(_TurnEngine):
             cost = self._charge(turn, partial)
             if self._usage_sinks:
                 self._write_usage(turn, partial, cost, duration)
+        failure = failure_class_of(exc)
+        billed = 0 if cost is None else cost.cost_femto_usd
+        if turn.candidate is not None and isinstance(exc, Exception):
+            self._routed(turn, Outcome(False, max(duration, 0.0), billed, failure))
         meter = self.governance
         if meter is not None:
-            meter._record_turn(
-                turn.billed_femto + (0 if cost is None else cost.cost_femto_usd), True
-            )
-        failure = failure_class_of(exc)
+            meter._record_turn(turn.billed_femto + billed, True)
         self._record_failure(failure)
         stats, policy = self._stats, self._orch.retry
         if stats is not None and policy is not None and isinstance(exc, Exception):

@@ -31,7 +31,7 @@ from techrevati.runtime._validate import (
     seconds_or_none,
 )
 from techrevati.runtime.budget import Budget, BudgetExceededError, _limit_error
-from techrevati.runtime.circuit_breaker import CircuitOpenError
+from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.errors import (
     InvalidValueError,
     MaxIterationsExceededError,
@@ -63,6 +63,13 @@ from techrevati.runtime.retry_policy import (
     RetryAttempt,
     RetryRun,
     inspect_exception,
+)
+from techrevati.runtime.routing import (
+    Candidate,
+    NoHealthyProviderError,
+    Outcome,
+    ProviderRouter,
+    RouteRequest,
 )
 from techrevati.runtime.usage import TurnCost, UsageSnapshot
 
@@ -144,11 +151,10 @@ class _TurnEngine(_SessionCore):
             fn, model, usage, estimate, timeout, fallback_models=fallback_models
         )
         target = fn if turn.timeout is None and not _accepts_model(fn) else self._timed(fn, turn)
-        breaker = self._orch.circuit_breaker
-        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         while True:
             self._before_attempt(turn)
+            breaker, limiter = turn.breaker, turn.limiter  # a route's switch changes them
             if limiter is not None:
                 self._throttle(limiter, turn)
             started = clock()
@@ -217,12 +223,12 @@ class _TurnEngine(_SessionCore):
             fn, model, usage, estimate, timeout, fallback_models=fallback_models
         )
         attempt = self._async_attempt(fn, turn)
-        limiter = self._orch.rate_limiter
         clock = self._orch.clock
         while True:
             self._before_attempt(turn, reserve=False)
             if self._budgets:
                 await self._areserve(turn)
+            limiter = turn.limiter
             if limiter is not None:
                 await self._athrottle(limiter, turn)
             started = clock()
@@ -367,6 +373,16 @@ class _TurnEngine(_SessionCore):
         if self._stats is not None:
             self._stats._started()
         turn = _Turn(model, models, usage, estimate, timeout)
+        turn.breaker = self._orch.circuit_breaker
+        turn.limiter = self._orch.rate_limiter
+        router = self._orch.router
+        if router is not None:
+            if not _accepts_model(fn):  # type: ignore[arg-type]
+                raise InvalidValueError(
+                    "with a router, fn must take a model keyword: it is called with the "
+                    "routed candidate's model"
+                )
+            self._route(turn, router)
         if self._orch._model_hooks:
             # Only hooks look at the ModelCall; without them it is not built.
             turn.call = ModelCall(
@@ -626,15 +642,16 @@ class _TurnEngine(_SessionCore):
                 raise
             return result
 
-        breaker = self._orch.circuit_breaker
-        if breaker is None:
-            return attempt
-        return lambda: breaker.acall(attempt)
+        def guarded() -> Awaitable[_T]:
+            breaker = turn.breaker  # read per attempt: a route's switch changes it
+            return attempt() if breaker is None else breaker.acall(attempt)
+
+        return guarded
 
     def _attempt_succeeded(
         self, turn: _Turn, result: _T, duration: float
     ) -> tuple[_T, UsageSnapshot]:
-        limiter = self._orch.rate_limiter
+        limiter = turn.limiter
         if limiter is not None:
             limiter.observe(result)
         usage = turn.usage or turn.read_usage
@@ -647,6 +664,8 @@ class _TurnEngine(_SessionCore):
             self._release(turn)
             raise
         self._turn_done(turn, usage, cost.cost_femto_usd, flagged, duration)
+        if turn.candidate is not None:
+            self._routed(turn, Outcome(True, duration, cost.cost_femto_usd))
         meter = self.governance
         if meter is not None:
             meter._record_turn(turn.billed_femto + cost.cost_femto_usd, False)
@@ -694,7 +713,7 @@ class _TurnEngine(_SessionCore):
         Raises :class:`RetriesExhaustedError` from ``exc`` when attempts run out.
         """
         billed = usage_from_exception(exc) if isinstance(exc, Exception) else None
-        limiter = self._orch.rate_limiter
+        limiter = turn.limiter
         if limiter is not None:
             limiter.observe(exc)
         if billed is None:
@@ -713,6 +732,9 @@ class _TurnEngine(_SessionCore):
         self._emit_failure(
             turn=turn, exc=exc, failure=failure, duration=duration, billed=billed, cost=cost
         )
+        if turn.candidate is not None and isinstance(exc, Exception):
+            femto = None if cost is None else cost.cost_femto_usd
+            self._routed(turn, Outcome(False, max(duration, 0.0), femto, failure))
         retry = self._retry_for(turn, exc, failure)
         if retry is None:
             meter = self.governance
@@ -720,13 +742,7 @@ class _TurnEngine(_SessionCore):
                 meter._record_turn(turn.billed_femto, True)
             return None
         if RecoveryStep.SWITCH_PROVIDER in retry.steps and turn.models:
-            previous = turn.model
-            turn.model, turn.models = turn.models[0], turn.models[1:]
-            self._emit(
-                EventName.MODEL_SWITCHED,
-                detail=f"{previous} -> {turn.model}",
-                data={"from_model": previous, "model": turn.model},
-            )
+            self._switch(turn)
         with self._lock:
             self._retries += 1
         self._emit(
@@ -754,6 +770,15 @@ class _TurnEngine(_SessionCore):
             return None
         if failure is AgentFailureClass.CONTEXT_OVERFLOW and self.memory is not None:
             return self._compacted(turn, exc)
+        if isinstance(exc, CircuitOpenError) and turn.route:  # opened since the route was made
+            return RetryAttempt(
+                attempt=turn.attempt,
+                delay_seconds=0.0,
+                failure=inspect_exception(exc),
+                steps=(RecoveryStep.SWITCH_PROVIDER,),
+                exception=exc,
+                reason=f"{exc}: routed to the next candidate",
+            )
         policy = self._orch.retry
         if policy is None:
             return None
@@ -803,6 +828,58 @@ class _TurnEngine(_SessionCore):
             reason="context overflow: the memory was compacted, the turn is retried once",
         )
 
+    def _switch(self, turn: _Turn) -> None:
+        """Move ``turn`` to its next model: the route's next candidate, or the next fallback."""
+        previous = turn.model
+        turn.model, turn.models = turn.models[0], turn.models[1:]
+        if turn.route:
+            candidate, turn.route = turn.route[0], turn.route[1:]
+            turn.candidate = candidate
+            turn.breaker = candidate.breaker or self._orch.circuit_breaker
+            turn.limiter = candidate.limiter or self._orch.rate_limiter
+        self._emit(
+            EventName.MODEL_SWITCHED,
+            detail=f"{previous} -> {turn.model}",
+            data={"from_model": previous, "model": turn.model},
+        )
+
+    def _route(self, turn: _Turn, router: ProviderRouter) -> None:
+        """Ask ``router`` where the turn goes: its first candidate, then the rest in order."""
+        estimate = turn.estimate or self._orch.default_estimate
+        try:
+            decision = router.candidates(RouteRequest(estimate=estimate))
+        except NoHealthyProviderError as exc:
+            self._record_failure(AgentFailureClass.DEPENDENCY_FAILED)
+            self._emit(
+                EventName.TURN_ROUTED,
+                failure_class=AgentFailureClass.DEPENDENCY_FAILED,
+                detail=str(exc),
+                data={"model": turn.model, "route": None},
+            )
+            raise
+        first, rest = decision[0], tuple(decision)[1:]
+        turn.candidate, turn.route = first, rest
+        turn.model = first.model
+        turn.models = tuple(candidate.model for candidate in rest)
+        turn.breaker = first.breaker or self._orch.circuit_breaker
+        turn.limiter = first.limiter or self._orch.rate_limiter
+        self._emit(
+            EventName.TURN_ROUTED,
+            detail=decision.explain(),
+            data={"model": first.model, "route": decision.to_dict()},
+        )
+
+    def _routed(self, turn: _Turn, outcome: Outcome) -> None:
+        """Tell the router how the attempt on the turn's candidate went (never raises)."""
+        router = self._orch.router
+        candidate = turn.candidate
+        assert router is not None
+        assert candidate is not None
+        try:
+            router.record(candidate, outcome)
+        except Exception:
+            _log.warning("router.record failed; the turn goes on", exc_info=True)
+
     def _emit_failure(
         self,
         *,
@@ -841,15 +918,19 @@ class _Turn:
     __slots__ = (
         "attempt",
         "billed_femto",
+        "breaker",
         "call",
+        "candidate",
         "cap_held",
         "compacted",
         "estimate",
         "holds",
         "lease",
+        "limiter",
         "model",
         "models",
         "read_usage",
+        "route",
         "run",
         "throttled",
         "timeout",
@@ -882,6 +963,12 @@ class _Turn:
         self.throttled = 0.0  # seconds the turn's attempts waited for the rate limiter
         self.billed_femto = 0  # what failed attempts were billed (the governance counts it)
         self.compacted = False  # the memory was compacted once for this turn
+        # Where the attempts go: the orchestrator's breaker and limiter, or the routed
+        # candidate's, with the rest of the route to switch to.
+        self.breaker: CircuitBreaker | None = None
+        self.limiter: RateLimiter | None = None
+        self.candidate: Candidate | None = None
+        self.route: tuple[Candidate, ...] = ()
 
 
 def _inspected(target: Callable[[], _T], turn: _Turn) -> _T:

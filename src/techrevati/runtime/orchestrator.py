@@ -80,6 +80,7 @@ from techrevati.runtime.policy_engine import PhaseContext, PolicyActionData, Pol
 from techrevati.runtime.quality_gate import QualityGate, QualityGateOutcome, QualityLevel
 from techrevati.runtime.rate_limit import RateLimiter
 from techrevati.runtime.retry_policy import RetryPolicy, _asyncio_sleep
+from techrevati.runtime.routing import ProviderRouter
 from techrevati.runtime.sinks import SinkFanout
 from techrevati.runtime.usage import UsageSnapshot
 
@@ -157,6 +158,10 @@ class Orchestrator:
     dollars, failed turns in a row, tool calls, wall time): a breach raises
     :class:`~techrevati.runtime.governance.GovernanceBreachedError`, which no
     retry catches, fails the worker at once and emits ``governance.breached``.
+    ``router`` picks each turn's model and provider (:mod:`~techrevati.runtime.routing`):
+    the attempt runs under that candidate's own breaker and limiter, a switch
+    (a retry recipe's SWITCH_PROVIDER, or its breaker found open) goes to the
+    next candidate of the route, and the router hears every attempt's outcome.
     Every argument is checked here, so a
     wrong one fails at construction with an :class:`InvalidValueError`
     naming it, never later inside a turn.
@@ -178,6 +183,7 @@ class Orchestrator:
         quality_gate: QualityGate | None = None,
         governance: Governance | None = None,
         checkpoints: CheckpointSaver | None = None,
+        router: ProviderRouter | None = None,
         budget_usd: MoneyInput | None = None,
         budget: Budget | None = None,
         enforce_budget: bool = True,
@@ -220,6 +226,12 @@ class Orchestrator:
         self.governance = instance_or_none("governance", governance, Governance)
         """Hard-stop limits each session counts against with its own meter (None: none)."""
         self.checkpoints = _saver_or_none(checkpoints)
+        if router is not None and not isinstance(router, ProviderRouter):
+            raise InvalidValueError(
+                f"router must be a ProviderRouter (candidates() and record()), got {router!r}"
+            )
+        self.router = router
+        """Where each turn goes (a model at a provider behind its own breaker); None: ``model``."""
         """Where ``session(thread_id=...)`` saves its steps and resumes from (None: nowhere)."""
         if budget_usd is None:
             self.budget_usd: Decimal | None = None
