@@ -345,7 +345,8 @@ async def connect_stdio(
     env, cwd)`` and ``ClientSession.initialize()``; leaving the block closes
     the session and ends the process (the SDK closes its stdin, then
     terminates it). ``errlog`` receives the server's stderr (default
-    ``sys.stderr``).
+    ``sys.stderr``). An exception leaving the block leaves it as raised, not
+    inside the exception group the SDK's task groups wrap it in.
     """
     non_empty_str("command", command)
     if isinstance(args, str) or not all(isinstance(arg, str) for arg in args):
@@ -361,12 +362,19 @@ async def connect_stdio(
         cwd=None if cwd is None else os.fspath(cwd),
     )
     log = sys.stderr if errlog is None else errlog
-    async with (
-        stdio_client(params, errlog=log) as (read, write),
-        ClientSession(read, write) as client,
-    ):
-        await client.initialize()
-        yield client
+    try:
+        async with (
+            stdio_client(params, errlog=log) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            yield client
+    except BaseExceptionGroup as group:
+        # The SDK's task groups wrap what the block raised; a lone error is passed on bare.
+        sole = _sole(group)
+        if sole is None:
+            raise
+        raise sole from None
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -378,6 +386,15 @@ def _require_mcp() -> None:
         import mcp  # noqa: F401, PLC0415
     except ImportError:  # pragma: no cover - the dev set installs it
         raise MissingDependencyError("mcp", "mcp") from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """Return the one exception inside (nested) ``group``, or None if it holds several."""
+    inner = group.exceptions
+    if len(inner) != 1:
+        return None
+    only = inner[0]
+    return _sole(only) if isinstance(only, BaseExceptionGroup) else only
 
 
 def _checked_prefix(prefix: object, field: str = "prefix") -> str:
