@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -46,6 +47,29 @@ def test_demo_shows_every_injected_fault_and_the_cost_table() -> None:
         "total",
     ):
         assert needle in text, needle
+
+
+def test_demo_shows_the_loop_essentials() -> None:
+    text = _run().split("loop essentials", 1)[1]
+    for needle in (
+        "crash: killed in step 3, before its checkpoint",
+        "resumed chapter-1 at step 2 with 2 drafts",
+        "step 3 runs again as chapter-1/3",
+        "chapter-1 done at step 3",
+        "session.resumed        thread chapter-1 at step 2; step 3 runs again",
+        "governance: 2 turns ran, the session ended governance_breached",
+        "governance.breached    governance_breached governance limit max_turns=2",
+        "context overflow healed: memory down to 30 of 41 messages",
+        "memory.compacted       dropped 11 messages",
+        "routed: claude-demo answered, gpt-provider skipped",
+        "skipped: gpt-provider/gpt-demo (breaker 'gpt-provider' forced open",
+    ):
+        assert needle in text, needle
+    # Resumed with the two kept steps' cost, then one more step: not the crashed one too
+    # (each step costs about the same, so that would be about twice the kept cost).
+    kept = Decimal(text.split("drafts and $", 1)[1].split(";", 1)[0])
+    done = Decimal(text.split("done at step 3: $", 1)[1].split(" ", 1)[0])
+    assert kept < done < kept * Decimal("1.75")
 
 
 def test_demo_is_deterministic() -> None:

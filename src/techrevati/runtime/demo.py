@@ -4,8 +4,11 @@
 through a draft and a review phase while the fake provider answers with a 429
 carrying a wait hint, a timeout, an outage that opens the circuit breaker and
 recovers, a context overflow; a tool is denied and a project budget stops the
-run. A fixed seed and a fake clock make every run print the same timeline in
-well under a second, with no real waiting.
+run. Then the loop essentials: a checkpointed thread resumed after a simulated
+crash, a governance breach, a context overflow healed by compacting the
+memory, and a turn routed around an open breaker. A fixed seed and a fake
+clock make every run print the same timeline in well under a second, with no
+real waiting.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final, TextIO
 
+from techrevati.runtime.checkpoints import InMemorySaver
 from techrevati.runtime.circuit_breaker import CircuitBreaker, CircuitOpenError
 from techrevati.runtime.events import AgentEvent, EventName
+from techrevati.runtime.governance import Governance, GovernanceBreachedError
 from techrevati.runtime.hooks import BaseHook, GuardrailViolatedError, ToolCall
+from techrevati.runtime.memory import ConversationMemory
 from techrevati.runtime.orchestrator import Orchestrator, Session
 from techrevati.runtime.permissions import (
     PermissionDeniedError,
@@ -41,6 +47,7 @@ from techrevati.runtime.policy_engine import (
 )
 from techrevati.runtime.quality_gate import QualityGate, QualityLevel
 from techrevati.runtime.retry_policy import RetryPolicy
+from techrevati.runtime.routing import Candidate, HealthAwareRouter
 from techrevati.runtime.usage import (
     Budget,
     BudgetExceededError,
@@ -288,7 +295,124 @@ def run_demo(out: TextIO, *, seed: int = SEED) -> int:
 
     _print_timeline(out, timeline)
     _print_costs(out, sessions, project_budget)
+    _loop_essentials(out, clock, provider)
     return 0
+
+
+class SimulatedCrashError(Exception):
+    """Stands in for ``kill -9``: the process dies in the middle of a step."""
+
+
+def _loop_essentials(out: TextIO, clock: FakeClock, provider: FakeProvider) -> None:
+    """Checkpoints, governance, memory and routing: four scenes, each in its own session."""
+    print("\nloop essentials", file=out)
+    events: list[AgentEvent] = []
+
+    class Sink:
+        def write_event(self, event: AgentEvent) -> None:
+            if event.name in _ESSENTIALS:
+                events.append(event)
+
+    def orchestrator(**kwargs: object) -> Orchestrator:
+        return Orchestrator(
+            "writer",
+            "essentials",
+            sinks=[Sink()],
+            clock=clock.monotonic,
+            wall_clock=clock.wall,
+            sleep=clock.sleep,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def answer(prompt: str) -> Callable[..., FakeReply]:
+        return lambda model="gpt-demo": provider.complete(prompt, model)
+
+    # 1. A checkpointed thread: three steps, a crash in the third, then the resumed process.
+    threads = InMemorySaver(clock=clock.wall)
+    try:
+        with orchestrator(checkpoints=threads).session(thread_id="chapter-1") as first:
+            state: dict[str, list[str]] = {"drafts": []}
+            for step in (1, 2, 3):
+                reply, _ = first.run_turn(answer(f"draft part {step}"), model="gpt-demo")
+                state = {"drafts": [*state["drafts"], reply.text]}
+                if step == 3:
+                    raise SimulatedCrashError("killed in step 3, before its checkpoint")
+                first.checkpoint(state)
+    except SimulatedCrashError as crash:
+        print(f"  crash: {crash} (paid so far ${first.tracker.total_cost()})", file=out)
+    with orchestrator(checkpoints=threads).session(thread_id="chapter-1") as resumed:
+        kept = len(resumed.state["drafts"])
+        print(
+            f"  resumed chapter-1 at step {resumed.step} with {kept} drafts and "
+            f"${resumed.tracker.total_cost()}; step 3 runs again as {resumed.turn_key}",
+            file=out,
+        )
+        reply, _ = resumed.run_turn(answer("draft part 3"), model="gpt-demo")
+        resumed.checkpoint({"drafts": [*resumed.state["drafts"], reply.text]})
+    print(
+        f"  chapter-1 done at step {resumed.step}: ${resumed.tracker.total_cost()} "
+        "for its three steps, each charged once",
+        file=out,
+    )
+
+    # 2. Governance: a hard stop the agent cannot retry its way past.
+    governed = orchestrator(governance=Governance(max_turns=2)).session()
+    with governed, contextlib.suppress(GovernanceBreachedError):
+        for n in range(1, 10):
+            governed.run_turn(answer(f"brainstorm idea {n}"), model="gpt-demo")
+    print(
+        f"  governance: {governed.tracker.turns} turns ran, the session ended "
+        f"{governed.summary()['failure_class']}",
+        file=out,
+    )
+
+    # 3. A context overflow healed by compacting the memory, the turn retried once.
+    memory = ConversationMemory()
+    memory.append({"role": "system", "content": "You edit articles."})
+    for n in range(40):
+        memory.append({"role": "user", "content": f"note {n}: " + "background " * 30})
+    provider.script(lambda: ContextOverflowError("maximum context length is 8192 tokens"))
+    with orchestrator().session(memory=memory) as healed:
+        healed.run_turn(
+            lambda model="gpt-demo": provider.complete(str(list(memory.messages))[:40], model),
+            model="gpt-demo",
+        )
+    print(f"  context overflow healed: memory down to {len(memory)} of 41 messages", file=out)
+
+    # 4. A route around an open breaker: the primary provider is down, the spare answers.
+    primary = CircuitBreaker("gpt-provider", failure_threshold=1, clock=clock.monotonic)
+    primary.force_open()
+    router = HealthAwareRouter(
+        [
+            Candidate("gpt-demo", "gpt-provider", breaker=primary),
+            Candidate("claude-demo", "claude-provider"),
+        ],
+        explore=0,
+        clock=clock.monotonic,
+    )
+    with orchestrator(router=router).session() as routed:
+        reply, _ = routed.run_turn(
+            lambda model: provider.complete("summarise", model), model="gpt-demo"
+        )
+    print(
+        f"  routed: {reply.text.split(']')[0].strip('[')} answered, gpt-provider skipped", file=out
+    )
+
+    print(file=out)
+    for event in events:
+        offset = (event.timestamp - _START).total_seconds()
+        print(f"  t+{offset:7.2f}s  {event.name:<22} {_describe(event)}", file=out)
+
+
+_ESSENTIALS: Final = frozenset(
+    {
+        EventName.SESSION_RESUMED,
+        EventName.CHECKPOINT_SAVED,
+        EventName.GOVERNANCE_BREACHED,
+        EventName.MEMORY_COMPACTED,
+        EventName.TURN_ROUTED,
+    }
+)
 
 
 def _print_timeline(out: TextIO, events: list[AgentEvent]) -> None:
@@ -334,6 +458,8 @@ def _describe(event: AgentEvent) -> str:
         return f"observed {data['observed']} vs required {data['required']}: {verdict}"
     if event.name == EventName.SESSION_COMPLETED:
         return f"{data['turns']} turns, ${data['cost_usd']}"
+    if event.name == EventName.CHECKPOINT_SAVED:
+        return f"{data['thread_id']} step {data['step']}"
     parts = [p for p in (event.failure_class, event.detail) if p]
     return " ".join(str(p) for p in parts)
 
