@@ -31,6 +31,11 @@ if TYPE_CHECKING:
         ReservationError,
         UsageLimits,
     )
+    from techrevati.runtime.checkpoints import (
+        CheckpointSaver,
+        InMemorySaver,
+        SqliteSaver,
+    )
     from techrevati.runtime.circuit_breaker import (
         CircuitBreaker,
         CircuitBreakerMetrics,
@@ -65,6 +70,11 @@ if TYPE_CHECKING:
         EvidenceRequirements,
         EvidenceSatisfied,
     )
+    from techrevati.runtime.governance import (
+        Governance,
+        GovernanceBreachedError,
+        GovernanceMeter,
+    )
     from techrevati.runtime.hooks import (
         BaseHook,
         GuardrailViolatedError,
@@ -79,6 +89,9 @@ if TYPE_CHECKING:
         InvalidTransitionError,
         UnknownWorkerError,
     )
+    from techrevati.runtime.memory import (
+        ConversationMemory,
+    )
     from techrevati.runtime.orchestrator import (
         AsyncTurnStream,
         Handoff,
@@ -92,6 +105,11 @@ if TYPE_CHECKING:
     from techrevati.runtime.otel import (
         MissingDependencyError,
         OtelSink,
+    )
+    from techrevati.runtime.outputs import (
+        OutputEscalationError,
+        OutputSpec,
+        OutputValidationError,
     )
     from techrevati.runtime.permissions import (
         ApprovalAnswer,
@@ -167,6 +185,13 @@ if TYPE_CHECKING:
         set_recipe,
         testing,
     )
+    from techrevati.runtime.routing import (
+        Candidate,
+        HealthAwareRouter,
+        NoHealthyProviderError,
+        ProviderRouter,
+        StaticRouter,
+    )
     from techrevati.runtime.sinks import (
         CorruptRecordError,
         JsonlSink,
@@ -192,18 +217,23 @@ __all__ = [
     "AgentStatus",
     "AgentWorker",
     "And",
+    "ApprovalAnswer",
     "ApprovalLedger",
     "ApprovalLogWarning",
+    "ApprovalRequest",
     "ApprovalToken",
     "AsyncTurnStream",
     "BaseHook",
     "Budget",
     "BudgetExceededError",
     "BudgetReservation",
+    "Candidate",
+    "CheckpointSaver",
     "CircuitBreaker",
     "CircuitBreakerMetrics",
     "CircuitOpenError",
     "CircuitState",
+    "ConversationMemory",
     "CorruptRecordError",
     "DuplicateRuleError",
     "EmptyResponseError",
@@ -217,9 +247,14 @@ __all__ = [
     "EvidenceSatisfied",
     "FailureInfo",
     "FailureScenario",
+    "Governance",
+    "GovernanceBreachedError",
+    "GovernanceMeter",
     "GuardrailViolatedError",
     "Handoff",
+    "HealthAwareRouter",
     "Hook",
+    "InMemorySaver",
     "InvalidTransitionError",
     "InvalidValueError",
     "JsonlSink",
@@ -228,19 +263,20 @@ __all__ = [
     "MissingDependencyError",
     "ModelCall",
     "ModelPricing",
+    "NoHealthyProviderError",
     "Not",
     "Or",
     "Orchestrator",
     "OtelSink",
+    "OutputEscalationError",
+    "OutputSpec",
+    "OutputValidationError",
+    "PermissionDecision",
     "PermissionDeniedError",
     "PermissionEnforcer",
+    "PermissionExplanation",
     "PermissionMode",
     "PermissionOutcome",
-    "ApprovalAnswer",
-    "ApprovalRequest",
-    "PermissionDecision",
-    "PermissionExplanation",
-    "RuleCheck",
     "PermissionPolicy",
     "Permit",
     "PhaseCompleted",
@@ -251,6 +287,7 @@ __all__ = [
     "PolicyEvaluationError",
     "PolicyRule",
     "PricingFileError",
+    "ProviderRouter",
     "QualityAt",
     "QualityGate",
     "QualityGateOutcome",
@@ -272,6 +309,7 @@ __all__ = [
     "RetryStats",
     "RingBufferSink",
     "RolePermissionConfig",
+    "RuleCheck",
     "SchemaError",
     "Session",
     "SessionStateError",
@@ -280,7 +318,9 @@ __all__ = [
     "SinkWriteError",
     "SlidingWindow",
     "SqliteReader",
+    "SqliteSaver",
     "SqliteSink",
+    "StaticRouter",
     "StreamFailedError",
     "StreamResultError",
     "TechrevatiError",
@@ -526,6 +566,21 @@ _EXPORTS: Final[dict[str, str]] = {
     "set_testing": "techrevati.runtime.retry_policy",
     "testing": "techrevati.runtime.retry_policy",
     "unregister_pricing": "techrevati.runtime.pricing",
+    "CheckpointSaver": "techrevati.runtime.checkpoints",
+    "InMemorySaver": "techrevati.runtime.checkpoints",
+    "SqliteSaver": "techrevati.runtime.checkpoints",
+    "Governance": "techrevati.runtime.governance",
+    "GovernanceBreachedError": "techrevati.runtime.governance",
+    "GovernanceMeter": "techrevati.runtime.governance",
+    "ConversationMemory": "techrevati.runtime.memory",
+    "OutputEscalationError": "techrevati.runtime.outputs",
+    "OutputSpec": "techrevati.runtime.outputs",
+    "OutputValidationError": "techrevati.runtime.outputs",
+    "Candidate": "techrevati.runtime.routing",
+    "HealthAwareRouter": "techrevati.runtime.routing",
+    "NoHealthyProviderError": "techrevati.runtime.routing",
+    "ProviderRouter": "techrevati.runtime.routing",
+    "StaticRouter": "techrevati.runtime.routing",
 }
 """Where each name lives: the exported ones, and the advanced ones kept for old imports."""
 
