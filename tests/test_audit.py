@@ -1250,3 +1250,9 @@ def test_records_of_unexpected_field_types_take_the_generic_path() -> None:
 @given(key=st.binary(min_size=16, max_size=150), message=st.binary(max_size=100))
 def test_the_signer_is_hmac_sha256(key: bytes, message: bytes) -> None:
     assert Signer(key)(message) == hmac.digest(key, message, "sha256")
+
+
+@pytest.mark.parametrize("length", [16, 32, 63, 64, 65, 200])
+def test_the_signer_is_hmac_sha256_at_the_block_size_edges(length: int) -> None:
+    key = bytes(range(length % 256)) + bytes(max(0, length - 256))
+    assert Signer(key)(b"message") == hmac.digest(key, b"message", "sha256")

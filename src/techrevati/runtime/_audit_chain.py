@@ -492,7 +492,7 @@ class ChainWalk:
         self.start_seq = 0  # the seq the first file starts after
         self.started = False
 
-    def start(self, checkpoint: AuditCheckpoint | None, where: str) -> Failure | None:
+    def start(self, checkpoint: AuditCheckpoint | None) -> Failure | None:
         """Begin a file that starts after ``checkpoint`` (``None``: after the genesis)."""
         if checkpoint is None:
             seq, digest = 0, GENESIS_HASH
@@ -501,44 +501,43 @@ class ChainWalk:
             if why is not None:
                 at = checkpoint.seq if type(checkpoint.seq) is int else self.seq
                 return Failure(
-                    at, AuditProblem.BAD_CHECKPOINT, f"{where}: the checkpoint at seq {at}: {why}"
+                    at, AuditProblem.BAD_CHECKPOINT, f"the checkpoint at seq {at}: {why}"
                 )
             seq, digest = checkpoint.seq, checkpoint.hash
         if not self.started:
             self.started = True
             self.seq, self.prev, self.start_seq = seq, digest, seq
         elif (seq, digest) != (self.seq, self.prev):
-            return self._seam(seq, digest, where)
+            return self._seam(seq)
         anchor = self.anchor
         if anchor is not None and anchor.seq == seq and anchor.hash != digest:
             return Failure(
                 seq,
                 AuditProblem.ANCHOR_MISMATCH,
-                f"{where}: the chain's hash at seq {seq} is not the anchor's: it was rewritten",
+                f"the chain's hash at seq {seq} is not the anchor's: it was rewritten",
             )
         return None
 
-    def _seam(self, seq: int, digest: str, where: str) -> Failure:
+    def _seam(self, seq: int) -> Failure:
         """Why a file does not start where the previous one ended."""
         if seq > self.seq:
-            missing = _span(self.seq + 1, seq)
             return Failure(
                 self.seq + 1,
                 AuditProblem.DELETED,
-                f"{where} starts after seq {seq} but the file before it ends at seq {self.seq}: "
-                f"{missing} missing (deleted)",
+                f"the file starts after seq {seq} but the one before it ends at seq {self.seq}: "
+                f"{_span(self.seq + 1, seq)} missing (deleted)",
             )
         if seq < self.seq:
             return Failure(
                 seq + 1,
                 AuditProblem.INSERTED,
-                f"{where} starts after seq {seq} but the file before it already holds seq "
+                f"the file starts after seq {seq} but the one before it already holds seq "
                 f"{seq + 1} to {self.seq}: the files overlap",
             )
         return Failure(
             seq + 1,
             AuditProblem.BROKEN_LINK,
-            f"{where} starts from another hash at seq {seq} than the file before it ends with",
+            f"the file starts from another hash at seq {seq} than the one before it ends with",
         )
 
     def row(

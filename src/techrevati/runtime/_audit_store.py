@@ -22,7 +22,6 @@ from __future__ import annotations
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -33,6 +32,7 @@ from techrevati.runtime._audit_chain import (
     key_id,
     link,
 )
+from techrevati.runtime._sqlite_rows import write_transaction
 from techrevati.runtime.errors import SchemaError, TechrevatiError
 
 AUDIT_APPLICATION_ID: Final = 0x54524155
@@ -94,7 +94,7 @@ def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Con
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        with transaction(conn):
+        with write_transaction(conn):
             if check_schema(conn, str(path)) == 0:
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -155,22 +155,9 @@ def check_schema(conn: sqlite3.Connection, path: str) -> int:
     return version
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """Run the block in one ``BEGIN IMMEDIATE`` transaction: commit it whole, or roll it back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 def check_writer_key(conn: sqlite3.Connection, path: str, key: bytes | None) -> None:
     """Refuse a key that is not the file's (or none for a keyed file); record it in a new file."""
-    with transaction(conn):
+    with write_transaction(conn):
         row = conn.execute("SELECT value FROM audit_meta WHERE name = 'key_id'").fetchone()
         recorded = None if row is None else str(row[0])
         if recorded is None and key is not None:

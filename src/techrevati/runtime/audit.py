@@ -67,7 +67,6 @@ from techrevati.runtime._audit_store import (
     read_checkpoint,
     read_tip,
     recorded_key_id,
-    transaction,
     write_checkpoint,
 )
 from techrevati.runtime._clock import Clock, WallClock, utc_now
@@ -80,6 +79,7 @@ from techrevati.runtime._sink_base import (
     ClosesOnExit,
     Record,
 )
+from techrevati.runtime._sqlite_rows import write_transaction
 from techrevati.runtime._validate import int_at_least, non_empty_str, required_callable
 from techrevati.runtime.errors import InvalidValueError, SchemaError, SinkClosedError
 
@@ -290,7 +290,7 @@ class AuditLog(ClosesOnExit):
         """Chain ``texts`` after the tip in one transaction; return the new tip."""
         with self._lock:
             self._check_open()
-            with transaction(self._conn):
+            with write_transaction(self._conn):
                 tip = chain_rows(self._conn, self._target, texts, self._signer)
             self._tip = tip
             return tip
@@ -500,6 +500,9 @@ def archive(
     checked_key = check_key(key)
     int_at_least("before_seq", before_seq, 2)
     required_callable("wall_clock", wall_clock)
+    now = wall_clock()
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise InvalidValueError(f"wall_clock must return an aware datetime, got {now!r}")
     live_path, into = Path(path), Path(archive_path)
     if not live_path.is_file():
         raise FileNotFoundError(2, "no such audit file", str(live_path))
@@ -524,7 +527,6 @@ def archive(
             raise AuditChainError(
                 f"the archive {into} does not verify after the copy: {copied.summary}", copied
             )
-        now = wall_clock()
         checkpoint = AuditCheckpoint.make(through, digest, now, archive=into.name, key=checked_key)
         note = entry_text(
             "archive",
@@ -536,7 +538,7 @@ def archive(
                 "records": through - first + 1,
             },
         )
-        with transaction(live):
+        with write_transaction(live):
             row = live.execute("SELECT hash FROM audit_log WHERE seq = ?", (through,)).fetchone()
             if row is None or row[0] != digest:
                 raise AuditChainError(f"seq {through} of {path} changed during the archiving")
@@ -693,33 +695,43 @@ def main(argv: Sequence[str]) -> int:
 def _walk_file(walk: ChainWalk, file: Path, *, first: bool, busy_timeout: float) -> Failure | None:
     """Feed one file's checkpoint and rows to ``walk``; return the first failure, or None."""
     with closing(connect_read_only(file, busy_timeout=busy_timeout)) as conn:
-        checkpoint = read_checkpoint(conn)
-        mark = walk.anchor
-        start = 0 if checkpoint is None else checkpoint.seq
-        if first and mark is not None and type(start) is int and mark.seq < start:
-            raise InvalidValueError(
-                f"the anchor's seq {mark.seq} is before the records of {file} (they start after "
-                f"seq {start}); verify the archive first: verify(archive, {file.name!r}, ...)"
-            )
-        failure = walk.start(checkpoint, str(file))
+        conn.execute("BEGIN")  # one snapshot: a writer or an archiving meanwhile is not seen
+        try:
+            return _walk_snapshot(walk, conn, file, first=first)
+        finally:
+            conn.execute("ROLLBACK")
+
+
+def _walk_snapshot(
+    walk: ChainWalk, conn: sqlite3.Connection, file: Path, *, first: bool
+) -> Failure | None:
+    checkpoint = read_checkpoint(conn)
+    mark = walk.anchor
+    start = 0 if checkpoint is None else checkpoint.seq
+    if first and mark is not None and type(start) is int and mark.seq < start:
+        raise InvalidValueError(
+            f"the anchor's seq {mark.seq} is before the records of {file} (they start after "
+            f"seq {start}); verify the archive first: verify(archive, {file.name!r}, ...)"
+        )
+    failure = walk.start(checkpoint)
+    if failure is not None:
+        return failure
+    at = [0]
+
+    def later(seq: int) -> bool:
+        found = conn.execute(
+            "SELECT 1 FROM audit_log WHERE seq = ? AND id > ? LIMIT 1", (seq, at[0])
+        ).fetchone()
+        return found is not None
+
+    row = walk.row
+    for seq, text, prev, digest, mac, row_id in conn.execute(
+        f"SELECT {ROW_COLUMNS}, id FROM audit_log ORDER BY id"
+    ):
+        at[0] = row_id
+        failure = row(seq, text, prev, digest, mac, later=later)
         if failure is not None:
             return failure
-        at = [0]
-
-        def later(seq: int) -> bool:
-            found = conn.execute(
-                "SELECT 1 FROM audit_log WHERE seq = ? AND id > ? LIMIT 1", (seq, at[0])
-            ).fetchone()
-            return found is not None
-
-        row = walk.row
-        for seq, text, prev, digest, mac, row_id in conn.execute(
-            f"SELECT {ROW_COLUMNS}, id FROM audit_log ORDER BY id"
-        ):
-            at[0] = row_id
-            failure = row(seq, text, prev, digest, mac, later=later)
-            if failure is not None:
-                return failure
     return None
 
 
@@ -749,7 +761,7 @@ def _copy_to_archive(  # noqa: PLR0917 (one private call site)
     """Copy the live records up to ``through`` into the archive; return the hash at ``through``."""
     with closing(connect(into, busy_timeout=busy_timeout, synchronous="full")) as dest:
         check_writer_key(dest, str(into), key)
-        with transaction(dest):
+        with write_transaction(dest):
             checkpoint = read_checkpoint(live)
             if not has_records(dest):
                 if checkpoint is not None:
