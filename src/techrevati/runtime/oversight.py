@@ -248,6 +248,11 @@ class ReviewQueue:
         return self._timeout
 
     @property
+    def reviewers(self) -> frozenset[str] | None:
+        """Who may decide every request (None: a function chooses per request)."""
+        return None if callable(self._reviewers) else frozenset(self._reviewers)
+
+    @property
     def audit(self) -> AuditLog | None:
         """The audit log requests and decisions go to (None: none)."""
         return self._audit
