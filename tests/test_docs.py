@@ -57,6 +57,8 @@ def test_every_python_block_runs(
         monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
         monkeypatch.setenv("OPENAI_API_KEY", "test")
         monkeypatch.setenv("LANGCHAIN_TRACING_V2", "false")
+    if path.name == "mcp.md":  # its examples start the stdio MCP server of tests/mcp_server.py
+        monkeypatch.setenv("MCP_TEST_SERVER", str(ROOT / "tests" / "mcp_server.py"))
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for index, block in enumerate(_blocks(path)):
         code = compile(block, f"{path.name}[block {index}]", "exec")
