@@ -190,40 +190,83 @@ _SOURCES: Final[dict[str, str]] = {
 }
 r"""Each phrase pattern, written in lower case (its escapes are all lower case: \b, \s, \w)."""
 
-_STEMS: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
+_HEAD_WORDS: Final[dict[str, tuple[str, ...]]] = {
     "ignore_instructions": (
-        ("ignor", "disregard", "forget", "overrid", "overrul", "bypass", "skip", "discard",
-         "abandon", "neglect", "aside", "throw", "attention", "follow", "obey", "vergiss",
-         "vergessen", "oubli", "olvid"),
+        "ignor", "disregard", "forget", "overr", "bypass", "skip", "discard", "abandon",
+        "neglect", "set", "throw", "pay", "do", "stop", "no", "verg", "oubli", "olvid",
     ),
-    "role_play": (("now", "longer", "pretend", "imagin", "act", "behav", "respond", "mode"),),
-    "new_instructions": ((":",), ("instruction", "directive", "prompt", "orders", "task")),
-    "system_line": ((":",), ("system", "developer")),
-    "chat_markup": (("<|", "inst]", "<<sys>>", "<</sys>>"),),
-    "prompt_leak": (("prompt", "message", "instructions"),),
+    "role_play": (
+        "you", "from", "pretend", "imagine", "act", "behave", "respond", "enter", "switch",
+        "enable", "activate", "turn",
+    ),
+    "new_instructions": (
+        "new", "updated", "revised", "real", "actual", "true", "important", "additional",
+        "override", "hidden", "secret", "urgent",
+    ),
+    "prompt_leak": (
+        "reveal", "print", "output", "repeat", "show", "display", "tell", "write", "leak", "dump",
+        "share", "disclose", "recite",
+    ),
     "exfiltration": (
-        ("conversation", "chat", "prompt", "api", "credential", "secret", "password", "token",
-         "private", "data", "environment", ".env", "ssh", "cookie"),
-        ("http", "url", "address", "endpoint", "server", "webhook", "email"),
+        "send", "post", "forward", "upload", "transmit", "email", "e-mail", "exfiltrate", "leak",
+        "copy", "paste", "submit",
     ),
     "address": (
-        ("ai", "llm", "model", "assistant", "bot", "agent", "gpt", "claude", "gemini",
-         "copilot"),
+        "dear", "attention", "note", "message", "instruction", "hey", "hi", "hello", "if", "ai",
+        "llm", "assistant", "chatbot", "agent", "gpt", "claude", "gemini", "copilot",
     ),
-    "imperative": (
-        ("tell", "say", "respond", "reply", "answer", "recommend", "mention", "output",
-         "include", "write", "call", "run", "execute", "send", "ignore", "reveal", "praise",
-         "rate", "describe", "state", "claim"),
-    ),
+    "imperative": ("you", "make", "be", "always", "never", "do", "instead"),
 }  # fmt: skip
-"""Words every match of a phrase pattern contains (one of each group), in lower case.
+"""How every match of each word-led phrase pattern starts: one of these, at a word start.
 
-Checked with ``in`` before the pattern runs: a text without them cannot match,
-and ``in`` costs far less than the pattern.
+One pass of :data:`_HEAD` finds those places for every rule at once, and a
+rule's pattern is tried only there (``match`` at that offset), which gives the
+matches a ``finditer`` over the whole text would, at a fraction of the cost.
+``system_line`` (anchored at line starts) and ``chat_markup`` (literal-led)
+are cheap enough to scan whole.
 """
 
-_STEMS_FROM: Final = 512
-"""Texts at least this long are checked for stems before the patterns run."""
+
+_Trie = dict[str, "_Trie"]
+
+
+def _trie(words: Iterable[str]) -> str:
+    """Return a pattern for any of ``words`` (the longest one at a place), each at a word start.
+
+    Written as a trie (``a(?:ct(?:ivate)?|i)|b(?:e)...``) so that at each place
+    the engine compares one letter per level instead of trying every word, and
+    with the word-start check after the first letter so it can skip ahead to
+    the places that start with one of the first letters.
+    """
+    tree: _Trie = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def below(node: _Trie) -> str:
+        branches = [re.escape(char) + below(node[char]) for char in sorted(node) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return "|".join(re.escape(char) + r"(?<!\w(?s:.))" + below(tree[char]) for char in sorted(tree))
+
+
+_WORDS: Final = frozenset(word for words in _HEAD_WORDS.values() for word in words)
+_HEAD_SOURCE: Final = _trie(_WORDS)
+_HEAD: Final = re.compile(_HEAD_SOURCE)
+"""Where a word-led phrase can start: the longest head word there, at a word start."""
+_HEAD_ANY_CASE: Final = re.compile(_HEAD_SOURCE, re.IGNORECASE)
+_RULES_AT: Final[dict[str, tuple[str, ...]]] = {
+    word: tuple(
+        rule for rule, words in _HEAD_WORDS.items() if any(word.startswith(head) for head in words)
+    )
+    for word in _WORDS
+}
+"""For each head word, the rules that may match where it is (theirs, or a prefix of it)."""
 
 _LOWER: Final[dict[str, re.Pattern[str]]] = {
     name: re.compile(source.lower()) for name, source in _SOURCES.items()
@@ -248,19 +291,19 @@ _RTL: Final = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
 _BLACK_FLAG: Final = "\U0001f3f4"
 _CANCEL_TAG: Final = "\U000e007f"
 
+_CONFUSABLES: Final = (
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u0261\u0410\u0415"
+    "\u041e\u0420\u0421\u0425\u0406\u0408\u0405\u0412\u041c\u041d\u0422\u041a"
+)
 _LOOK_ALIKES: Final = str.maketrans(
     {
         **{chr(code): chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)},
-        **dict(
-            zip(
-                "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u0261\u0410\u0415\u041e\u0420\u0421\u0425\u0406\u0408\u0405\u0412\u041c\u041d\u0422\u041a",
-                "aeopcyxijsdgAEOPCXIJSBMHTK",
-                strict=True,
-            )
-        ),
+        **dict(zip(_CONFUSABLES, "aeopcyxijsdgAEOPCXIJSBMHTK", strict=True)),
     }
 )
 """Full-width ASCII and Cyrillic letters that look Latin, folded for the phrase rules."""
+_LOOK_ALIKE: Final = re.compile(f"[\uff01-\uff5e{_CONFUSABLES}]")
+"""Finds one of them: ``str.translate`` is slow, so it runs only on a text that has some."""
 
 _OPEN_TAG: Final = re.compile(r"<([a-zA-Z][a-zA-Z0-9]{0,15}+)(\s[^<>]{0,2000}+)>")
 _HIDING: Final = re.compile(
@@ -279,7 +322,10 @@ _URLSAFE: Final = str.maketrans("-_", "+/")
 PATTERNS: Final[dict[str, re.Pattern[str]]] = {
     **{f"phrase_{name}": pattern for name, pattern in _LOWER.items()},
     **{f"phrase_{name}_any_case": pattern for name, pattern in _ANY_CASE.items()},
+    "head": _HEAD,
+    "head_any_case": _HEAD_ANY_CASE,
     "invisible": _INVISIBLE,
+    "look_alike": _LOOK_ALIKE,
     "zero_width": _ZERO_WIDTH,
     "tags": _TAGS,
     "bidi": _BIDI,
@@ -331,14 +377,8 @@ class InjectionDetector(TextGuardrail):
         if not text.isascii():
             hits.extend(self._hidden_characters(text))
         if self._phrases:
-            view = _View(text)
-            patterns = _LOWER if view.lowered else _ANY_CASE
-            for rule in self._phrases:
-                if not _may_match(rule, view):
-                    continue
-                for match in patterns[rule].finditer(view.text):
-                    start, end = view.span(match.start(), match.end())
-                    hits.append(self._hit(rule, start, end, INJECTION_RULES[rule]))
+            for rule, start, end in _phrase_matches(_View(text), self._phrases):
+                hits.append(self._hit(rule, start, end, INJECTION_RULES[rule]))
         if self._html and "<" in text:
             hits.extend(self._hidden_html(text))
         if "base64" in self._rules:
@@ -442,7 +482,9 @@ class _View:
         if text.isascii():
             self.text = text.lower()
             return
-        folded = text.translate(_LOOK_ALIKES)  # one character for one: offsets unchanged
+        folded = text  # folding maps one character to one: offsets unchanged
+        if _LOOK_ALIKE.search(text) is not None:
+            folded = text.translate(_LOOK_ALIKES)
         if _INVISIBLE.search(folded) is None:
             self.text = self._lower(folded)
             return
@@ -485,22 +527,37 @@ _TAG_STRIP: Final = re.compile(r"<[^<>]{0,2000}+>")
 
 def _instruction_like(text: str) -> bool:
     """Whether hidden or decoded text reads as an instruction to a model."""
-    view = _View(text)
-    patterns = _LOWER if view.lowered else _ANY_CASE
-    return any(
-        _may_match(rule, view) and pattern.search(view.text) for rule, pattern in patterns.items()
-    )
+    return next(_phrase_matches(_View(text), _INSTRUCTION_RULES), None) is not None
 
 
-def _may_match(rule: str, view: _View) -> bool:
-    """Whether the view holds a stem of each of the rule's groups (always, if not lower-cased).
+_INSTRUCTION_RULES: Final = (*_PHRASE_RULES, "address", "imperative")
 
-    A short text is not checked: its patterns cost less than looking for the stems.
+
+def _phrase_matches(view: _View, rules: tuple[str, ...]) -> Iterator[tuple[str, int, int]]:
+    """Return each match of each rule's phrase pattern in the view, as ``finditer`` finds them.
+
+    Yields the rule and the match's span in the original text (mapped back
+    through the view).
     """
     text = view.text
-    if not view.lowered or len(text) < _STEMS_FROM:
-        return True
-    return all(any(stem in text for stem in group) for group in _STEMS[rule])
+    patterns = _LOWER if view.lowered else _ANY_CASE
+    for rule in rules:
+        if rule not in _HEAD_WORDS:
+            for whole in patterns[rule].finditer(text):
+                yield rule, *view.span(*whole.span())
+    after = {rule: 0 for rule in rules if rule in _HEAD_WORDS}
+    if not after:
+        return
+    head = _HEAD if view.lowered else _HEAD_ANY_CASE
+    for found in head.finditer(text):
+        start = found.start()
+        for rule in _RULES_AT.get(found.group().casefold(), tuple(after)):
+            if start < after.get(rule, len(text) + 1):
+                continue
+            match = patterns[rule].match(text, start)
+            if match is not None:
+                after[rule] = match.end()
+                yield rule, *view.span(*match.span())
 
 
 def _inside_word(text: str, start: int, end: int) -> bool:
