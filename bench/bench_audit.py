@@ -61,7 +61,7 @@ RECORD = UsageRecord(
 )
 KEY = bytes(range(32))
 TURNS = 10_000  # per run: 20,000 records
-ROUNDS = 7
+ROUNDS = 9
 
 Sink = SqliteSink | AuditSink
 VARIANTS: dict[str, Callable[[Path], Sink]] = {

@@ -1256,3 +1256,14 @@ def test_the_signer_is_hmac_sha256(key: bytes, message: bytes) -> None:
 def test_the_signer_is_hmac_sha256_at_the_block_size_edges(length: int) -> None:
     key = bytes(range(length % 256)) + bytes(max(0, length - 256))
     assert Signer(key)(b"message") == hmac.digest(key, b"message", "sha256")
+
+
+def test_without_the_c_encoder_the_data_is_written_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from techrevati.runtime import _audit_chain
+
+    ev = event(data={"b": [1, 2.5, None], "a": {"z": "é", "y": Decimal("1E-7")}})
+    fast = record_text(ev)
+    monkeypatch.setattr(_audit_chain, "_DATA", None)
+    assert record_text(ev) == fast == generic_record_text(ev)

@@ -113,6 +113,20 @@ def generic_record_text(record: AgentEvent | UsageRecord) -> str:
 
 
 _text: Final = json.encoder.encode_basestring_ascii  # what the encoder writes for a str
+# The canonical encoder's C core, made once: JSONEncoder.encode builds one per call. Without
+# the markers of check_circular a cycle ends in RecursionError instead of ValueError; either
+# sends the record to the sanitised path.
+_C_MAKE: Final = getattr(json.encoder, "c_make_encoder", None)
+_DATA: Final = (
+    None if _C_MAKE is None else _C_MAKE(None, _plain, _text, None, ":", ",", True, False, True)
+)
+
+
+def _data_text(data: dict[str, object]) -> str:
+    """Return the canonical JSON of an event's ``data`` dict, as ``canonical`` would."""
+    if _DATA is None:
+        return _CANONICAL.encode(data)
+    return "".join(_DATA(data, 0))
 
 
 def _event_text(e: AgentEvent) -> str | None:
@@ -143,7 +157,7 @@ def _event_text(e: AgentEvent) -> str | None:
     else:
         return None
     data = e.data
-    body = _CANONICAL.encode(data if type(data) is dict else dict(data)) if data else "{}"
+    body = _data_text(data if type(data) is dict else dict(data)) if data else "{}"
     return (
         f'{{"data":{body},"detail":{"null" if detail is None else _text(detail)},'
         f'"failure_class":{"null" if failure is None else _text(failure.value)},'
@@ -156,25 +170,23 @@ def _event_text(e: AgentEvent) -> str | None:
 
 def _usage_text(r: UsageRecord) -> str | None:
     """Return the canonical text of a usage record with fields of their declared types, or None."""
-    model, role, phase, session_id, worker_id = r.model, r.role, r.phase, r.session_id, r.worker_id
-    project_id, duration, tier, priced = r.project_id, r.duration_seconds, r.service_tier, r.priced
-    counts = (
-        r.cache_read_tokens,
-        r.cache_write_1h_tokens,
-        r.cache_write_tokens,
-        r.input_tokens,
-        r.output_tokens,
-        r.reasoning_tokens,
-    )
+    project_id, duration, tier = r.project_id, r.duration_seconds, r.service_tier
+    read, one_hour, write = r.cache_read_tokens, r.cache_write_1h_tokens, r.cache_write_tokens
+    inp, out, reasoning = r.input_tokens, r.output_tokens, r.reasoning_tokens
     if not (
-        type(model) is str
-        and type(role) is str
-        and type(phase) is str
-        and type(session_id) is str
-        and type(worker_id) is str
+        type(r.model) is str
+        and type(r.role) is str
+        and type(r.phase) is str
+        and type(r.session_id) is str
+        and type(r.worker_id) is str
         and (tier is None or type(tier) is str)
-        and type(priced) is bool
-        and all(type(n) is int for n in counts)
+        and type(r.priced) is bool
+        and type(read) is int
+        and type(one_hour) is int
+        and type(write) is int
+        and type(inp) is int
+        and type(out) is int
+        and type(reasoning) is int
     ):
         return None
     if project_id is None:
@@ -193,17 +205,17 @@ def _usage_text(r: UsageRecord) -> str | None:
         seconds = int.__repr__(duration)
     else:
         return None
-    read, one_hour, write, inp, out, reasoning = map(int.__repr__, counts)
+    # An int formats as its repr, as JSON writes it; a Decimal's str is ASCII with no quote.
     return (
         f'{{"cache_read_tokens":{read},"cache_write_1h_tokens":{one_hour},'
-        f'"cache_write_tokens":{write},"cost_usd":{_text(str(r.cost_usd))},'
+        f'"cache_write_tokens":{write},"cost_usd":"{r.cost_usd}",'
         f'"duration_seconds":{seconds},"input_tokens":{inp},"kind":"usage",'
-        f'"model":{_text(model)},"output_tokens":{out},"phase":{_text(phase)},'
-        f'"priced":{"true" if priced else "false"},"project_id":{project},'
-        f'"reasoning_tokens":{reasoning},"role":{_text(role)},'
+        f'"model":{_text(r.model)},"output_tokens":{out},"phase":{_text(r.phase)},'
+        f'"priced":{"true" if r.priced else "false"},"project_id":{project},'
+        f'"reasoning_tokens":{reasoning},"role":{_text(r.role)},'
         f'"service_tier":{"null" if tier is None else _text(tier)},'
-        f'"session_id":{_text(session_id)},"timestamp":{_text(r.timestamp.isoformat())},'
-        f'"worker_id":{_text(worker_id)}}}'
+        f'"session_id":{_text(r.session_id)},"timestamp":{_text(r.timestamp.isoformat())},'
+        f'"worker_id":{_text(r.worker_id)}}}'
     )
 
 
