@@ -20,9 +20,11 @@ from techrevati.runtime.oversight import (
     ReviewQueue,
     ReviewRequest,
     UnknownReviewError,
+    _answer_of,
 )
 from techrevati.runtime.permissions import (
     ApprovalAnswer,
+    ApprovalDenial,
     ApprovalRequest,
     PermissionMode,
     PermissionPolicy,
@@ -174,7 +176,7 @@ def test_a_wait_that_wakes_early_waits_again_for_the_rest() -> None:
         return True
 
     queue = ReviewQueue(reviewers={"alice"}, timeout=25, clock=clock, wait=spurious)
-    assert queue.approve(an_ask()) == ApprovalAnswer.DENY
+    assert queue.approve(an_ask()) == ApprovalDenial("review timed out after 25s")
     assert waits == [25, 15, 5]
 
 
@@ -351,7 +353,7 @@ def test_aapprove_times_out_as_a_deny_on_the_injected_clock() -> None:
 def test_aapprove_decided_on_the_same_loop() -> None:
     queue = ReviewQueue(reviewers={"alice"}, timeout=60, clock=FakeClock())
 
-    async def main() -> ApprovalAnswer:
+    async def main() -> ApprovalAnswer | ApprovalDenial:
         waiting = asyncio.ensure_future(queue.aapprove(an_ask()))
         while not queue.pending():
             await asyncio.sleep(0)
@@ -385,7 +387,7 @@ def test_a_cancelled_wait_withdraws_the_review_as_a_deny() -> None:
 def test_calling_the_queue_blocks_outside_a_loop() -> None:
     clock = FakeClock()
     queue = ReviewQueue(reviewers={"alice"}, timeout=5, clock=clock, wait=moving_wait(clock))
-    assert queue(an_ask()) == ApprovalAnswer.DENY  # blocking: an answer, not an awaitable
+    assert queue(an_ask()) == ApprovalDenial("review timed out after 5s")  # not an awaitable
 
 
 # -- the audit trail -------------------------------------------------------------------------
@@ -405,7 +407,8 @@ def test_every_request_decision_and_timeout_is_in_a_verifying_audit_chain(tmp_pa
         )
         allowed = queue.request(an_ask(target="prod"))
         queue.decide(allowed.id, "alice", "allow_once", reason="change ticket 42")
-        assert queue.approve(an_ask(target="staging")) == ApprovalAnswer.DENY  # times out
+        denial = queue.approve(an_ask(target="staging"))
+        assert denial == ApprovalDenial("review timed out after 30s")
     assert verify(path).ok
     kinds = [record.kind for record in read_records(path)]
     assert kinds == ["review.requested", "review.decision", "review.requested", "review.timed_out"]
@@ -490,3 +493,19 @@ def test_history_is_bounded() -> None:
         queue.decision(ids[0])
     assert queue.decision(ids[2]) is not None
     assert "open=0" in repr(queue)
+
+
+def test_the_reviewers_reason_and_a_timeout_reach_the_sessions_denial() -> None:
+    clock, ran = FakeClock(), list[str]()
+    queue = ReviewQueue(reviewers={"alice"}, timeout=5, clock=clock, wait=moving_wait(clock))
+    with (
+        ask_orch(queue.approver).session() as session,
+        pytest.raises(PermissionDeniedError, match="review timed out after 5s"),
+    ):
+        session.run_tool("deploy", ran.append, "prod")
+    assert ran == []
+
+    decided = ReviewQueue(reviewers={"alice"}, timeout=60, clock=FakeClock())
+    request = decided.request(an_ask())
+    closed = decided.decide(request.id, "alice", "deny", reason="no change ticket")
+    assert _answer_of(closed) == ApprovalDenial("no change ticket by alice")

@@ -24,6 +24,7 @@ from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 from techrevati.runtime.events import AgentFailureClass, EventName
 from techrevati.runtime.permissions import (
     ApprovalAnswer,
+    ApprovalDenial,
     ApprovalRequest,
     PermissionDecision,
     normalize_permission_name,
@@ -158,6 +159,8 @@ class _ToolGate(_SessionCore):
         """Turn the approver's answer into the final decision (anything unclear denies)."""
         if isinstance(answer, _ApproverFailed):
             return _denied(decision, f"needs approval and {answer.reason}; denied")
+        if isinstance(answer, ApprovalDenial):
+            return _denied(decision, f"needs approval and the approver denied it: {answer.reason}")
         if answer == ApprovalAnswer.ALLOW_ONCE:
             return self._approve(decision, name, "allow_once", "the approver allowed it once")
         if answer == ApprovalAnswer.ALLOW_SESSION:

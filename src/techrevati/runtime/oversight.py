@@ -36,7 +36,12 @@ from techrevati.runtime._clock import Clock, WallClock, utc_now
 from techrevati.runtime._log import get_logger
 from techrevati.runtime._validate import int_at_least, non_empty_str, required_callable
 from techrevati.runtime.errors import InvalidValueError, TechrevatiError
-from techrevati.runtime.permissions import ApprovalAnswer, ApprovalRequest, PermissionDecision
+from techrevati.runtime.permissions import (
+    ApprovalAnswer,
+    ApprovalDenial,
+    ApprovalRequest,
+    PermissionDecision,
+)
 
 if TYPE_CHECKING:
     from techrevati.runtime.audit import AuditLog
@@ -384,7 +389,7 @@ class ReviewQueue:
 
     # -- the approver entry points ------------------------------------------------------------
 
-    def approve(self, request: ApprovalRequest) -> ApprovalAnswer:
+    def approve(self, request: ApprovalRequest) -> ApprovalAnswer | ApprovalDenial:
         """Open a review and block until it is decided or times out (a deny); the answer."""
         review = self._open_review(request)
         try:
@@ -396,7 +401,7 @@ class ReviewQueue:
                         break
                     self._wait(self._changed, remaining)
                 assert review.decision is not None
-                return review.decision.answer
+                return _answer_of(review.decision)
         except BaseException:
             self._withdraw(review, "the waiting call was interrupted")
             raise
@@ -404,7 +409,7 @@ class ReviewQueue:
     approver = approve
     """The blocking approver, for ``Orchestrator(approver=queue.approver)``."""
 
-    async def aapprove(self, request: ApprovalRequest) -> ApprovalAnswer:
+    async def aapprove(self, request: ApprovalRequest) -> ApprovalAnswer | ApprovalDenial:
         """Open a review and await its decision or its timeout (a deny); the answer."""
         review = self._open_review(request)
         event = asyncio.Event()
@@ -415,16 +420,18 @@ class ReviewQueue:
             while True:
                 with self._lock:
                     if review.decision is not None:
-                        return review.decision.answer
+                        return _answer_of(review.decision)
                     remaining = review.request.deadline - self._clock()
                     if remaining <= 0:
-                        return self._time_out(review).answer
+                        return _answer_of(self._time_out(review))
                 await _first_of(event.wait(), self._async_sleep(remaining))
         except BaseException:
             self._withdraw(review, "the waiting call was cancelled")
             raise
 
-    def __call__(self, request: ApprovalRequest) -> ApprovalAnswer | Coroutine[Any, Any, Any]:
+    def __call__(
+        self, request: ApprovalRequest
+    ) -> ApprovalAnswer | ApprovalDenial | Coroutine[Any, Any, Any]:
         """Approve ``request``: awaitable inside a running event loop, blocking elsewhere."""
         try:
             asyncio.get_running_loop()
@@ -558,3 +565,12 @@ def _said(decision: ReviewDecision) -> str:
         by = f"{decision.answer.value} by {decision.reviewer}"
         return f"{by}: {decision.reason}" if decision.reason else by
     return f"denied ({decision.reason})"
+
+
+def _answer_of(decision: ReviewDecision) -> ApprovalAnswer | ApprovalDenial:
+    """Return what the session is told: the answer, or a deny with its reason."""
+    if decision.answer != ApprovalAnswer.DENY:
+        return decision.answer
+    who = "" if decision.reviewer is None else f" by {decision.reviewer}"
+    reason = decision.reason or "denied"
+    return ApprovalDenial(f"{reason}{who}" if decision.outcome == "decided" else reason)

@@ -39,6 +39,7 @@ from techrevati.runtime.errors import InvalidValueError, PermissionDeniedError
 __all__ = [
     "DEFAULT_PERMISSION_CACHE_SIZE",
     "ApprovalAnswer",
+    "ApprovalDenial",
     "ApprovalRequest",
     "Approver",
     "NAME_GRAMMAR",
@@ -272,6 +273,16 @@ class ApprovalAnswer(StrEnum):
     """Do not run it."""
 
 
+class ApprovalDenial(NamedTuple):
+    """An approver's deny that says why: the reason goes into the decision and the error.
+
+    ``ApprovalDenial("review timed out after 300s")``; a bare
+    :attr:`ApprovalAnswer.DENY` denies without one.
+    """
+
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalRequest:
     """What an approver is asked about: the ``ask`` decision and the call."""
@@ -285,7 +296,8 @@ class ApprovalRequest:
 
 Approver = Callable[["ApprovalRequest"], object]
 """Answers an :class:`ApprovalRequest` with an :class:`ApprovalAnswer` (or its value), an
-approval token (allow with that token), or an awaitable of one (for ``arun_tool``)."""
+:class:`ApprovalDenial` (deny, saying why), an approval token (allow with that token), or
+an awaitable of one (for ``arun_tool``)."""
 
 
 # -- the policy -----------------------------------------------------------------
