@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,22 @@ def test_unknown_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[
 def test_report_command_is_wired(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "/nonexistent/file.db"]) == 2
     assert capsys.readouterr().err
+
+
+def test_audit_command_is_wired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from techrevati.runtime.audit import AuditLog
+
+    path = tmp_path / "audit.db"
+    with AuditLog(path) as log:
+        log.append("note", {"n": 1})
+    assert main(["audit", "verify", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("ok")
+    done = subprocess.run(
+        [sys.executable, "-m", "techrevati.runtime", "audit", "verify", str(tmp_path / "none.db")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr

@@ -1,4 +1,4 @@
-"""Command line: ``python -m techrevati.runtime demo`` and ``... report PATH``."""
+"""Command line: ``python -m techrevati.runtime demo``, ``... report PATH``, ``... audit ...``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ _USAGE = """usage: python -m techrevati.runtime COMMAND
 commands:
   demo                 run a simulated project against a faulty fake provider
   report PATH [...]    summarise a SqliteSink or JsonlSink file (--format, --since, --strict)
+  audit verify PATH    check an AuditSink file's hash chain; name the first broken record
+  audit archive|anchor move old records out with a signed checkpoint / print the tip
 """
 
 
@@ -27,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from techrevati.runtime.report import main as report_main
 
         return report_main(rest)
+    if command == "audit":
+        from techrevati.runtime.audit import main as audit_main
+
+        return audit_main(rest)
     if command in {"-h", "--help", "help"}:
         print(_USAGE)
         return 0
