@@ -1267,3 +1267,16 @@ def test_without_the_c_encoder_the_data_is_written_the_same(
     fast = record_text(ev)
     monkeypatch.setattr(_audit_chain, "_DATA", None)
     assert record_text(ev) == fast == generic_record_text(ev)
+
+
+def test_a_log_and_a_sink_are_both_audit_appenders(tmp_path: Path) -> None:
+    from techrevati.runtime.audit import AuditAppender
+
+    def record_decision(audit: AuditAppender, who: str) -> int:
+        return audit.append("review.decision", {"reviewer": who}).seq
+
+    with AuditLog(tmp_path / "log.db") as log, AuditSink(tmp_path / "sink.db") as sink:
+        assert isinstance(log, AuditAppender)
+        assert isinstance(sink, AuditAppender)
+        assert record_decision(log, "ana") == record_decision(sink, "bob") == 1
+    assert not isinstance(object(), AuditAppender)

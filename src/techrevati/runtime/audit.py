@@ -35,7 +35,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from techrevati.runtime._audit_chain import (
     GENESIS_HASH,
@@ -92,6 +92,7 @@ __all__ = [
     "RESERVED_KINDS",
     "AuditChainError",
     "AuditCheckpoint",
+    "AuditAppender",
     "AuditEntry",
     "AuditKeyError",
     "AuditLog",
@@ -124,6 +125,19 @@ class AuditEntry:
     seq: int
     hash: str
     kind: str
+
+
+@runtime_checkable
+class AuditAppender(Protocol):
+    """What takes records of your own into a chain: :class:`AuditLog` and :class:`AuditSink`.
+
+    Type a parameter with it (``audit: AuditAppender``) to accept either: a
+    log used alone, or the sink that also chains the runtime's events.
+    """
+
+    def append(self, kind: str, payload: Mapping[str, object]) -> AuditEntry:
+        """Add one record and commit it; return where it landed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
