@@ -86,8 +86,25 @@ PRIMITIVES: dict[str, set[str]] = {
     "outputs": set(),
     "routing": {"circuit_breaker", "rate_limit"},
     "checkpoints": set(),
+    "audit": set(),
+    "guardrails": {"hooks"},
+    "oversight": {"permissions"},
+    "incidents": set(),
+    "transparency": set(),
 }
 NEVER = ("sqlite3", "asyncio", "json", "tomllib")
+HEAVY_ALLOWED: dict[str, set[str]] = {
+    # Pricing files are JSON or TOML; checkpoints, incidents and the transparency report
+    # are JSON; the audit chain is a SQLite file of canonical JSON; a review is awaited.
+    "usage": {"json", "tomllib"},
+    "pricing": {"json", "tomllib"},
+    "budget": {"json", "tomllib"},
+    "checkpoints": {"json"},
+    "audit": {"sqlite3", "json"},
+    "incidents": {"json"},
+    "transparency": {"json"},
+    "oversight": {"asyncio"},
+}
 """Heavy standard modules no primitive needs at import time (usage's pricing files aside)."""
 
 _ISOLATION = """
@@ -116,10 +133,7 @@ def test_each_primitive_imports_alone(module: str) -> None:
         f"{module} also loads {sorted(others - PRIMITIVES[module])}"
     )
     assert not {"orchestrator", "sinks", "_turns", "_session_core"} & loaded
-    # Pricing files are JSON or TOML; a checkpoint is JSON text: the codec is their concept.
-    allowed = {"json", "tomllib"} if module in {"usage", "pricing", "budget"} else set()
-    if module == "checkpoints":
-        allowed = {"json"}
+    allowed = HEAVY_ALLOWED.get(module, set())
     assert heavy <= allowed, f"{module} loads {sorted(heavy - allowed)} at import"
 
 
