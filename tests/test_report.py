@@ -505,3 +505,30 @@ def test_build_report_returns_the_figures_and_checks_its_arguments(db: Path) -> 
         build_report(db, since=datetime(2026, 1, 1))
     with pytest.raises(InvalidValueError, match="top must be an int >= 1, got 0"):
         build_report(db, top=0)
+
+
+def test_report_shows_the_audit_chains_status(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from techrevati.runtime.audit import AuditLog
+
+    audit = tmp_path / "audit.db"
+    with AuditLog(audit) as log:
+        for n in range(5):
+            log.append("note", {"n": n})
+    code, out, _err = run(capsys, str(db), "--audit", str(audit))
+    assert code == 0
+    assert f"audit chain ({audit}): ok" in out
+    code, out, _err = run(capsys, str(db), "--json", "--audit", str(audit))
+    chain = json.loads(out)["audit"]
+    assert (code, chain["ok"], chain["records"], chain["tip_seq"]) == (0, True, 5, 5)
+
+    with sqlite3.connect(audit) as conn:  # edit a record after the fact
+        conn.execute("UPDATE audit_log SET record = replace(record, '\"n\":2', '\"n\":9')")
+    code, out, err = run(capsys, str(db), "--audit", str(audit))
+    assert code == 2
+    assert "broken at seq 3" in out
+    assert "the audit chain is broken" in err
+    assert one_line_error(capsys, str(db), "--audit", str(tmp_path / "none.db")).startswith(
+        "report: no such file"
+    )

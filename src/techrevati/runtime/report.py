@@ -356,6 +356,10 @@ def build_report(
 def main(argv: Sequence[str]) -> int:
     """Run ``report PATH [--format F | --json] [--since W] [--until W] [--top N] [--strict]``.
 
+    ``--audit AUDIT_DB`` (``--audit-key-file F``) also checks an audit chain
+    and shows its status: a line in text, the ``audit`` key in JSON; a broken
+    chain exits 2 after the report.
+
     Prints the report on stdout and returns 0 (a note on stderr when rows
     were skipped); for a missing or unreadable file, a file that is not
     ours, or a malformed row under ``--strict``, prints one line on stderr
@@ -383,6 +387,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--strict", action="store_true", help="exit 2 at the first malformed row, naming it"
     )
+    parser.add_argument(
+        "--audit",
+        metavar="AUDIT_DB",
+        help="also check an AuditSink file's hash chain and show its status (exit 2 if broken)",
+    )
+    parser.add_argument("--audit-key-file", metavar="FILE", help="the audit chain's HMAC key")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
@@ -391,17 +401,26 @@ def main(argv: Sequence[str]) -> int:
         report = build_report(
             args.path, since=args.since, until=args.until, top=args.top, strict=args.strict
         )
-    except FileNotFoundError:
-        return _fail(f"no such file: {args.path}")
+        chain = None if args.audit is None else _chain_status(args.audit, args.audit_key_file)
+    except FileNotFoundError as exc:
+        return _fail(f"no such file: {exc.filename or args.path}")
     except (TechrevatiError, OSError, sqlite3.Error) as exc:
         return _fail(str(exc))
     shape_name = "json" if args.json else args.format
     if shape_name == "json":
-        _write(sys.stdout, json.dumps(report.to_dict(), indent=2) + "\n")
+        data = report.to_dict()
+        if chain is not None:
+            data["audit"] = chain
+        _write(sys.stdout, json.dumps(data, indent=2) + "\n")
     elif shape_name == "csv":
         _write(sys.stdout, report.to_csv())
     else:
         _write(sys.stdout, report.to_text())
+        if chain is not None:
+            _write(sys.stdout, f"\naudit chain ({chain['path']}): {chain['summary']}\n")
+    if chain is not None and not chain["ok"]:
+        print(f"report: the audit chain is broken: {chain['summary']}", file=sys.stderr)
+        return 2
     if report.skipped:
         counts = ", ".join(f"{line.source} {line.rows}" for line in report.skipped)
         print(
@@ -410,6 +429,16 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _chain_status(path: str, key_file: str | None) -> dict[str, object]:
+    """Return the audit chain's status (``audit.chain_status``); audit is imported here."""
+    from techrevati.runtime.audit import chain_status, read_key_file  # noqa: PLC0415
+
+    if not Path(path).exists():
+        raise FileNotFoundError(2, "no such file", path)
+    key = None if key_file is None else read_key_file(key_file)
+    return chain_status(path, key=key)
 
 
 def _fail(message: str) -> int:
