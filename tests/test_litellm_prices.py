@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from techrevati.runtime.errors import PricingFileError, PricingFileWarning
@@ -655,3 +655,118 @@ def test_every_service_tier_threshold_in_the_file_is_priced_as_litellm_prices_it
             assert abs(ours - theirs) <= TOLERANCE, (model, tier, tokens, ours, theirs)
             checked += 1
     assert checked == 3 * len(found)
+
+
+_KINDS = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
+)
+_rate = st.integers(1, 60).map(lambda n: f"{n}e-07")
+
+
+@st.composite
+def _entries(draw: st.DrawFn) -> dict[str, str]:
+    """A LiteLLM entry with any mix of default, tier and threshold rates (as the file's text)."""
+    entry = {"input_cost_per_token": draw(_rate), "output_cost_per_token": draw(_rate)}
+    optional = [*_KINDS[2:], "output_cost_per_reasoning_token"]
+    for tier in ("", "_flex", "_priority", "_batches"):
+        kinds = optional if not tier else [*_KINDS, "output_cost_per_reasoning_token"]
+        if tier == "_batches":
+            kinds = list(_KINDS)  # LiteLLM reads no batch reasoning rate
+        for kind in draw(st.lists(st.sampled_from(kinds), unique=True)):
+            entry[f"{kind}{tier}"] = draw(_rate)
+        for threshold in draw(st.lists(st.sampled_from([100, 200]), unique=True, max_size=2)):
+            for kind in draw(st.lists(st.sampled_from(_KINDS), unique=True, min_size=1)):
+                entry[f"{kind}_above_{threshold}_tokens{tier}"] = draw(_rate)
+    return entry
+
+
+_synthetic_turn = st.builds(
+    lambda inp, out, read, write, hour, reasoning: _turn(
+        inp,
+        out,
+        read=read * inp // 4,
+        write=write * inp // 4,
+        hour=min(hour, write * inp // 4),
+        reasoning=reasoning * out // 2,
+    ),
+    st.sampled_from([0, 1, 99, 100, 101, 150, 199, 200, 201, 400]),
+    st.integers(0, 50),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.integers(0, 60),
+    st.integers(0, 2),
+)
+
+
+@given(entry=_entries(), usage=_synthetic_turn)
+@example(  # a batch read falls back to the default rate above the default's threshold
+    entry={
+        "input_cost_per_token": "2e-07",
+        "output_cost_per_token": "4e-07",
+        "cache_read_input_token_cost": "1e-07",
+        "cache_read_input_token_cost_above_100_tokens": "3e-07",
+        "input_cost_per_token_batches": "1e-07",
+    },
+    usage=_turn(150, 10, read=75),
+)
+@settings(
+    max_examples=examples(300),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    deadline=None,
+)
+def test_any_mix_of_tier_rates_costs_what_litellms_own_functions_charge(
+    litellm: ModuleType, tmp_path: Path, entry: dict[str, str], usage: UsageSnapshot
+) -> None:
+    """Each tier's fallbacks (tier key, default key, the rate below a threshold) as LiteLLM's.
+
+    Flex and priority against ``generic_cost_per_token(service_tier=...)``,
+    batch against ``batch_cost_calculator``, both given the entry itself.
+    """
+    import logging
+
+    from litellm.cost_calculator import batch_cost_calculator
+    from litellm.litellm_core_utils.llm_cost_calc.utils import generic_cost_per_token
+
+    from techrevati.runtime.pricing import LOGGER_NAME, unregister_pricing
+
+    path = tmp_path / "synthetic.json"
+    file_entry = {"litellm_provider": "openai", "mode": "chat", **entry}
+    rates = ", ".join(f'"{key}": {value}' for key, value in entry.items())  # the text as is
+    path.write_text(f'{{"synthetic": {{"litellm_provider": "openai", "mode": "chat", {rates}}}}}')
+    load_pricing_from_file(path)
+    pricing = get_pricing("synthetic")
+    assert pricing is not None
+    info: Any = {key: float(value) if key in entry else value for key, value in file_entry.items()}
+    logging.getLogger(LOGGER_NAME).disabled = True  # a tier the entry names no rate of
+    try:
+        for tier in (None, "flex", "priority", "batch"):
+            turn = dataclasses.replace(usage, service_tier=tier)
+            ours = pricing.cost_usd(turn)
+            details: Any = _litellm_usage(litellm, turn)
+            if tier is not None and tier not in pricing.service_tiers:
+                # A tier the entry names no rate of: the default rates, with a warning
+                # (LiteLLM halves them for a batch, and for a priority turn above a
+                # threshold takes a one-hour write at the cache-write rate).
+                assert ours == pricing.cost_usd(usage)
+                continue
+            if tier == "batch":
+                prompt, completion = batch_cost_calculator(
+                    usage=details, model="synthetic", custom_llm_provider="openai", model_info=info
+                )
+            else:
+                prompt, completion = generic_cost_per_token(
+                    model="synthetic",
+                    usage=details,
+                    custom_llm_provider="openai",
+                    service_tier=tier,
+                    model_info=info,
+                )
+            theirs = Decimal(repr(prompt + completion))
+            assert abs(ours - theirs) <= TOLERANCE, (tier, usage, ours, theirs)
+    finally:
+        logging.getLogger(LOGGER_NAME).disabled = False
+        assert unregister_pricing("synthetic")

@@ -15,7 +15,9 @@ import copy
 import json
 import logging
 import pickle
+import sys
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
+from techrevati.runtime import pricing as pricing_module
 from techrevati.runtime._money import _usd
 from techrevati.runtime.budget import Budget
 from techrevati.runtime.errors import InvalidValueError, PricingFileError, UsageParseError
@@ -577,10 +580,15 @@ def test_the_warning_is_once_per_model_and_tier_whatever_the_threads(
                 tracker.cost_for_turn("m", turn)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter will
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     warned = tiers_warned(caplog)
     assert sorted(w.split("'")[1] for w in warned) == ["batch", "flex", "scale"]
     assert tracker.turns == 8 * 200 * 3
@@ -589,6 +597,35 @@ def test_the_warning_is_once_per_model_and_tier_whatever_the_threads(
         ("flex", "batch", "scale"), 1600
     )
     assert tracker.total_cost() == 4800 * ModelPricing("3", "15").cost_usd(UsageSnapshot(10, 1))
+
+
+class _SlowSet(set[tuple[str, str]]):
+    """A set whose membership test takes a while: every thread checks before any adds."""
+
+    def __contains__(self, item: object) -> bool:
+        found = super().__contains__(item)
+        time.sleep(0.002)  # decided, then slow: a check outside the lock would race here
+        return found
+
+
+def test_the_warned_check_and_add_is_atomic(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    monkeypatch.setattr(pricing_module, "_TIER_WARNED", _SlowSet())
+    pricing = ModelPricing("3", "15")
+    start = threading.Barrier(6)
+
+    def worker() -> None:
+        start.wait()
+        pricing.cost_usd(UsageSnapshot(10, service_tier="flex"))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(tiers_warned(caplog)) == 1
 
 
 # -- the tracker's per-tier totals ---------------------------------------------------------
@@ -617,6 +654,24 @@ def test_per_model_summary_breaks_each_model_down_by_tier() -> None:
         == 2
     )
     assert tracker.total_usage() == UsageSnapshot(4000, 400)
+
+
+def test_turns_reported_as_default_are_the_default_tier_on_every_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    register_pricing("gpt-5", GPT5)
+    tracker = UsageTracker()
+    reported = UsageSnapshot.from_response(_chat("default"))  # what OpenAI sends each time
+    costs = [tracker.record_turn("gpt-5", reported).cost_usd for _ in range(3)]
+    costs.append(tracker.record_turn(" gpt-5 ", reported).cost_usd)  # the slow path again
+    costs.append(tracker.record_turn("gpt-5", UsageSnapshot(2000, 300)).cost_usd)
+    assert costs == [GPT5.cost_usd(UsageSnapshot(2000, 300))] * 5
+    assert tiers_warned(caplog) == []
+    assert tracker.unpriced_tiers == frozenset()
+    assert list(tier_rows(tracker, "gpt-5")) == ["default"]
+    assert tier_rows(tracker, "gpt-5")["default"]["turns"] == 5
+    assert "gpt-5" not in tracker._fast_tiers
 
 
 def test_a_model_with_tier_turns_only_has_no_default_row() -> None:
@@ -659,7 +714,7 @@ def test_restored_turns_keep_their_tier() -> None:
     tracker._restore("m", UsageSnapshot(10, 1, service_tier="batch"), 7, priced=True)
     tracker._restore("m", UsageSnapshot(10, 1, service_tier="default"), 9, priced=True)
     tiers = tier_rows(tracker, "m")
-    assert {t: r["turns"] for t, r in tiers.items()} == {"default": 1, "batch": 1}
+    assert [(t, r["turns"]) for t, r in tiers.items()] == [("default", 1), ("batch", 1)]
     assert tracker.total_cost() == Decimal("1.6E-14")
 
 
