@@ -1280,3 +1280,17 @@ def test_a_log_and_a_sink_are_both_audit_appenders(tmp_path: Path) -> None:
         assert isinstance(sink, AuditAppender)
         assert record_decision(log, "ana") == record_decision(sink, "bob") == 1
     assert not isinstance(object(), AuditAppender)
+
+
+def test_a_chain_verifies_while_its_sink_keeps_writing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with AuditSink(path, flush_every=10) as sink:
+        for i in range(35):
+            sink.write_event(event(i=i))
+        sink.flush()
+        assert verify(path).records == 35
+        for i in range(35):
+            sink.write_event(event(i=i))
+        sink.flush()
+        status = chain_status(path)
+        assert (status["ok"], status["records"]) == (True, 70)
