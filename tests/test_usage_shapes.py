@@ -311,6 +311,15 @@ def test_each_table_row_reads_the_real_sdk_object(row: str, request: pytest.Fixt
     assert UsageSnapshot.from_response(build(request, raw)) == expected
 
 
+def test_each_table_row_says_where_its_service_tier_is_reported() -> None:
+    header = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8").split(_TABLE_HEADING, 1)[1]
+    assert "| `service_tier` |" in header.strip().splitlines()[0]
+    for row, cells in _doc_rows().items():
+        assert len(cells) == 8, row
+        tier = cells[6]
+        assert re.search(r"service_?[tT]ier|none reported", tier), (row, tier)
+
+
 # -- Anthropic: the one-hour / five-minute split of the cache writes ---------------------------
 
 
