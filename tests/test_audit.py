@@ -804,6 +804,7 @@ def test_archives_in_separate_files_chain_together(chain: Path, tmp_path: Path) 
 def test_everything_can_be_archived(chain: Path, tmp_path: Path) -> None:
     archive(chain, RECORDS + 1, tmp_path / "all.db")
     verdict = verify(chain)
+    assert verdict.summary.startswith(f"ok: 1 record (seq {RECORDS + 1} to {RECORDS + 1})")
     assert verdict.ok
     assert verdict.records == 1
     assert verdict.tip_seq == RECORDS + 1

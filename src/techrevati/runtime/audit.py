@@ -187,8 +187,9 @@ class AuditVerdict:
             )
             span = f"seq {self.start_seq + 1} to {self.tip_seq}" if self.records else "no records"
             macs = ", HMACs checked" if self.keyed else ""
+            noun = "record" if self.records == 1 else "records"
             return (
-                f"ok: {self.records} records ({span}) {start}{macs}; "
+                f"ok: {self.records} {noun} ({span}) {start}{macs}; "
                 f"tip seq {self.tip_seq} {self.tip_hash}"
             )
         return f"broken at seq {self.first_bad_seq} ({self.problem}): {self.path}: {self.reason}"
