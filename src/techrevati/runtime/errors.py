@@ -42,7 +42,12 @@ More live beside the state they describe: ``CircuitOpenError``
 (ValueError) and ``OutputEscalationError`` (:mod:`~techrevati.runtime.outputs`),
 ``NoHealthyProviderError`` (:mod:`~techrevati.runtime.routing`), and
 ``CheckpointConflictError`` (ValueError) and ``SaverClosedError``
-(RuntimeError, :mod:`~techrevati.runtime.checkpoints`).
+(RuntimeError, :mod:`~techrevati.runtime.checkpoints`), ``AuditChainError``
+(ValueError: a chain broken, or not continued as asked) and ``AuditKeyError``
+(ValueError: a key that does not fit the file; :mod:`~techrevati.runtime.audit`),
+the review errors of :mod:`~techrevati.runtime.oversight`, and
+``McpToolError``, ``McpTimeoutError`` and ``McpServerRefusedError``
+(:mod:`~techrevati.runtime.mcp`).
 
 The runtime's *refusals* (``BudgetExceededError``,
 ``MaxIterationsExceededError``, ``PermissionDeniedError``,

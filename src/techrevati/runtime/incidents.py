@@ -44,7 +44,7 @@ from techrevati.runtime.errors import InvalidValueError, TechrevatiError
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, EventName
 
 if TYPE_CHECKING:
-    from techrevati.runtime.audit import AuditLog
+    from techrevati.runtime.audit import AuditAppender
 
 __all__ = [
     "DEFAULT_AUTH_FAILURES",
@@ -430,9 +430,9 @@ class JsonlIncidentSink:
 class AuditIncidentSink:
     """Append each report to an :class:`~techrevati.runtime.audit.AuditLog` as ``incident``."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditAppender) -> None:
         if not callable(getattr(log, "append", None)):
-            raise InvalidValueError(f"log must be an AuditLog, got {log!r}")
+            raise InvalidValueError(f"log must be an AuditLog or AuditSink, got {log!r}")
         self._log = log
 
     def write_incident(self, report: IncidentReport) -> None:  # noqa: D102

@@ -44,7 +44,7 @@ from techrevati.runtime.permissions import (
 )
 
 if TYPE_CHECKING:
-    from techrevati.runtime.audit import AuditLog
+    from techrevati.runtime.audit import AuditAppender
 
 __all__ = [
     "DEFAULT_REVIEW_HISTORY",
@@ -214,7 +214,7 @@ class ReviewQueue:
         timeout: float = DEFAULT_REVIEW_TIMEOUT,
         clock: Clock = time.monotonic,
         wall_clock: WallClock = utc_now,
-        audit: AuditLog | None = None,
+        audit: AuditAppender | None = None,
         notify: Callable[[ReviewRequest], object] | None = None,
         wait: ConditionWait | None = None,
         async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
@@ -234,7 +234,7 @@ class ReviewQueue:
         self._clock = required_callable("clock", clock)
         self._now = required_callable("wall_clock", wall_clock)
         if audit is not None and not callable(getattr(audit, "append", None)):
-            raise InvalidValueError(f"audit must be an AuditLog, got {audit!r}")
+            raise InvalidValueError(f"audit must be an AuditLog or AuditSink, got {audit!r}")
         self._audit = audit
         self._notify = None if notify is None else required_callable("notify", notify)
         self._wait: ConditionWait = (
@@ -258,7 +258,7 @@ class ReviewQueue:
         return None if callable(self._reviewers) else frozenset(self._reviewers)
 
     @property
-    def audit(self) -> AuditLog | None:
+    def audit(self) -> AuditAppender | None:
         """The audit log requests and decisions go to (None: none)."""
         return self._audit
 
