@@ -874,6 +874,7 @@ def test_every_scenario_has_its_value_class_and_retry_rule() -> None:
         "tool_execution_error": ("tool_error", True),
         "dependency_timeout": ("dependency_failed", True),
         "memory_corruption": ("memory_corruption", False),
+        "output_invalid": ("validation_error", False),
         "llm_error": ("unknown", True),
     }
     assert S.__module__ == FailureInfo.__module__ == "techrevati.runtime.retry_policy"
