@@ -459,7 +459,7 @@ def test_a_bad_usage_argument_is_refused_before_fn_runs_and_leaks_nothing() -> N
     with _orch(budget=budget).session() as session:
         for _ in range(50):
             with pytest.raises(InvalidValueError, match="usage must be a UsageSnapshot"):
-                session.run_turn(lambda: called.append(1), model="m", usage={"input": 5})  # type: ignore[arg-type]
+                session.run_turn(lambda: called.append(1), model="m", usage={"input": 5})  # type: ignore[call-overload]
         assert session.run_turn(lambda: "ok", model="m", usage=USAGE)[0] == "ok"
     assert called == []
     assert budget.reserved_usd == 0
@@ -756,7 +756,7 @@ BAD_TURN_ARGUMENTS: list[tuple[str, object]] = [
 def test_a_callable_that_is_not_one_is_refused_before_anything_runs() -> None:
     with _orch().session() as session:
         with pytest.raises(InvalidValueError, match="fn must be callable, got 'call me'"):
-            session.run_turn("call me", model="m")  # type: ignore[arg-type]
+            session.run_turn("call me", model="m")  # type: ignore[call-overload]
         with pytest.raises(InvalidValueError, match="fn must be callable, got 3"):
             session.run_tool("calc", 3)  # type: ignore[arg-type]
         assert session.summary()["turns"] == 0
@@ -767,7 +767,7 @@ def test_a_wrong_turn_argument_fails_before_anything_runs(name: str, value: obje
     called = []
     with _orch().session() as session:
         with pytest.raises(InvalidValueError) as caught:
-            session.run_turn(lambda: called.append(1), **{name: value})  # type: ignore[arg-type]
+            session.run_turn(lambda: called.append(1), **{name: value})  # type: ignore[call-overload]
         assert name in str(caught.value)
         assert session.summary()["turns"] == 0
     assert called == []
