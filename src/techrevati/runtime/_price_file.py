@@ -98,6 +98,7 @@ _LITELLM_TIER_THRESHOLD: Final = re.compile(
 _LITELLM_SERVICE: Final = ("flex", "priority", "ultrafast", "balanced")
 """Suffixes LiteLLM's ``cost_per_token(service_tier=...)`` reads; each names our tier."""
 _BATCHES: Final = "batches"
+_TIER_ENDINGS: Final = tuple(f"_{suffix}" for suffix in (*_LITELLM_SERVICE, _BATCHES))
 _ONE_HOUR: Final = "cache_creation_input_token_cost_above_1hr"
 _CACHE_WRITE: Final = "cache_creation_input_token_cost"
 _READ: Final = "cache_read_per_million"
@@ -340,11 +341,17 @@ class _Reader:
             inclusive = entry.get("litellm_provider") in _INCLUSIVE_PROVIDERS
             above = self._above_rates(name, entry)
             tiers = self._threshold_tiers(base, above, inclusive=inclusive)
+            suffixes = {key.rsplit("_", 1)[1] for key in entry if key.endswith(_TIER_ENDINGS)}
             for suffix in _LITELLM_SERVICE:
-                pricing = self._suffixed_tier(name, entry, base, above, suffix, inclusive)
-                if pricing is not None:
-                    service[suffix] = pricing
-            batch = self._batch_tier(name, entry, raw, above, inclusive)
+                if suffix in suffixes:  # most entries name no tier: no scan for one
+                    pricing = self._suffixed_tier(name, entry, base, above, suffix, inclusive)
+                    if pricing is not None:
+                        service[suffix] = pricing
+            batch = (
+                None
+                if _BATCHES not in suffixes
+                else self._batch_tier(name, entry, raw, above, inclusive)
+            )
             if batch is not None:
                 service["batch"] = batch
         base.setdefault("input_per_million", Decimal(0))
