@@ -1151,3 +1151,36 @@ def test_a_report_names_its_subject_in_its_reason() -> None:
     report = GuardrailReport("after_model", "m", "r", "p", "s", (result,), False, True)
     assert report.reason == "model 'm': pii (redact): pii.email at [0:15] (an email address)"
     assert report.to_event().data["model"] == "m"
+
+
+def test_a_hook_in_a_session_puts_guardrail_fired_in_the_sessions_own_log() -> None:
+    from techrevati.runtime import Orchestrator
+    from techrevati.runtime.events import EventName
+
+    hook = GuardrailHook([PiiRedactor()])
+    with Orchestrator("writer", "draft", hooks=[hook]).session() as session:
+        result = session.run_tool("lookup", lambda: "mail alice@example.com today")
+    assert result == "mail [email] today"
+    (fired,) = [e for e in session.events() if e.name == EventName.GUARDRAIL_FIRED]
+    assert fired.data["tool"] == "lookup"
+    assert fired.data["rules"] == ["pii.email"]
+    assert "alice@example.com" not in str(fired.to_dict())
+    counts: Any = session.summary()["event_counts"]
+    assert counts["guardrail.fired"] == 1
+
+
+def test_a_hook_may_emit_only_known_event_names() -> None:
+    from techrevati.runtime import Orchestrator
+    from techrevati.runtime.hooks import BaseHook, ToolCall
+
+    class Noisy(BaseHook):
+        def before_tool(self, call: ToolCall) -> ToolCall | None:
+            assert call.emit is not None
+            call.emit("made.up", None, {})
+            return None
+
+    with (
+        Orchestrator("writer", "draft", hooks=[Noisy()]).session() as session,
+        pytest.raises(GuardrailViolatedError, match=r"event names, got 'made\.up'"),
+    ):
+        session.run_tool("t", lambda: 1)

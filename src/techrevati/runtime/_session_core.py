@@ -252,6 +252,16 @@ class _SessionCore:
         with self._lock:
             self._failures[failure.value] += 1
 
+    def _hook_emit(self, name: str, detail: str | None, data: Mapping[str, object]) -> None:
+        """Add a hook's event (``call.emit``) of a known name to this session."""
+        try:
+            event = EventName(name)
+        except ValueError:
+            raise InvalidValueError(
+                f"a hook may emit only the runtime's event names, got {name!r}"
+            ) from None
+        self._emit(event, detail=detail, data=data)
+
     def _begin_step(self) -> None:
         """Mark the thread's step in progress as started on the saver, once per step."""
         saver, thread, key = self._step_marker()

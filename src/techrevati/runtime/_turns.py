@@ -392,6 +392,7 @@ class _TurnEngine(_SessionCore):
                 role=self._orch.role,
                 phase=self._orch.phase,
                 session_id=self.id,
+                emit=self._hook_emit,
             )
         return turn
 

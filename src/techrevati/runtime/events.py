@@ -85,7 +85,9 @@ class EventName(StrEnum):
     ``turn.routed`` ``model`` and ``route`` (the router's decision);
     ``checkpoint.saved`` ``thread_id``, ``step`` and ``turn_key``;
     ``session.resumed`` ``thread_id``, ``step`` and ``rerun`` (the turn key
-    re-run, or ``None``).
+    re-run, or ``None``); ``guardrail.fired`` ``point``, ``tool`` or
+    ``model``, ``guardrails``, ``actions``, ``rules``, ``fields``,
+    ``findings``, ``blocked`` and ``replaced`` (never the matched text).
     """
 
     SESSION_STARTED = "session.started"
@@ -121,6 +123,7 @@ class EventName(StrEnum):
     TURN_ROUTED = "turn.routed"
     CHECKPOINT_SAVED = "checkpoint.saved"
     SESSION_RESUMED = "session.resumed"
+    GUARDRAIL_FIRED = "guardrail.fired"
 
 
 @dataclass(frozen=True, slots=True)

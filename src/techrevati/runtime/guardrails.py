@@ -382,8 +382,11 @@ class GuardrailHook(BaseHook):
             self._counts.update(finding.rule for finding in report.fired)
         if self._on_fired is not None:
             self._on_fired(report)
-        if self._sink is not None:
-            self._sink.write_event(report.to_event())
+        event = report.to_event() if self._sink is not None or call.emit is not None else None
+        if call.emit is not None and event is not None:  # the session's own log and sinks
+            call.emit(GUARDRAIL_FIRED, event.detail, event.data)
+        if self._sink is not None and event is not None:
+            self._sink.write_event(event)
         if blocked:
             raise GuardrailViolatedError(report.reason, hook=type(self).__name__, point=point)
 

@@ -9,7 +9,7 @@ a :class:`GuardrailViolatedError` naming the hook and chaining the original.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -35,6 +35,11 @@ HOOK_POINTS: Final[tuple[HookPoint, ...]] = (
 )
 
 
+EventEmitter = Callable[[str, "str | None", Mapping[str, object]], None]
+"""How a hook adds an event to its session: ``emit(name, detail, data)``; ``name`` is an
+:class:`~techrevati.runtime.events.EventName` value (``"guardrail.fired"``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelCall:
     """What a model hook sees: the model about to be called and where in the session."""
@@ -46,6 +51,8 @@ class ModelCall:
     phase: str
     session_id: str
     metadata: Mapping[str, object] = field(default_factory=dict)
+    emit: EventEmitter | None = field(default=None, compare=False, repr=False)
+    """Adds an event to the session's log and sinks: ``emit(name, detail, data)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ class ToolCall:
     role: str
     phase: str
     session_id: str
+    emit: EventEmitter | None = field(default=None, compare=False, repr=False)
+    """Adds an event to the session's log and sinks: ``emit(name, detail, data)``."""
 
 
 @runtime_checkable

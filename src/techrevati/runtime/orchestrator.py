@@ -748,6 +748,7 @@ class Session(_StreamTurnEngine, _ToolGate):
             role=self._orch.role,
             phase=self._orch.phase,
             session_id=self.id,
+            emit=self._hook_emit,
         )
         call = self._replaced_by_hooks("before_tool", call, ToolCall)
         with self._lock:
