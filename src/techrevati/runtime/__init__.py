@@ -24,6 +24,10 @@ if TYPE_CHECKING:
         arguments_digest,
         canonical_arguments,
     )
+    from techrevati.runtime.audit import (
+        AuditLog,
+        AuditSink,
+    )
     from techrevati.runtime.budget import (
         Budget,
         BudgetExceededError,
@@ -75,12 +79,21 @@ if TYPE_CHECKING:
         GovernanceBreachedError,
         GovernanceMeter,
     )
+    from techrevati.runtime.guardrails import (
+        GuardrailHook,
+        InjectionDetector,
+        PatternGuardrail,
+        PiiRedactor,
+    )
     from techrevati.runtime.hooks import (
         BaseHook,
         GuardrailViolatedError,
         Hook,
         ModelCall,
         ToolCall,
+    )
+    from techrevati.runtime.incidents import (
+        IncidentDetector,
     )
     from techrevati.runtime.lifecycle import (
         AgentRegistry,
@@ -110,6 +123,9 @@ if TYPE_CHECKING:
         OutputEscalationError,
         OutputSpec,
         OutputValidationError,
+    )
+    from techrevati.runtime.oversight import (
+        ReviewQueue,
     )
     from techrevati.runtime.permissions import (
         ApprovalAnswer,
@@ -203,6 +219,10 @@ if TYPE_CHECKING:
         SqliteSink,
         read_jsonl,
     )
+    from techrevati.runtime.transparency import (
+        RiskRegistry,
+        transparency_report,
+    )
     from techrevati.runtime.usage import (
         TurnCost,
         UsageParseError,
@@ -223,6 +243,8 @@ __all__ = [
     "ApprovalRequest",
     "ApprovalToken",
     "AsyncTurnStream",
+    "AuditLog",
+    "AuditSink",
     "BaseHook",
     "Budget",
     "BudgetExceededError",
@@ -250,11 +272,14 @@ __all__ = [
     "Governance",
     "GovernanceBreachedError",
     "GovernanceMeter",
+    "GuardrailHook",
     "GuardrailViolatedError",
     "Handoff",
     "HealthAwareRouter",
     "Hook",
     "InMemorySaver",
+    "IncidentDetector",
+    "InjectionDetector",
     "InvalidTransitionError",
     "InvalidValueError",
     "JsonlSink",
@@ -271,6 +296,7 @@ __all__ = [
     "OutputEscalationError",
     "OutputSpec",
     "OutputValidationError",
+    "PatternGuardrail",
     "PermissionDecision",
     "PermissionDeniedError",
     "PermissionEnforcer",
@@ -281,6 +307,7 @@ __all__ = [
     "Permit",
     "PhaseCompleted",
     "PhaseContext",
+    "PiiRedactor",
     "PolicyAction",
     "PolicyActionData",
     "PolicyEngine",
@@ -307,7 +334,9 @@ __all__ = [
     "RetryPolicy",
     "RetryRun",
     "RetryStats",
+    "ReviewQueue",
     "RingBufferSink",
+    "RiskRegistry",
     "RolePermissionConfig",
     "RuleCheck",
     "SchemaError",
@@ -357,6 +386,7 @@ __all__ = [
     "retrying",
     "set_recipe",
     "testing",
+    "transparency_report",
     "unregister_pricing",
 ]
 
@@ -566,6 +596,16 @@ _EXPORTS: Final[dict[str, str]] = {
     "set_testing": "techrevati.runtime.retry_policy",
     "testing": "techrevati.runtime.retry_policy",
     "unregister_pricing": "techrevati.runtime.pricing",
+    "AuditLog": "techrevati.runtime.audit",
+    "AuditSink": "techrevati.runtime.audit",
+    "GuardrailHook": "techrevati.runtime.guardrails",
+    "InjectionDetector": "techrevati.runtime.guardrails",
+    "PatternGuardrail": "techrevati.runtime.guardrails",
+    "PiiRedactor": "techrevati.runtime.guardrails",
+    "IncidentDetector": "techrevati.runtime.incidents",
+    "ReviewQueue": "techrevati.runtime.oversight",
+    "RiskRegistry": "techrevati.runtime.transparency",
+    "transparency_report": "techrevati.runtime.transparency",
     "CheckpointSaver": "techrevati.runtime.checkpoints",
     "InMemorySaver": "techrevati.runtime.checkpoints",
     "SqliteSaver": "techrevati.runtime.checkpoints",
