@@ -845,3 +845,66 @@ def test_a_usage_record_checks_its_tier() -> None:
     assert UsageRecord(model="m").to_dict()["service_tier"] is None
     with pytest.raises(InvalidValueError, match="service_tier must be a str or None, got 3"):
         UsageRecord(model="m", service_tier=3)  # type: ignore[arg-type]
+
+
+# -- streamed turns and resumed sessions keep the tier -------------------------------------
+
+
+def _streamed(chunks: list[Any]) -> tuple[UsageSnapshot | None, Decimal]:
+    register_pricing("gpt-5", GPT5)
+    with Orchestrator("writer", "draft").session() as session:
+        turn = session.stream_turn(lambda: iter(chunks), model="gpt-5")
+        list(turn)
+    return turn.usage, session.tracker.total_cost()
+
+
+def test_an_openai_chat_stream_is_billed_at_its_chunks_tier() -> None:
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 0}
+    chunks = [
+        {"choices": [{"delta": {"content": "Hi"}}], "usage": None, "service_tier": "flex"},
+        {"choices": [], "usage": usage, "service_tier": "flex"},
+    ]
+    got, cost = _streamed(chunks)
+    assert got is not None
+    assert got.service_tier == "flex"
+    assert cost == Decimal("0.625")  # flex rates, not the default $1.25
+
+
+def test_an_anthropic_stream_keeps_the_tier_of_its_usage() -> None:
+    start = {"input_tokens": 1_000_000, "output_tokens": 1, "service_tier": "priority"}
+    chunks = [
+        {"type": "message_start", "message": {"usage": start}},
+        {"type": "message_delta", "usage": {"output_tokens": 0}},
+    ]
+    got, cost = _streamed(chunks)
+    assert got is not None
+    assert got.service_tier == "priority"
+    assert cost == Decimal("2.5")
+
+
+def test_a_responses_stream_is_billed_at_its_responses_tier() -> None:
+    usage = {"input_tokens": 1_000_000, "output_tokens": 0}
+    chunks = [
+        {"type": "response.created", "response": {"usage": None}},
+        {"type": "response.completed", "response": {"usage": usage, "service_tier": "flex"}},
+    ]
+    got, cost = _streamed(chunks)
+    assert got is not None
+    assert got.service_tier == "flex"
+    assert cost == Decimal("0.625")
+
+
+def test_a_resumed_session_keeps_each_turns_tier(tmp_path: Path) -> None:
+    from techrevati.runtime.sinks import SqliteSink
+
+    register_pricing("gpt-5", GPT5)
+    path = tmp_path / "runs.db"
+    with SqliteSink(path) as sink:
+        crashed = Orchestrator("writer", "draft", sinks=[sink]).session()
+        crashed.__enter__()  # never left: the process dies with the session open
+        flex = UsageSnapshot(1_000_000, service_tier="flex")
+        crashed.run_turn(lambda: "ok", model="gpt-5", usage=flex)
+    resumed = Orchestrator("writer", "draft").resume(crashed.id, from_=path)
+    rows = tier_rows(resumed.tracker, "gpt-5")
+    assert list(rows) == ["flex"]
+    assert resumed.tracker.total_cost() == Decimal("0.625")

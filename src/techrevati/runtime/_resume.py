@@ -214,6 +214,7 @@ class _Spend:
                     record.cache_write_tokens,
                     record.reasoning_tokens,
                     record.cache_write_1h_tokens,
+                    service_tier=record.service_tier,
                 )
                 cost = _to_decimal(record.cost_usd, "cost_usd")
                 femto = _scaled(cost, _USD_POWER, "cost_usd", "1e-15 USD")

@@ -225,11 +225,12 @@ class StreamReader:
 class _UsageField(StreamReader):
     """Chunks with a ``usage`` (OpenAI Chat): the last one that is not None counts."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "_tier")
 
     def __init__(self) -> None:
         super().__init__()
         self._last: object = None
+        self._tier: object = None  # the chunks' service_tier (OpenAI puts it on each)
 
     def feed(self, chunk: object) -> None:
         try:
@@ -238,21 +239,23 @@ class _UsageField(StreamReader):
             return
         if usage is not None:
             self._last = usage
+            self._tier = _field(chunk, "service_tier")
 
     def usage(self) -> UsageSnapshot | None:
-        return _parsed(self._last)
+        return _parsed(self._last, self._tier)
 
 
 class _Events(StreamReader):
     """Type-tagged events: Anthropic's message_start/message_delta, OpenAI Responses'."""
 
-    __slots__ = ("_delta", "_final", "_start")
+    __slots__ = ("_delta", "_final", "_start", "_tier")
 
     def __init__(self) -> None:
         super().__init__()
         self._start: object = None
         self._delta: object = None
         self._final: object = None
+        self._tier: object = None  # the final response's (or raw chunk's) service_tier
 
     def feed(self, chunk: object) -> None:
         try:
@@ -268,9 +271,11 @@ class _Events(StreamReader):
         elif kind == "message_start":
             self._start = _field(_field(chunk, "message"), "usage")
         elif kind == "chunk":  # openai chat.completions.stream(): the raw chunk inside
-            usage = _field(_field(chunk, "chunk"), "usage")
+            raw = _field(chunk, "chunk")
+            usage = _field(raw, "usage")
             if usage is not None:
                 self._final = usage
+                self._tier = _field(raw, "service_tier")
         elif kind == "error":
             self.failure = f"error event: {_message(chunk)}"
         else:  # a final response event
@@ -278,12 +283,13 @@ class _Events(StreamReader):
             usage = _field(response, "usage")
             if usage is not None:
                 self._final = usage
+                self._tier = _field(response, "service_tier")
             if kind == "response.failed":
                 self.failure = f"response.failed: {_message(_field(response, 'error'))}"
 
     def usage(self) -> UsageSnapshot | None:
         if self._final is not None:
-            return _parsed(self._final)
+            return _parsed(self._final, self._tier)
         start, delta = self._start, self._delta
         if start is None and delta is None:
             return None
@@ -298,6 +304,8 @@ class _Events(StreamReader):
         details = _field(delta, "output_tokens_details")
         if details is not None:
             merged["output_tokens_details"] = details
+        tier = _field(delta, "service_tier")  # Anthropic's usage carries it
+        merged["service_tier"] = _field(start, "service_tier") if tier is None else tier
         return _parsed(merged)
 
 
@@ -431,11 +439,13 @@ def _message(obj: object) -> str:
     return message if isinstance(message, str) and message else "no message"
 
 
-def _parsed(usage: object) -> UsageSnapshot | None:
-    """Parse a usage object or dict; None when there is none or it cannot be read."""
+def _parsed(usage: object, tier: object = None) -> UsageSnapshot | None:
+    """Parse a usage object or dict (with the stream's service tier); None when unreadable."""
     if usage is None:
         return None
     try:
+        if isinstance(tier, str) and tier:
+            return UsageSnapshot.from_response(usage, service_tier=tier)
         return UsageSnapshot.from_response(usage)
     except (TechrevatiError, ValueError, TypeError):
         return None
