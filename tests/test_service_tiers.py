@@ -894,6 +894,18 @@ def test_a_responses_stream_is_billed_at_its_responses_tier() -> None:
     assert cost == Decimal("0.625")
 
 
+def test_a_bedrock_stream_is_billed_at_its_metadata_tier() -> None:
+    metadata = {
+        "usage": {"inputTokens": 1_000_000, "outputTokens": 0},
+        "serviceTier": {"type": "priority"},
+    }
+    chunks = [{"messageStart": {"role": "assistant"}}, {"metadata": metadata}]
+    got, cost = _streamed(chunks)
+    assert got is not None
+    assert got.service_tier == "priority"
+    assert cost == Decimal("2.5")
+
+
 def test_a_resumed_session_keeps_each_turns_tier(tmp_path: Path) -> None:
     from techrevati.runtime.sinks import SqliteSink
 

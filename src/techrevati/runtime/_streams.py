@@ -366,22 +366,24 @@ class _Gemini(StreamReader):
 class _Bedrock(StreamReader):
     """Bedrock ConverseStream events: the ``metadata`` event carries ``usage``."""
 
-    __slots__ = ("_usage",)
+    __slots__ = ("_tier", "_usage")
 
     def __init__(self) -> None:
         super().__init__()
         self._usage: object = None
+        self._tier: object = None  # metadata's serviceTier.type, when the request named one
 
     def feed(self, chunk: object) -> None:
         try:
             metadata = chunk.get("metadata")  # type: ignore[attr-defined]
             if metadata is not None:
                 self._usage = metadata.get("usage")
+                self._tier = _field(metadata.get("serviceTier"), "type")
         except Exception:  # a chunk of an unknown shape tells nothing
             pass
 
     def usage(self) -> UsageSnapshot | None:
-        return _parsed(self._usage)
+        return _parsed(self._usage, self._tier)
 
 
 def reader_for(chunk: object) -> StreamReader:
