@@ -920,3 +920,14 @@ def test_a_resumed_session_keeps_each_turns_tier(tmp_path: Path) -> None:
     rows = tier_rows(resumed.tracker, "gpt-5")
     assert list(rows) == ["flex"]
     assert resumed.tracker.total_cost() == Decimal("0.625")
+
+
+def test_a_budget_names_the_model_when_it_warns_of_a_tier_without_rates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    register_pricing("budgeted-model", ModelPricing("3", "15"))
+    budget = Budget(max_usd="10")
+    budget.charge("budgeted-model", UsageSnapshot(1_000_000, service_tier="nightly"))
+    assert budget.spent_usd == Decimal(3)  # the default rates
+    assert any("model 'budgeted-model'" in line for line in tiers_warned(caplog))

@@ -343,7 +343,7 @@ class Budget:
         _require_snapshot(usage)
         name = _model_name(model)
         pricing = _lookup(name)
-        femto = 0 if pricing is None else _femto(pricing, usage)
+        femto = 0 if pricing is None else _femto(pricing, usage, name)
         self._add_spend(name, femto, usage.input_tokens + usage.output_tokens)
         return TurnCost(name, usage, femto, pricing is not None)
 
@@ -401,7 +401,7 @@ class Budget:
             estimate = self.default_estimate
             if estimate is None:
                 return 0, 0
-        femto = 0 if pricing is None else _femto(pricing, estimate)
+        femto = 0 if pricing is None else _femto(pricing, estimate, name)
         return femto, estimate.total_tokens
 
     def _refuse_if_over(self, femto: int, tokens: int, model: str) -> None:
@@ -587,7 +587,7 @@ class BudgetReservation:
         _require_snapshot(actual)
         name = _model_name(self.model)
         pricing = _lookup(name)
-        femto = 0 if pricing is None else _femto(pricing, actual)
+        femto = 0 if pricing is None else _femto(pricing, actual, name)
         self._budget._settle(self, femto, actual.input_tokens + actual.output_tokens)
         return TurnCost(name, actual, femto, pricing is not None)
 
