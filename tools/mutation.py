@@ -43,7 +43,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "_windows.py",
     ),
     "money": ("budget.py", "pricing.py", "usage.py", "_usage_shapes.py", "_money.py"),
-    "permissions": ("permissions.py",),
+    "permissions": (
+        "permissions.py",
+        "_permission_names.py",
+        "_permission_args.py",
+        "_tool_gate.py",
+        "approvals.py",
+    ),
     "lifecycle": ("lifecycle.py",),
     "retry": (
         "retry_policy.py",
@@ -93,6 +99,8 @@ KILLED = {"killed", "timeout", "segfault"}
 """mutmut statuses that mean a test noticed the mutant."""
 NOT_RUN = "not checked"
 """The mutmut status of a mutant no test run has reached."""
+RUNS = 3
+"""How many times ``mutmut run`` is started while mutants are left unchecked."""
 
 
 def main() -> int:
@@ -113,13 +121,20 @@ def main() -> int:
         _prepare(workdir, GROUPS[args.group])
         env = {**os.environ, "PYTHONPATH": str(workdir / "mutants" / "src")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run(
-            [_mutmut(), "run", "--max-children", str(args.max_children)],
-            cwd=workdir,
-            env=env,
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
+        # mutmut's first run sometimes stops in its run of the unmutated suite; a
+        # second run goes on where it stopped (its output is kept in mutmut.log).
+        for _ in range(RUNS):
+            with (workdir / "mutmut.log").open("a", encoding="utf-8") as log:
+                subprocess.run(
+                    [_mutmut(), "run", "--max-children", str(args.max_children)],
+                    cwd=workdir,
+                    env=env,
+                    check=False,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if not _statuses(workdir)[1][NOT_RUN]:
+                break
     return _report(workdir, GROUPS[args.group])
 
 
@@ -172,23 +187,7 @@ def _prepare(workdir: Path, modules: tuple[str, ...]) -> None:
 
 def _report(workdir: Path, modules: tuple[str, ...]) -> int:
     """Print the score per module and write the survivors' diffs; 0 if every module >= 90%."""
-    results = subprocess.run(
-        [_mutmut(), "results", "--all", "true"],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    statuses: dict[str, Counter[str]] = {m.removesuffix(".py"): Counter() for m in modules}
-    survivors: list[str] = []
-    for line in results.splitlines():
-        match = re.match(r"\s*techrevati\.runtime\.(\w+)\.(\S+): (.+)$", line)
-        if match is None or match.group(1) not in statuses:
-            continue
-        module, status = match.group(1), match.group(3).strip()
-        statuses[module][status] += 1
-        if status not in KILLED:
-            survivors.append(f"techrevati.runtime.{module}.{match.group(2)}")
+    statuses, _, survivors = _statuses(workdir, modules)
     print(f"{'module':<22} {'mutants':>7} {'killed':>7} {'survived':>8} {'score':>7}")
     total = Counter[str]()
     below = False
@@ -211,6 +210,34 @@ def _report(workdir: Path, modules: tuple[str, ...]) -> int:
             out.write(shown.rstrip() + "\n\n")
     print(f"{len(survivors)} survivors, diffs in {workdir / 'survivors.txt'}")
     return 1 if below else 0
+
+
+def _statuses(
+    workdir: Path, modules: tuple[str, ...] | None = None
+) -> tuple[dict[str, Counter[str]], Counter[str], list[str]]:
+    """Read ``mutmut results``: statuses per module (of ``modules``), all, and the survivors."""
+    results = subprocess.run(
+        [_mutmut(), "results", "--all", "true"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    statuses: dict[str, Counter[str]] = {m.removesuffix(".py"): Counter() for m in modules or ()}
+    total = Counter[str]()
+    survivors: list[str] = []
+    for line in results.splitlines():
+        match = re.match(r"\s*techrevati\.runtime\.(\w+)\.(\S+): (.+)$", line)
+        if match is None:
+            continue
+        module, status = match.group(1), match.group(3).strip()
+        total[status] += 1
+        if module not in statuses:
+            continue
+        statuses[module][status] += 1
+        if status not in KILLED:
+            survivors.append(f"techrevati.runtime.{module}.{match.group(2)}")
+    return statuses, total, survivors
 
 
 def _row(module: str, counts: Counter[str]) -> bool:
