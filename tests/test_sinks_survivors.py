@@ -12,20 +12,22 @@ import json
 import logging
 import sqlite3
 import stat
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from techrevati.runtime._record_text import DEPTH_LIMIT
-from techrevati.runtime.errors import CorruptRecordError, InvalidValueError
+from techrevati.runtime.errors import CorruptRecordError, InvalidValueError, SinkClosedError
 from techrevati.runtime.events import AgentEvent, AgentFailureClass, UsageRecord
 from techrevati.runtime.jsonl import JsonlSink, read_jsonl
 from techrevati.runtime.sqlite import SqliteSink
+from tests.conftest import FakeClock
 from tests.sink_records import T0, event
 
 SURROGATE = json.loads('"shell\\ud800exec"')  # a lone surrogate, as a JSON body can carry
@@ -540,3 +542,184 @@ def test_a_session_filter_that_is_no_str_is_refused_by_its_name(tmp_path: Path, 
     refused = pytest.raises(InvalidValueError, match=f"^{name} filter must be a str, got 5$")
     with SqliteSink(tmp_path / "f.db") as sink, refused:
         sink.read_sessions(**{name: 5})  # type: ignore[arg-type]
+
+
+# --- a write waiting for room -----------------------------------------------------------------
+
+WAIT = 20.0  # seconds a test waits at most for another thread (only a bug makes it wait)
+
+
+class WaitClock(FakeClock):
+    """A fake clock that counts (and moves ``step`` on at) each read of a write waiting for room.
+
+    The waiting write is told by its function's name, which mutmut's copies of
+    it keep inside theirs (``..._wait_for_room__mutmut_...``).
+    """
+
+    def __init__(self, step: float = 0.0) -> None:
+        super().__init__()
+        self.step = step
+        self.waits = 0
+        self._seen = threading.Condition()
+
+    def __call__(self) -> float:
+        if "_wait_for_room" in sys._getframe(1).f_code.co_name:
+            with self._seen:
+                self.waits += 1
+                self.now += self.step
+                self._seen.notify_all()
+        return self.now
+
+    def wait_for_waits(self, count: int) -> None:
+        with self._seen:
+            assert self._seen.wait_for(lambda: self.waits >= count, WAIT)
+
+
+def _blocked(
+    tmp_path: Path, clock: FakeClock, **settings: Any
+) -> tuple[JsonlSink, threading.Event, list[Callable[[], None]]]:
+    """A sink (flush_every=2, max_lag=4) whose writer blocks inside its first batch until released.
+
+    ``steps`` may hold what the writer does instead of blocking, one per batch, in order.
+    """
+    sink = JsonlSink(tmp_path / "b.jsonl", flush_every=2, max_lag=4, clock=clock, **settings)
+    release, entered = threading.Event(), threading.Event()
+    steps: list[Callable[[], None]] = []
+    real = sink._write_batch
+
+    def gated(batch: Sequence[bytes]) -> None:
+        if steps:
+            steps.pop(0)()
+        else:
+            entered.set()
+            assert release.wait(WAIT)
+            failures = getattr(sink, "_test_fail_after_release", [])
+            if failures:
+                raise failures.pop(0)
+        real(batch)
+
+    sink._write_batch = gated  # type: ignore[method-assign]
+    sink._test_entered = entered  # type: ignore[attr-defined]
+    return sink, release, steps
+
+
+def _fill_to_max_lag(sink: JsonlSink) -> None:
+    sink.write_event(event(i=0))
+    sink.write_event(event(i=1))  # a batch is due: the writer takes it and blocks
+    assert sink._test_entered.wait(WAIT)  # type: ignore[attr-defined]
+    sink.write_event(event(i=2))
+    sink.write_event(event(i=3))  # 2 in flight + 2 buffered: max_lag reached
+
+
+def _kept(sink: JsonlSink) -> list[object]:
+    return [r.data["i"] for r in read_jsonl(sink.path) if isinstance(r, AgentEvent)]
+
+
+def test_a_write_waiting_for_room_when_the_sink_closes_is_told_which_sink_closed(
+    tmp_path: Path,
+) -> None:
+    clock = WaitClock()
+    sink, release, _ = _blocked(tmp_path, clock, max_wait=3600.0)
+    _fill_to_max_lag(sink)
+    outcome: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            sink.write_event(event(i=4))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    clock.wait_for_waits(2)
+    closer = threading.Thread(target=sink.close)
+    closer.start()
+    producer.join(WAIT)
+    release.set()
+    closer.join(WAIT)
+    (error,) = outcome
+    assert isinstance(error, SinkClosedError)
+    assert str(error) == f"JsonlSink({str(sink.path)!r}) is closed"
+
+
+@pytest.mark.parametrize(("step", "looks"), [(5.0, 2), (4.5, 3)], ids=["at-deadline", "before"])
+def test_a_write_gives_up_waiting_exactly_at_max_wait(
+    tmp_path: Path, step: float, looks: int
+) -> None:
+    clock = WaitClock(step=step)  # the deadline is read, then the time left: max_wait - step
+    sink, release, _ = _blocked(tmp_path, clock, max_wait=5.0)
+    _fill_to_max_lag(sink)
+    sink.write_event(event(i=4))  # waits while time is left, then stalls the sink
+    assert (clock.waits, sink.stalls) == (looks, 1)
+    release.set()
+    sink.close()
+    assert _kept(sink) == [0, 1, 2, 3, 4]
+
+
+def test_two_writes_waiting_for_room_are_each_counted_and_each_let_go(tmp_path: Path) -> None:
+    clock = WaitClock()
+    sink, release, _ = _blocked(tmp_path, clock, max_wait=3600.0)
+    _fill_to_max_lag(sink)
+    producers = [threading.Thread(target=sink.write_event, args=(event(i=i),)) for i in (4, 5)]
+    for producer in producers:
+        producer.start()
+    clock.wait_for_waits(4)  # two looks each: both wait now
+    assert sink._waiting == 2
+    release.set()
+    for producer in producers:
+        producer.join(WAIT)
+    assert sink._waiting == 0
+    sink.close()
+    assert sorted(cast("list[int]", _kept(sink))) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_write_waits_again_from_the_instant_a_failed_batchs_pause_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="techrevati.runtime.sinks")
+    clock = WaitClock()
+    failed = threading.Event()
+
+    def refuse() -> None:
+        failed.set()
+        raise OSError(28, "No space left on device")
+
+    sink, release, steps = _blocked(tmp_path, clock, max_wait=3600.0, flush_interval=10.0)
+    steps.append(refuse)  # the first batch fails: the retry is due 10 s later
+    sink.write_event(event(i=0))
+    sink.write_event(event(i=1))
+    assert failed.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while sink.failed_flushes == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    clock.now += 10.0  # exactly when the pause ends
+    sink.write_event(event(i=2))  # due: the writer takes the three and blocks
+    assert sink._test_entered.wait(WAIT)  # type: ignore[attr-defined]
+    sink.write_event(event(i=3))  # 3 in flight + 1 buffered: max_lag reached
+    producer = threading.Thread(target=sink.write_event, args=(event(i=4),))
+    producer.start()
+    clock.wait_for_waits(2)  # it waits for the writer, as writes did before the failure
+    release.set()
+    producer.join(WAIT)
+    sink.close()
+    assert _kept(sink) == [0, 1, 2, 3, 4]
+
+
+def test_a_write_woken_while_the_disk_refuses_stops_waiting_without_stalling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="techrevati.runtime.sinks")
+    clock = WaitClock()
+    sink, release, _ = _blocked(tmp_path, clock, max_wait=3600.0, flush_interval=3600.0)
+    _fill_to_max_lag(sink)
+    producer = threading.Thread(target=sink.write_event, args=(event(i=4),))
+    producer.start()
+    clock.wait_for_waits(2)
+    sink._test_fail_after_release = [OSError(28, "No space left on device")]  # type: ignore[attr-defined]
+    release.set()  # the batch in flight fails: the write stops waiting, as on a full disk
+    producer.join(WAIT)
+    assert not producer.is_alive()
+    assert (sink.failed_flushes, sink.stalls, clock.waits) == (1, 0, 2)
+    assert [r for r in caplog.records if getattr(r, "event", None) == "sink.stalled"] == []
+    sink.close()
+    assert _kept(sink) == [0, 1, 2, 3, 4]
