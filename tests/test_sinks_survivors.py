@@ -723,3 +723,178 @@ def test_a_write_woken_while_the_disk_refuses_stops_waiting_without_stalling(
     assert [r for r in caplog.records if getattr(r, "event", None) == "sink.stalled"] == []
     sink.close()
     assert _kept(sink) == [0, 1, 2, 3, 4]
+
+
+# --- SQLite: the plain-row shortcut never lets an odd value through ---------------------------
+
+
+def _one_sqlite_record(path: Path, record: AgentEvent | UsageRecord) -> SqliteSink:
+    with SqliteSink(path, background=False, flush_every=1) as sink:
+        if isinstance(record, AgentEvent):
+            sink.write_event(record)
+        else:
+            sink.write_usage(record)
+    return sink
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored"),
+    [
+        ("session_id", None, ""),
+        ("worker_id", 10.5, "10.5"),
+        ("role", 7, "7"),
+        ("role", SURROGATE, ESCAPED),
+        ("phase", None, ""),
+        ("status", 8, "8"),
+        ("detail", 9, "9"),
+        ("detail", SURROGATE, ESCAPED),
+        ("project_id", ["a"], "['a']"),
+        ("project_id", SURROGATE, ESCAPED),
+        ("project_id", 2**63, str(2**63)),
+        ("project_id", -(2**63) - 1, str(-(2**63) - 1)),
+    ],
+)
+def test_an_event_with_one_odd_field_is_sanitised_not_stored_as_given(
+    tmp_path: Path, field: str, value: object, stored: object
+) -> None:
+    path = tmp_path / "e.db"
+    values: dict[str, Any] = {field: value}
+    sink = _one_sqlite_record(path, AgentEvent(name="odd", timestamp=T0, **values))
+    assert (sink.sanitised, sink.rejected, sink.written) == (1, 0, 1)
+    with sqlite3.connect(path) as conn:
+        (kept,) = conn.execute(f"SELECT {field} FROM events").fetchone()
+    assert kept == stored
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored"),
+    [
+        ("session_id", None, ""),
+        ("worker_id", 1, "1"),
+        ("role", 7, "7"),
+        ("phase", None, ""),
+        ("model", SURROGATE, ESCAPED),
+        ("project_id", ["a"], "['a']"),
+        ("project_id", SURROGATE, ESCAPED),
+        ("project_id", 2**63, str(2**63)),
+        ("duration_seconds", 2**63, float(2**63)),
+        ("duration_seconds", True, 1.0),
+        ("service_tier", SURROGATE, ESCAPED),
+    ],
+)
+def test_a_usage_record_with_one_odd_field_is_sanitised_not_stored_as_given(
+    tmp_path: Path, field: str, value: object, stored: object
+) -> None:
+    path = tmp_path / "u.db"
+    values: dict[str, Any] = {"model": "m", field: value}
+    sink = _one_sqlite_record(path, UsageRecord(timestamp=T0, **values))
+    assert (sink.sanitised, sink.rejected, sink.written) == (1, 0, 1)
+    with sqlite3.connect(path) as conn:
+        (kept,) = conn.execute(f"SELECT {field} FROM usage").fetchone()
+    assert kept == stored
+
+
+def test_a_usage_record_whose_duration_is_a_bool_is_logged_with_the_first_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="techrevati.runtime.sinks")
+    _one_sqlite_record(
+        tmp_path / "u.db", UsageRecord(model="m", duration_seconds=True, timestamp=T0)
+    )
+    (logged,) = [r for r in caplog.records if getattr(r, "event", None) == "sink.record_sanitised"]
+    assert (
+        getattr(logged, "reason", None) == "TypeError: bool True is no value for a column of kind R"
+    )
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cache_write_1h_tokens",
+    ],
+)
+def test_a_token_count_no_sqlite_integer_holds_rejects_the_usage_record(
+    tmp_path: Path, field: str
+) -> None:
+    values: dict[str, Any] = {field: 2**63}
+    sink = _one_sqlite_record(tmp_path / "t.db", UsageRecord(model="m", timestamp=T0, **values))
+    assert (sink.sanitised, sink.rejected) == (0, 1)
+
+
+# --- SQLite: the reader's filters and the sink's settings -------------------------------------
+
+
+@pytest.mark.parametrize("name", ["name", "phase", "model", "session_id"])
+def test_an_event_filter_that_is_no_str_is_refused_by_its_name(tmp_path: Path, name: str) -> None:
+    refused = pytest.raises(InvalidValueError, match=f"^{name} filter must be a str, got 5$")
+    with SqliteSink(tmp_path / "f.db") as sink, refused:
+        sink.read_events(**{name: 5})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["role", "phase", "model", "session_id"])
+def test_a_usage_filter_that_is_no_str_is_refused_by_its_name(tmp_path: Path, name: str) -> None:
+    refused = pytest.raises(InvalidValueError, match=f"^{name} filter must be a str, got 5$")
+    with SqliteSink(tmp_path / "f.db") as sink, refused:
+        sink.read_usage(**{name: 5})  # type: ignore[arg-type]
+
+
+def test_a_sqlite_sink_keeps_the_max_lag_and_max_wait_it_is_given(tmp_path: Path) -> None:
+    with SqliteSink(tmp_path / "s.db", flush_every=10, max_lag=25, max_wait=7.5) as sink:
+        assert sink.max_lag == 25
+        assert sink._max_wait == 7.5  # no public reader: the wait's own setting
+
+
+# --- writes below max_lag, and the stall's log record -----------------------------------------
+
+
+def test_writes_below_max_lag_never_wait(tmp_path: Path) -> None:
+    clock = WaitClock(step=10.0)  # a wait would count, and give up at once
+    with JsonlSink(tmp_path / "w.jsonl", flush_every=100, max_lag=100, clock=clock) as sink:
+        for i in range(99):
+            sink.write_event(event(i=i))
+    assert (clock.waits, sink.stalls) == (0, 0)
+
+
+def test_a_stall_is_logged_with_the_sink_its_path_the_wait_and_what_is_pending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = WaitClock(step=10.0)
+    sink, release, _ = _blocked(tmp_path, clock, max_wait=5.0)
+    _fill_to_max_lag(sink)
+    with caplog.at_level(logging.ERROR, logger="techrevati.runtime.sinks"):
+        sink.write_event(event(i=4))
+    release.set()
+    sink.close()
+    (stalled,) = [r for r in caplog.records if getattr(r, "event", None) == "sink.stalled"]
+    assert stalled.levelno == logging.ERROR
+    fields = {k: getattr(stalled, k, None) for k in ("sink", "path", "max_wait", "pending")}
+    assert fields == {"sink": "JsonlSink", "path": str(sink.path), "max_wait": 5.0, "pending": 3}
+
+
+# --- JSONL: reading lines -----------------------------------------------------------------------
+
+
+def test_a_torn_line_longer_than_one_read_after_a_first_newline_keeps_that_newline(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "long.jsonl"
+    torn = b'{"kind":"event",' + b"x" * (65536 - 16)  # one read of 64 KiB holds no newline
+    path.write_bytes(b"\n" + torn)
+    JsonlSink(path).close()
+    assert path.read_bytes() == b"\n"
+    (side,) = _torn_side_files(tmp_path, "long.jsonl")
+    assert side.read_bytes() == torn
+
+
+def test_a_record_line_with_a_reason_field_is_still_a_record(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    line = {"kind": "event", "reason": "not a quarantine", **event(i=1).to_dict()}
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    (back,) = read_jsonl(path)
+    assert isinstance(back, AgentEvent)
+    assert back.data["i"] == 1
